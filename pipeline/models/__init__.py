@@ -1,0 +1,1 @@
+"""The model zoo: one file per family, the registry (`build`, `available`) and the weight loader."""
