@@ -1,0 +1,286 @@
+"""Classifier analyses on the linear interpreter y = F(x0)·x0 + Σ_i Q_i b̂_i (appendix, section A).
+
+Pure functions on an interpreted classifier (``li = interpret(model, x0)`` with output shape (1, K)):
+
+- :func:`decompose` — every score split into the input term F(x0)·x0 and one forward-projected masked bias
+  Q_i b̂_i per bias source (network order); the residual share r / score of the top-1 class (Table 1);
+- :func:`pixel_discussions` — PD_k, the back-projection of score k to the input pixels (eq. 10 made precise,
+  see docs/classify.md): ``PD_k = Σ_c x0 ⊙ Fᵀe_k + Σ_i c_ik · w_i`` with ``c_ik = (Q_i b̂_i)_k`` and
+  ``w_i = Σ_c|P_i b̂_i| / Σ_pixels Σ_c|P_i b̂_i|``, so that the pixels of PD_k sum to score k exactly;
+- :func:`pixel_votes` — each pixel votes for the class whose PD is largest there (argmax map, vote shares);
+- :func:`fgsm` — x0 + ε·sign(∇ₓ cross-entropy), clipped to the model's value range;
+- :func:`analyse` — all of the above for one image, as a JSON-ready record plus the maps for the figures;
+- :func:`residual_table` — mean ± std of the residual share per model.
+
+Units: scores are logits (pre-softmax); shares are fractions of the score (1.0 = 100 %); maps are (H, W) in
+score units per pixel (channels summed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as nnf
+
+#: classes back-projected per ``transpose`` call when building PDs for a vote (memory: chunk × C × H × W).
+VOTE_CHUNK = 32
+
+
+class NotAClassifier(ValueError):
+    """The model's output is not a vector of class scores of shape (1, K)."""
+
+
+@dataclass
+class Decomposition:
+    """Every score of one image split along the network (float64 numpy arrays).
+
+    scores: (K,) f(x0); input_term: (K,) F(x0)·x0; names: the L bias sources in network order;
+    contributions: (L, K) the rows Q_i b̂_i; residual: (K,) = contributions.sum(0).
+    """
+
+    scores: np.ndarray
+    input_term: np.ndarray
+    names: list[str]
+    contributions: np.ndarray
+
+    @property
+    def residual(self) -> np.ndarray:
+        return self.contributions.sum(0) if len(self.names) else np.zeros_like(self.scores)
+
+    @property
+    def top1(self) -> int:
+        return int(np.argmax(self.scores))
+
+    def top(self, n: int) -> list[int]:
+        """The n classes with the highest scores, best first."""
+        return [int(k) for k in np.argsort(-self.scores, kind="stable")[:n]]
+
+    def record(self, k: int | None = None) -> dict:
+        """The decomposition of score k (default top-1) as the JSON object of ``results.json``."""
+        k = self.top1 if k is None else k
+        score = float(self.scores[k])
+        residual = float(self.residual[k])
+        return {
+            "top1": k,
+            "score": score,
+            "input_term": float(self.input_term[k]),
+            "residual": residual,
+            "residual_share": residual / score if score else float("nan"),
+            "contributions": [{"name": n, "value": float(v)} for n, v in zip(self.names, self.contributions[:, k])],
+        }
+
+
+def _class_vector(t: torch.Tensor, what: str) -> np.ndarray:
+    if t.dim() != 2 or t.shape[0] != 1:
+        raise NotAClassifier(f"classify needs a model whose output is (1, K) class scores; {what} has shape {tuple(t.shape)}")
+    return t.detach().double().reshape(-1).cpu().numpy()
+
+
+def decompose(li, x0: torch.Tensor) -> Decomposition:
+    """Split every score of ``li`` (interpreted at x0, shape (1, C, H, W)) into input term and bias sources."""
+    scores = _class_vector(li.output, "the output")
+    with torch.no_grad():
+        input_term = _class_vector(li.forward(x0), "F·x0")
+    contribs = li.contributions()
+    names = list(contribs)
+    rows = [_class_vector(v, f"the contribution of {n}") for n, v in contribs.items()]
+    table = np.stack(rows) if rows else np.zeros((0, scores.size))
+    return Decomposition(scores, input_term, names, table)
+
+
+def bias_weights(li) -> tuple[list[str], np.ndarray]:
+    """w_i: each bias source's back-projection P_i b̂_i as a pixel distribution, (L, H, W) float64.
+
+    w_i = Σ_c|P_i b̂_i| normalised to sum 1 over the pixels; uniform where P_i b̂_i vanishes.
+    """
+    maps = []
+    names = []
+    for name, bp in li.backprojections().items():
+        m = bp.detach().double().abs().sum(1)[0].cpu().numpy()
+        total = m.sum()
+        maps.append(m / total if total > 0 else np.full(m.shape, 1.0 / m.size))
+        names.append(name)
+    return names, np.stack(maps) if maps else np.zeros((0, 1, 1))
+
+
+def input_discussions(li, x0: torch.Tensor, classes: list[int]) -> np.ndarray:
+    """Σ_c x0 ⊙ Fᵀe_k for the given classes: (n, H, W) float64; the pixels of map k sum to (F x0)_k."""
+    n_classes = li.output.shape[1]
+    e = torch.zeros(len(classes), n_classes, dtype=li.output.dtype)
+    e[torch.arange(len(classes)), torch.as_tensor(classes)] = 1
+    with torch.no_grad():
+        rows = li.transpose(e)
+    return (rows.double() * x0.double()).sum(1).cpu().numpy()
+
+
+def pixel_discussions(li, x0: torch.Tensor, dec: Decomposition, classes: list[int],
+                      weights: np.ndarray | None = None) -> np.ndarray:
+    """PD_k for the given classes, (n, H, W) float64, each summing to score k (see the module docstring).
+
+    ``weights`` = the (L, H, W) array of :func:`bias_weights` (computed when not given; reuse it across calls).
+    """
+    if weights is None:
+        names, weights = bias_weights(li)
+        if names != dec.names:
+            raise ValueError(f"backprojections() and contributions() name different sources: {names} vs {dec.names}")
+    pd = input_discussions(li, x0, classes)
+    if len(dec.names):
+        pd += np.einsum("lk,lhw->khw", dec.contributions[:, classes], weights)
+    return pd
+
+
+@dataclass
+class Votes:
+    """Pixel votes over a set of classes: ``winner`` (H, W) class index per pixel, ``shares`` {class: fraction}."""
+
+    winner: np.ndarray
+    classes: list[int]
+    shares: dict[int, float] = field(default_factory=dict)
+
+    def share(self, k: int) -> float:
+        return self.shares.get(k, 0.0)
+
+
+def pixel_votes(li, x0: torch.Tensor, dec: Decomposition, classes: list[int] | None = None,
+                weights: np.ndarray | None = None, chunk: int = VOTE_CHUNK) -> Votes:
+    """Each pixel votes for the class whose PD is largest there, among ``classes`` (default: all K).
+
+    PDs are built ``chunk`` classes at a time with a running argmax (ties go to the class listed first).
+    """
+    classes = list(range(dec.scores.size)) if classes is None else list(classes)
+    if weights is None:
+        weights = bias_weights(li)[1]
+    best = winner = None
+    for start in range(0, len(classes), chunk):
+        part = classes[start:start + chunk]
+        pd = pixel_discussions(li, x0, dec, part, weights)
+        idx = pd.argmax(0)
+        val = np.take_along_axis(pd, idx[None], 0)[0]
+        cls = np.asarray(part)[idx]
+        if best is None:
+            best, winner = val, cls
+        else:
+            better = val > best
+            best = np.where(better, val, best)
+            winner = np.where(better, cls, winner)
+    return votes_from_winner(winner, classes)
+
+
+def votes_from_winner(winner: np.ndarray, classes: list[int]) -> Votes:
+    """Vote shares of an argmax map: fraction of pixels per class (only classes with votes are listed)."""
+    values, counts = np.unique(winner, return_counts=True)
+    shares = {int(v): float(c) / winner.size for v, c in sorted(zip(values, counts), key=lambda t: -t[1])}
+    return Votes(winner.astype(np.int64), list(classes), shares)
+
+
+def fgsm(model: torch.nn.Module, x0: torch.Tensor, target: int, eps: float,
+         value_range: tuple[float, float] = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast gradient sign attack: returns (x_adv, delta) with delta = ε·sign(∇ₓ CE(f(x0), target)).
+
+    x_adv = clip(x0 + delta, value_range); the model is used in eval mode. ``delta`` (before clipping) has
+    sup-norm ε unless the gradient vanishes everywhere.
+    """
+    if eps < 0:
+        raise ValueError(f"eps must be ≥ 0, got {eps}")
+    was_training = model.training
+    model.eval()
+    try:
+        x = x0.detach().clone().requires_grad_(True)
+        loss = nnf.cross_entropy(model(x), torch.tensor([target]))
+        (grad,) = torch.autograd.grad(loss, x)
+    finally:
+        model.train(was_training)
+    delta = eps * grad.sign()
+    return (x0.detach() + delta).clamp(*value_range), delta
+
+
+@dataclass
+class ImageAnalysis:
+    """One image (clean or attacked): the JSON record and the maps for the figures.
+
+    record: the top-1 decomposition (:meth:`Decomposition.record`) plus ``top_classes``/``top_scores``,
+    ``votes`` (classes considered, share of the top-1 class, the largest shares); shares: (L + 1,) the input
+    term and the contributions as fractions of the top-1 score; x: (C, H, W) the input; pd: (n, H, W) PDs of
+    the top classes; winner: (H, W) vote map.
+    """
+
+    record: dict
+    shares: np.ndarray
+    x: np.ndarray
+    pd: np.ndarray
+    winner: np.ndarray
+
+
+def analyse(model: torch.nn.Module, x0: torch.Tensor, *, top: int = 3,
+            vote_classes: int | None = None) -> ImageAnalysis:
+    """Interpret ``model`` at x0 (1, C, H, W) and compute decomposition, PDs of the ``top`` classes and votes.
+
+    ``vote_classes`` = how many of the best-scoring classes vote (None or 0: all K classes).
+    """
+    from pipeline.interpreter import interpret
+
+    li = interpret(model, x0)
+    dec = decompose(li, x0)
+    names, weights = bias_weights(li)
+    if names != dec.names:
+        raise ValueError(f"backprojections() and contributions() name different sources: {names} vs {dec.names}")
+    n_classes = dec.scores.size
+    top_classes = dec.top(min(top, n_classes))
+    pd = pixel_discussions(li, x0, dec, top_classes, weights)
+    voters = None if not vote_classes or vote_classes >= n_classes else dec.top(vote_classes)
+    votes = pixel_votes(li, x0, dec, voters, weights)
+    record = dec.record()
+    record["top_classes"] = top_classes
+    record["top_scores"] = [float(dec.scores[k]) for k in top_classes]
+    record["votes"] = {
+        "classes": len(votes.classes),
+        "top1_share": votes.share(dec.top1),
+        "shares": [{"class": k, "share": s} for k, s in list(votes.shares.items())[:10]],
+    }
+    score = dec.scores[dec.top1]
+    shares = np.concatenate([[dec.input_term[dec.top1]], dec.contributions[:, dec.top1]]) / score
+    return ImageAnalysis(record, shares, x0[0].detach().double().cpu().numpy(), pd, votes.winner)
+
+
+def analyse_attacked(model: torch.nn.Module, x0: torch.Tensor, eps: list[float], *, label: int | None = None,
+                     value_range: tuple[float, float] = (0.0, 1.0), top: int = 3,
+                     vote_classes: int | None = None) -> tuple[ImageAnalysis, list[ImageAnalysis]]:
+    """The clean analysis and one FGSM analysis per ε (target: ``label`` if known, else the clean top-1).
+
+    Each attacked record gains ``eps``, ``target``, ``clean_top1``, ``top1_changed`` and, under ``votes``,
+    ``clean_top1_share`` (the share of pixels still voting for the clean top-1 class).
+    """
+    clean = analyse(model, x0, top=top, vote_classes=vote_classes)
+    clean_top1 = clean.record["top1"]
+    target = clean_top1 if label is None else int(label)
+    attacked = []
+    for e in eps:
+        x_adv, _ = fgsm(model, x0, target, e, value_range)
+        a = analyse(model, x_adv, top=top, vote_classes=vote_classes)
+        a.record.update(eps=float(e), target=target, clean_top1=clean_top1, top1_changed=a.record["top1"] != clean_top1)
+        a.record["votes"]["clean_top1_share"] = _share(a.winner, clean_top1)
+        attacked.append(a)
+    return clean, attacked
+
+
+def _share(winner: np.ndarray, k: int) -> float:
+    return float((winner == k).mean())
+
+
+def residual_table(results: dict[str, list[dict]], key: str = "residual_share") -> list[dict]:
+    """Table 1: per model, mean ± std (population, over images) of the residual share of the top-1 score.
+
+    ``results`` maps a model name to its list of per-image records (``results.json``); attacked records are
+    summarised too when present (``attacks`` entries, one column pair per ε).
+    """
+    rows = []
+    for model, records in results.items():
+        share = np.array([r[key] for r in records], dtype=float)
+        row = {"model": model, "images": len(records), "mean": float(share.mean()), "std": float(share.std())}
+        for eps in sorted({a["eps"] for r in records for a in r.get("attacks", [])}):
+            att = np.array([a[key] for r in records for a in r.get("attacks", []) if a["eps"] == eps])
+            row[f"fgsm {eps:g} mean"] = float(att.mean())
+            row[f"fgsm {eps:g} std"] = float(att.std())
+        rows.append(row)
+    return rows

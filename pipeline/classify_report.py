@@ -1,0 +1,411 @@
+"""Figures, tables and the HTML report of ``linterp classify`` (matplotlib, Agg backend; no remote resources).
+
+- :func:`contribution_figure` — Figure 1: layer-wise contributions to the top-1 score as shares of it, mean with
+  ± std shading over the images, one panel per condition (clean, FGSM ε …);
+- :func:`discussion_figure` — Figure 2: the image, the pixel discussions of its top classes, the vote map and the
+  vote shares;
+- :func:`attack_figure` — Figure 3: clean and attacked images with their top-1 and vote maps;
+- :func:`write_results`, :func:`write_table`, :func:`write_report` — JSON / CSV / Markdown / HTML files.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+#: vote maps colour the classes with the most votes (up to this many), the others grey.
+VOTE_COLOURS = 9
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temporary file + rename), so a killed run never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _label(k: int, class_names: list[str] | None) -> str:
+    if class_names and k < len(class_names) and class_names[k] != str(k):
+        return f"{k} {class_names[k]}"
+    return str(k)
+
+
+def _display(x: np.ndarray, value_range: tuple[float, float]) -> tuple[np.ndarray, str | None]:
+    """(C, H, W) input -> an image for imshow in [0, 1] and its colour map."""
+    lo, hi = value_range
+    img = np.clip((np.asarray(x, dtype=float) - lo) / (hi - lo), 0, 1)
+    if img.shape[0] == 1:
+        return img[0], "gray"
+    return np.moveaxis(img[:3], 0, -1), None
+
+
+def _flat_rows(records: list[dict]):
+    """(record, eps) for every clean record (eps None) and every attacked one."""
+    for r in records:
+        yield r, None
+        for a in r.get("attacks", []):
+            yield a | {"image": r["image"]}, a["eps"]
+
+
+def write_results(out: Path, records: list[dict]) -> None:
+    """``results.json`` (the records), ``results.csv`` (one row per image and condition) and ``contributions.csv``
+    (image, condition, source, value, share of the score)."""
+    out = Path(out)
+    write_json(out / "results.json", records)
+    fields = ["image", "label", "eps", "top1", "score", "input_term", "residual", "residual_share", "vote_classes",
+              "vote_top1_share", "vote_clean_top1_share", "top1_changed"]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for r, eps in _flat_rows(records):
+            v = r.get("votes", {})
+            w.writerow([r["image"], r.get("label", ""), "" if eps is None else eps, r["top1"], r["score"],
+                        r["input_term"], r["residual"], r["residual_share"], v.get("classes", ""),
+                        v.get("top1_share", ""), v.get("clean_top1_share", ""), r.get("top1_changed", "")])
+    with open(out / "contributions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "eps", "source", "value", "share"])
+        for r, eps in _flat_rows(records):
+            rows = [("input", r["input_term"])] + [(c["name"], c["value"]) for c in r["contributions"]]
+            for name, value in rows:
+                w.writerow([r["image"], "" if eps is None else eps, name, value, value / r["score"]])
+
+
+def contribution_shares(records: list[dict]) -> tuple[list[str], np.ndarray]:
+    """Names (``input`` then the bias sources) and the (N, L + 1) shares of the top-1 score of each record."""
+    if not records:
+        return [], np.zeros((0, 0))
+    names = ["input"] + [c["name"] for c in records[0]["contributions"]]
+    shares = np.array([[r["input_term"] / r["score"]] + [c["value"] / r["score"] for c in r["contributions"]]
+                       for r in records])
+    return names, shares
+
+
+def contribution_figure(path: Path, conditions: dict[str, list[dict]], title: str) -> None:
+    """Figure 1: per condition, the mean share of each source (input term first, then network order) with ± std."""
+    n = len(conditions)
+    fig, axes = plt.subplots(n, 1, figsize=(max(6.0, 0.25 * _n_sources(conditions) + 2), 2.6 * n + 0.8),
+                             squeeze=False, sharex=True)
+    for ax, (label, recs) in zip(axes[:, 0], conditions.items()):
+        names, shares = contribution_shares(recs)
+        mean, std = shares.mean(0), shares.std(0)
+        x = np.arange(len(names))
+        ax.bar(x, mean, color="tab:blue", alpha=0.8, width=0.8)
+        ax.fill_between(x, mean - std, mean + std, step="mid", color="tab:orange", alpha=0.3, linewidth=0,
+                        label="± std")
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_ylabel("share of top-1 score")
+        ax.set_title(f"{label} (n = {len(recs)})", fontsize=9)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _n_sources(conditions: dict[str, list[dict]]) -> int:
+    recs = next(iter(conditions.values()), [])
+    return 1 + len(recs[0]["contributions"]) if recs else 1
+
+
+def _vote_image(winner: np.ndarray, shares: list[dict], class_names):
+    """Colour the classes with the most votes; returns (index image, colour map, legend labels)."""
+    ranked = [s["class"] for s in shares][:VOTE_COLOURS]
+    idx = np.full(winner.shape, len(ranked))
+    for i, k in enumerate(ranked):
+        idx[winner == k] = i
+    colours = list(plt.get_cmap("tab10").colors[:len(ranked)]) + [(0.75, 0.75, 0.75)]
+    labels = [f"{_label(k, class_names)} ({s['share']:.0%})" for k, s in zip(ranked, shares)]
+    return idx, ListedColormap(colours), labels
+
+
+def _vote_panel(ax, winner, record, class_names):
+    idx, cmap, labels = _vote_image(winner, record["votes"]["shares"], class_names)
+    ax.imshow(idx, cmap=cmap, vmin=-0.5, vmax=cmap.N - 0.5, interpolation="nearest")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(labels))]
+    ax.legend(handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title(f"votes over {record['votes']['classes']} classes", fontsize=8)
+    ax.axis("off")
+
+
+def discussion_figure(path: Path, analysis, name: str, class_names=None, value_range=(0.0, 1.0)) -> None:
+    """Figure 2 for one image: the input, PD_k of the top classes (signed, shared colour scale), the vote map."""
+    rec = analysis.record
+    n = len(rec["top_classes"])
+    fig, axes = plt.subplots(1, n + 2, figsize=(2.4 * (n + 2) + 1.6, 2.8))
+    img, cmap = _display(analysis.x, value_range)
+    axes[0].imshow(img, cmap=cmap, vmin=0, vmax=1)
+    axes[0].set_title(f"{name}\ntop-1 {_label(rec['top1'], class_names)}", fontsize=8)
+    axes[0].axis("off")
+    lim = float(np.abs(analysis.pd).max()) or 1.0
+    for ax, k, s, pd in zip(axes[1:], rec["top_classes"], rec["top_scores"], analysis.pd):
+        im = ax.imshow(pd, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(f"PD {_label(k, class_names)}\nscore {s:.3g} = Σ pixels", fontsize=8)
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axes[1:n + 1]), shrink=0.8, label="score per pixel")
+    _vote_panel(axes[n + 1], analysis.winner, rec, class_names)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def attack_figure(path: Path, clean, attacked: list, name: str, class_names=None, value_range=(0.0, 1.0)) -> None:
+    """Figure 3 for one image: per condition (clean, each ε) the input with its top-1 and the vote map."""
+    cols = [clean] + list(attacked)
+    fig, axes = plt.subplots(2, len(cols), figsize=(3.6 * len(cols), 5.6), squeeze=False)
+    for j, a in enumerate(cols):
+        rec = a.record
+        img, cmap = _display(a.x, value_range)
+        axes[0, j].imshow(img, cmap=cmap, vmin=0, vmax=1)
+        cond = "clean" if j == 0 else f"FGSM ε = {rec['eps']:g}"
+        axes[0, j].set_title(f"{name}: {cond}\ntop-1 {_label(rec['top1'], class_names)} ({rec['score']:.3g})",
+                             fontsize=8)
+        axes[0, j].axis("off")
+        _vote_panel(axes[1, j], a.winner, rec, class_names)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_table(rows: list[dict], prefix: Path) -> list[Path]:
+    """Table 1 as ``prefix.csv``, ``prefix.md`` and ``prefix.html``; shares printed as percentages in md/html."""
+    prefix = Path(prefix)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    paths = [prefix.with_suffix(".csv"), prefix.with_suffix(".md"), prefix.with_suffix(".html")]
+    with open(paths[0], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    cells = [_table_cells(r) for r in rows]
+    head = ["model", "images"] + [h for h in cells[0] if h not in ("model", "images")] if cells else []
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(c.get(h, "") for h in head) + " |" for c in cells]
+    paths[1].write_text("\n".join(md) + "\n")
+    paths[2].write_text(_html_table(head, cells))
+    return paths
+
+
+def _table_cells(row: dict) -> dict[str, str]:
+    """'mean'/'std' pairs merged into 'mean % ± std'."""
+    out = {"model": str(row["model"]), "images": str(row["images"])}
+    for key in row:
+        if key.endswith("mean"):
+            base = key[: -len("mean")].strip() or "residual share"
+            out[base] = f"{100 * row[key]:.1f} % ± {100 * row[key[:-4] + 'std']:.1f}"
+    return out
+
+
+def _html_table(head: list[str], cells: list[dict[str, str]]) -> str:
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c.get(h, ''))}</td>" for h in head) + "</tr>\n"
+                   for c in cells)
+    return ("<table class=\"classify-table\">\n<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr>\n" + rows + "</table>\n")
+
+
+def write_report(out: Path, model: str, records: list[dict], figures: list[str], table_html: str,
+                 class_names=None) -> Path:
+    """``out/index.html``: the summary table, the figures (relative PNG links) and the per-image table."""
+    out = Path(out)
+    lines = []
+    for r, eps in _flat_rows(records):
+        v = r.get("votes", {})
+        lines.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+            r["image"], "clean" if eps is None else f"FGSM {eps:g}", _label(r["top1"], class_names),
+            f"{r['score']:.4g}", f"{r['input_term']:.4g}", f"{r['residual']:.4g}",
+            f"{100 * r['residual_share']:.1f} %", f"{100 * v.get('top1_share', float('nan')):.1f} %")) + "</tr>")
+    imgs = "\n".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(f)}"></figure>' for f in figures)
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>linterp classify: {html.escape(model)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em;max-width:1400px}} img{{max-width:100%}}
+table{{border-collapse:collapse;font-size:0.85em}} td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+figure{{margin:1em 0}}</style></head><body>
+<h1>{html.escape(model)}: linear-interpreter analysis of {len(records)} images</h1>
+<p>Scores are logits. y = F(x0)·x0 + Σ<sub>i</sub> Q<sub>i</sub> b̂<sub>i</sub>; residual share = r / score of the
+top-1 class. Files: <a href="results.json">results.json</a>, <a href="results.csv">results.csv</a>,
+<a href="contributions.csv">contributions.csv</a>.</p>
+<h2>Residual share (Table 1)</h2>
+{table_html}
+<h2>Figures</h2>
+{imgs}
+<h2>Per image</h2>
+<table><tr><th>image</th><th>condition</th><th>top-1</th><th>score</th><th>F·x0</th><th>r</th>
+<th>r / score</th><th>votes for top-1</th></tr>
+{chr(10).join(lines)}
+</table></body></html>
+"""
+    path = out / "index.html"
+    path.write_text(page)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run: images in, per-image cache (resumable), report out.
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or converted (one line, names the file)."""
+
+
+def image_files(paths) -> list[Path]:
+    """Files given directly plus the image files (by suffix, sorted) of the directories given."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(p)
+    return files
+
+
+def load_image(path: Path, channels: int, size: tuple[int, int], crop_ratio: float = 1.0,
+               value_range: tuple[float, float] = (0.0, 1.0)):
+    """An image file as the model's input x0 (1, channels, *size) float32 in ``value_range``.
+
+    Grey ↔ RGB conversion (BT.601 luma), alpha dropped; the shorter side is resized (bilinear, antialiased) to
+    ``size / crop_ratio`` and the centre ``size`` is cropped (``crop_ratio`` 0.875 = torchvision's 256 → 224).
+    """
+    import imageio.v3 as iio
+    import torch
+    import torch.nn.functional as nnf
+
+    try:
+        img = np.asarray(iio.imread(path))
+    except Exception as err:  # imageio raises many kinds of errors for unreadable files
+        raise ImageError(f"cannot read image {path}: {err}") from None
+    if img.ndim == 4:  # animated / multi-page: first frame
+        img = img[0]
+    if img.ndim not in (2, 3) or img.size == 0:
+        raise ImageError(f"{path}: not a 2-D image (array shape {img.shape})")
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
+    img = img.astype(np.float32) / scale
+    if img.ndim == 2:
+        img = img[:, :, None]
+    img = img[:, :, :3] if img.shape[2] >= 3 else img[:, :, :1]
+    if channels == 1 and img.shape[2] == 3:
+        img = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
+    elif channels == 3 and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    elif channels not in (1, 3):
+        raise ImageError(f"{path}: the model takes {channels} channels; only grey and RGB images are supported")
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+    h, w = x.shape[-2:]
+    th, tw = size
+    s = max(th / crop_ratio / h, tw / crop_ratio / w)
+    rh, rw = max(th, round(h * s)), max(tw, round(w * s))
+    x = nnf.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    x = x[:, :, top:top + th, left:left + tw]
+    lo, hi = value_range
+    return (lo + (hi - lo) * x).contiguous()
+
+
+def save_analysis(stem: Path, settings: dict, clean, attacked: list) -> None:
+    """Cache one image's analyses: ``stem.npz`` (maps) then ``stem.json`` (record + settings; written last)."""
+    arrays = {}
+    for i, a in enumerate([clean] + list(attacked)):
+        arrays.update({f"x{i}": a.x.astype(np.float32), f"pd{i}": a.pd, f"winner{i}": a.winner,
+                       f"shares{i}": a.shares})
+    tmp = stem.with_name(stem.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, stem.with_suffix(".npz"))
+    write_json(stem.with_suffix(".json"), {"settings": settings, "records": [a.record for a in [clean] + attacked]})
+
+
+def load_analysis(stem: Path, settings: dict):
+    """The cached (clean, attacked) of ``save_analysis`` if present and made with the same settings, else None."""
+    from pipeline.classify import ImageAnalysis
+
+    meta, maps = stem.with_suffix(".json"), stem.with_suffix(".npz")
+    if not (meta.exists() and maps.exists()):
+        return None
+    try:
+        cached = json.loads(meta.read_text())
+        if cached.get("settings") != settings:
+            return None
+        with np.load(maps) as z:
+            items = [ImageAnalysis(r, z[f"shares{i}"], z[f"x{i}"], z[f"pd{i}"], z[f"winner{i}"])
+                     for i, r in enumerate(cached["records"])]
+    except (OSError, ValueError, KeyError):
+        return None
+    return items[0], items[1:]
+
+
+def record_of(clean, attacked: list, image: str, label: int | None) -> dict:
+    """The ``results.json`` object of one image: clean top-1 decomposition + ``attacks`` (one per ε)."""
+    rec = {"image": image} | ({"label": int(label)} if label is not None else {}) | clean.record
+    if attacked:
+        rec["attacks"] = [a.record for a in attacked]
+    return rec
+
+
+def generate(model, model_name: str, inputs: list[tuple[str, object, int | None]], out: Path, *,
+             eps: list[float] = (), top: int = 3, vote_classes: int = 0, figures: int = 4,
+             class_names=None, value_range=(0.0, 1.0), settings: dict | None = None,
+             progress: bool = True) -> list[dict]:
+    """Analyse every input and write the report into ``out``; returns the ``results.json`` records.
+
+    inputs: (name, x0 loader — a tensor (1, C, H, W) or a no-argument callable returning one, label or None).
+    Images already analysed with the same settings (cache in ``out/images``) are not recomputed, so a killed
+    run resumes where it stopped.
+    """
+    from tqdm import tqdm
+
+    from pipeline.classify import analyse_attacked, residual_table
+
+    out = Path(out)
+    cache = out / "images"
+    cache.mkdir(parents=True, exist_ok=True)
+    settings = dict(settings or {}, model=model_name, eps=list(map(float, eps)), top=top,
+                    vote_classes=vote_classes, value_range=list(value_range))
+    records, shown = [], []
+    for i, (name, x0, label) in enumerate(tqdm(inputs, desc=f"classify {model_name}", unit="image",
+                                                disable=not progress)):
+        stem = cache / f"{i:05d}-{_safe(name)}"
+        got = load_analysis(stem, settings)
+        if got is None:
+            x0 = x0() if callable(x0) else x0
+            got = analyse_attacked(model, x0, list(eps), label=label, value_range=value_range, top=top,
+                                   vote_classes=vote_classes or None)
+            save_analysis(stem, settings, *got)
+        records.append(record_of(*got, name, label))
+        if len(shown) < figures:
+            shown.append((name, got))
+    write_results(out, records)
+    figs = []
+    conditions = {"clean": records} | {f"FGSM ε = {e:g}": [r["attacks"][j] for r in records]
+                                        for j, e in enumerate(eps)}
+    if records:
+        contribution_figure(out / "contributions.png", conditions, f"{model_name}: contributions to the top-1 score")
+        figs.append("contributions.png")
+    for j, (name, (clean, attacked)) in enumerate(shown):
+        f = f"discussion-{j}.png"
+        discussion_figure(out / f, clean, name, class_names, value_range)
+        figs.append(f)
+        if attacked:
+            f = f"attack-{j}.png"
+            attack_figure(out / f, clean, attacked, name, class_names, value_range)
+            figs.append(f)
+    rows = residual_table({model_name: records}) if records else []
+    table_html = ""
+    if rows:
+        write_table(rows, out / "table")
+        table_html = (out / "table.html").read_text()
+    write_report(out, model_name, records, figs, table_html, class_names)
+    return records
+
+
+def _safe(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)
+    return keep[:60] or "image"
