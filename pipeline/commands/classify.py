@@ -1,0 +1,131 @@
+"""`linterp classify`: residual shares, layer-wise contributions, pixel discussions / votes and FGSM for classifiers.
+
+The numbers are computed in `pipeline.classify`, the files written by `pipeline.classify_report`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+#: bundled data sets that need no image files (`--dataset`).
+DATASETS = ("digits",)
+
+
+def _digits_test(limit: int | None):
+    from pipeline.training.data import digits_split
+
+    _, (x, y) = digits_split()
+    n = len(y) if limit is None else min(limit, len(y))
+    return [(f"digits-test-{i:03d}", x[i:i + 1], int(y[i])) for i in range(n)]
+
+
+def _class_names(name: str, n_classes: int) -> list[str] | None:
+    if name.startswith("digits"):
+        return [str(k) for k in range(10)]
+    if n_classes == 1000:
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+        return list(_IMAGENET_CATEGORIES)
+    return None
+
+
+def _input_size(name: str, model_spec, size: int | None) -> tuple[tuple[int, int], float]:
+    """(input height, width) and crop ratio: --size, the spec's fixed size, or torchvision's 224/299 with 256→224."""
+    from pipeline.models.classifiers import CLASSIFIERS
+
+    if model_spec.fixed_size is not None:
+        if size is not None and (size, size) != tuple(model_spec.fixed_size):
+            raise click.ClickException(f"{name} takes only {model_spec.fixed_size[0]}×{model_spec.fixed_size[1]} inputs")
+        return tuple(model_spec.fixed_size), 1.0
+    side = size or (CLASSIFIERS[name][1] if name in CLASSIFIERS else 224)
+    if side < model_spec.min_size:
+        raise click.ClickException(f"{name} needs inputs of at least {model_spec.min_size} pixels, got --size {side}")
+    return (side, side), 0.875 if name in CLASSIFIERS else 1.0
+
+
+def _inputs(images, dataset, limit, channels, size, crop, value_range):
+    from pipeline.classify_report import image_files, load_image
+
+    if dataset == "digits":
+        if channels != 1 or size != (32, 32):
+            raise click.ClickException("--dataset digits needs a 1-channel 32×32 model (digits-vgg, digits-vgg-bn)")
+        return _digits_test(limit)
+    files = image_files(images)
+    if not files:
+        raise click.ClickException("no image files found in --images")
+    files = files[:limit] if limit is not None else files
+
+    def loader(f):
+        return lambda: load_image(f, channels, size, crop, value_range)
+
+    return [(f.name, loader(f), None) for f in files]
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, required=True,
+              help="Registry name of a classifier; repeat for several models (results go to OUT/<model>/).")
+@click.option("--weights", default=None, help="Weight file (or 'random'); only with a single --model.")
+@click.option("--trust-pickle", is_flag=True, help="Allow weight files that need unpickling (only trusted files).")
+@click.option("--images", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Image file or folder of images; repeatable. Resized to the model's input size.")
+@click.option("--dataset", type=click.Choice(DATASETS), default=None,
+              help="A bundled data set instead of --images: 'digits' = scikit-learn digits, test split.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
+@click.option("--attack", type=click.Choice(["fgsm"]), default=None, help="Also analyse attacked images.")
+@click.option("--eps", multiple=True, type=click.FloatRange(min=0), help="FGSM ε in input units; repeatable.")
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="Input side in pixels (default: the model's fixed or recommended size).")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Pixel discussions drawn for the top N classes.")
+@click.option("--vote-classes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pixels vote among the N best-scoring classes (0 = all classes).")
+@click.option("--figures", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Images with discussion / attack figures.")
+@click.option("--table", is_flag=True, help="Write Table 1 over all --model runs as OUT/table.{csv,md,html}.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps, size, top, vote_classes, figures,
+             table, out):
+    """Split each top-1 score into input term and per-layer bias contributions, and bring scores back to pixels.
+
+    Writes OUT/results.json (one object per image: image, top1, score, input_term, residual, contributions,
+    and attacks when --attack), CSV files, PNG figures and index.html. Re-running resumes: images already
+    analysed with the same settings are read from OUT/images/.
+    """
+    import torch
+
+    from pipeline.classify import residual_table
+    from pipeline.classify_report import ImageError, generate, write_table
+    from pipeline.interpreter import UnsupportedOperation
+    from pipeline.models.registry import build, spec
+
+    if bool(images) == bool(dataset):
+        raise click.ClickException("give either --images or --dataset")
+    if weights is not None and len(models) > 1:
+        raise click.ClickException("--weights goes with a single --model")
+    if attack and not eps:
+        raise click.ClickException("--attack fgsm needs at least one --eps")
+    if eps and not attack:
+        raise click.ClickException("--eps needs --attack fgsm")
+    results = {}
+    for name in models:
+        try:
+            model_spec = spec(name)
+            if model_spec.task != "classify":
+                raise click.ClickException(f"{name} is not a classifier (task '{model_spec.task}')")
+            in_size, crop = _input_size(name, model_spec, size)
+            inputs = _inputs(images, dataset, limit, model_spec.in_channels, in_size, crop, model_spec.value_range)
+            model = build(name, weights, trust_pickle=trust_pickle)
+            n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size)).shape[-1]
+            target = out / name if len(models) > 1 else out
+            results[name] = generate(
+                model, name, inputs, target, eps=list(eps), top=top, vote_classes=vote_classes, figures=figures,
+                class_names=_class_names(name, n_classes), value_range=model_spec.value_range,
+                settings={"weights": str(weights), "size": list(in_size), "crop": crop})
+        except (ImageError, UnsupportedOperation, ValueError, OSError) as err:
+            raise click.ClickException(f"{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        click.echo(f"{name}: {len(results[name])} images -> {target / 'index.html'}")
+    if table:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = write_table(residual_table(results), out / "table")
+        click.echo("Table 1: " + ", ".join(str(p) for p in paths))
