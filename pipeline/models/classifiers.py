@@ -12,7 +12,7 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: torchvision builder name -> (official weight file name, recommended input side, minimum input side).
+#: torchvision builder name -> (official weight file name, recommended input side, smallest input side that runs).
 #: Files live under https://download.pytorch.org/models/; the ResNet-50/101/152 files are IMAGENET1K_V1, the
 #: weights the paper's Table 1 (made with ``pretrained=True``) used.
 CLASSIFIERS = {
@@ -27,15 +27,15 @@ CLASSIFIERS = {
     "vgg13_bn": ("vgg13_bn-abd245e5.pth", 224, 32),
     "vgg16_bn": ("vgg16_bn-6c64b313.pth", 224, 32),
     "vgg19_bn": ("vgg19_bn-c79401a0.pth", 224, 32),
-    "resnet18": ("resnet18-f37072fd.pth", 224, 32),
-    "resnet34": ("resnet34-b627a593.pth", 224, 32),
-    "resnet50": ("resnet50-0676ba61.pth", 224, 32),
-    "resnet101": ("resnet101-63fe2227.pth", 224, 32),
-    "resnet152": ("resnet152-394f9c45.pth", 224, 32),
-    "densenet121": ("densenet121-a639ec97.pth", 224, 32),
-    "densenet161": ("densenet161-8d451a50.pth", 224, 32),
-    "densenet169": ("densenet169-b2777c0a.pth", 224, 32),
-    "densenet201": ("densenet201-c1103571.pth", 224, 32),
+    "resnet18": ("resnet18-f37072fd.pth", 224, 8),
+    "resnet34": ("resnet34-b627a593.pth", 224, 8),
+    "resnet50": ("resnet50-0676ba61.pth", 224, 8),
+    "resnet101": ("resnet101-63fe2227.pth", 224, 8),
+    "resnet152": ("resnet152-394f9c45.pth", 224, 8),
+    "densenet121": ("densenet121-a639ec97.pth", 224, 29),
+    "densenet161": ("densenet161-8d451a50.pth", 224, 29),
+    "densenet169": ("densenet169-b2777c0a.pth", 224, 29),
+    "densenet201": ("densenet201-c1103571.pth", 224, 29),
     "inception_v3": ("inception_v3_google-0cc3c7bd.pth", 299, 75),
 }
 

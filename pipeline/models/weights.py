@@ -1,0 +1,242 @@
+"""Weight files: download official files into a cache with checksums, read them safely, adapt and load them.
+
+- ``fetch(url)``: the cached copy under ``cache_dir()`` (``$LINTERP_CACHE``, default ``~/.cache/linterp``), or a
+  download (``http(s)://`` or ``file://``) verified against the sha256 prefix in the file name, as torch hub does
+  (``name-<hex>.pth``), or against a full sha256 when one is known.
+- ``read_state_dict(path)``: ``torch.load(weights_only=True)``; a pickled object is refused unless ``trust_pickle``.
+- ``load_weights(model, state)``: applies the key adapters of old official files (``ADAPTERS``), then loads
+  strictly; missing, unexpected or mis-shaped keys raise a one-line ``WeightsError`` that lists them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from pipeline.models.edsr import MeanShift
+
+#: torch hub's rule: the part of the file name between the last '-' and the extension is a sha256 prefix.
+HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.[A-Za-z0-9]+$")
+#: How many key names an error message lists before it says "and N more".
+LISTED_KEYS = 8
+
+
+class WeightsError(ValueError):
+    """A weight file cannot be found, fetched, read or loaded; the message is one line."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded weight files are kept: ``$LINTERP_CACHE``, else ``~/.cache/linterp``."""
+    return Path(os.environ.get("LINTERP_CACHE") or Path.home() / ".cache" / "linterp")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def expected_sha256(url: str, sha256: str | None = None) -> str | None:
+    """The full sha256 when given, else the prefix in the file name (``…-6b446fab.pt``), else None."""
+    if sha256:
+        return sha256.lower()
+    match = HASH_IN_NAME.search(url.rsplit("/", 1)[-1])
+    return match.group(1) if match else None
+
+
+def verify_sha256(path: Path, expected: str | None, origin: str) -> None:
+    """Raise ``WeightsError`` unless the file's sha256 starts with ``expected`` (no check when None)."""
+    if expected is None:
+        return
+    actual = file_sha256(path)
+    if not actual.startswith(expected):
+        raise WeightsError(f"checksum mismatch for {origin}: sha256 {actual[:16]}… does not start with {expected}")
+
+
+def fetch(url: str, sha256: str | None = None, progress: bool = True) -> Path:
+    """The local path of the weight file at ``url``: the verified cached copy, or a fresh verified download.
+
+    The download goes to ``<name>.part`` and is renamed when complete and verified, so an interrupted or corrupt
+    download never poses as a cached file. Without a network the error names the URL and ``--weights PATH``.
+    """
+    name = url.rsplit("/", 1)[-1]
+    target = cache_dir() / name
+    expected = expected_sha256(url, sha256)
+    if target.exists():
+        verify_sha256(target, expected, str(target))
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
+            copy_with_progress(response, out, int(response.headers.get("Content-Length") or 0), name, progress)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        partial.unlink(missing_ok=True)
+        reason = getattr(err, "reason", err)
+        raise WeightsError(f"cannot download {url} ({reason}); download it yourself and pass --weights PATH") from err
+    try:
+        verify_sha256(partial, expected, url)
+    except WeightsError:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(target)
+    return target
+
+
+def copy_with_progress(src, dst, total: int, label: str, progress: bool) -> None:
+    """Copy a binary stream in 1 MiB blocks, with a tqdm bar when ``progress``."""
+    from tqdm import tqdm
+
+    with tqdm(total=total or None, unit="B", unit_scale=True, desc=label, disable=not progress) as bar:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            dst.write(block)
+            bar.update(len(block))
+
+
+def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in a weight file, on the CPU.
+
+    Plain state dicts (and ``{'state_dict': …}`` / ``{'model': …}`` wrappers) load with ``weights_only=True``.
+    A file holding pickled objects (e.g. a whole ``nn.Module``) is refused unless ``trust_pickle``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_pickle:
+            raise WeightsError(f"{path} holds pickled Python objects, not a plain state dict; refusing to unpickle "
+                               f"it (pass --trust-pickle only if you trust the file)") from err
+        obj = load_pickle(path)
+    except Exception as err:  # torch raises RuntimeError, EOFError, zipfile errors… for damaged files
+        raise WeightsError(f"cannot read weights file {path}: not a valid PyTorch checkpoint "
+                           f"({type(err).__name__}: {first_line(err)})") from err
+    return as_state_dict(obj, path)
+
+
+def load_pickle(path: Path):
+    """Unpickle a trusted file; a missing class becomes a one-line error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise WeightsError(f"cannot unpickle {path}: {type(err).__name__}: {first_line(err)}") from err
+
+
+def as_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    """A dict of tensors from a loaded object: a state dict, a common wrapper of one, or a whole module."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model", "params"):
+            if wrapper in obj and isinstance(obj[wrapper], Mapping):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors); "
+                           f"it holds {type(obj).__name__}")
+    return {str(k): v for k, v in obj.items()}
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# -- key adapters: each takes (model, state) and returns the state, adapted when the rule applies --------------
+
+def add_wrapper_prefix(model: nn.Module, state: dict) -> dict:
+    """torchvision files lack the ``net.`` prefix of our ImageNet wrapper (``classifiers.ImageNetClassifier``)."""
+    own = model.state_dict()
+    if state and all(k not in own for k in state) and all("net." + k in own for k in state):
+        return {"net." + k: v for k, v in state.items()}
+    return state
+
+
+#: torchvision's own legacy rule (densenet._load_state_dict): 'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'.
+DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
+                             r"running_var))$")
+
+
+def rename_densenet_legacy(model: nn.Module, state: dict) -> dict:
+    """Rename the legacy DenseNet keys of the official files to the current layer names."""
+    renamed = {}
+    for key, value in state.items():
+        match = DENSENET_LEGACY.match(key)
+        renamed[match.group(1) + match.group(2) if match else key] = value
+    return renamed
+
+
+def drop_instance_norm_stats(model: nn.Module, state: dict) -> dict:
+    """Drop the running statistics that 2018 CycleGAN files carry for InstanceNorm layers that track none.
+
+    As the official loader does: a ``running_mean``/``running_var`` key goes when the live InstanceNorm has no such
+    buffer, a ``num_batches_tracked`` key under an InstanceNorm always goes.
+    """
+    modules = dict(model.named_modules())
+    kept = {}
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules.get(owner)
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm) and (
+                leaf == "num_batches_tracked" or (leaf in ("running_mean", "running_var")
+                                                  and getattr(module, leaf, None) is None)):
+            continue
+        kept[key] = value
+    return kept
+
+
+def rebuild_mean_shift(model: nn.Module, state: dict) -> dict:
+    """Fill in EDSR MeanShift keys a file lacks, from the model's own (fixed, non-trainable) constants."""
+    filled = dict(state)
+    for name, module in model.named_modules():
+        if isinstance(module, MeanShift):
+            for leaf, tensor in module.state_dict().items():
+                filled.setdefault(f"{name}.{leaf}", tensor)
+    return filled
+
+
+#: Applied in this order to every file before the strict load; each rule only acts where the model calls for it.
+ADAPTERS: tuple[Callable[[nn.Module, dict], dict], ...] = (
+    add_wrapper_prefix, rename_densenet_legacy, drop_instance_norm_stats, rebuild_mean_shift,
+)
+
+
+def listed(keys) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - LISTED_KEYS} more" if len(keys) > LISTED_KEYS else ""
+    return ", ".join(keys[:LISTED_KEYS]) + more
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str = "weights") -> nn.Module:
+    """Adapt ``state`` with ``ADAPTERS`` and load it strictly into ``model`` (in place; returns the model)."""
+    state = dict(state)
+    for adapter in ADAPTERS:
+        state = adapter(model, state)
+    own = model.state_dict()
+    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {listed(unexpected)}")
+    wrong = [f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})"
+             for k in sorted(own.keys() & state.keys()) if own[k].shape != state[k].shape]
+    if wrong:
+        problems.append(f"wrong shapes: {listed(wrong)}")
+    if problems:
+        raise WeightsError(f"{origin} do not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model
+
