@@ -1,0 +1,68 @@
+"""`linterp train NAME` and `linterp evaluate NAME`: the click side of `pipeline.training`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("name")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the state dict (default: pipeline/models/weights/NAME.pt).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the recipe's).")
+@click.option("--seed", type=int, default=None, help="Seed (default: the recipe's, 0).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
+def train(name, out, steps, seed, threads):
+    """Train the offline default NAME from a fixed seed on data from installed packages.
+
+    A killed run resumes from OUT.ckpt when started again with the same NAME, --steps and --seed.
+    """
+    import torch
+
+    from pipeline.models.registry import WEIGHTS_DIR
+    from pipeline.models.weights import file_sha256
+    from pipeline.training.loop import train as run
+    from pipeline.training.recipes import recipe
+
+    try:
+        rec = recipe(name)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    if threads:
+        torch.set_num_threads(threads)
+    out = out or WEIGHTS_DIR / f"{name}.pt"
+    result = run(rec, out, steps=steps, seed=seed)
+    losses = result["losses"]
+    tail = losses[-min(50, len(losses)):] if losses else []
+    click.echo(f"{name}: {result['steps']} steps, {result['seconds']:.0f} s in this process, "
+               f"final loss (mean of last {len(tail)}) {sum(tail) / max(1, len(tail)):.4g}")
+    click.echo(f"wrote {out} (sha256 {file_sha256(out)})")
+
+
+@click.command()
+@click.argument("name")
+@click.option("--weights", default=None, help="A weight file (default: NAME's default weights).")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled whole-model file (only for trusted files).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
+def evaluate(name, weights, trust_pickle, threads):
+    """Print NAME's quality on held-out data: PSNR on Y vs bicubic (super-resolution), L1 to the mosaic vs
+    the identity (i2i-small), test accuracy (digits), and whether it meets its target."""
+    import torch
+
+    from pipeline.training.evaluate import check, evaluate as run, task_for
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        task = task_for(name)
+        from pipeline.models.registry import build
+
+        model = build(name, weights=weights, trust_pickle=trust_pickle)
+        report = run(model, task)
+        lines = check(name, report)
+    except ValueError as err:
+        raise click.ClickException(str(err).splitlines()[0]) from None
+    click.echo(f"{name} ({weights or 'default weights'}) on held-out data:")
+    for line in report.lines + lines:
+        click.echo(f"  {line}")

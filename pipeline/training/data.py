@@ -1,0 +1,154 @@
+"""Training and evaluation data from installed packages only (no downloads).
+
+Photos come from `skimage.data` (the ones shipped inside the scikit-image wheel); digits from
+`sklearn.datasets.load_digits`. Everything here is a pure function of its arguments, so a seed fixes a run.
+
+Conventions: photos are float32 arrays (H, W, 3) in [0, 1] (grey photos repeated over the 3 channels);
+tensors are (N, C, H, W).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: scikit-image sample images used for training (natural photos, textures, microscopy, documents).
+TRAIN_PHOTOS = (
+    "chelsea", "rocket", "stereo_motorcycle", "coins", "moon", "clock", "brick", "grass", "gravel",
+    "immunohistochemistry", "hubble_deep_field", "page", "text", "cell",
+)
+#: held out from every training run; `astronaut` is the project's demo image.
+HELD_OUT_PHOTOS = ("astronaut", "camera", "coffee")
+
+#: BT.601 full-range (JFIF) luma weights, as PIL's YCbCr conversion uses.
+LUMA = (0.299, 0.587, 0.114)
+
+
+@functools.lru_cache(maxsize=None)
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as float32 (H, W, 3) in [0, 1]; grey ones are repeated to 3 channels.
+
+    `stereo_motorcycle` gives its left view. Raises ValueError for a name that is not a bundled photo.
+    """
+    import skimage.data
+
+    loader = getattr(skimage.data, name, None)
+    if loader is None:
+        raise ValueError(f"'{name}' is not a scikit-image sample image")
+    img = loader()
+    if isinstance(img, tuple):
+        img = img[0]
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.float32)
+    elif img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    else:
+        img = img.astype(np.float32)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, C) array -> (1, C, H, W) float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+
+
+def luma(rgb: torch.Tensor) -> torch.Tensor:
+    """Y of RGB (N, 3, H, W) -> (N, 1, H, W), same units (BT.601 full range, no offset)."""
+    w = torch.tensor(LUMA, dtype=rgb.dtype).view(1, 3, 1, 1)
+    return (rgb * w).sum(1, keepdim=True)
+
+
+def bicubic_down(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The LR image of a super-resolution pair, in [0, 1], quantised to 8 bits.
+
+    `hr` (N, C, H, W) in [0, 1] with H, W multiples of `scale`. Exactly: torch `F.interpolate(hr,
+    scale_factor=1/scale, mode="bicubic", align_corners=False, antialias=True)` (Keys cubic, a = -0.75,
+    kernel stretched by `scale` as MATLAB's imresize does), then clamped to [0, 1] and rounded to
+    multiples of 1/255 as an 8-bit image file would store it.
+    """
+    lr = F.interpolate(hr, scale_factor=1.0 / scale, mode="bicubic", align_corners=False, antialias=True)
+    return torch.round(lr.clamp(0, 1) * 255) / 255
+
+
+def bicubic_up(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The bicubic baseline: `F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)`,
+    clamped to [0, 1]. (N, C, h, w) -> (N, C, scale*h, scale*w)."""
+    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def sr_pair(name: str, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lr, hr) of one photo: hr (1, 3, H, W) cropped at the bottom/right to multiples of `scale`,
+    lr = `bicubic_down(hr, scale)`, both RGB in [0, 1]."""
+    img = load_photo(name)
+    h, w = (img.shape[0] // scale) * scale, (img.shape[1] // scale) * scale
+    hr = to_tensor(img[:h, :w])
+    return bicubic_down(hr, scale), hr
+
+
+@functools.lru_cache(maxsize=None)
+def mosaic_pair(name: str, segment_area: int = 256, compactness: float = 10.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(photo, mosaic) of one photo, both (1, 3, H, W) in [0, 1], H and W cropped to multiples of 4.
+
+    The mosaic is the photo's SLIC superpixels (`skimage.segmentation.slic`, about one segment per
+    `segment_area` pixels, `compactness`, `start_label=0`) each filled with its mean colour.
+    """
+    from skimage.color import label2rgb
+    from skimage.segmentation import slic
+
+    img = load_photo(name)
+    img = img[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
+    n_segments = max(1, round(img.shape[0] * img.shape[1] / segment_area))
+    labels = slic(img.astype(np.float64), n_segments=n_segments, compactness=compactness, start_label=0)
+    target = label2rgb(labels, img.astype(np.float64), kind="avg", bg_label=-1).astype(np.float32)
+    return to_tensor(img), to_tensor(target)
+
+
+def random_crops(pairs, batch: int, size: int, scale: int, rng: np.random.Generator):
+    """A batch of aligned random crops with random flips and 90° turns.
+
+    pairs: list of (a, b) tensors (1, C, h, w) and (1, C', scale*h, scale*w). Returns (A, B) with
+    A (batch, C, size, size) and B (batch, C', scale*size, scale*size). Photos are drawn with weights
+    proportional to their area; `rng` fixes every choice.
+    """
+    areas = np.array([a.shape[-2] * a.shape[-1] for a, _ in pairs], dtype=np.float64)
+    picks = rng.choice(len(pairs), size=batch, p=areas / areas.sum())
+    xs, ys = [], []
+    for k in picks:
+        a, b = pairs[k]
+        top = int(rng.integers(0, a.shape[-2] - size + 1))
+        left = int(rng.integers(0, a.shape[-1] - size + 1))
+        pa = a[0, :, top:top + size, left:left + size]
+        pb = b[0, :, scale * top:scale * (top + size), scale * left:scale * (left + size)]
+        turns, flip = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+        pa, pb = (torch.rot90(p, turns, dims=(1, 2)) for p in (pa, pb))
+        if flip:
+            pa, pb = pa.flip(-1), pb.flip(-1)
+        xs.append(pa)
+        ys.append(pb)
+    return torch.stack(xs), torch.stack(ys)
+
+
+@functools.lru_cache(maxsize=None)
+def digits_split(test_fraction: float = 0.25, seed: int = 0):
+    """scikit-learn's bundled digits as ((x_train, y_train), (x_test, y_test)).
+
+    x: (N, 1, 32, 32) float32 in [0, 1] (the 8x8 images, 0..16 divided by 16, upsampled 4x bilinearly
+    with align_corners=False); y: (N,) int64. The split is `train_test_split(test_size=test_fraction,
+    random_state=seed, stratify=labels)`: 1347 train / 450 test images by default.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = torch.from_numpy(data.images.astype(np.float32) / 16.0)[:, None]
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)
+    y = torch.from_numpy(data.target.astype(np.int64))
+    idx = np.arange(len(y))
+    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=data.target)
+    return (x[train], y[train]), (x[test], y[test])

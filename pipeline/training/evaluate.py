@@ -1,0 +1,136 @@
+"""Held-out quality of the offline defaults, in the units the model cards quote.
+
+- super-resolution: PSNR on Y in [0, 1] (peak 1), `scale` border pixels excluded, per held-out photo,
+  against bicubic upscaling of the same LR image (`data.bicubic_up`);
+- mosaic: mean L1 to the mosaic targets, against the identity mapping's, in [-1, 1] units;
+- digits: accuracy on the fixed test split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pipeline.training import data
+from pipeline.training.tasks import Digits, Mosaic, SuperResolution
+
+
+@dataclass
+class Report:
+    """metrics: name -> value; lines: the human-readable table `linterp evaluate` prints."""
+
+    metrics: dict = field(default_factory=dict)
+    lines: list = field(default_factory=list)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> float:
+    """PSNR in dB of two (1, 1, H, W) images in [0, 1], `border` pixels cut off each side."""
+    if border:
+        a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return float("inf") if mse == 0 else -10.0 * torch.log10(torch.tensor(mse)).item()
+
+
+@torch.no_grad()
+def evaluate_sr(model: nn.Module, task: SuperResolution, photos=data.HELD_OUT_PHOTOS) -> Report:
+    """PSNR_Y of model and bicubic on each photo; metrics 'psnr', 'psnr_bicubic', 'gain' are means in dB."""
+    rep = Report()
+    rep.lines.append(f"{'photo':<12} {'size (HR)':>11} {'model dB':>9} {'bicubic dB':>10} {'gain dB':>8}")
+    ours, base = [], []
+    for name in photos:
+        lr, hr = data.sr_pair(name, task.scale)
+        y_hr = data.luma(hr)
+        y_model = task.to_y(model(task.to_model(lr)))
+        y_bic = data.bicubic_up(data.luma(lr), task.scale)
+        ours.append(psnr(y_model, y_hr, task.scale))
+        base.append(psnr(y_bic, y_hr, task.scale))
+        size = f"{hr.shape[-2]}x{hr.shape[-1]}"
+        rep.lines.append(f"{name:<12} {size:>11} {ours[-1]:9.3f} {base[-1]:10.3f} {ours[-1] - base[-1]:+8.3f}")
+    m, b = sum(ours) / len(ours), sum(base) / len(base)
+    rep.lines.append(f"{'mean':<12} {'':>11} {m:9.3f} {b:10.3f} {m - b:+8.3f}")
+    rep.metrics.update(psnr=m, psnr_bicubic=b, gain=m - b)
+    return rep
+
+
+@torch.no_grad()
+def evaluate_mosaic(model: nn.Module, task: Mosaic, photos=data.HELD_OUT_PHOTOS) -> Report:
+    """L1 of model and identity to the mosaic per photo; metrics 'l1', 'l1_identity' (pixel-weighted
+    means) and 'reduction' = 1 - l1 / l1_identity."""
+    rep = Report()
+    rep.lines.append(f"{'photo':<12} {'size':>9} {'model L1':>9} {'identity L1':>11} {'reduction':>9}")
+    err = ide = pixels = 0.0
+    for name in photos:
+        x, y = (task.to_model(t) for t in data.mosaic_pair(name))
+        e = (model(x) - y).abs().mean().item()
+        i = (x - y).abs().mean().item()
+        n = x.shape[-2] * x.shape[-1]
+        err, ide, pixels = err + e * n, ide + i * n, pixels + n
+        rep.lines.append(f"{name:<12} {x.shape[-2]}x{x.shape[-1]:<5} {e:9.4f} {i:11.4f} {1 - e / i:9.1%}")
+    err, ide = err / pixels, ide / pixels
+    rep.lines.append(f"{'all':<12} {'':>9} {err:9.4f} {ide:11.4f} {1 - err / ide:9.1%}")
+    rep.metrics.update(l1=err, l1_identity=ide, reduction=1 - err / ide)
+    return rep
+
+
+@torch.no_grad()
+def evaluate_digits(model: nn.Module, task: Digits, limit: int | None = None) -> Report:
+    """Accuracy on the test split (its first `limit` images if given); metrics 'accuracy', 'n'."""
+    _, (x, y) = data.digits_split()
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    correct = (model(x).argmax(1) == y).sum().item()
+    rep = Report(metrics={"accuracy": correct / len(y), "n": len(y)})
+    rep.lines.append(f"test accuracy {correct}/{len(y)} = {correct / len(y):.2%}")
+    return rep
+
+
+def evaluate(model: nn.Module, task, photos=data.HELD_OUT_PHOTOS) -> Report:
+    """The held-out report of `model` (put in eval mode) on its recipe's task."""
+    model.eval()
+    if isinstance(task, SuperResolution):
+        return evaluate_sr(model, task, photos)
+    if isinstance(task, Mosaic):
+        return evaluate_mosaic(model, task, photos)
+    if isinstance(task, Digits):
+        return evaluate_digits(model, task)
+    raise ValueError(f"no evaluation for task {type(task).__name__}")
+
+
+def task_for(name: str):
+    """The evaluation task of a registry name: its recipe's task for the trained defaults, a
+    `SuperResolution` task for any other super-resolution model; ValueError for the rest."""
+    from pipeline.models.registry import spec
+    from pipeline.training.recipes import RECIPES
+
+    if name in RECIPES:
+        return RECIPES[name].task
+    model_spec = spec(name)
+    if model_spec.task == "sr":
+        return SuperResolution(scale=model_spec.scale, channels=model_spec.in_channels,
+                               rgb_range=model_spec.value_range[1])
+    raise ValueError(f"no held-out evaluation for {name} ({model_spec.task}); evaluate knows super-resolution "
+                     f"models and {', '.join(RECIPES)}")
+
+
+def check(name: str, report: Report) -> list[str]:
+    """Lines saying whether `report` meets the recipe's target of `name` and beats the models it must beat
+    (each evaluated with its default weights on the same data); empty for names without a recipe."""
+    from pipeline.models.registry import build
+    from pipeline.training.recipes import RECIPES
+
+    rec = RECIPES.get(name)
+    if rec is None or rec.target is None:
+        return []
+    metric, minimum = rec.target
+    value = report.metrics[metric]
+    lines = [f"target {metric} >= {minimum:g}: {value:.4g} -> {'met' if value >= minimum else 'NOT met'}"]
+    for other in rec.beats:
+        try:
+            theirs = evaluate(build(other), task_for(other)).metrics
+        except ValueError as err:
+            lines.append(f"cannot compare with {other}: {str(err).splitlines()[0]}")
+            continue
+        verdict = "met" if value > theirs[metric] else "NOT met"
+        lines.append(f"{metric} above {other}'s ({theirs[metric]:.4g}): {value:.4g} -> {verdict}")
+    return lines

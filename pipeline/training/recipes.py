@@ -1,0 +1,52 @@
+"""How each offline default model is trained: task, steps, learning rate, seed.
+
+The architectures are the registry's (`pipeline.models.registry.spec(name).factory`); a recipe only adds the
+training choices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from torch import nn
+
+from pipeline.training.tasks import Digits, Mosaic, SuperResolution
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Adam with a learning rate cosine-decayed from `lr` to 0 over `steps`, one batch of `task.draw` per
+    step, from torch seed `seed`; the architecture is the registry's for `name`."""
+
+    name: str
+    task: object
+    steps: int
+    lr: float
+    seed: int = 0
+    #: the held-out quality the model must reach: (metric of `evaluate`, minimum value).
+    target: tuple[str, float] | None = None
+    #: registry names (with their default weights) this model must beat on the metric of `target`.
+    beats: tuple[str, ...] = ()
+
+    def make_model(self) -> nn.Module:
+        """The untrained network (its family's own initialisation; seed torch before calling)."""
+        from pipeline.models.registry import spec
+
+        return spec(self.name).factory()
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("pixelshuffle-x4", SuperResolution(scale=4, channels=1, patch=32, batch=16), steps=3000, lr=1e-3,
+           target=("gain", 0.3)),
+    Recipe("edsr-small-x4", SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=24, batch=16),
+           steps=2500, lr=5e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
+    Recipe("i2i-small", Mosaic(patch=96, batch=8), steps=1500, lr=2e-3, target=("reduction", 0.3)),
+    Recipe("digits-vgg", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
+    Recipe("digits-vgg-bn", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
+)}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe of a trainable default; ValueError naming the trainable ones otherwise."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"no training recipe for '{name}' (trainable: {', '.join(RECIPES)})") from None

@@ -1,0 +1,85 @@
+"""The training tasks: how to draw a batch, convert it to a model's units, and score the model.
+
+A task turns data from `pipeline.training.data` into (input, target) batches in the model's own units:
+- `SuperResolution`: LR -> HR patches, on Y in [0, 1] (1 channel) or RGB in [0, rgb_range] (3 channels).
+- `Mosaic`: photo -> superpixel mosaic, RGB in [-1, 1] (CycleGAN's convention).
+- `Digits`: (N, 1, 32, 32) images in [0, 1] -> class indices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.training import data
+
+
+@dataclass(frozen=True)
+class SuperResolution:
+    """LR -> HR patches of `photos`; `channels` 1 = Y in [0, 1], 3 = RGB in [0, rgb_range]."""
+
+    scale: int
+    channels: int
+    rgb_range: float = 1.0
+    patch: int = 32          # LR patch side, pixels
+    batch: int = 16
+    photos: tuple[str, ...] = data.TRAIN_PHOTOS
+
+    def to_model(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGB (N, 3, H, W) in [0, 1] -> the model's input/output units."""
+        return data.luma(rgb) if self.channels == 1 else rgb * self.rgb_range
+
+    def to_y(self, out: torch.Tensor) -> torch.Tensor:
+        """A model output (or target) -> Y (N, 1, H, W) in [0, 1], clamped as a saved image would be."""
+        y = out if self.channels == 1 else data.luma(out / self.rgb_range)
+        return y.clamp(0, 1)
+
+    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [data.sr_pair(name, self.scale) for name in self.photos]
+        lr, hr = data.random_crops(pairs, self.batch, self.patch, self.scale, rng)
+        return self.to_model(lr), self.to_model(hr)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean absolute error in [0, 1] units (EDSR's L1 loss)."""
+        scale = 1.0 if self.channels == 1 else self.rgb_range
+        return F.l1_loss(model(x), target) / scale
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    """Photo -> SLIC mosaic (see `data.mosaic_pair`) patches of `photos`, RGB in [-1, 1]."""
+
+    patch: int = 96
+    batch: int = 8
+    photos: tuple[str, ...] = data.TRAIN_PHOTOS
+
+    @staticmethod
+    def to_model(rgb: torch.Tensor) -> torch.Tensor:
+        return rgb * 2 - 1
+
+    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [data.mosaic_pair(name) for name in self.photos]
+        x, y = data.random_crops(pairs, self.batch, self.patch, 1, rng)
+        return self.to_model(x), self.to_model(y)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """L1 in [-1, 1] units (pix2pix's reconstruction loss, without the adversarial term)."""
+        return F.l1_loss(model(x), target)
+
+
+@dataclass(frozen=True)
+class Digits:
+    """scikit-learn digits (`data.digits_split`), cross-entropy on the 10 logits."""
+
+    batch: int = 64
+
+    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        (x, y), _ = data.digits_split()
+        idx = torch.from_numpy(rng.choice(len(y), size=self.batch, replace=False))
+        return x[idx], y[idx]
+
+    def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), target)
