@@ -1,0 +1,365 @@
+"""Export linterp stores as a static site: sprite sheets of every row and column, images, SVD and a manifest.
+
+Site layout (``OUT``)::
+
+    index.html  viewer.js  viewer.css        copied from site_template/
+    data/manifest.js                         LINTERP.manifest({...}): models, shapes, attributes, colour table
+    data/<model>/<sheet>.js                  LINTERP.sheet(name, {meta, png}): one 8-bit PNG sprite sheet
+
+Filter sheets: for a *kind* (``col``: columns, one per input pixel, drawn over the output domain; ``row``:
+rows, one per output pixel, drawn over the input domain) the source domain is cut into square blocks of
+``block`` pixels; one sheet holds, for one *source channel* s (each channel, plus Σ = the sum over channels
+when there are several), the filters of all pixels of one block. A filter is cropped to its non-zero box in
+the destination domain and stored as nt planes (each destination channel, plus Σ), each quantised with its
+own scale (see :mod:`pipeline.export.render`). Sheet name: ``<kind>_<s>_<y>_<x>`` with (y, x) the block's
+top-left source pixel. Sheet meta: ``origin`` (y, x), ``size`` (h, w) of the block, ``cell`` (ch, cw),
+``nt``, ``boxes`` (top, left, h, w per pixel, row-major), ``scales`` (nt per pixel).
+
+F is read one source chunk at a time (``F.chunks``), the whole destination domain per read, so every chunk
+of F is decompressed once. Each sheet file is written atomically and each task leaves a marker, so a killed
+export resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.export import render
+from pipeline.store import Store, StoreError, open_store
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "site_template"
+TEMPLATE_FILES = ("index.html", "viewer.js", "viewer.css")
+#: target number of pixels of one filter sheet (the viewer decodes one sheet per block it visits)
+SHEET_PIXELS = 1 << 21
+
+
+class ExportError(ValueError):
+    """Stores that cannot be exported together, or a site folder that cannot be written (one line)."""
+
+
+# ---- channels and kinds ---------------------------------------------------------------------------------
+def channel_labels(c: int) -> list[str]:
+    """Labels of the selectable channels: each channel, plus Σ (their sum) when there are several."""
+    names = ["R", "G", "B"] if c == 3 else (["Y"] if c == 1 else [str(i) for i in range(c)])
+    return names + (["Σ"] if c > 1 else [])
+
+
+def with_sum(planes: np.ndarray) -> np.ndarray:
+    """(c, ...) -> (c + 1, ...) with the channel sum appended, or unchanged when c == 1."""
+    return planes if planes.shape[0] == 1 else np.concatenate([planes, planes.sum(0, keepdims=True)])
+
+
+def kind_axes(kind: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """F axes (channel, y, x) of the source and destination domain of a kind."""
+    return ((3, 4, 5), (0, 1, 2)) if kind == "col" else ((0, 1, 2), (3, 4, 5))
+
+
+def read_source_chunk(F, kind: str, sy: int, sx: int, h: int, w: int) -> np.ndarray:
+    """Filters of the source pixels [sy:sy+h, sx:sx+w] over the whole destination domain.
+
+    Returns float32 (C_src, h, w, C_dst, H_dst, W_dst). One zarr read, aligned to the chunks of F.
+    """
+    if kind == "col":
+        return np.moveaxis(F[:, :, :, :, sy:sy + h, sx:sx + w], (3, 4, 5), (0, 1, 2))
+    return F[:, sy:sy + h, sx:sx + w]
+
+
+def filter_boxes(block: np.ndarray) -> np.ndarray:
+    """(C_src, h, w, C_dst, H, W) -> int (h, w, 4) non-zero boxes (top, left, height, width) per pixel."""
+    nz = np.any(block != 0, axis=(0, 3))
+    out = np.zeros(nz.shape[:2] + (4,), np.int64)
+    for axis, (lo, size) in ((3, (0, 2)), (2, (1, 3))):
+        hit = nz.any(axis)  # rows (axis 3 collapsed) or columns
+        n = hit.shape[-1]
+        first = hit.argmax(-1)
+        last = n - 1 - hit[..., ::-1].argmax(-1)
+        some = hit.any(-1)
+        out[..., lo] = np.where(some, first, 0)
+        out[..., size] = np.where(some, last - first + 1, 0)
+    return out
+
+
+# ---- planning ---------------------------------------------------------------------------------------------
+def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict:
+    """Block size of a kind's sheets: a multiple of F's source chunk, sized from a probe of the central chunk."""
+    F = store.F
+    src, dst = kind_axes(kind)
+    c_src, h_src, w_src = (F.shape[a] for a in src)
+    c_dst = F.shape[dst[0]]
+    ch_y, ch_x = F.chunks[src[1]], F.chunks[src[2]]
+    sy, sx = (h_src // 2) // ch_y * ch_y, (w_src // 2) // ch_x * ch_x
+    probe = read_source_chunk(F, kind, sy, sx, min(ch_y, h_src - sy), min(ch_x, w_src - sx))
+    boxes = filter_boxes(probe)
+    cell = max(1, int(boxes[..., 2].max()) * int(boxes[..., 3].max()))
+    nt = len(channel_labels(c_dst))
+    side = max(1, int(math.sqrt(sheet_pixels / (nt * cell))))
+    chunk = max(ch_y, ch_x)
+    block = min(max(chunk, side // chunk * chunk), max(h_src, w_src) // chunk * chunk + chunk)
+    return {"block": int(block), "chunk": [int(ch_y), int(ch_x)], "sources": channel_labels(c_src),
+            "targets": channel_labels(c_dst), "src_shape": [c_src, h_src, w_src]}
+
+
+def block_origins(plan: dict) -> list[tuple[int, int]]:
+    _, h, w = plan["src_shape"]
+    b = plan["block"]
+    return [(y, x) for y in range(0, h, b) for x in range(0, w, b)]
+
+
+# ---- rendering tasks --------------------------------------------------------------------------------------
+def _write_atomic(path: Path, text: str) -> int:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return len(text.encode("utf-8"))
+
+
+def _block_planes(block: np.ndarray, boxes: np.ndarray, i: int, j: int) -> np.ndarray:
+    """Planes of pixel (i, j) of a read block: (n_sources, nt, h, w) cropped to its box."""
+    t, l, h, w = boxes[i, j]
+    crop = block[:, i, j, :, t:t + h, l:l + w]  # (C_src, C_dst, h, w)
+    return np.stack([with_sum(p) for p in with_sum(crop)])
+
+
+def _iter_block(store: Store, kind: str, plan: dict, y0: int, x0: int):
+    """Yield (i, j, box, planes) for the pixels of the sheet block at (y0, x0), reading F chunk by chunk."""
+    _, h_src, w_src = plan["src_shape"]
+    b = plan["block"]
+    ch_y, ch_x = plan["chunk"]
+    for cy in range(y0, min(y0 + b, h_src), ch_y):
+        for cx in range(x0, min(x0 + b, w_src), ch_x):
+            hy, hx = min(ch_y, h_src - cy, y0 + b - cy), min(ch_x, w_src - cx, x0 + b - cx)
+            block = read_source_chunk(store.F, kind, cy, cx, hy, hx)
+            boxes = filter_boxes(block)
+            for i in range(hy):
+                for j in range(hx):
+                    yield cy - y0 + i, cx - x0 + j, boxes[i, j], _block_planes(block, boxes, i, j)
+
+
+def measure_block(store_path: str, kind: str, plan: dict, y0: int, x0: int) -> np.ndarray:
+    """Largest |value| per (source, target) plane over the filters of one block: (n_sources, nt)."""
+    store = open_store(store_path)
+    peak = np.zeros((len(plan["sources"]), len(plan["targets"])), np.float32)
+    for *_, planes in _iter_block(store, kind, plan, y0, x0):
+        peak = np.maximum(peak, render.plane_scales(planes))
+    return peak
+
+
+def render_block(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder: str, model: str,
+                 fixed_scales=None) -> dict:
+    """Write the sheets (one per source channel) of one block; returns {'filters', 'bytes', 'files'}.
+
+    ``fixed_scales``: None for per-filter normalisation, or (n_sources, nt) global scales.
+    """
+    store = open_store(store_path)
+    _, h_src, w_src = plan["src_shape"]
+    b = plan["block"]
+    bh, bw = min(b, h_src - y0), min(b, w_src - x0)
+    ns, nt = len(plan["sources"]), len(plan["targets"])
+    entries = [[None] * (bh * bw) for _ in range(ns)]
+    boxes = np.zeros((bh * bw, 4), np.int64)
+    scales = np.zeros((ns, bh * bw, nt), np.float32)
+    for i, j, box, planes in _iter_block(store, kind, plan, y0, x0):
+        k = i * bw + j
+        boxes[k] = box
+        scales[:, k] = render.plane_scales(planes) if fixed_scales is None else fixed_scales
+        for s in range(ns):
+            entries[s][k] = render.quantise(planes[s], scales[s, k])
+    written = 0
+    for s in range(ns):
+        sheet, cell = render.pack_sheet(entries[s], bw)
+        name = f"{kind}_{s}_{y0}_{x0}"
+        meta = {"origin": [y0, x0], "size": [bh, bw], "cell": list(cell), "nt": nt,
+                "boxes": boxes.reshape(-1).tolist(), "scales": [float(f"{v:.6g}") for v in scales[s].reshape(-1)]}
+        written += _write_atomic(Path(folder) / f"{name}.js",
+                                 render.sheet_script(f"{model}/{name}", meta, render.png_bytes(sheet)))
+    return {"filters": bh * bw * len([c for c in plan["sources"] if c != "Σ"]), "bytes": written, "files": ns}
+
+
+def render_images(store_path: str, folder: str, model: str) -> dict:
+    """Sheets of the images: ``img_in`` (x0), ``img_out`` (y0, F·x0, residual), natural-colour ``nat_x0`` and
+    ``nat_y0`` (C in {1, 3}), and the SVD eigen-images ``svd_v_<i>`` / ``svd_u_<i>`` when present."""
+    store = open_store(store_path)
+    fx0 = store.y0 - store.residual  # F·x0 + r = f(x0) holds for every store (checked by compute)
+    written, files = 0, 0
+
+    def sheet(name, images, per_sheet=None):
+        nonlocal written, files
+        nt = with_sum(images[0]).shape[0]
+        per_sheet = per_sheet or len(images)
+        for start in range(0, len(images), per_sheet):
+            planes = [with_sum(im) for im in images[start:start + per_sheet]]
+            scales = [render.plane_scales(p) for p in planes]
+            entries = [render.quantise(p, s) for p, s in zip(planes, scales)]
+            img, cell = render.pack_sheet(entries, 1)
+            full = f"{name}_{start // per_sheet}" if per_sheet < len(images) else name
+            meta = {"cell": list(cell), "nt": nt, "count": len(entries), "first": start,
+                    "scales": [float(f"{v:.6g}") for s in scales for v in s]}
+            written += _write_atomic(Path(folder) / f"{full}.js",
+                                     render.sheet_script(f"{model}/{full}", meta, render.png_bytes(img)))
+            files += 1
+
+    sheet("img_in", [store.x0])
+    sheet("img_out", [store.y0, fx0, store.residual])
+    for name, image in (("nat_x0", store.x0), ("nat_y0", store.y0)):
+        if image.shape[0] in (1, 3):
+            q, lo, hi = render.natural(image)
+            written += _write_atomic(Path(folder) / f"{name}.js", render.sheet_script(
+                f"{model}/{name}", {"lo": lo, "hi": hi, "channels": image.shape[0]}, render.png_bytes(q)))
+            files += 1
+    if store.has_svd:
+        _, U, V = store.svd()
+        for name, vecs in (("svd_v", V), ("svd_u", U)):
+            per = max(1, SHEET_PIXELS // (vecs[0].size + vecs[0][0].size))
+            sheet(name, list(vecs), per_sheet=min(per, len(vecs)))
+    return {"bytes": written, "files": files}
+
+
+# ---- the whole export ---------------------------------------------------------------------------------------
+def model_ids(stores: list[Store]) -> list[str]:
+    """Unique folder-safe ids from the stores' model names."""
+    ids = []
+    for st in stores:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(st.attrs.get("model") or st.path.stem)).strip("-") or "model"
+        name, n = base, 2
+        while name in ids:
+            name, n = f"{base}-{n}", n + 1
+        ids.append(name)
+    return ids
+
+
+def _check_same_image(stores: list[Store]) -> None:
+    first = stores[0]
+    for st in stores[1:]:
+        for key in ("image_sha256", "crop"):
+            if st.attrs.get(key) != first.attrs.get(key):
+                raise ExportError(f"{st.path} shows another image than {first.path} ({key} differs); "
+                                  f"export them as separate sites")
+        if st.in_shape != first.in_shape:
+            raise ExportError(f"{st.path}: input shape {st.in_shape} differs from {first.path}'s {first.in_shape}")
+
+
+def _svd_info(store: Store) -> dict | None:
+    if not store.has_svd:
+        return None
+    S, U, _ = store.svd()
+    per = max(1, SHEET_PIXELS // (U[0].size + U[0][0].size))
+    res = store.group["svd"]["residuals"][...].tolist() if "residuals" in store.group["svd"] else None
+    return {"k": int(S.shape[0]), "S": [float(v) for v in S], "residuals": res, "per_sheet": min(per, len(S)),
+            "attrs": store.svd_attrs}
+
+
+def _task_key(store: Store, what: str, plan: dict | None, normalise: str) -> str:
+    ident = json.dumps([store.attrs.get("identity"), store.has_svd and _svd_info(store)["S"], what, plan,
+                        normalise], sort_keys=True, default=str)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _run(tasks, scheduler: str, workers: int | None, progress: bool):
+    """Compute a list of dask.delayed tasks with a local scheduler and a progress bar."""
+    import dask
+    from dask.diagnostics import ProgressBar
+
+    if not tasks:
+        return []
+    kwargs = {"scheduler": scheduler}
+    if workers and scheduler != "synchronous":
+        kwargs["num_workers"] = workers
+    if progress:
+        with ProgressBar(dt=0.5):
+            return list(dask.compute(*tasks, **kwargs))
+    return list(dask.compute(*tasks, **kwargs))
+
+
+def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str = "threads",
+                workers: int | None = None, progress: bool = True, sheet_pixels: int = SHEET_PIXELS) -> dict:
+    """Render the stores (one image, one panel per model) into the static site folder ``out``.
+
+    ``normalise``: "filter" (each plane at its own ±max) or "global" (one scale per kind, source and target
+    channel over all pixels). ``scheduler``: a local dask scheduler ("threads", "processes", "synchronous").
+    Returns a summary: seconds, filters, files, bytes and per-model details.
+    """
+    import dask
+
+    if normalise not in ("filter", "global"):
+        raise ExportError(f"normalise must be 'filter' or 'global', not {normalise!r}")
+    t_start = time.perf_counter()
+    stores = [open_store(p, require_complete=True) for p in store_paths]
+    if not stores:
+        raise ExportError("no store given")
+    _check_same_image(stores)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "data").is_dir():
+        raise ExportError(f"{out} is not empty and is not a linterp site; choose another --out")
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+
+    models, summaries = [], []
+    todo, todo_info = [], []
+    for store, mid in zip(stores, model_ids(stores)):
+        folder = data / mid
+        (folder / ".done").mkdir(parents=True, exist_ok=True)
+        plans = {kind: plan_kind(store, kind, sheet_pixels) for kind in ("col", "row")}
+        fixed = {kind: None for kind in plans}
+        if normalise == "global":
+            for kind, plan in plans.items():
+                peaks = _run([dask.delayed(measure_block)(str(store.path), kind, plan, y, x)
+                              for y, x in block_origins(plan)], scheduler, workers, progress)
+                fixed[kind] = np.max(peaks, axis=0)
+                plan["global_scales"] = fixed[kind].tolist()
+        for kind, plan in plans.items():
+            for y, x in block_origins(plan):
+                todo.append(dask.delayed(render_block)(str(store.path), kind, plan, y, x, str(folder), mid,
+                                                       fixed[kind]))
+                todo_info.append((folder, f"{kind}_{y}_{x}", _task_key(store, kind, plan, normalise)))
+        todo.append(dask.delayed(render_images)(str(store.path), str(folder), mid))
+        todo_info.append((folder, "images", _task_key(store, "images", None, normalise)))
+        attrs = store.attrs
+        models.append({"id": mid, "title": str(attrs.get("model") or mid), "store": store.path.name,
+                       "attrs": attrs, "in": list(store.in_shape), "out": list(store.out_shape),
+                       "kinds": plans, "svd": _svd_info(store),
+                       "natural": {"x0": store.in_shape[0] in (1, 3), "y0": store.out_shape[0] in (1, 3)}})
+        summaries.append({"model": mid, "filters": int(np.prod(store.in_shape) + np.prod(store.out_shape))})
+
+    # resume: skip tasks whose marker says they finished with the same inputs and parameters
+    pending = [(t, info) for t, info in zip(todo, todo_info)
+               if not ((info[0] / ".done" / info[1]).exists()
+                       and (info[0] / ".done" / info[1]).read_text() == info[2])]
+
+    def finish(result, info):
+        folder, name, key = info
+        _write_atomic(folder / ".done" / name, key)
+        return result
+
+    wrapped = [dask.delayed(finish)(t, info) for t, info in pending]
+    _run(wrapped, scheduler, workers, progress)
+
+    for name in TEMPLATE_FILES:
+        shutil.copyfile(TEMPLATE / name, out / name)
+    manifest = {"format": 1, "models": models, "lut": render.diverging_lut().tolist(), "normalise": normalise,
+                "zero": render.ZERO, "levels": render.LEVELS}
+    _write_atomic(data / "manifest.js",
+                  "LINTERP.manifest(" + json.dumps(manifest, separators=(",", ":"), default=str) + ");\n")
+    files, size = _site_size(out)
+    seconds = time.perf_counter() - t_start
+    filters = sum(s["filters"] for s in summaries)
+    return {"seconds": seconds, "filters": filters, "filters_per_s": filters / seconds if seconds else 0.0,
+            "files": files, "bytes": size, "rendered_tasks": len(pending), "tasks": len(todo), "models": summaries}
+
+
+def _site_size(out: Path) -> tuple[int, int]:
+    files = [p for p in out.rglob("*") if p.is_file() and ".done" not in p.parts]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+__all__ = ["export_site", "ExportError", "StoreError", "channel_labels", "plan_kind", "render_block",
+           "render_images", "read_source_chunk", "filter_boxes"]
