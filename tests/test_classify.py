@@ -1,0 +1,215 @@
+"""Classifier analyses: score decomposition, pixel discussions / votes, FGSM, the report and the CLI."""
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline import classify as C
+from pipeline import classify_report as R
+from pipeline.cli import main
+from pipeline.interpreter import interpret
+from pipeline.models.registry import build
+from pipeline.training.data import digits_split
+
+DIGITS = ("digits-vgg", "digits-vgg-bn")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Four test-split digits (1, 1, 32, 32) in [0, 1] with their labels."""
+    _, (x, y) = digits_split()
+    return [(x[i:i + 1], int(y[i])) for i in range(4)]
+
+
+def _digits_model(name):
+    """Trained weights when committed, else the seeded random init (both are real networks for these identities)."""
+    try:
+        return build(name)
+    except ValueError:
+        return build(name, "random")
+
+
+def _assert_reproduces(dec: C.Decomposition, rtol=1e-4):
+    total = dec.input_term + dec.contributions.sum(0)
+    scale = np.abs(dec.scores).max()
+    np.testing.assert_allclose(total, dec.scores, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_input_term_plus_contributions_is_score(name, digits):
+    model = _digits_model(name)
+    for x0, _ in digits[:2]:
+        li = interpret(model, x0)
+        dec = C.decompose(li, x0)
+        _assert_reproduces(dec)
+        # the top-1 record: shares of the same score, in network order, one per bias source
+        rec = dec.record()
+        assert rec["top1"] == int(model(x0).argmax())
+        assert rec["score"] == pytest.approx(float(model(x0).detach().max()), rel=1e-5)
+        parts = rec["input_term"] + sum(c["value"] for c in rec["contributions"])
+        assert parts == pytest.approx(rec["score"], rel=1e-4, abs=1e-6)
+        assert rec["residual_share"] == pytest.approx(rec["residual"] / rec["score"])
+        assert [c["name"] for c in rec["contributions"]] == list(li.contributions())
+        assert len(rec["contributions"]) >= 4  # every conv / linear bias (and BN shift) is a source
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet18"])
+def test_torchvision_contributions_reproduce_all_1000_scores(name):
+    torch.manual_seed(1)
+    model = build(name, "random")
+    x0 = torch.rand(1, 3, 64, 64)
+    li = interpret(model, x0)
+    dec = C.decompose(li, x0)
+    assert dec.scores.shape == (1000,) and dec.contributions.shape[1] == 1000
+    np.testing.assert_allclose(dec.scores, model(x0).detach().double().numpy()[0], rtol=1e-5, atol=1e-5)
+    _assert_reproduces(dec)
+    assert dec.contributions.shape[0] >= (8 if name == "vgg11" else 20)
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_pixel_discussions_sum_to_scores_and_votes_are_their_argmax(name, digits):
+    model = _digits_model(name)
+    x0, _ = digits[1]
+    li = interpret(model, x0)
+    dec = C.decompose(li, x0)
+    classes = list(range(10))
+    pd = C.pixel_discussions(li, x0, dec, classes)
+    assert pd.shape == (10, 32, 32)
+    np.testing.assert_allclose(pd.sum((1, 2)), dec.scores, rtol=0, atol=1e-4 * np.abs(dec.scores).max())
+    # the input part alone sums to the input term F·x0 (x0 ⊙ Fᵀe_k, channels summed)
+    inp = C.input_discussions(li, x0, classes)
+    np.testing.assert_allclose(inp.sum((1, 2)), dec.input_term, rtol=0, atol=1e-4 * np.abs(dec.scores).max())
+    # bias weights: one non-negative pixel distribution per source
+    names, w = C.bias_weights(li)
+    assert names == dec.names and w.shape == (len(names), 32, 32)
+    assert (w >= 0).all() and np.allclose(w.sum((1, 2)), 1.0)
+    # votes, built 3 classes at a time with a running argmax, equal the argmax of the full stack
+    votes = C.pixel_votes(li, x0, dec, chunk=3)
+    np.testing.assert_array_equal(votes.winner, pd.argmax(0))
+    assert sum(votes.shares.values()) == pytest.approx(1.0)
+    for k, s in votes.shares.items():
+        assert s == pytest.approx((votes.winner == k).mean())
+    # a vote among the top 3 classes only: winners come from that set and beat the other two there
+    top3 = dec.top(3)
+    sub = C.pixel_votes(li, x0, dec, top3)
+    assert set(np.unique(sub.winner)) <= set(top3)
+    np.testing.assert_array_equal(sub.winner, np.asarray(top3)[pd[top3].argmax(0)])
+
+
+def test_fgsm_step_has_sup_norm_eps_and_follows_the_gradient_sign(digits):
+    model = _digits_model("digits-vgg")
+    x0, label = digits[2]
+    x = x0.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([label])).backward()
+    for eps in (0.03, 0.2):
+        x_adv, delta = C.fgsm(model, x0, label, eps)
+        assert float(delta.abs().max()) == pytest.approx(eps)
+        assert torch.equal(delta, eps * x.grad.sign())
+        assert torch.equal(x_adv, (x0 + delta).clamp(0, 1))
+        assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    assert not model.training
+    with pytest.raises(ValueError):
+        C.fgsm(model, x0, label, -0.1)
+
+
+def test_analyse_attacked_records(digits):
+    model = _digits_model("digits-vgg-bn")
+    x0, label = digits[0]
+    clean, attacked = C.analyse_attacked(model, x0, [0.05, 0.3], label=label, top=2)
+    assert [a.record["eps"] for a in attacked] == [0.05, 0.3]
+    for a in [clean] + attacked:
+        rec = a.record
+        assert rec["top_classes"][0] == rec["top1"] and len(rec["top_classes"]) == 2
+        assert a.pd.shape == (2, 32, 32) and a.winner.shape == (32, 32)
+        assert a.pd[0].sum() == pytest.approx(rec["score"], rel=1e-4, abs=1e-6)
+        assert a.shares.sum() == pytest.approx(1.0, rel=1e-4)
+        assert rec["votes"]["top1_share"] == pytest.approx((a.winner == rec["top1"]).mean())
+    for a in attacked:
+        assert a.record["target"] == label and a.record["clean_top1"] == clean.record["top1"]
+        assert a.record["votes"]["clean_top1_share"] == pytest.approx((a.winner == clean.record["top1"]).mean())
+        assert float(np.abs(a.x - clean.x).max()) <= a.record["eps"] + 1e-6
+
+
+def test_not_a_classifier():
+    model = build("bicubic-x2")
+    x0 = torch.rand(1, 3, 8, 8)
+    with pytest.raises(C.NotAClassifier):
+        C.decompose(interpret(model, x0), x0)
+
+
+def test_residual_table():
+    recs = [{"residual_share": 0.5, "attacks": [{"eps": 0.1, "residual_share": 1.0}]},
+            {"residual_share": 1.0, "attacks": [{"eps": 0.1, "residual_share": 2.0}]}]
+    (row,) = C.residual_table({"m": recs})
+    assert row == {"model": "m", "images": 2, "mean": 0.75, "std": 0.25, "fgsm 0.1 mean": 1.5, "fgsm 0.1 std": 0.5}
+
+
+def test_load_image_converts_and_resizes(tmp_path):
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, :30] = (255, 0, 0)
+    iio.imwrite(tmp_path / "a.png", rgb)
+    x = R.load_image(tmp_path / "a.png", 1, (32, 32))
+    assert x.shape == (1, 1, 32, 32) and x.dtype == torch.float32
+    assert float(x[0, 0, 16, 0]) == pytest.approx(0.299, abs=1e-3) and float(x[0, 0, 16, -1]) == 0
+    x = R.load_image(tmp_path / "a.png", 3, (16, 16), crop_ratio=0.875, value_range=(-1, 1))
+    assert x.shape == (1, 3, 16, 16) and float(x.min()) == -1 and float(x.max()) == pytest.approx(1)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(R.ImageError, match="bad.png"):
+        R.load_image(tmp_path / "bad.png", 1, (32, 32))
+
+
+def test_report_for_both_digits_models(tmp_path, monkeypatch):
+    """The whole command on both digits models, with FGSM at two ε and Table 1; then a resumed run."""
+    try:
+        [build(n) for n in DIGITS]
+        names, extra = list(DIGITS), []
+    except ValueError:  # no trained files yet: random init, a single model per run then
+        names, extra = ["digits-vgg"], ["--weights", "random"]
+    args = ["classify", "--dataset", "digits", "--limit", "5", "--attack", "fgsm", "--eps", "0.05", "--eps", "0.2",
+            "--figures", "2", "--table", "--out", str(tmp_path), *extra]
+    for name in names:
+        args += ["--model", name]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    for name in names:
+        out = tmp_path / name if len(names) > 1 else tmp_path
+        recs = json.loads((out / "results.json").read_text())
+        assert len(recs) == 5
+        for r in recs:
+            assert {"image", "top1", "score", "input_term", "residual", "contributions", "attacks"} <= set(r)
+            total = r["input_term"] + sum(c["value"] for c in r["contributions"])
+            assert total == pytest.approx(r["score"], rel=1e-4, abs=1e-6)
+            assert [a["eps"] for a in r["attacks"]] == [0.05, 0.2]
+        for f in ("index.html", "results.csv", "contributions.csv", "contributions.png", "discussion-0.png",
+                  "discussion-1.png", "attack-0.png", "table.md"):
+            assert (out / f).stat().st_size > 0, f
+        assert "contributions.png" in (out / "index.html").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert all(n in table for n in names) and "fgsm 0.2" in table
+    # resume: cached images are not analysed again
+    monkeypatch.setattr(C, "analyse", lambda *a, **k: pytest.fail("recomputed a cached image"))
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "digits-vgg", "--weights", "random", "--dataset", "digits", "--eps", "0.1"], "--attack"),
+    (["--model", "bicubic-x2", "--dataset", "digits"], "not a classifier"),
+    (["--model", "vgg-12", "--dataset", "digits"], "unknown model"),
+    (["--model", "vgg11", "--weights", "random", "--dataset", "digits"], "digits"),
+])
+def test_cli_errors(tmp_path, args, message):
+    res = CliRunner().invoke(main, ["classify", *args, "--out", str(tmp_path)])
+    assert res.exit_code != 0 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_cli_unreadable_image(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    res = CliRunner().invoke(main, ["classify", "--model", "digits-vgg", "--weights", "random", "--images",
+                                    str(tmp_path / "broken.png"), "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "broken.png" in res.output, res.output
