@@ -1,0 +1,71 @@
+"""`linterp models` (the registry as a table) and `linterp run` (apply a model to an image, as a user would)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--task", type=click.Choice(["sr", "i2i", "classify"]), help="Only models of this task.")
+def models(task):
+    """List the available models: task, scale, colour space, value range, input constraints and default weights."""
+    from pipeline.models import available
+
+    rows = [("name", "task", "scale", "colour", "range", "input", "default weights")]
+    for s in available():
+        if task and s.task != task:
+            continue
+        if s.fixed_size:
+            size = f"= {s.fixed_size[1]}×{s.fixed_size[0]}"
+        else:
+            size = f"≥ {s.min_size}" + (f", ×{s.multiple}" if s.multiple > 1 else "")
+        rows.append((s.name, s.task, f"×{s.scale}", s.colour, f"[{s.value_range[0]:g}, {s.value_range[1]:g}]", size,
+                     s.weights_source))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+
+
+@click.command()
+@click.option("--model", "name", required=True, help="Registry name (see `linterp models`).")
+@click.option("--weights", default=None, help="Weight file, or 'random'; default: the model's default weights.")
+@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
+@click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
+              help="Input image (PNG, JPEG, …); default: the built-in astronaut face.")
+@click.option("--crop", "crop_text", default=None, help="Crop the input first: X,Y,W,H in pixels.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Output image (PNG) for super-resolution and image-to-image models.")
+@click.option("--top", default=5, show_default=True, help="How many classes a classifier prints.")
+def run(name, weights, trust_pickle, image_path, crop_text, out_path, top):
+    """Apply a model to an image: an image out for SR / image-to-image models, the top classes for classifiers."""
+    import torch
+
+    from pipeline import images
+    from pipeline.models import UnknownModelError, WeightsError, build, class_names, spec
+
+    try:
+        model_spec = spec(name)
+        if model_spec.task != "classify" and not out_path:
+            raise click.UsageError(f"{name} produces an image: pass --out OUT.png")
+        img = images.default_image()[1] if image_path is None else images.load_image(image_path)
+        if crop_text:
+            img = images.crop(img, images.parse_crop(crop_text))
+        x0 = images.to_input(img, model_spec)
+        model = build(name, weights, trust_pickle=trust_pickle)
+    except (UnknownModelError, WeightsError, images.ImageError) as err:
+        raise click.ClickException(str(err)) from err
+    with torch.no_grad():
+        y = model(x0)
+    if model_spec.task == "classify":
+        probabilities = torch.softmax(y[0].double(), 0)
+        labels = class_names(name)
+        values, indices = probabilities.topk(min(top, probabilities.numel()))
+        for p, i in zip(values.tolist(), indices.tolist()):
+            click.echo(f"{p:8.4f}  {i:4d}  {labels[i]}")
+        return
+    out = images.to_image(y, model_spec)
+    if model_spec.colour == "y" and img.shape[2] == 3:
+        out = images.merge_luma(out, img)
+    import imageio.v3 as iio
+
+    iio.imwrite(out_path, out if out.shape[2] == 3 else out[:, :, 0])
+    click.echo(f"wrote {out_path} ({out.shape[1]}×{out.shape[0]})")

@@ -1,0 +1,154 @@
+"""Images: load, validate, crop, colour conversions, and the mapping between images and a model's units.
+
+Images are numpy uint8 arrays (H, W, C) with C = 3 (RGB) or 1 (grayscale). Model tensors are float32
+(1, C, H, W) in the model's ``ModelSpec.value_range``. YCbCr is JFIF full range (as PIL's 'YCbCr' mode).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import torch
+
+#: The default image: the astronaut's face from scikit-image's bundled ``astronaut()`` (top, left, height, width).
+DEFAULT_IMAGE_NAME = "astronaut-face"
+DEFAULT_IMAGE_BOX = (60, 176, 96, 96)
+
+#: JFIF / ITU-T T.871 full-range RGB -> YCbCr (rows Y, Cb, Cr), offsets in 0..255 units.
+RGB_TO_YCBCR = np.array([[0.299, 0.587, 0.114],
+                         [-0.168736, -0.331264, 0.5],
+                         [0.5, -0.418688, -0.081312]])
+YCBCR_OFFSET = np.array([0.0, 128.0, 128.0])
+
+
+class ImageError(ValueError):
+    """An image that cannot be read or does not suit a model; the message is one line."""
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """The image at ``path`` as uint8 (H, W, 3) RGB, or (H, W, 1) when the file is grayscale.
+
+    Alpha is dropped, 16-bit samples are scaled to 8 bits, and an animation gives its first frame.
+    """
+    import imageio.v3 as iio
+
+    try:
+        data = np.asarray(iio.imread(path, index=0))
+    except Exception as err:  # imageio raises many types (OSError, ValueError, plugin errors) for bad files
+        detail = str(err).strip().splitlines()
+        raise ImageError(f"cannot read image {path}: {detail[0] if detail else type(err).__name__}") from err
+    return as_uint8_image(data, str(path))
+
+
+def as_uint8_image(data: np.ndarray, label: str = "image") -> np.ndarray:
+    """An array from an image file as uint8 (H, W, 1 or 3)."""
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3 or data.shape[2] not in (1, 2, 3, 4) or min(data.shape[:2]) < 1:
+        raise ImageError(f"{label} is not a 2-D image (array shape {data.shape})")
+    data = data[:, :, :1] if data.shape[2] == 2 else data[:, :, :3]  # drop alpha
+    if data.dtype == np.uint8:
+        return np.ascontiguousarray(data)
+    if data.dtype == np.uint16:
+        return np.round(data / 257.0).astype(np.uint8)
+    if data.dtype == bool:
+        return data.astype(np.uint8) * 255
+    if np.issubdtype(data.dtype, np.floating):
+        return np.round(np.clip(data, 0.0, 1.0) * 255).astype(np.uint8)
+    raise ImageError(f"{label} has unsupported sample type {data.dtype}")
+
+
+def parse_crop(text: str) -> tuple[int, int, int, int]:
+    """``"X,Y,W,H"`` (left, top, width, height in pixels) -> (x, y, w, h); raises ``ImageError`` when malformed."""
+    match = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*", text or "")
+    if not match:
+        raise ImageError(f"crop '{text}' is not X,Y,W,H (four non-negative integers, e.g. 10,20,64,64)")
+    x, y, w, h = map(int, match.groups())
+    if w == 0 or h == 0:
+        raise ImageError(f"crop '{text}' is empty (width and height must be positive)")
+    return x, y, w, h
+
+
+def crop(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``img[y:y+h, x:x+w]`` for ``box = (x, y, w, h)``; the box must lie inside the image."""
+    x, y, w, h = box
+    height, width = img.shape[:2]
+    if x + w > width or y + h > height:
+        raise ImageError(f"crop {x},{y},{w},{h} goes outside the {width}×{height} image")
+    return img[y:y + h, x:x + w]
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """RGB (…, 3) in 0..255 -> float64 YCbCr (…, 3) in 0..255, JFIF full range (unrounded)."""
+    return np.asarray(rgb, dtype=np.float64) @ RGB_TO_YCBCR.T + YCBCR_OFFSET
+
+
+def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
+    """The exact inverse of ``rgb_to_ycbcr``: float64 RGB (…, 3), unclipped."""
+    return (np.asarray(ycbcr, dtype=np.float64) - YCBCR_OFFSET) @ np.linalg.inv(RGB_TO_YCBCR).T
+
+
+def default_image() -> tuple[str, np.ndarray]:
+    """(name, uint8 (96, 96, 3)): the astronaut's face, cropped from scikit-image's bundled sample."""
+    from skimage import data
+
+    top, left, height, width = DEFAULT_IMAGE_BOX
+    return DEFAULT_IMAGE_NAME, np.ascontiguousarray(data.astronaut()[top:top + height, left:left + width])
+
+
+def check_size(img: np.ndarray, spec) -> None:
+    """Raise ``ImageError`` unless the image's height and width meet the model's constraints."""
+    height, width = img.shape[:2]
+    if spec.fixed_size is not None and (height, width) != tuple(spec.fixed_size):
+        fh, fw = spec.fixed_size
+        raise ImageError(f"{spec.name} needs a {fw}×{fh} image, got {width}×{height} (use --crop X,Y,W,H)")
+    if min(height, width) < spec.min_size:
+        raise ImageError(f"{width}×{height} is too small for {spec.name}: it needs at least "
+                         f"{spec.min_size}×{spec.min_size} pixels")
+    if height % spec.multiple or width % spec.multiple:
+        raise ImageError(f"{spec.name} needs a height and width that are multiples of {spec.multiple}, got "
+                         f"{width}×{height} (crop to {width - width % spec.multiple}×{height - height % spec.multiple})")
+
+
+def model_channels(img: np.ndarray, spec) -> np.ndarray:
+    """The image's samples in the model's colour space: float64 (H, W, C) in 0..255."""
+    if spec.colour == "rgb":
+        if img.shape[2] != 3:
+            raise ImageError(f"{spec.name} needs an RGB image; this one is grayscale")
+        return img.astype(np.float64)
+    if img.shape[2] == 1:  # a grayscale image is its own Y
+        return img.astype(np.float64)
+    return rgb_to_ycbcr(img)[:, :, :1]
+
+
+def to_input(img: np.ndarray, spec) -> torch.Tensor:
+    """uint8 (H, W, C) -> the model's input (1, C_in, H, W) float32 in ``spec.value_range`` (after size checks)."""
+    check_size(img, spec)
+    lo, hi = spec.value_range
+    values = lo + (hi - lo) * model_channels(img, spec) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)[None])).float()
+
+
+def to_image(y: torch.Tensor, spec) -> np.ndarray:
+    """A model's image output (1, C, H, W) in ``spec.value_range`` -> uint8 (H, W, C), clipped and rounded."""
+    if y.ndim != 4 or y.shape[0] != 1:
+        raise ValueError(f"expected an output of shape (1, C, H, W), got {tuple(y.shape)}")
+    lo, hi = spec.value_range
+    values = (y[0].detach().double().cpu().numpy().transpose(1, 2, 0) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
+def merge_luma(y_image: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """A Y-channel result (H', W', 1) uint8 with the chroma of ``rgb`` (H, W, 3), upscaled bicubically to H'×W'.
+
+    As the super-resolution example does: Cb and Cr come from the input, resized with bicubic interpolation
+    (torch's kernel, a = −0.75), and the merged YCbCr is converted back to RGB uint8.
+    """
+    import torch.nn.functional as F
+
+    out_h, out_w = y_image.shape[:2]
+    chroma = torch.from_numpy(rgb_to_ycbcr(rgb)[:, :, 1:].transpose(2, 0, 1)[None].copy())
+    chroma = F.interpolate(chroma, size=(out_h, out_w), mode="bicubic", align_corners=False)[0].numpy()
+    ycbcr = np.concatenate([y_image.astype(np.float64), chroma.transpose(1, 2, 0)], axis=2)
+    return np.clip(np.round(ycbcr_to_rgb(ycbcr)), 0, 255).astype(np.uint8)
