@@ -32,7 +32,7 @@ TRAINED_SHA256: dict[str, str | None] = {
     "pixelshuffle-x4": None,
     "edsr-small-x4": None,
     "i2i-small": None,
-    "digits-vgg": None,
+    "digits-vgg": "e2c60696697b2635b1d8fc713116e3a47f0e0cebd123b886108f1cd20aead7ee",
     "digits-vgg-bn": None,
 }
 # ---------------------------------------------------------------------------------------------------------------
