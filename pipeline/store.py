@@ -48,6 +48,8 @@ OUT_DIMS = ("c_out", "y_out", "x_out")
 F_DIMS = OUT_DIMS + IN_DIMS
 _CODEC = ZstdCodec(level=3)
 _CONFIG = {"write_empty_chunks": False}
+#: Most values in one inner chunk of F (64 Ki float32 = 256 KiB before compression).
+INNER_VALUES = 2**16
 
 
 class StoreError(ValueError):
@@ -302,10 +304,10 @@ def layout(in_shape, out_shape, tile: int, mode: str = "columns") -> tuple[tuple
 
     ``mode="columns"``: one task per square input tile of ``tile`` pixels; a shard is (C_out, tile·s_y,
     tile·s_x, C_in, tile, tile) where s = H_out/H_in is the spatial scale (so an input tile maps onto a
-    matching output tile); inner chunks are quarter tiles in both domains. ``mode="rows"``: one task per block
-    of ``tile`` output channels at one output pixel (class scores: N outputs at 1×1); a shard holds those
-    whole rows, one row per inner chunk.
-    Returns (shards, chunks, tasks).
+    matching output tile); inner chunks split the shard's spatial axes in halves until they hold at most
+    ``INNER_VALUES`` values (small enough for fast row / column reads, large enough that per-chunk overhead
+    stays small). ``mode="rows"``: one task per block of ``tile`` output channels at one output pixel
+    (class scores: N outputs at 1×1); a shard holds those whole rows, one row per inner chunk. Returns (shards, chunks, tasks).
     """
     c_in, h_in, w_in = in_shape
     c_out, h_out, w_out = out_shape
@@ -317,13 +319,19 @@ def layout(in_shape, out_shape, tile: int, mode: str = "columns") -> tuple[tuple
     o_y = max(1, round(t_y * h_out / h_in))
     o_x = max(1, round(t_x * w_out / w_in))
     shards = (c_out, o_y, o_x, c_in, t_y, t_x)
-    chunks = (c_out, _quarter(o_y), _quarter(o_x), c_in, _quarter(t_y), _quarter(t_x))
-    return shards, chunks, (math.ceil(h_in / t_y), math.ceil(w_in / t_x))
+    return shards, _inner(shards), (math.ceil(h_in / t_y), math.ceil(w_in / t_x))
 
 
-def _quarter(n: int) -> int:
-    """The largest divisor of n that is at most max(1, n // 4)."""
-    q = max(1, n // 4)
-    while n % q:
-        q -= 1
-    return q
+def _inner(shards: tuple[int, ...]) -> tuple[int, ...]:
+    """Halve the spatial axes of a shard, keeping their proportions, until a chunk holds ``INNER_VALUES`` or
+    fewer values. Proportional chunks (output side = scale × input side) make a column read and a row read
+    cost about the same number of decompressed values."""
+    chunk = list(shards)
+    spatial = (1, 2, 4, 5)
+    while math.prod(chunk) > INNER_VALUES:
+        even = [i for i in spatial if chunk[i] % 2 == 0]
+        if not even:
+            break
+        i = max(even, key=lambda k: (chunk[k] / shards[k], -k))
+        chunk[i] //= 2
+    return tuple(chunk)

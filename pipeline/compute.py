@@ -1,0 +1,420 @@
+"""Materialise F(x0) into a store with a dask graph: one task per input tile (columns) or per block of rows.
+
+Columns (forward mode) are the default for image-to-image networks: a batch of one-hot inputs goes through the
+frozen linear network and each result is a whole column ``F[..., c, y, x]``. Rows (transpose mode, one-hot
+outputs through ``Fᵀ``) are used where there are fewer outputs than (windowed) inputs, e.g. classifiers: one
+row per class. ``choose_mode`` makes the choice from the shapes and the receptive radius.
+
+Locality: when the network has a finite receptive radius (``li.receptive_radius``), the columns of an input
+tile are computed on ``li.window(tile)``, the frozen network cropped around the tile, so the cost per column
+stops growing once the image is larger than the window. Networks with global operations use the full image.
+
+Each task writes exactly the F shards of its own input tile (the store's shards match the task tiles, see
+``pipeline.store.layout``) and then marks itself done in the store's ledger, so tasks need no locks and a
+killed run resumes where it stopped. Workers never receive the interpreter: each process (or GPU thread)
+rebuilds ``interpret(model, x0)`` once from a small picklable ``Source`` and caches it.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .store import Store, create_store, layout, open_store
+
+#: Default columns (or rows) per forward (transpose) pass. Part of a store's identity: batch composition
+#: changes the last bits of convolution results, and a resumed store must equal an uninterrupted run.
+DEFAULT_BATCH = 16
+#: Bytes of F one task may hold in memory before writing it; bounds the default tile size.
+TASK_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class Source:
+    """Everything a worker needs to rebuild the interpreter: small and picklable.
+
+    ``build``: a picklable zero-argument callable returning the model (e.g. ``functools.partial(
+    pipeline.models.build, name, weights)``); ``x0``: float32 (1, C, H, W); ``key``: a string naming this
+    (model, weights, image, crop), used to cache the interpreter per process.
+    """
+
+    build: Callable[[], torch.nn.Module]
+    x0: np.ndarray
+    key: str
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+# ---- per-process engine cache ---------------------------------------------------------------------------
+
+_ENGINES: dict[tuple[str, str], object] = {}
+_ENGINES_LOCK = threading.Lock()
+_THREAD = threading.local()
+
+
+def tune_malloc() -> bool:
+    """Raise glibc's mmap and trim thresholds so large conv buffers are reused, not returned to the OS.
+
+    See DESIGN.md's performance notes (≈1.45× on large batches). Returns False where glibc is absent.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 2**30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to torch")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
+    return device
+
+
+def _thread_device(device: str) -> str:
+    """The torch device of this worker: "cpu", or one GPU per worker thread (cuda:0, cuda:1, ...)."""
+    if device != "cuda":
+        return "cpu"
+    if not hasattr(_THREAD, "gpu"):
+        with _ENGINES_LOCK:
+            _THREAD.gpu = getattr(_thread_device, "next_gpu", 0) % max(1, torch.cuda.device_count())
+            _thread_device.next_gpu = _THREAD.gpu + 1
+    return f"cuda:{_THREAD.gpu}"
+
+
+def engine(source: Source, device: str = "cpu"):
+    """``interpret(source.build(), source.x0)`` on ``device``, built once per process and device."""
+    from .interpreter import interpret
+
+    dev = _thread_device(device)
+    key = (source.key, dev)
+    with _ENGINES_LOCK:
+        li = _ENGINES.get(key)
+        if li is None:
+            if not _ENGINES:
+                tune_malloc()
+            model = source.build().eval().to(dev)
+            with torch.no_grad():
+                li = interpret(model, torch.as_tensor(source.x0, device=dev))
+            _ENGINES[key] = li
+    return li
+
+
+# ---- geometry -------------------------------------------------------------------------------------------
+
+def out_shape3(li) -> tuple[int, int, int]:
+    """The output shape as stored: (C, H, W), or (N, 1, 1) for vector outputs."""
+    shape = tuple(li.output.shape[1:])
+    if len(shape) == 3:
+        return shape
+    if len(shape) == 1:
+        return (shape[0], 1, 1)
+    raise ValueError(f"outputs of shape {shape} cannot be stored (expected (C,H,W) or (N,))")
+
+
+def choose_mode(li, in_shape, tile: int) -> str:
+    """"columns" or "rows", whichever needs fewer pixel-passes of the network.
+
+    Columns: C_in·H·W passes over the window of a tile (the whole image without a finite radius). Rows:
+    one transpose pass over the whole image per output value (no windows for transposes).
+    """
+    c_in, h, w = in_shape
+    area = h * w
+    radius = li.receptive_radius
+    win = area if radius is None else min(h, tile + 2 * radius) * min(w, tile + 2 * radius)
+    columns_cost = c_in * area * win
+    rows_cost = int(np.prod(out_shape3(li))) * area
+    return "rows" if rows_cost < columns_cost else "columns"
+
+
+def default_tile(li, in_shape, out_shape, mode: str) -> int:
+    """Largest tile in {32, 16, 8, 4} whose task block of F fits in ``TASK_BYTES`` (rows: 16 per task)."""
+    if mode == "rows":
+        return 16
+    c_in, h, w = in_shape
+    c_out, ho, wo = out_shape
+    sy, sx = ho / h, wo / w
+    radius = li.receptive_radius
+    for tile in (32, 16, 8, 4):
+        side_y = h if radius is None else min(h, tile + 2 * radius + 2 * tile)  # + alignment to shard grid
+        side_x = w if radius is None else min(w, tile + 2 * radius + 2 * tile)
+        block = 4 * c_out * side_y * sy * side_x * sx * c_in * min(tile, h) * min(tile, w)
+        if block <= TASK_BYTES:
+            return tile
+    return 4
+
+
+def _aligned(start: int, stop: int, step: int, limit: int) -> tuple[int, int]:
+    """[start, stop) widened to multiples of ``step`` (clipped to ``limit``)."""
+    return (start // step) * step, min(limit, -(-stop // step) * step)
+
+
+# ---- the work of one task -------------------------------------------------------------------------------
+
+def tile_columns(li, in_shape: tuple[int, int, int], box: tuple[int, int, int, int], *,
+                 batch: int = DEFAULT_BATCH,
+                 align: tuple[int, int] = (1, 1)) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """All columns of the input tile ``box`` = (top, left, h, w) of an input of shape ``in_shape`` (C, H, W).
+
+    Returns (region, block): ``region`` = (top, left, height, width) in output pixels, aligned to ``align``
+    (the store's shard size) and covering every non-zero of these columns; ``block`` float32 of shape
+    (C_out, height, width, C_in, h, w) with ``block[..., c, y, x]`` = column (c, top + y, left + x) there.
+    """
+    top, left, h, w = box
+    c_in, h_in, w_in = in_shape
+    c_out, h_out, w_out = out_shape3(li)
+    if li.receptive_radius is None:
+        forward = li.forward
+        in_box, out_box = (0, 0, h_in, w_in), (0, 0, h_out, w_out)
+    else:
+        win = li.window(box)
+        forward, in_box, out_box = win.forward, tuple(win.in_box), tuple(win.out_box)
+    r_top, r_bottom = _aligned(out_box[0], out_box[0] + out_box[2], align[0], h_out)
+    r_left, r_right = _aligned(out_box[1], out_box[1] + out_box[3], align[1], w_out)
+    block = np.zeros((c_out, r_bottom - r_top, r_right - r_left, c_in, h, w), dtype=np.float32)
+    oy, ox = out_box[0] - r_top, out_box[1] - r_left
+    cols = [(c, y, x) for c in range(c_in) for y in range(h) for x in range(w)]
+    device = li.output.device
+    for start in range(0, len(cols), batch):
+        part = cols[start:start + batch]
+        v = torch.zeros((len(part), c_in, in_box[2], in_box[3]), device=device)
+        for b, (c, y, x) in enumerate(part):
+            v[b, c, top + y - in_box[0], left + x - in_box[1]] = 1.0
+        with torch.no_grad():
+            out = forward(v).reshape(len(part), c_out, out_box[2], out_box[3]).float().cpu().numpy()
+        for b, (c, y, x) in enumerate(part):
+            block[:, oy:oy + out_box[2], ox:ox + out_box[3], c, y, x] = out[b]
+    return (r_top, r_left, r_bottom - r_top, r_right - r_left), block
+
+
+def row_block(li, channels: range, y: int, x: int, *, batch: int = DEFAULT_BATCH) -> np.ndarray:
+    """Rows ``F[c, y, x]`` for c in ``channels``, by transposes of one-hot outputs: (len, C_in, H_in, W_in)."""
+    out = tuple(li.output.shape[1:])
+    rows = []
+    for start in range(0, len(channels), batch):
+        part = channels[start:start + batch]
+        u = torch.zeros((len(part),) + out, device=li.output.device)
+        for b, c in enumerate(part):
+            u[(b, c, y, x) if len(out) == 3 else (b, c)] = 1.0
+        with torch.no_grad():
+            rows.append(li.transpose(u).float().cpu().numpy())
+    return np.concatenate(rows)
+
+
+def seeded(factory: Callable[..., torch.nn.Module], seed: int, /, **kwargs) -> torch.nn.Module:
+    """``factory(**kwargs)`` with torch's generator seeded first: random weights that every worker rebuilds
+    identically (benchmarks, stores of untrained networks). Picklable through ``functools.partial``."""
+    torch.manual_seed(seed)
+    return factory(**kwargs)
+
+
+# ---- tasks ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """How F is split into tasks: ``mode`` ("columns"/"rows"), ``tile``, ``batch``, the store's F ``shards``
+    and ``chunks``, the task grid ``tasks`` and the shapes (C, H, W) of input and (stored) output."""
+
+    mode: str
+    tile: int
+    batch: int
+    shards: tuple
+    chunks: tuple
+    tasks: tuple
+    in_shape: tuple
+    out_shape: tuple
+
+    def input_tile(self, index: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(top, left, h, w) of a columns task's input tile."""
+        ty, tx = index
+        _, h, w = self.in_shape
+        top, left = ty * self.shards[4], tx * self.shards[5]
+        return top, left, min(self.shards[4], h - top), min(self.shards[5], w - left)
+
+
+def make_plan(li, in_shape, *, mode: str = "auto", tile: int | None = None,
+              batch: int = DEFAULT_BATCH) -> Plan:
+    """The task split for this interpreter (``mode`` "auto" = ``choose_mode``, ``tile`` None = ``default_tile``)."""
+    in_shape, out_shape = tuple(int(n) for n in in_shape), out_shape3(li)
+    if mode == "auto":
+        mode = choose_mode(li, in_shape, tile or 16)
+    if mode not in ("columns", "rows"):
+        raise ValueError(f"unknown mode {mode!r} (auto, columns or rows)")
+    tile = int(tile or default_tile(li, in_shape, out_shape, mode))
+    if tile < 1:
+        raise ValueError(f"tile must be a positive number of pixels, not {tile}")
+    shards, chunks, tasks = layout(in_shape, out_shape, tile, mode)
+    return Plan(mode, tile, int(batch), shards, chunks, tasks, in_shape, out_shape)
+
+
+def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, threads: int | None) -> float:
+    """Compute one task's part of F, write it (only this task's shards) and mark it done; returns seconds."""
+    start = time.perf_counter()
+    if threads and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    li = engine(source, device)
+    store = open_store(path, mode="r+")
+    if plan.mode == "columns":
+        top, left, h, w = plan.input_tile(index)
+        (r_top, r_left, r_h, r_w), block = tile_columns(
+            li, plan.in_shape, (top, left, h, w), batch=plan.batch, align=plan.shards[1:3])
+        store.F[:, r_top:r_top + r_h, r_left:r_left + r_w, :, top:top + h, left:left + w] = block
+    else:
+        block_c, y, x = index
+        step = plan.shards[0]
+        channels = range(block_c * step, min(plan.out_shape[0], (block_c + 1) * step))
+        rows = row_block(li, channels, y, x, batch=plan.batch)
+        store.F[channels.start:channels.stop, y:y + 1, x:x + 1] = rows[:, None, None]
+    store.mark_done(index)
+    return time.perf_counter() - start
+
+
+def _run_graph(calls: list, scheduler, workers: int | None, progress: bool) -> list:
+    """Evaluate delayed calls on the threaded / process scheduler or a distributed cluster (address/Client)."""
+    import dask
+
+    if not calls:
+        return []
+    if isinstance(scheduler, str) and scheduler in ("threads", "processes"):
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=0 if progress else math.inf, dt=0.5):
+            return list(dask.compute(*calls, scheduler=scheduler, num_workers=workers))
+    from distributed import Client, progress as dist_progress
+
+    owned = isinstance(scheduler, str)
+    if owned and not scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
+        raise ValueError(f"unknown scheduler {scheduler!r} (threads, processes or tcp://HOST:PORT)")
+    client = Client(scheduler) if owned else scheduler
+    try:
+        futures = client.compute(calls)
+        if progress:
+            dist_progress(futures)
+        return client.gather(futures)
+    finally:
+        if owned:
+            client.close()
+
+
+# ---- verification ---------------------------------------------------------------------------------------
+
+def verify(store: Store, li, *, rows: int = 8, seed: int = 0) -> dict:
+    """Check a store against its interpreter; returns JSON-ready figures.
+
+    ``reconstruction_max_abs`` = max|Σ_j F[…, j]·x0[j] + r − y0| from the stored F (read shard by shard with
+    dask), ``reconstruction_rel`` the same over max|y0|; ``rows_max_abs`` = the largest difference between
+    ``rows`` stored rows (a seeded sample, plus the first and last) and rows recomputed with ``li.transpose``.
+    """
+    import dask.array as da
+
+    F = da.from_array(store.F, chunks=store.F.shards or store.F.chunks)
+    recon = da.tensordot(F, store.x0, axes=3).compute(scheduler="threads")
+    y0 = store.y0
+    err = float(np.abs(recon + store.residual - y0).max())
+    rng = np.random.default_rng(seed)
+    c_out, h_out, w_out = store.out_shape
+    picks = {(0, 0, 0), (c_out - 1, h_out - 1, w_out - 1)}
+    picks |= {tuple(int(rng.integers(n)) for n in (c_out, h_out, w_out)) for _ in range(rows)}
+    row_err = 0.0
+    for c, y, x in sorted(picks):
+        recomputed = row_block(li, range(c, c + 1), y, x)[0]
+        row_err = max(row_err, float(np.abs(recomputed - store.row(c, y, x)).max()))
+    return {"reconstruction_max_abs": err,
+            "reconstruction_rel": err / max(float(np.abs(y0).max()), 1e-30),
+            "rows_checked": len(picks), "rows_max_abs": row_err}
+
+
+# ---- the whole run --------------------------------------------------------------------------------------
+
+def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, tile: int | None = None,
+            mode: str = "auto", batch: int = DEFAULT_BATCH, scheduler="threads", workers: int | None = None,
+            device: str = "auto", progress: bool = True, verify_rows: int = 8) -> Store:
+    """Compute F(x0) of ``source`` into the store ``out`` (created, or resumed when it matches) and verify it.
+
+    ``identity``: what must match to resume (model, weights sha256, image sha256, crop ...; mode, tile, batch
+    and shapes are added); ``attrs``: further group attributes. ``scheduler``: "threads" (default),
+    "processes", "tcp://HOST:PORT" or a ``distributed.Client``. ``workers``: local worker count (default:
+    one per core on CPU, one per GPU with CUDA). Returns the completed, verified store.
+    """
+    tune_malloc()
+    device = resolve_device(device)
+    if device == "cuda" and scheduler == "threads":
+        workers = workers or torch.cuda.device_count()
+    cores = os.cpu_count() or 1
+    if scheduler in ("threads", "processes"):
+        workers = workers or (cores if device == "cpu" else workers)
+    threads = max(1, cores // workers) if (workers and device == "cpu" and isinstance(scheduler, str)
+                                           and scheduler in ("threads", "processes")) else None
+    started = time.perf_counter()
+    li = engine(source, device)
+    plan = make_plan(li, source.x0.shape[1:], mode=mode, tile=tile, batch=batch)
+    ident = dict(identity, mode=plan.mode, tile=plan.tile, batch=plan.batch,
+                 in_shape=list(plan.in_shape), out_shape=list(li.output.shape[1:]))
+    meta = dict(attrs or {}, mode=plan.mode, tile=plan.tile, receptive_radius=li.receptive_radius,
+                output_shape=list(li.output.shape[1:]), versions=_versions())
+    store = create_store(out, identity=ident, attrs=meta, x0=source.x0, y0=li.output.detach().cpu().numpy(),
+                         residual=li.residual.detach().cpu().numpy(), shards=plan.shards,
+                         chunks=plan.chunks, tasks=plan.tasks)
+    done = store.done_tasks()
+    todo = [ix for ix in np.ndindex(*plan.tasks) if ix not in done]
+    from dask import delayed
+
+    path = str(store.path)
+    calls = [delayed(run_task, pure=False)(source, device, path, plan, ix, threads,
+                                           dask_key_name=f"task-{'-'.join(map(str, ix))}-{source.key[:12]}")
+             for ix in todo]
+    saved = torch.get_num_threads()
+    try:
+        seconds = _run_graph(calls, scheduler, workers, progress)
+    finally:
+        torch.set_num_threads(saved)
+    elapsed = time.perf_counter() - started
+    figures = verify(store, li, rows=verify_rows)
+    n_vectors = int(np.prod(plan.in_shape if plan.mode == "columns" else plan.out_shape))
+    previous = store.attrs.get("timings", {})
+    timings = {"runs": previous.get("runs", 0) + 1, "last_run_seconds": elapsed,
+               "last_run_tasks": len(todo), "task_seconds_total": previous.get("task_seconds_total", 0.0)
+               + float(sum(seconds)), "vectors": n_vectors, "device": device,
+               "scheduler": scheduler if isinstance(scheduler, str) else "distributed.Client"}
+    store.update_attrs(verification=figures, timings=timings, complete=True)
+    return store
+
+
+def _versions() -> dict:
+    import dask
+    import zarr
+
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        ours = version("linterp")
+    except PackageNotFoundError:
+        ours = "unknown"
+    return {"linterp": ours, "torch": torch.__version__, "dask": dask.__version__, "zarr": zarr.__version__,
+            "numpy": np.__version__}
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_key(identity: dict) -> str:
+    """A stable hex key for an identity dict (caches interpreters per process)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
