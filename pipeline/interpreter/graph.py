@@ -1,0 +1,100 @@
+"""Tracing a model into a torch.fx graph, and the `Bound` call that rules work on.
+
+A module whose type has a rule (and whose `forward` is that type's own, e.g. EDSR's MeanShift, a Conv2d
+subclass) stays a leaf of the graph; every other user module is traced into, so functional calls
+(`F.relu`, `torch.cat`, in-place `+=`) appear as graph nodes just like module calls.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_aggregate
+
+from .errors import UnsupportedOperation
+
+
+def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.GraphModule:
+    """Symbolically trace `model`; modules for which `is_leaf(m)` holds are kept as single calls."""
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return is_leaf(m) or super().is_leaf_module(m, qualname)
+
+    try:
+        graph = Tracer().trace(model)
+    except Exception as err:  # fx raises many kinds of errors on untraceable Python control flow
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsupportedOperation(
+            f"{type(model).__name__} cannot be traced by torch.fx ({first})") from err
+    return fx.GraphModule(model, graph)
+
+
+def where(node: fx.Node) -> str:
+    """A readable location of a graph node: the module path, or the enclosing module path and node name."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [p for p, *_ in (v if isinstance(v, tuple) else (k,) for k, v in stack.items())]
+    path = paths[-1] if paths else ""
+    path = path if isinstance(path, str) else ""
+    return f"{path}:{node.name}" if path else node.name
+
+
+def describe(node: fx.Node, target: Any) -> str:
+    """What a node calls, for error messages: a module type, a function or a tensor method."""
+    if node.op == "call_module":
+        return f"module {type(target).__name__}"
+    if node.op == "call_method":
+        return f"tensor method .{node.target}()"
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    module = getattr(target, "__module__", None) or ""
+    return f"function {module + '.' if module else ''}{name}"
+
+
+class Bound:
+    """One call of an operation with its arguments, where linear inputs are still graph nodes.
+
+    `args`/`kwargs` hold concrete values for everything static (constants, frozen tensors, sizes) and the
+    `fx.Node` itself for each input that depends linearly on x. `values` maps those nodes to the tensors
+    of the current pass (x0 activations when recording, perturbations in linear passes).
+    """
+
+    __slots__ = ("fn", "args", "kwargs", "values")
+
+    def __init__(self, fn: Callable, args: tuple, kwargs: dict, values: dict):
+        self.fn, self.args, self.kwargs, self.values = fn, args, kwargs, values
+
+    def nodes(self) -> list[fx.Node]:
+        """The distinct linear input nodes, in argument order."""
+        seen: dict[fx.Node, None] = {}
+        map_aggregate((self.args, self.kwargs), lambda a: seen.setdefault(a) if isinstance(a, fx.Node) else a)
+        return list(seen)
+
+    def input(self) -> torch.Tensor:
+        """The value of the single linear input (units, norms, pools act on one tensor)."""
+        return self.values[self.nodes()[0]]
+
+    def call(self, values: dict | None = None, args: tuple | None = None, kwargs: dict | None = None):
+        """Run the operation with linear nodes replaced by `values` (default: this pass's values)."""
+        vals = self.values if values is None else values
+        resolve = lambda a: vals[a] if isinstance(a, fx.Node) else a  # noqa: E731
+        a = map_aggregate(self.args if args is None else args, resolve)
+        k = map_aggregate(self.kwargs if kwargs is None else kwargs, resolve)
+        return self.fn(*a, **k)
+
+    def __call__(self):
+        return self.call()
+
+    def on(self, node_value: dict) -> "Bound":
+        """The same call with other values for its linear nodes."""
+        return Bound(self.fn, self.args, self.kwargs, node_value)
+
+    def map_static(self, fn: Callable[[Any], Any], positions=None, keys=()) -> tuple[tuple, dict]:
+        """(args, kwargs) with `fn` applied to the static leaves under the given argument positions/keys."""
+        def leafwise(a):
+            return map_aggregate(a, lambda x: x if isinstance(x, fx.Node) else fn(x))
+        args = tuple(leafwise(a) if positions is None or i in positions else a for i, a in enumerate(self.args))
+        kwargs = {k: leafwise(v) if positions is None or k in keys else v for k, v in self.kwargs.items()}
+        return args, kwargs

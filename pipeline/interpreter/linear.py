@@ -1,0 +1,430 @@
+"""`interpret(model, x0)`: the affine network y = F(x0)·x + r(x0) of a model at an input x0.
+
+The model is traced once into a torch.fx graph. Recording runs it on x0 node by node; each node is one of
+
+- *linear*: a tensor that depends on x; its rule (see `rules.py`) records the state of its linear
+  interpreter (masks, gains, switches, frozen statistics) and the bias it adds;
+- *meta*: a value computed from shapes only (sizes, `dim()`), recomputed in every pass;
+- *static*: parameters, constants and values frozen at x0 (comparisons, indices), computed once.
+
+Linear passes then replay the graph with each rule's linear part (`forward`: F v) or its adjoint in reverse
+order (`transpose`: Fᵀ u). Biases are injected per source to get the contributions Q_i b̂_i, which sum to r.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_aggregate
+
+from . import rules
+from .errors import InputError, UnsupportedOperation
+from .graph import Bound, describe, trace, where
+
+#: sources per batch when contributions or back-projections are computed
+SOURCE_BATCH = 16
+
+
+@dataclass
+class Site:
+    """One linear node: its operation, rule, recorded state and bias."""
+
+    node: fx.Node
+    fn: Callable          # what linear passes call (in-place variants replaced by out-of-place ones)
+    rule: rules.Rule
+    state: Any
+    bias: torch.Tensor | None
+    shape: Any            # output shape at x0 (torch.Size, or a tuple of them)
+    where: str
+
+
+def _is_float_tensors(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return x.is_floating_point()
+    return isinstance(x, (tuple, list)) and len(x) > 0 and all(_is_float_tensors(t) for t in x)
+
+
+def _shape(x):
+    return tuple(_shape(t) for t in x) if isinstance(x, (tuple, list)) else x.shape
+
+
+def _meta_like(shape, dtype, batch: int):
+    if isinstance(shape, tuple) and shape and not isinstance(shape[0], int):
+        return tuple(_meta_like(s, dtype, batch) for s in shape)
+    return torch.empty((batch, *shape[1:]), dtype=dtype, device="meta")
+
+
+def _out_of_place(node: fx.Node, target):
+    """The function linear passes call for a node: in-place variants become out-of-place ones."""
+    if node.op == "call_method":
+        name = str(node.target)
+        if name.endswith("_") and not name.endswith("__") and hasattr(torch.Tensor, name[:-1]):
+            name = name[:-1]
+        return getattr(torch.Tensor, name)
+    inplace = {"iadd": "add", "isub": "sub", "imul": "mul", "itruediv": "truediv"}
+    name = getattr(target, "__name__", "")
+    if getattr(target, "__module__", None) == "_operator" and name in inplace:
+        import operator
+        return getattr(operator, inplace[name])
+    return target
+
+
+def _rule_for(node: fx.Node, target) -> rules.Rule | None:
+    if node.op == "call_module":
+        return rules.module_rule(target)
+    if node.op == "call_method":
+        return rules.METHOD_RULES.get(str(node.target))
+    try:
+        return rules.FUNCTION_RULES.get(target)
+    except TypeError:  # unhashable target
+        return None
+
+
+class LinearInterpreter:
+    """The linear interpreter y = F(x0)·x + r(x0) of a model at x0. Build it with `interpret`.
+
+    Shapes: x0 is (1, C, H, W); `forward` maps (B, C, H, W) -> (B, *out); `transpose` maps back.
+    """
+
+    def __init__(self, gm: fx.GraphModule, x0: torch.Tensor):
+        self.gm, self.x0 = gm, x0
+        self.kind: dict[fx.Node, str] = {}
+        self.static: dict[fx.Node, Any] = {}
+        self.sites: dict[fx.Node, Site] = {}
+        self.nodes = [n for n in gm.graph.nodes if n.op not in ("output",)]
+        self.output_node = next(n for n in gm.graph.nodes if n.op == "output")
+        self.output = self._record(x0)
+        self._last_use = self._last_uses()
+        self._names = self._source_names()
+        with torch.no_grad():
+            self.residual = self._forward(torch.zeros_like(x0), inject={n: torch.ones(1, dtype=x0.dtype,
+                                          device=x0.device) for n in self._names.values()})
+
+    # ---------------------------------------------------------------------------------------------------
+    # recording
+
+    def _record(self, x0):
+        env: dict[fx.Node, Any] = {}
+        placeholder_seen = False
+        for node in self.nodes:
+            if node.op == "placeholder":
+                if placeholder_seen:
+                    default = node.args[0] if node.args else None
+                    self.kind[node], self.static[node] = "static", default
+                    continue
+                placeholder_seen = True
+                self.kind[node], env[node] = "linear", x0
+                continue
+            if node.op == "get_attr":
+                attr = self.gm
+                for part in str(node.target).split("."):
+                    attr = getattr(attr, part)
+                self.kind[node], self.static[node] = "static", attr
+                continue
+            target = self.gm.get_submodule(node.target) if node.op == "call_module" else node.target
+            if node.op == "call_method":
+                target = getattr(torch.Tensor, str(node.target))
+            args, kwargs = self._bind_args(node, env)
+            linear_inputs = Bound(target, args, kwargs, env).nodes()
+            dependent = linear_inputs or self._depends_on_meta(node)
+            if not linear_inputs:
+                value = Bound(target, args, kwargs, env)()
+                self.kind[node] = "meta" if dependent else "static"
+                (env if dependent else self.static)[node] = value
+                continue
+            rule = _rule_for(node, target)
+            b = Bound(target, args, kwargs, env)
+            if rule is None:
+                value = b()
+                if _is_float_tensors(value):
+                    raise UnsupportedOperation(
+                        f"no linear-interpreter rule for {describe(node, target)} at '{where(node)}'")
+                self._freeze(node, value, env)
+                continue
+            try:
+                value, state, bias = rule.record(b)
+            except UnsupportedOperation as err:
+                raise UnsupportedOperation(f"{describe(node, target)} at '{where(node)}': {err}") from None
+            if not _is_float_tensors(value):
+                self._freeze(node, value, env)
+                continue
+            if any(isinstance(v, torch.Tensor) and v.dim() and v.shape[0] != 1 for v in
+                   (value if isinstance(value, (tuple, list)) else [value])):
+                raise UnsupportedOperation(
+                    f"{describe(node, target)} at '{where(node)}' mixes the batch dimension")
+            self.kind[node], env[node] = "linear", value
+            self.sites[node] = Site(node, _out_of_place(node, target), rule, state, bias, _shape(value),
+                                    where(node))
+        out = self.output_node.args[0]
+        if not isinstance(out, fx.Node) or self.kind.get(out) != "linear" or not isinstance(env[out], torch.Tensor):
+            raise UnsupportedOperation("the model's output must be one tensor that depends on its input")
+        return env[out].detach()
+
+    def _freeze(self, node, value, env):
+        """Non-float results of linear inputs (comparisons, indices) are frozen at x0; sizes are meta."""
+        if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and value
+                                               and all(isinstance(v, torch.Tensor) for v in value)):
+            self.kind[node], self.static[node] = "static", value
+        else:
+            self.kind[node], env[node] = "meta", value
+
+    def _depends_on_meta(self, node) -> bool:
+        found = []
+        map_aggregate((node.args, node.kwargs),
+                      lambda a: found.append(a) if isinstance(a, fx.Node) and self.kind.get(a) == "meta" else a)
+        return bool(found)
+
+    def _bind_args(self, node, env):
+        """Node arguments with static and meta values filled in; linear inputs stay graph nodes."""
+        def fill(a):
+            if not isinstance(a, fx.Node):
+                return a
+            kind = self.kind[a]
+            return a if kind == "linear" else (env[a] if kind == "meta" else self.static[a])
+        return map_aggregate(node.args, fill), map_aggregate(node.kwargs, fill)
+
+    def _last_uses(self) -> dict[fx.Node, list[fx.Node]]:
+        """For each node, the linear/meta values whose last use it is (to free them in passes)."""
+        last: dict[fx.Node, fx.Node] = {}
+        for node in self.nodes + [self.output_node]:
+            map_aggregate((node.args, node.kwargs),
+                          lambda a: last.__setitem__(a, node) if isinstance(a, fx.Node) else a)
+        frees: dict[fx.Node, list[fx.Node]] = {}
+        for value, user in last.items():
+            frees.setdefault(user, []).append(value)
+        return frees
+
+    def _source_names(self) -> "OrderedDict[str, fx.Node]":
+        names: OrderedDict[str, fx.Node] = OrderedDict()
+        for node, site in self.sites.items():
+            if site.bias is None:
+                continue
+            what = {"affine": "bias", "frozen statistics": "shift", "offset": "offset",
+                    "tangent": "offset", "secant": "offset", "product": "constant"}.get(site.rule.kind, "bias")
+            name, k = f"{site.where} ({what})", 2
+            while name in names:
+                name, k = f"{site.where} ({what} #{k})", k + 1
+            names[name] = node
+        return names
+
+    # ---------------------------------------------------------------------------------------------------
+    # passes
+
+    def _forward(self, v, inject=None, sites=None, statics=None, method="linear", observe=None):
+        """Replay the graph on perturbations v (B, ...) with each rule's `method` ("linear" or "support").
+
+        `inject`: node -> (B,) weights of its bias; `sites`/`statics`: cropped copies (windows);
+        `observe(node, value)` is called on every linear node's value.
+        """
+        sites = self.sites if sites is None else sites
+        statics = self.static if statics is None else statics
+        env: dict[fx.Node, Any] = {}
+        batch = v.shape[0]
+        for node in self.nodes:
+            kind = self.kind[node]
+            if kind == "static":
+                continue
+            if node.op == "placeholder":
+                env[node] = v
+            else:
+                args, kwargs = self._pass_args(node, env, statics)
+                site = sites.get(node)
+                if kind == "meta":
+                    env[node] = Bound(_out_of_place(node, self._target(node)), args, kwargs, env)()
+                else:
+                    b = Bound(site.fn, args, kwargs, env)
+                    out = getattr(site.rule, method)(b, site.state)
+                    if out is None:
+                        out = torch.zeros((batch, *site.shape[1:]), dtype=v.dtype, device=v.device)
+                    if inject is not None and node in inject and site.bias is not None:
+                        w = inject[node].reshape(-1, *([1] * (out.dim() - 1)))
+                        out = out + w * site.bias
+                    env[node] = out
+                    if observe is not None:
+                        observe(node, out)
+            for dead in self._last_use.get(node, ()):
+                if dead is not node and dead is not self.output_node.args[0]:
+                    env.pop(dead, None)
+        return env[self.output_node.args[0]]
+
+    def _target(self, node):
+        if node.op == "call_module":
+            return self.gm.get_submodule(node.target)
+        return node.target
+
+    def _pass_args(self, node, env, statics):
+        def fill(a):
+            if not isinstance(a, fx.Node):
+                return a
+            kind = self.kind[a]
+            return a if kind == "linear" else (env[a] if kind == "meta" else statics[a])
+        return map_aggregate(node.args, fill), map_aggregate(node.kwargs, fill)
+
+    def _transpose(self, u, inject=None):
+        """Reverse pass: Fᵀ u for u (B, *out). `inject`: node -> (B,) weights of its bias as a cotangent."""
+        batch, dtype, device = u.shape[0], u.dtype, u.device
+        env: dict[fx.Node, Any] = {}
+        for node in self.nodes:  # shapes of this batch size, and meta values computed from them
+            kind = self.kind[node]
+            if kind == "linear":
+                shape = self.x0.shape if node.op == "placeholder" else self.sites[node].shape
+                env[node] = _meta_like(shape, dtype, batch)
+            elif kind == "meta":
+                args, kwargs = self._pass_args(node, env, self.static)
+                env[node] = Bound(_out_of_place(node, self._target(node)), args, kwargs, env)()
+        cot: dict[fx.Node, Any] = {self.output_node.args[0]: u}
+        result = None
+        for node in reversed(self.nodes):
+            if self.kind[node] != "linear":
+                continue
+            c = cot.pop(node, None)
+            if inject is not None and node in inject:
+                site = self.sites[node]
+                w = inject[node].reshape(-1, *([1] * (len(site.shape) - 1)))
+                extra = (w * site.bias).expand(batch, *site.shape[1:])
+                c = extra if c is None else c + extra
+            if c is None:
+                continue
+            if node.op == "placeholder":
+                result = c
+                continue
+            site = self.sites[node]
+            args, kwargs = self._pass_args(node, env, self.static)
+            grads = site.rule.transpose(Bound(site.fn, args, kwargs, env), site.state, c)
+            for n, g in grads.items():
+                if g is None:
+                    continue
+                prev = cot.get(n)
+                cot[n] = g if prev is None else _add(prev, g)
+        if result is None:
+            result = torch.zeros((batch, *self.x0.shape[1:]), dtype=dtype, device=device)
+        return result
+
+    # ---------------------------------------------------------------------------------------------------
+    # public API
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        """F v for a batch v of shape (B, C, H, W) -> (B, *out). No biases."""
+        self._check(v, self.x0.shape[1:], "forward")
+        with torch.no_grad():
+            return self._forward(v)
+
+    def transpose(self, u: torch.Tensor) -> torch.Tensor:
+        """Fᵀ u for a batch u of shape (B, *out) -> (B, C, H, W): the exact adjoint of `forward`."""
+        self._check(u, self.output.shape[1:], "transpose")
+        with torch.no_grad():
+            return self._transpose(u)
+
+    def affine(self, v: torch.Tensor) -> torch.Tensor:
+        """g(v) = F v + r: the frozen affine network, with every bias (g(x0) = f(x0))."""
+        self._check(v, self.x0.shape[1:], "affine")
+        ones = torch.ones(v.shape[0], dtype=v.dtype, device=v.device)
+        with torch.no_grad():
+            return self._forward(v, inject={n: ones for n in self._names.values()})
+
+    @property
+    def receptive_radius(self) -> int | None:
+        """How far (input pixels) a column of F can reach from its pixel; None for global networks."""
+        if not hasattr(self, "_radius"):
+            from .window import receptive_radius
+            self._radius = receptive_radius(self)
+        return self._radius
+
+    def window(self, box):
+        """The frozen linear network cropped around the input tile `box` = (top, left, height, width).
+
+        Returns a `Window` (see `window.py`) whose `forward` gives, for inputs supported in the tile, the
+        output over `Window.out_box` exactly as `forward` on the whole image would.
+        """
+        from .window import make_window
+        return make_window(self, box)
+
+    @property
+    def sources(self) -> list[str]:
+        """Names of the bias sources, in network order."""
+        return list(self._names)
+
+    def bias(self, name: str) -> torch.Tensor:
+        """The bias b̂ of one source, at its node (broadcastable to the node's output, batch 1)."""
+        return self.sites[self._names[name]].bias
+
+    def contributions(self) -> "OrderedDict[str, torch.Tensor]":
+        """name -> Q_i b̂_i, shape (1, *out): each bias source forward-projected to the output.
+
+        In network order; the values sum to `residual`.
+        """
+        return self._per_source(lambda z, inject: self._forward(z, inject=inject), self.x0)
+
+    def backprojections(self) -> "OrderedDict[str, torch.Tensor]":
+        """name -> P_i b̂_i, shape (1, C, H, W): each source's bias back-projected to the input through the
+        transposed layers up to its own (same names and order as `contributions`)."""
+        return self._per_source(lambda z, inject: self._transpose(z, inject=inject), self.output)
+
+    def _per_source(self, run, like) -> "OrderedDict[str, torch.Tensor]":
+        names = list(self._names)
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        with torch.no_grad():
+            for start in range(0, len(names), SOURCE_BATCH):
+                chunk = names[start:start + SOURCE_BATCH]
+                eye = torch.eye(len(chunk), dtype=like.dtype, device=like.device)
+                inject = {self._names[n]: eye[:, i] for i, n in enumerate(chunk)}
+                z = torch.zeros((len(chunk), *like.shape[1:]), dtype=like.dtype, device=like.device)
+                values = run(z, inject)
+                for i, n in enumerate(chunk):
+                    out[n] = values[i:i + 1]
+        return out
+
+    @staticmethod
+    def _check(t, shape, what):
+        if not isinstance(t, torch.Tensor) or t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"{what} expects a batch of shape (B, {', '.join(map(str, shape))}), got {got}")
+
+
+def _add(a, b):
+    if isinstance(a, (tuple, list)):
+        return type(a)(_add(x, y) for x, y in zip(a, b))
+    return a + b
+
+
+def _is_leaf(m: nn.Module) -> bool:
+    return rules.module_rule(m) is not None
+
+
+def _first_conv_channels(model: nn.Module) -> int | None:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                          nn.ConvTranspose3d)):
+            return m.in_channels
+        if isinstance(m, nn.Linear):
+            return None
+    return None
+
+
+def interpret(model: nn.Module, x0: torch.Tensor, eval_mode: bool = True) -> LinearInterpreter:
+    """The linear interpreter of `model` at `x0` (a float tensor of shape (1, C, H, W)).
+
+    With `eval_mode` (default) the model is put into eval mode while it is traced and recorded, and its
+    modes are restored afterwards; without it, the model's own modes are used (BatchNorm in train mode
+    then freezes the batch statistics of x0).
+    """
+    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
+        raise InputError(f"x0 must be a floating-point tensor, got {getattr(x0, 'dtype', type(x0).__name__)}")
+    if x0.dim() != 4 or x0.shape[0] != 1:
+        raise InputError(f"x0 must have shape (1, C, H, W), got {tuple(x0.shape)}")
+    channels = _first_conv_channels(model)
+    if channels is not None and channels != x0.shape[1]:
+        raise InputError(f"{type(model).__name__} expects {channels} input channels, x0 has {x0.shape[1]}")
+    modes = {m: m.training for m in model.modules()}
+    if eval_mode:
+        model.eval()
+    try:
+        gm = trace(model, _is_leaf)
+        with torch.no_grad():
+            return LinearInterpreter(gm, x0.detach().clone())
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

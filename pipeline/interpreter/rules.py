@@ -1,0 +1,732 @@
+"""The rule table: one linear interpreter per kind of operation.
+
+A rule says, for one operation kind, how to
+
+- `record(b)`   run it at x0 and keep what its linear interpreter needs -> (output, state, bias);
+- `linear(b, s)` apply the linear part (biases and constant offsets dropped) to perturbations;
+- `transpose(b, s, u)` apply the exact adjoint: {input node: cotangent};
+- `crop(s, crop)` restrict its state to a spatial window (see `window.py`).
+
+`bias` is the constant the operation adds at x0 (a conv bias, a norm shift, a unit's offset c, a
+constant added to a feature map), as a tensor that broadcasts against the output; the engine
+forward-projects it to get the contribution Q_i b̂_i of that source.
+
+The tables at the end map module types, functions and tensor-method names to rules. An operation that is
+not in the tables raises `UnsupportedOperation` (see `linear.py`).
+"""
+from __future__ import annotations
+
+import inspect
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import UnsupportedOperation
+from .graph import Bound
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _zeros_like(t, device):
+    """Real zeros shaped like a (possibly meta) tensor, or a tuple of them."""
+    if isinstance(t, (tuple, list)):
+        return type(t)(_zeros_like(x, device) for x in t)
+    return torch.zeros(t.shape, dtype=t.dtype, device=device)
+
+
+def _vjp(b: Bound, cot) -> dict:
+    """Adjoint of a linear call by autograd, at zero primals of this pass's shapes."""
+    nodes = b.nodes()
+    device = (cot[0] if isinstance(cot, (tuple, list)) else cot).device
+    primals = [_zeros_like(b.values[n], device) for n in nodes]
+
+    def fn(*xs):
+        return b.call(dict(zip(nodes, xs)))
+
+    _, pull = torch.func.vjp(fn, *primals)
+    return dict(zip(nodes, pull(cot)))
+
+
+def _zero(x):
+    """The additive zero of a static argument (tensor or number); other values are left alone."""
+    if isinstance(x, torch.Tensor):
+        return torch.zeros((), dtype=x.dtype, device=x.device).expand(x.shape) if x.is_floating_point() else x
+    if isinstance(x, float) or (isinstance(x, int) and not isinstance(x, bool)):
+        return type(x)(0)
+    return x
+
+
+def _channel_view(t: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
+    """A per-channel vector (C,) as a tensor that broadcasts over (N, C, *spatial)."""
+    return None if t is None else t.reshape(1, -1, *([1] * (ndim - 2)))
+
+
+def _is_binary(t: torch.Tensor) -> bool:
+    return bool(((t == 0) | (t == 1)).all())
+
+
+# --------------------------------------------------------------------------------------------------------
+# rules
+
+
+class Rule:
+    """Base rule: a purely linear operation (reshapes, pooling by averages, padding, interpolation...)."""
+
+    kind = "linear"
+
+    def record(self, b: Bound):
+        return b(), None, None
+
+    def linear(self, b: Bound, state):
+        return b()
+
+    def transpose(self, b: Bound, state, cot) -> dict:
+        return _vjp(b, cot)
+
+    def support(self, b: Bound, state):
+        """Where a non-negative indicator can reach: |linear part| with the masks of x0 opened
+        (used to find the receptive radius; see `window.py`)."""
+        out = self.linear(b, state)
+        if out is None:
+            return None
+        return tuple(o.abs() for o in out) if isinstance(out, (tuple, list)) else out.abs()
+
+    def crop(self, state, crop: Callable):
+        return state
+
+
+class Identity(Rule):
+    """Identity in eval mode (dropout modules, nn.Identity)."""
+
+    kind = "identity"
+
+    def record(self, b):
+        return b.input(), None, None
+
+    def linear(self, b, state):
+        return b.input()
+
+    def transpose(self, b, state, cot):
+        return {b.nodes()[0]: cot}
+
+
+class Offset(Rule):
+    """Jointly linear in its inputs and constant offsets (add, sub, cat, stack, where, constant pad).
+
+    The constant offsets (the static arguments at `positions` / `keys`) are dropped from the linear part
+    and together make the bias.
+    """
+
+    kind = "offset"
+
+    def __init__(self, positions=(0, 1), keys=("input", "other")):
+        self.positions, self.keys = positions, keys
+
+    def record(self, b):
+        out = b()
+        has_offset = []
+        b.map_static(lambda x: has_offset.append(x) if _zero(x) is not x else x, self.positions, self.keys)
+        if not has_offset:
+            return out, None, None
+        zeros = {n: torch.zeros_like(b.values[n]) if isinstance(b.values[n], torch.Tensor) else b.values[n]
+                 for n in b.nodes()}
+        bias = b.call(zeros)
+        return out, None, (bias if bias.any() else None)
+
+    def linear(self, b, state):
+        args, kwargs = b.map_static(_zero, self.positions, self.keys)
+        n0 = b.input()
+        batch = n0.shape[0] if isinstance(n0, torch.Tensor) else None
+
+        def expand(x):  # constants of batch 1 next to inputs of batch B (cat, stack)
+            if isinstance(x, torch.Tensor) and batch and x.dim() and x.shape[0] == 1 and batch != 1:
+                return x.expand(batch, *x.shape[1:])
+            return x
+        args, kwargs = Bound(b.fn, args, kwargs, b.values).map_static(expand, self.positions, self.keys)
+        return b.call(args=args, kwargs=kwargs)
+
+    def transpose(self, b, state, cot):
+        args, kwargs = b.map_static(_zero, self.positions, self.keys)
+        return _vjp(Bound(b.fn, args, kwargs, b.values), cot)
+
+
+class Product(Rule):
+    """Multiplication, division and matmul.
+
+    With one factor depending on x it is linear as it is. When both do (gates, attention), the factor
+    with fewer elements (the right one on ties; the denominator of a division) is frozen at its x0 value,
+    so the interpreter is exact at x0 and linear in the other factor.
+    """
+
+    kind = "product"
+
+    def __init__(self, frozen_if_both: Callable[[Any, Any], int] | None = None, denominator: bool = False):
+        self.choose = frozen_if_both or (lambda a, b: 0 if a.numel() < b.numel() else 1)
+        self.denominator = denominator
+
+    def record(self, b):
+        a0, a1 = b.args[0], b.args[1]
+        if self.denominator and isinstance(a1, fx.Node):
+            pos = 1
+        elif isinstance(a0, fx.Node) and isinstance(a1, fx.Node):
+            pos = self.choose(b.values[a0], b.values[a1])
+        else:
+            return b(), None, None
+        frozen = b.values[b.args[pos]].detach().clone()
+        args = tuple(frozen if i == pos else a for i, a in enumerate(b.args))
+        out = b()
+        if not any(isinstance(a, fx.Node) for a in args[:2]):  # e.g. c / x: constant at x0
+            return out, {"args": args, "constant": True}, out.detach().clone()
+        return out, {"args": args, "constant": False}, None
+
+    def linear(self, b, state):
+        if state is None:
+            return b()
+        if state["constant"]:
+            return None
+        return b.call(args=state["args"])
+
+    def transpose(self, b, state, cot):
+        if state is None:
+            return _vjp(b, cot)
+        if state["constant"]:
+            return {}
+        return _vjp(Bound(b.fn, state["args"], b.kwargs, b.values), cot)
+
+    def support(self, b, state):
+        if state is None or state["constant"]:
+            return super().support(b, state)
+        args = tuple(a.abs() if isinstance(a, torch.Tensor) else a for a in state["args"])
+        return b.call(args=args)
+
+    def crop(self, state, crop):
+        if state is None or state["constant"]:
+            return state
+        return {**state, "args": tuple(crop(a) if isinstance(a, torch.Tensor) else a for a in state["args"])}
+
+
+class Unit(Rule):
+    """A pointwise non-linear unit h replaced by A·y + c chosen at y0 (the unit's input at x0).
+
+    `tangent`: the linear piece active at y0 (piecewise-linear units): A = h'(y0), c = h(y0) − A·y0.
+    `secant`: A = (h(y0) − h(0)) / y0 (h'(0) where y0 ≈ 0), c = h(0) (smooth units).
+    `derivative(y0, b)`, when given, computes h'(y0) directly instead of by autograd.
+    """
+
+    def __init__(self, mode: str, derivative: Callable | None = None):
+        assert mode in ("tangent", "secant")
+        self.kind, self.derivative = mode, derivative
+
+    def _h(self, b):
+        node = b.nodes()[0]
+        return lambda y: b.call({**b.values, node: y})
+
+    def _grad(self, b, y):
+        if self.derivative is not None:
+            return self.derivative(y, b)
+        with torch.enable_grad():
+            leaf = y.detach().clone().requires_grad_(True)
+            out = self._h(b)(leaf * 1)
+            (g,) = torch.autograd.grad(out.sum(), leaf)
+        return g
+
+    def record(self, b):
+        y0 = b.input().detach().clone()
+        if self.kind == "tangent":
+            gain = self._grad(b, y0)
+            out = b()
+            offset = out.detach() - gain * y0
+        else:
+            h = self._h(b)
+            with torch.no_grad():
+                h0 = h(torch.zeros_like(y0))
+            out = b()
+            small = y0.abs() <= 1e-6 * y0.abs().max().clamp_min(1.0)
+            gain = (out.detach() - h0) / torch.where(small, torch.ones_like(y0), y0)
+            if small.any():
+                gain = torch.where(small, self._grad(b, torch.zeros_like(y0)), gain)
+            offset = h0
+        gain = gain.bool() if _is_binary(gain) else gain
+        return out, {"gain": gain}, (offset if offset.any() else None)
+
+    def linear(self, b, state):
+        return b.input() * state["gain"]
+
+    def transpose(self, b, state, cot):
+        return {b.nodes()[0]: cot * state["gain"]}
+
+    def support(self, b, state):
+        return b.input()
+
+    def crop(self, state, crop):
+        return {"gain": crop(state["gain"])}
+
+
+def _relu_derivative(y, b):
+    return y > 0
+
+
+class MaxPool(Rule):
+    """Max pooling (also adaptive): the switches x0 selects. `with_indices(b)` -> (output, flat indices)."""
+
+    kind = "switches"
+
+    def __init__(self, with_indices: Callable):
+        self.with_indices = with_indices
+
+    def record(self, b):
+        x0 = b.input()
+        out, idx = self.with_indices(b)
+        return out, {"idx": idx, "in_spatial": tuple(x0.shape[2:])}, None
+
+    def linear(self, b, state):
+        v, idx = b.input(), state["idx"]
+        flat = idx.flatten(2).expand(v.shape[0], -1, -1)
+        out = v.flatten(2).gather(2, flat).view(v.shape[0], *idx.shape[1:])
+        return out * state["valid"] if "valid" in state else out
+
+    def transpose(self, b, state, cot):
+        idx = state["idx"]
+        cot = cot * state["valid"] if "valid" in state else cot
+        n, c = cot.shape[:2]
+        flat = idx.flatten(2).expand(n, -1, -1)
+        size = 1
+        for s in state["in_spatial"]:
+            size *= s
+        out = cot.new_zeros(n, c, size).scatter_add_(2, flat, cot.flatten(2))
+        return {b.nodes()[0]: out.view(n, c, *state["in_spatial"])}
+
+    def support(self, b, state):
+        return self.with_indices(b)[0]
+
+    def crop(self, state, crop):
+        """Switches of the window: flat indices re-based on the cropped input; switches that fall outside
+        it (pooling windows across its edge, where perturbations are zero) are masked out."""
+        if len(state["in_spatial"]) != 2:
+            return state
+        top, left, h, w = crop.box(state["in_spatial"])
+        idx = crop(state["idx"])
+        y, x = idx // state["in_spatial"][1] - top, idx % state["in_spatial"][1] - left
+        valid = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        return {"idx": torch.where(valid, y * w + x, 0), "in_spatial": (h, w), "valid": valid}
+
+
+def _module_pool_indices(b):
+    m: nn.Module = b.fn
+    nd = len(b.input().shape) - 2
+    if isinstance(m, nn.modules.pooling._AdaptiveMaxPoolNd):
+        fn = getattr(F, f"adaptive_max_pool{nd}d_with_indices")
+        return fn(b.input(), m.output_size, return_indices=True)
+    fn = getattr(F, f"max_pool{nd}d_with_indices")
+    return fn(b.input(), m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode,
+              return_indices=True)
+
+
+def _functional_pool_indices(name: str):
+    fn = getattr(F, f"{name}_with_indices")
+    sig = inspect.signature(fn)
+
+    def with_indices(b):
+        bound = sig.bind(*map_values(b, b.args), **map_values(b, b.kwargs))
+        bound.arguments["return_indices"] = True
+        return fn(*bound.args, **bound.kwargs)
+    return with_indices
+
+
+def map_values(b: Bound, tree):
+    return torch.fx.node.map_aggregate(tree, lambda a: b.values[a] if isinstance(a, fx.Node) else a)
+
+
+class Norm(Rule):
+    """Normalisation with the statistics of x0 frozen: y -> gain·y + shift (per channel, group or instance).
+
+    `affine(b) -> (gain, shift)` broadcastable to the output, from the layer's statistics at x0 (running
+    statistics for BatchNorm in eval mode, as the layer itself uses them).
+    """
+
+    kind = "frozen statistics"
+
+    def __init__(self, affine: Callable):
+        self.affine = affine
+
+    def record(self, b):
+        x0 = b.input().detach()
+        gain, shift = self.affine(b, x0)
+        out = b()
+        return out, {"gain": gain}, shift
+
+    def linear(self, b, state):
+        return b.input() * state["gain"]
+
+    def transpose(self, b, state, cot):
+        return {b.nodes()[0]: cot * state["gain"]}
+
+    def support(self, b, state):
+        return b.input()
+
+    def crop(self, state, crop):
+        return {"gain": crop(state["gain"])}
+
+
+def _stats(x, dims):
+    return x.mean(dim=dims, keepdim=True), x.var(dim=dims, unbiased=False, keepdim=True)
+
+
+def _gain_shift(x, mean, var, weight, bias, eps):
+    nd = x.dim()
+    w = _channel_view(weight, nd) if weight is not None and weight.dim() == 1 else weight
+    bb = _channel_view(bias, nd) if bias is not None and bias.dim() == 1 else bias
+    gain = torch.rsqrt(var + eps)
+    if w is not None:
+        gain = gain * w
+    shift = -mean * gain
+    if bb is not None:
+        shift = shift + bb
+    return gain.detach(), shift.detach()
+
+
+def _batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, eps):
+    nd = x.dim()
+    if use_batch_stats or running_mean is None:
+        mean, var = _stats(x, [0] + list(range(2, nd)))
+    else:
+        mean, var = _channel_view(running_mean, nd), _channel_view(running_var, nd)
+    return _gain_shift(x, mean, var, weight, bias, eps)
+
+
+def _instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, eps):
+    nd = x.dim()
+    if use_input_stats or running_mean is None:
+        mean, var = _stats(x, list(range(2, nd)))
+    else:
+        mean, var = _channel_view(running_mean, nd), _channel_view(running_var, nd)
+    return _gain_shift(x, mean, var, weight, bias, eps)
+
+
+def _group_norm(x, groups, weight, bias, eps):
+    n, c = x.shape[:2]
+    xg = x.reshape(n, groups, -1)
+    mean, var = _stats(xg, [2])
+    mean = mean.reshape(n, groups, 1).expand(n, groups, c // groups).reshape(n, c, *([1] * (x.dim() - 2)))
+    var = var.reshape(n, groups, 1).expand(n, groups, c // groups).reshape(n, c, *([1] * (x.dim() - 2)))
+    return _gain_shift(x, mean, var, weight, bias, eps)
+
+
+def _layer_norm(x, normalized_shape, weight, bias, eps):
+    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
+    mean, var = _stats(x, dims)
+    return _gain_shift(x, mean, var, weight, bias, eps)
+
+
+def _rms_norm(x, normalized_shape, weight, eps):
+    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    gain = torch.rsqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps)
+    if weight is not None:
+        gain = gain * weight
+    return gain.detach(), None
+
+
+def _bn_module(b, x):
+    m = b.fn
+    batch_stats = m.training or not m.track_running_stats or m.running_mean is None
+    return _batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, batch_stats, m.eps)
+
+
+def _in_module(b, x):
+    m = b.fn
+    input_stats = m.training or not m.track_running_stats or m.running_mean is None
+    return _instance_norm(x, m.running_mean, m.running_var, m.weight, m.bias, input_stats, m.eps)
+
+
+def _gn_module(b, x):
+    m = b.fn
+    return _group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
+
+
+def _ln_module(b, x):
+    m = b.fn
+    return _layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+
+
+def _rms_module(b, x):
+    m = b.fn
+    return _rms_norm(x, m.normalized_shape, m.weight, m.eps)
+
+
+def _functional(fn, adapter):
+    """Bind a functional call's arguments by name and pass them to `adapter(x, arguments)`."""
+    sig = inspect.signature(fn)
+
+    def affine(b, x):
+        args = sig.bind(*map_values(b, b.args), **map_values(b, b.kwargs)).arguments
+        params = sig.parameters
+        get = lambda name: args.get(name, params[name].default)  # noqa: E731
+        return adapter(x, get)
+    return affine
+
+
+_F_BATCH_NORM = _functional(F.batch_norm, lambda x, g: _batch_norm(
+    x, g("running_mean"), g("running_var"), g("weight"), g("bias"), g("training"), g("eps")))
+_F_INSTANCE_NORM = _functional(F.instance_norm, lambda x, g: _instance_norm(
+    x, g("running_mean"), g("running_var"), g("weight"), g("bias"), g("use_input_stats"), g("eps")))
+_F_GROUP_NORM = _functional(F.group_norm, lambda x, g: _group_norm(
+    x, g("num_groups"), g("weight"), g("bias"), g("eps")))
+_F_LAYER_NORM = _functional(F.layer_norm, lambda x, g: _layer_norm(
+    x, g("normalized_shape"), g("weight"), g("bias"), g("eps")))
+
+
+class ConvModule(Rule):
+    """nn.Conv1d/2d/3d (any stride, padding, dilation, groups, padding mode): linear part without bias."""
+
+    kind = "affine"
+
+    def record(self, b):
+        m = b.fn
+        return b(), None, _channel_view(m.bias.detach(), b.input().dim()) if m.bias is not None else None
+
+    def linear(self, b, state):
+        m = b.fn
+        return m._conv_forward(b.input(), m.weight, None)
+
+    def transpose(self, b, state, cot):
+        m = b.fn
+        nd = cot.dim() - 2
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            return _vjp(Bound(lambda x: m._conv_forward(x, m.weight, None), b.args, {}, b.values), cot)
+        x = b.values[b.nodes()[0]]
+        grad_input = getattr(torch.nn.grad, f"conv{nd}d_input")
+        return {b.nodes()[0]: grad_input(x.shape, m.weight, cot, m.stride, m.padding, m.dilation, m.groups)}
+
+    def support(self, b, state):
+        return b.fn._conv_forward(b.input(), b.fn.weight.abs(), None)
+
+
+class ConvTransposeModule(Rule):
+    """nn.ConvTranspose1d/2d/3d: linear part without bias; its adjoint is the forward convolution."""
+
+    kind = "affine"
+
+    def record(self, b):
+        m, x0 = b.fn, b.input()
+        nd = x0.dim() - 2
+        output_size = b.args[1] if len(b.args) > 1 else b.kwargs.get("output_size")
+        pad = m._output_padding(x0, output_size, m.stride, m.padding, m.kernel_size, nd, m.dilation)
+        bias = _channel_view(m.bias.detach(), x0.dim()) if m.bias is not None else None
+        return b(), {"output_padding": pad}, bias
+
+    def linear(self, b, state):
+        m, v = b.fn, b.input()
+        fn = getattr(F, f"conv_transpose{v.dim() - 2}d")
+        return fn(v, m.weight, None, m.stride, m.padding, state["output_padding"], m.groups, m.dilation)
+
+    def transpose(self, b, state, cot):
+        m = b.fn
+        fn = getattr(F, f"conv{cot.dim() - 2}d")
+        return {b.nodes()[0]: fn(cot, m.weight, None, m.stride, m.padding, m.dilation, m.groups)}
+
+    def support(self, b, state):
+        m, v = b.fn, b.input()
+        fn = getattr(F, f"conv_transpose{v.dim() - 2}d")
+        return fn(v, m.weight.abs(), None, m.stride, m.padding, state["output_padding"], m.groups, m.dilation)
+
+
+class LinearModule(Rule):
+    """nn.Linear: y = W x (+ b)."""
+
+    kind = "affine"
+
+    def record(self, b):
+        return b(), None, (b.fn.bias.detach() if b.fn.bias is not None else None)
+
+    def linear(self, b, state):
+        return F.linear(b.input(), b.fn.weight)
+
+    def transpose(self, b, state, cot):
+        return {b.nodes()[0]: cot @ b.fn.weight}
+
+    def support(self, b, state):
+        return F.linear(b.input(), b.fn.weight.abs())
+
+
+class FunctionalAffine(Rule):
+    """F.conv*d, F.conv_transpose*d, F.linear: the `bias` argument is the bias; the weight must be static."""
+
+    kind = "affine"
+
+    def __init__(self, signature: Callable, dense: bool = False):
+        self.sig, self.dense = inspect.signature(signature), dense
+
+    def record(self, b):
+        bound = self.sig.bind(*b.args, **b.kwargs)
+        bias = bound.arguments.get("bias")
+        if any(isinstance(bound.arguments.get(k), fx.Node) for k in ("weight", "bias")):
+            raise UnsupportedOperation("a weight or bias that depends on the input")
+        bound.arguments["bias"] = None
+        out = b()
+        if bias is not None:
+            bias = bias.detach() if self.dense else _channel_view(bias.detach(), out.dim())
+        return out, (tuple(bound.args), dict(bound.kwargs)), bias
+
+    def linear(self, b, state):
+        return b.call(args=state[0], kwargs=state[1])
+
+    def transpose(self, b, state, cot):
+        return _vjp(Bound(b.fn, state[0], state[1], b.values), cot)
+
+    def support(self, b, state):
+        bound = self.sig.bind(*state[0], **state[1])
+        bound.arguments["weight"] = bound.arguments["weight"].abs()
+        return b.call(args=tuple(bound.args), kwargs=dict(bound.kwargs))
+
+
+# --------------------------------------------------------------------------------------------------------
+# the tables
+
+LINEAR = Rule()
+IDENTITY = Identity()
+OFFSET = Offset()
+PRODUCT = Product()
+DIVISION = Product(denominator=True)
+MATMUL = Product(frozen_if_both=lambda a, b: 1)
+TANGENT = Unit("tangent")
+RELU = Unit("tangent", derivative=_relu_derivative)
+SECANT = Unit("secant")
+
+MODULE_RULES: dict[type, Rule] = {
+    nn.Conv1d: ConvModule(), nn.Conv2d: ConvModule(), nn.Conv3d: ConvModule(),
+    nn.ConvTranspose1d: ConvTransposeModule(), nn.ConvTranspose2d: ConvTransposeModule(),
+    nn.ConvTranspose3d: ConvTransposeModule(),
+    nn.Linear: LinearModule(),
+    nn.ReLU: RELU,
+    nn.ReLU6: TANGENT, nn.LeakyReLU: TANGENT, nn.PReLU: TANGENT, nn.Hardtanh: TANGENT,
+    nn.Hardsigmoid: TANGENT, nn.Threshold: TANGENT, nn.Hardshrink: TANGENT, nn.Softshrink: TANGENT,
+    nn.RReLU: TANGENT,
+    nn.Sigmoid: SECANT, nn.Tanh: SECANT, nn.SiLU: SECANT, nn.GELU: SECANT, nn.ELU: SECANT, nn.SELU: SECANT,
+    nn.CELU: SECANT, nn.Softplus: SECANT, nn.Mish: SECANT, nn.Hardswish: SECANT, nn.LogSigmoid: SECANT,
+    nn.Softsign: SECANT, nn.Tanhshrink: SECANT,
+    nn.MaxPool1d: MaxPool(_module_pool_indices), nn.MaxPool2d: MaxPool(_module_pool_indices),
+    nn.MaxPool3d: MaxPool(_module_pool_indices), nn.AdaptiveMaxPool1d: MaxPool(_module_pool_indices),
+    nn.AdaptiveMaxPool2d: MaxPool(_module_pool_indices), nn.AdaptiveMaxPool3d: MaxPool(_module_pool_indices),
+    nn.BatchNorm1d: Norm(_bn_module), nn.BatchNorm2d: Norm(_bn_module), nn.BatchNorm3d: Norm(_bn_module),
+    nn.InstanceNorm1d: Norm(_in_module), nn.InstanceNorm2d: Norm(_in_module),
+    nn.InstanceNorm3d: Norm(_in_module), nn.GroupNorm: Norm(_gn_module), nn.LayerNorm: Norm(_ln_module),
+    nn.RMSNorm: Norm(_rms_module),
+    nn.AvgPool1d: LINEAR, nn.AvgPool2d: LINEAR, nn.AvgPool3d: LINEAR,
+    nn.AdaptiveAvgPool1d: LINEAR, nn.AdaptiveAvgPool2d: LINEAR, nn.AdaptiveAvgPool3d: LINEAR,
+    nn.PixelShuffle: LINEAR, nn.PixelUnshuffle: LINEAR, nn.Upsample: LINEAR, nn.UpsamplingNearest2d: LINEAR,
+    nn.UpsamplingBilinear2d: LINEAR, nn.Flatten: LINEAR, nn.Unflatten: LINEAR, nn.ChannelShuffle: LINEAR,
+    nn.ZeroPad1d: LINEAR, nn.ZeroPad2d: LINEAR, nn.ZeroPad3d: LINEAR,
+    nn.ReflectionPad1d: LINEAR, nn.ReflectionPad2d: LINEAR, nn.ReflectionPad3d: LINEAR,
+    nn.ReplicationPad1d: LINEAR, nn.ReplicationPad2d: LINEAR, nn.ReplicationPad3d: LINEAR,
+    nn.CircularPad1d: LINEAR, nn.CircularPad2d: LINEAR, nn.CircularPad3d: LINEAR,
+    nn.Identity: IDENTITY, nn.Dropout: IDENTITY, nn.Dropout1d: IDENTITY, nn.Dropout2d: IDENTITY,
+    nn.Dropout3d: IDENTITY, nn.AlphaDropout: IDENTITY, nn.FeatureAlphaDropout: IDENTITY,
+}
+
+
+class ConstantPadModule(Offset):
+    """nn.ConstantPadNd: padding with a value c is the zero padding plus a constant frame of c."""
+
+    def record(self, b):
+        out = b()
+        zero = b.call({n: torch.zeros_like(b.values[n]) for n in b.nodes()})
+        return out, None, (zero if zero.any() else None)
+
+    def linear(self, b, state):
+        return F.pad(b.input(), b.fn.padding, "constant", 0.0)
+
+    def transpose(self, b, state, cot):
+        return _vjp(Bound(lambda x: F.pad(x, b.fn.padding, "constant", 0.0), b.args, {}, b.values), cot)
+
+
+for _cls in (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d):
+    MODULE_RULES[_cls] = ConstantPadModule()
+
+
+def _functions(names: str, module=F) -> list:
+    return [getattr(module, n) for n in names.split() if hasattr(module, n)]
+
+
+FUNCTION_RULES: dict[Any, Rule] = {}
+for _fns, _rule in [
+    (_functions("relu relu_") + _functions("relu relu_", torch), RELU),
+    (_functions("relu6 leaky_relu leaky_relu_ prelu hardtanh hardtanh_ hardsigmoid threshold threshold_ "
+                "hardshrink softshrink rrelu") + _functions("clamp clip clamp_ clip_ abs prelu", torch), TANGENT),
+    (_functions("elu elu_ selu celu gelu silu mish softplus hardswish logsigmoid softsign tanhshrink "
+                "sigmoid tanh") + _functions("sigmoid tanh exp", torch), SECANT),
+    (_functions("avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
+                "pixel_shuffle pixel_unshuffle interpolate upsample upsample_nearest upsample_bilinear "
+                "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout") +
+     _functions("flatten reshape permute transpose swapaxes squeeze unsqueeze chunk split tensor_split unbind "
+                "narrow select roll flip movedim sum mean neg pixel_shuffle pixel_unshuffle avg_pool1d "
+                "cumsum unflatten", torch) + [operator.getitem, operator.neg], LINEAR),
+    (_functions("cat concat concatenate stack hstack vstack", torch), Offset(positions=(0,), keys=("tensors",))),
+    (_functions("add sub subtract", torch) + [operator.add, operator.sub, operator.iadd, operator.isub], OFFSET),
+    (_functions("where", torch), Offset(positions=(1, 2), keys=("input", "other"))),
+    (_functions("pad"), Offset(positions=(3,), keys=("value",))),
+    (_functions("mul multiply", torch) + [operator.mul, operator.imul], PRODUCT),
+    (_functions("div divide true_divide", torch) + [operator.truediv, operator.itruediv], DIVISION),
+    (_functions("matmul mm bmm", torch) + [operator.matmul], MATMUL),
+]:
+    for _fn in _fns:
+        FUNCTION_RULES[_fn] = _rule
+
+for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+              "adaptive_max_pool3d"):
+    _rule = MaxPool(_functional_pool_indices(_name))
+    FUNCTION_RULES[getattr(F, _name)] = _rule
+    if hasattr(torch, _name):
+        FUNCTION_RULES[getattr(torch, _name)] = _rule
+for _fn, _affine in [(F.batch_norm, _F_BATCH_NORM), (F.instance_norm, _F_INSTANCE_NORM),
+                     (F.group_norm, _F_GROUP_NORM), (F.layer_norm, _F_LAYER_NORM)]:
+    FUNCTION_RULES[_fn] = Norm(_affine)
+def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """The documented argument list of F.conv1d/2d/3d (builtins carry no signature)."""
+
+
+def _conv_transpose_signature(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1):
+    """The documented argument list of F.conv_transpose1d/2d/3d."""
+
+
+def _linear_signature(input, weight, bias=None):
+    """The documented argument list of F.linear."""
+
+
+for _fns, _sig in [((F.conv1d, F.conv2d, F.conv3d), _conv_signature),
+                   ((F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d), _conv_transpose_signature)]:
+    for _fn in _fns:
+        FUNCTION_RULES[_fn] = FunctionalAffine(_sig)
+FUNCTION_RULES[F.linear] = FunctionalAffine(_linear_signature, dense=True)
+
+#: tensor methods by name (in-place variants map to the same rule; linear passes never run them in place).
+METHOD_RULES: dict[str, Rule] = {}
+for _names, _rule in [
+    ("relu relu_", RELU),
+    ("clamp clamp_ clip clip_ abs abs_ hardtanh", TANGENT),
+    ("sigmoid sigmoid_ tanh tanh_ exp exp_", SECANT),
+    ("view view_as reshape reshape_as permute transpose transpose_ swapaxes flatten unflatten contiguous "
+     "squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as repeat chunk split tensor_split unbind narrow select "
+     "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum", LINEAR),
+    ("add add_ sub sub_ __add__ __radd__ __iadd__ __sub__ __rsub__", OFFSET),
+    ("mul mul_ __mul__ __rmul__", PRODUCT),
+    ("div div_ true_divide __truediv__", DIVISION),
+    ("matmul __matmul__ mm bmm", MATMUL),
+]:
+    for _name in _names.split():
+        METHOD_RULES[_name] = _rule
+
+
+def module_rule(m: nn.Module) -> Rule | None:
+    """The rule of a module: that of the nearest type in its MRO that has one, if `forward` is that type's."""
+    for cls in type(m).__mro__:
+        rule = MODULE_RULES.get(cls)
+        if rule is not None:
+            return rule if type(m).forward is cls.forward else None
+    return None

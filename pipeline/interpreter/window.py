@@ -1,0 +1,192 @@
+"""Locality: the receptive radius of a frozen network and windows cropped around input tiles.
+
+A column of F (the response to one input pixel) of a convolutional network is non-zero only within the
+receptive field of that pixel. So the columns of a tile can be computed on a window of the frozen network
+(masks, gains and switches cropped with it) that holds the tile plus the receptive radius on every side:
+inside the window every intermediate perturbation is the same as on the whole image, and outside it is zero,
+which is what the window's zero padding supplies.
+
+The radius is derived from the model itself, not from a table: a *support pass* pushes non-negative
+one-hot probes through the network with every mask opened (units and norms pass everything, convolutions
+use |W|, max-pools pool over their whole window, see `Rule.support`), and the radius is the largest distance,
+in input pixels, between a probe and any feature-map pixel it reaches, over every layer. Probes at every
+phase of the network's total stride are used. Global operations (flatten + linear, global pooling) reach
+the border of their feature map and make the radius None: such networks use the whole image.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+import torch
+
+from .errors import InputError
+
+
+def _grids(li) -> dict:
+    """node -> (h, w) for every linear node whose value is a 4-D feature map (batch 1)."""
+    grids = {}
+    for node, site in li.sites.items():
+        shape = site.shape
+        if isinstance(shape, torch.Size) and len(shape) == 4:
+            grids[node] = (shape[2], shape[3])
+    return grids
+
+
+def _scales(li):
+    """(sy, sx) as Fractions of each distinct feature-map size relative to the input, or None if some
+    linear node is not a feature map (a global head)."""
+    H, W = li.x0.shape[2:]
+    scales = {}
+    for node, site in li.sites.items():
+        shape = site.shape
+        if not (isinstance(shape, torch.Size) and len(shape) == 4):
+            return None
+        scales[(shape[2], shape[3])] = (Fraction(shape[2], H), Fraction(shape[3], W))
+    return scales
+
+
+def alignment(scales) -> tuple[int, int]:
+    """The smallest steps (in input pixels) at which window edges fall on whole pixels of every feature map."""
+    ay = math.lcm(*[s[0].denominator for s in scales.values()]) if scales else 1
+    ax = math.lcm(*[s[1].denominator for s in scales.values()]) if scales else 1
+    return ay, ax
+
+
+def receptive_radius(li) -> int | None:
+    scales = _scales(li)
+    if scales is None:
+        return None
+    H, W = li.x0.shape[2:]
+    ay, ax = alignment(scales)
+    if ay > H // 2 or ax > W // 2:
+        return None
+    steps = max(ay, ax)
+    cy, cx = (H // 2) // ay * ay, (W // 2) // ax * ax
+    probes = [(cy + k % ay, cx + k % ax) for k in range(steps)]
+    v = torch.zeros((len(probes), *li.x0.shape[1:]), dtype=li.x0.dtype, device=li.x0.device)
+    for i, (py, px) in enumerate(probes):
+        v[i, :, py, px] = 1.0
+    radius = [0]
+    touches = [False]
+
+    def observe(node, out):
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            return
+        h, w = out.shape[2:]
+        sy, sx = scales[(h, w)]
+        reach = out.abs().sum(1) > 0  # (P, h, w)
+        for i, (py, px) in enumerate(probes):
+            rows = torch.nonzero(reach[i].any(1)).flatten()
+            cols = torch.nonzero(reach[i].any(0)).flatten()
+            if rows.numel() == 0:
+                continue
+            r0, r1, c0, c1 = rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()
+            if r0 == 0 or c0 == 0 or r1 == h - 1 or c1 == w - 1:
+                touches[0] = True
+            lo_y, hi_y = math.floor(r0 / sy), math.ceil((r1 + 1) / sy) - 1
+            lo_x, hi_x = math.floor(c0 / sx), math.ceil((c1 + 1) / sx) - 1
+            radius[0] = max(radius[0], py - lo_y, hi_y - py, px - lo_x, hi_x - px)
+
+    with torch.no_grad():
+        li._forward(v, method="support", observe=observe)
+    return None if touches[0] else int(radius[0])
+
+
+@dataclass(frozen=True)
+class Window:
+    """A frozen linear network cropped to `in_box` = (top, left, height, width) of the input, whose
+    output covers `out_box` (same convention, output pixels). `forward(v)`: (B, C, height, width) ->
+    (B, C_out, out_height, out_width)."""
+
+    li: object
+    in_box: tuple
+    out_box: tuple
+    sites: dict
+    statics: dict
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        shape = (self.li.x0.shape[1], self.in_box[2], self.in_box[3])
+        self.li._check(v, shape, "Window.forward")
+        with torch.no_grad():
+            return self.li._forward(v, sites=self.sites, statics=self.statics)
+
+
+class Cropper:
+    """Crops feature-map tensors of the full image to their part of the window, grid by grid."""
+
+    def __init__(self, boxes: dict):
+        self.boxes = boxes  # (h, w) of a full feature map -> (top, left, height, width) in that map
+
+    def box(self, grid) -> tuple:
+        return self.boxes[tuple(grid)]
+
+    def __call__(self, t):
+        if isinstance(t, torch.Tensor) and t.dim() >= 3 and tuple(t.shape[-2:]) in self.boxes:
+            top, left, h, w = self.boxes[tuple(t.shape[-2:])]
+            return t[..., top:top + h, left:left + w]
+        return t
+
+
+def _span(start, stop, size, step):
+    """[start, stop) widened to multiples of `step` (or the image edge) and clipped to [0, size)."""
+    start = max(0, start) // step * step
+    stop = min(size, -(-stop // step) * step)
+    return start, stop
+
+
+def make_window(li, box) -> Window | None:
+    top, left, height, width = (int(b) for b in box)
+    H, W = li.x0.shape[2:]
+    if height <= 0 or width <= 0 or top < 0 or left < 0 or top + height > H or left + width > W:
+        raise InputError(f"tile {tuple(box)} is not inside the {H}x{W} input")
+    radius = li.receptive_radius
+    scales = _scales(li)
+    if radius is None or scales is None:
+        return _full(li)
+    ay, ax = alignment(scales)
+    y0, y1 = _span(top - radius, top + height + radius, H, ay)
+    x0, x1 = _span(left - radius, left + width + radius, W, ax)
+    if (y0, y1, x0, x1) == (0, H, 0, W):
+        return _full(li)
+    boxes = {}
+    for (h, w), (sy, sx) in scales.items():
+        boxes[(h, w)] = (int(y0 * sy), int(x0 * sx), int(y1 * sy) - int(y0 * sy), int(x1 * sx) - int(x0 * sx))
+    boxes[(H, W)] = (y0, x0, y1 - y0, x1 - x0)
+    crop = Cropper(boxes)
+    sites = {n: replace(s, state=s.rule.crop(s.state, crop)) for n, s in li.sites.items()}
+    statics = {n: crop(v) if isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == 1 else v
+               for n, v in li.static.items()}
+    out = li.output
+    oh, ow = out.shape[2:]
+    oy0, ox0, ohh, oww = boxes[(oh, ow)]
+    window = Window(li, (y0, x0, y1 - y0, x1 - x0), (oy0, ox0, ohh, oww), sites, statics)
+    _check_shapes(window, boxes)
+    return window
+
+
+def _full(li) -> Window:
+    H, W = li.x0.shape[2:]
+    oh, ow = li.output.shape[2:] if li.output.dim() == 4 else (None, None)
+    return Window(li, (0, 0, H, W), (0, 0, oh, ow), li.sites, li.static)
+
+
+def _check_shapes(window: Window, boxes: dict):
+    """Every feature map of the window must have the size of its cropped box (else the network has
+    operations, e.g. fixed output sizes, that do not commute with cropping)."""
+    li = window.li
+    bad = []
+
+    def observe(node, out):
+        full = li.sites[node].shape
+        want = boxes[(full[2], full[3])]
+        if tuple(out.shape[2:]) != (want[2], want[3]):
+            bad.append(f"{li.sites[node].where}: {tuple(out.shape[2:])} != {(want[2], want[3])}")
+
+    v = torch.zeros((1, li.x0.shape[1], window.in_box[2], window.in_box[3]), dtype=li.x0.dtype,
+                    device=li.x0.device)
+    with torch.no_grad():
+        li._forward(v, sites=window.sites, statics=window.statics, observe=observe)
+    if bad:
+        raise InputError(f"the network cannot be cropped to windows ({bad[0]})")
