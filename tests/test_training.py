@@ -1,0 +1,220 @@
+"""Training and evaluation of the offline defaults: data, seeded/resumable loop, held-out metrics, CLI."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from pipeline.cli import main
+from pipeline.models.bicubic import Bicubic
+from pipeline.models.registry import TRAINED_SHA256, WEIGHTS_DIR, build
+from pipeline.training import data
+from pipeline.training.evaluate import evaluate, evaluate_digits, psnr, task_for
+from pipeline.training.loop import checkpoint_path, train
+from pipeline.training.recipes import RECIPES, Recipe
+from pipeline.training.tasks import Digits, Mosaic, SuperResolution
+
+TINY_SR = SuperResolution(scale=4, channels=1, patch=8, batch=4, photos=("coins",))
+
+
+def tiny_recipe(name="pixelshuffle-x4", task=TINY_SR, steps=4, lr=1e-3, seed=0):
+    return Recipe(name, task, steps=steps, lr=lr, seed=seed)
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+
+def test_splits_are_disjoint_and_keep_the_demo_image_out():
+    assert not set(data.TRAIN_PHOTOS) & set(data.HELD_OUT_PHOTOS)
+    assert "astronaut" in data.HELD_OUT_PHOTOS
+    assert "cat" not in data.TRAIN_PHOTOS  # skimage's cat is chelsea: the same photo once only
+
+
+def test_sr_pair_is_bicubic_antialiased_downsampling_quantised_to_8_bits():
+    lr, hr = data.sr_pair("coins", 4)
+    assert hr.shape[-2] % 4 == 0 and hr.shape[-1] % 4 == 0
+    assert lr.shape[-2:] == (hr.shape[-2] // 4, hr.shape[-1] // 4)
+    assert torch.equal(lr, torch.round(lr * 255) / 255)
+    flat = torch.full((1, 3, 16, 16), 0.4)
+    assert torch.allclose(data.bicubic_down(flat, 4), torch.full((1, 3, 4, 4), round(0.4 * 255) / 255))
+    # the antialiased kernel spans scale * 4 HR pixels: one bright HR pixel spreads over several LR pixels
+    dot = torch.zeros(1, 1, 32, 32)
+    dot[..., 13, 13] = 1.0
+    small = torch.nn.functional.interpolate(dot, scale_factor=0.25, mode="bicubic", antialias=True)
+    assert (small.abs() > 1e-4).sum() > 4
+    assert torch.allclose(data.bicubic_down(dot, 4), torch.round(small.clamp(0, 1) * 255) / 255)
+
+
+def test_luma_is_bt601_full_range():
+    rgb = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert data.luma(rgb).item() == pytest.approx(0.299)
+    assert data.luma(torch.ones(1, 3, 2, 2)).allclose(torch.ones(1, 1, 2, 2))
+
+
+def test_mosaic_is_flat_on_each_superpixel():
+    photo, mosaic = data.mosaic_pair("coins")
+    assert photo.shape == mosaic.shape and photo.shape[-2] % 4 == 0 and photo.shape[-1] % 4 == 0
+    n_colours = len(torch.unique(mosaic.flatten(2)[0].T, dim=0))
+    n_expected = photo.shape[-2] * photo.shape[-1] / 256
+    assert 0.3 * n_expected < n_colours < 1.5 * n_expected
+    # the mean colour of a segment preserves the photo's total intensity
+    assert mosaic.mean().item() == pytest.approx(photo.mean().item(), abs=1e-5)
+
+
+def test_random_crops_are_aligned_pairs():
+    lr, hr = data.sr_pair("coins", 4)
+    a, b = data.random_crops([(lr, hr)], batch=6, size=8, scale=4, rng=np.random.default_rng(1))
+    assert a.shape == (6, 3, 8, 8) and b.shape == (6, 3, 32, 32)
+    # each LR crop is the 8-bit bicubic downsampling of its HR crop (away from the crop border)
+    down = data.bicubic_down(b, 4)
+    assert (down - a)[..., 2:-2, 2:-2].abs().max() <= 1 / 255 + 1e-6
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+    (xtr, ytr), (xte, yte) = data.digits_split()
+    assert xtr.shape == (1347, 1, 32, 32) and xte.shape == (450, 1, 32, 32)
+    assert 0 <= xtr.min() and xtr.max() <= 1
+    assert torch.bincount(yte).min() >= 43
+    flat_tr = {tuple(v) for v in xtr.flatten(1).numpy().round(4)}
+    assert not any(tuple(v) in flat_tr for v in xte.flatten(1).numpy().round(4)[:50])
+
+
+# --- training loop ---------------------------------------------------------------------------------------------
+
+def test_a_few_steps_decrease_the_loss(tmp_path):
+    torch.set_num_threads(1)
+    result = train(tiny_recipe(steps=30, lr=3e-3), tmp_path / "ps.pt", progress=False)
+    losses = result["losses"]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    state = torch.load(tmp_path / "ps.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values())
+    assert not checkpoint_path(tmp_path / "ps.pt").exists()
+
+
+def test_a_seed_reproduces_the_same_steps(tmp_path):
+    rec = tiny_recipe("digits-vgg-bn", Digits(batch=8), steps=3)
+    first = train(rec, tmp_path / "a.pt", progress=False)
+    second = train(rec, tmp_path / "b.pt", progress=False)
+    other = train(dataclasses.replace(rec, seed=1), tmp_path / "c.pt", progress=False)
+    assert first["losses"] == second["losses"] != other["losses"]
+    a, b, c = (torch.load(tmp_path / f, weights_only=True) for f in ("a.pt", "b.pt", "c.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrashingTask:
+    """Wraps a task; its `draw` raises after `crash_after` batches (a killed run)."""
+
+    inner: object
+    crash_after: int
+    calls: list = dataclasses.field(default_factory=list)
+
+    def draw(self, rng):
+        if len(self.calls) == self.crash_after:
+            raise KeyboardInterrupt("killed")
+        self.calls.append(1)
+        return self.inner.draw(rng)
+
+    def loss(self, model, x, y):
+        return self.inner.loss(model, x, y)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    task = Digits(batch=8)
+    whole = train(tiny_recipe("digits-vgg", task, steps=6), tmp_path / "whole.pt", progress=False)
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_recipe("digits-vgg", CrashingTask(task, 5), steps=6), out, checkpoint_every=2, progress=False)
+    assert checkpoint_path(out).exists() and not out.exists()
+    rest = train(tiny_recipe("digits-vgg", task, steps=6), out, checkpoint_every=2, progress=False)
+    assert len(rest["losses"]) == 2  # resumed at step 4
+    assert rest["losses"] == whole["losses"][4:]
+    a, b = torch.load(tmp_path / "whole.pt", weights_only=True), torch.load(out, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------
+
+def test_psnr_matches_its_definition():
+    a = torch.zeros(1, 1, 12, 12)
+    b = a.clone()
+    b[..., 4:8, 4:8] = 0.1  # mse over the 8x8 interior = 16 * 0.01 / 64
+    assert psnr(a, b, border=2) == pytest.approx(-10 * np.log10(16 * 0.01 / 64))
+    b[..., 0, 0] = 1.0  # outside the kept interior
+    assert psnr(a, b, border=2) == pytest.approx(-10 * np.log10(16 * 0.01 / 64))
+
+
+def test_bicubic_scores_exactly_zero_gain_and_a_perfect_model_infinite_psnr():
+    rep = evaluate(Bicubic(4), SuperResolution(scale=4, channels=3), photos=("coins",))
+    assert rep.metrics["gain"] == 0.0
+    assert rep.metrics["psnr"] == pytest.approx(rep.metrics["psnr_bicubic"])
+    assert 20 < rep.metrics["psnr"] < 40
+
+
+def test_identity_mapping_has_zero_mosaic_reduction():
+    rep = evaluate(nn.Identity(), Mosaic(), photos=("coins",))
+    assert rep.metrics["reduction"] == 0.0 and rep.metrics["l1"] > 0
+
+
+def test_digits_accuracy_counts_correct_answers():
+    _, (x, y) = data.digits_split()
+
+    class Oracle(nn.Module):  # answers the first 30 test labels right, then always 0
+        def forward(self, inp):
+            return torch.nn.functional.one_hot(torch.where(torch.arange(len(inp)) < 30, y[:len(inp)], 0), 10).float()
+
+    rep = evaluate_digits(Oracle(), Digits(), limit=40)
+    expected = (30 + int((y[30:40] == 0).sum())) / 40
+    assert rep.metrics["accuracy"] == pytest.approx(expected) and rep.metrics["n"] == 40
+
+
+def test_every_sr_model_has_an_evaluation_task_and_others_a_clear_error():
+    assert task_for("bicubic-x3") == SuperResolution(scale=3, channels=3, rgb_range=1.0)
+    assert task_for("edsr-baseline-x2") == SuperResolution(scale=2, channels=3, rgb_range=255.0)
+    assert task_for("pixelshuffle-x3").channels == 1
+    with pytest.raises(ValueError, match="no held-out evaluation for resnet18"):
+        task_for("resnet18")
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+def test_train_and_evaluate_commands(tmp_path):
+    out = tmp_path / "d.pt"
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "digits-vgg", "--steps", "3", "--out", str(out), "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "3 steps" in res.output and "sha256" in res.output
+    build("digits-vgg", weights=out)  # loads strictly into the registry's architecture
+    res = runner.invoke(main, ["evaluate", "digits-vgg", "--weights", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "test accuracy" in res.output and "target accuracy >= 0.95" in res.output
+
+
+def test_commands_reject_unknown_names_in_one_line():
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "resnet18"])
+    assert res.exit_code != 0 and "no training recipe for 'resnet18'" in res.output
+    res = runner.invoke(main, ["evaluate", "nonesuch"])
+    assert res.exit_code != 0 and "unknown model 'nonesuch'" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+# --- the committed defaults ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_committed_default_weights_meet_their_targets(name):
+    if TRAINED_SHA256[name] is None:
+        pytest.skip(f"reason: no trained weights for {name} committed yet")
+    assert (WEIGHTS_DIR / f"{name}.pt").stat().st_size <= 3 * 2 ** 20
+    torch.set_num_threads(1)
+    rec = RECIPES[name]
+    rep = evaluate(build(name), rec.task)
+    metric, minimum = rec.target
+    assert rep.metrics[metric] >= minimum
+    for other in rec.beats:
+        assert rep.metrics[metric] > evaluate(build(other), task_for(other)).metrics[metric]
