@@ -25,6 +25,8 @@ from pipeline.models.edsr import MeanShift
 
 #: torch hub's rule: the part of the file name between the last '-' and the extension is a sha256 prefix.
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.[A-Za-z0-9]+$")
+#: What torch's weights-only unpickler says when a file is valid but holds Python objects beyond tensors.
+PICKLED_OBJECT = re.compile(r"Unsupported (global|class)")
 #: How many key names an error message lists before it says "and N more".
 LISTED_KEYS = 8
 
@@ -116,6 +118,9 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not PICKLED_OBJECT.search(str(err)):
+            raise WeightsError(f"cannot read weights file {path}: not a valid PyTorch checkpoint "
+                               f"(unreadable pickle data)") from err
         if not trust_pickle:
             raise WeightsError(f"{path} holds pickled Python objects, not a plain state dict; refusing to unpickle "
                                f"it (pass --trust-pickle only if you trust the file)") from err
