@@ -170,14 +170,15 @@ def render_block(store_path: str, kind: str, plan: dict, y0: int, x0: int, folde
         k = i * bw + j
         boxes[k] = box
         scales[:, k] = render.plane_scales(planes) if fixed_scales is None else fixed_scales
+        q = render.quantise(planes, scales[:, k])
         for s in range(ns):
-            entries[s][k] = render.quantise(planes[s], scales[s, k])
+            entries[s][k] = q[s]
     written = 0
     for s in range(ns):
         sheet, cell = render.pack_sheet(entries[s], bw)
         name = f"{kind}_{s}_{y0}_{x0}"
         meta = {"origin": [y0, x0], "size": [bh, bw], "cell": list(cell), "nt": nt,
-                "boxes": boxes.reshape(-1).tolist(), "scales": [float(f"{v:.6g}") for v in scales[s].reshape(-1)]}
+                "boxes": boxes.reshape(-1).tolist(), "scales": [float(f"{v:.9g}") for v in scales[s].reshape(-1)]}
         written += _write_atomic(Path(folder) / f"{name}.js",
                                  render.sheet_script(f"{model}/{name}", meta, render.png_bytes(sheet)))
     return {"filters": bh * bw * len([c for c in plan["sources"] if c != "Σ"]), "bytes": written, "files": ns}
@@ -201,7 +202,7 @@ def render_images(store_path: str, folder: str, model: str) -> dict:
             img, cell = render.pack_sheet(entries, 1)
             full = f"{name}_{start // per_sheet}" if per_sheet < len(images) else name
             meta = {"cell": list(cell), "nt": nt, "count": len(entries), "first": start,
-                    "scales": [float(f"{v:.6g}") for s in scales for v in s]}
+                    "scales": [float(f"{v:.9g}") for s in scales for v in s]}
             written += _write_atomic(Path(folder) / f"{full}.js",
                                      render.sheet_script(f"{model}/{full}", meta, render.png_bytes(img)))
             files += 1
@@ -262,13 +263,26 @@ def _task_key(store: Store, what: str, plan: dict | None, normalise: str) -> str
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
+
+
 def _run(tasks, scheduler: str, workers: int | None, progress: bool):
-    """Compute a list of dask.delayed tasks with a local scheduler and a progress bar."""
+    """Compute dask.delayed tasks with a local scheduler (dask progress bar) or a local ``distributed``
+    cluster (its own progress bar); returns their results in order."""
     import dask
     from dask.diagnostics import ProgressBar
 
     if not tasks:
         return []
+    if scheduler == "distributed":
+        from distributed import Client, LocalCluster, progress as dist_progress
+
+        with LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            futures = client.compute(list(tasks))
+            if progress:
+                dist_progress(futures)
+            return client.gather(futures)
     kwargs = {"scheduler": scheduler}
     if workers and scheduler != "synchronous":
         kwargs["num_workers"] = workers
@@ -283,13 +297,16 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     """Render the stores (one image, one panel per model) into the static site folder ``out``.
 
     ``normalise``: "filter" (each plane at its own ±max) or "global" (one scale per kind, source and target
-    channel over all pixels). ``scheduler``: a local dask scheduler ("threads", "processes", "synchronous").
+    channel over all pixels). ``scheduler``: "threads", "processes", "synchronous" (local dask schedulers) or
+    "distributed" (a local ``distributed`` cluster of ``workers`` processes).
     Returns a summary: seconds, filters, files, bytes and per-model details.
     """
     import dask
 
     if normalise not in ("filter", "global"):
         raise ExportError(f"normalise must be 'filter' or 'global', not {normalise!r}")
+    if scheduler not in SCHEDULERS:
+        raise ExportError(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {scheduler!r}")
     t_start = time.perf_counter()
     stores = [open_store(p, require_complete=True) for p in store_paths]
     if not stores:
