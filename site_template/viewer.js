@@ -6,7 +6,7 @@
  */
 "use strict";
 (function () {
-  const L = (window.LINTERP = {latencies: [], ready: false});
+  const L = (window.LINTERP = {latencies: [], ready: false, rendered: 0, lastRequested: 0});
   let M = null; // the manifest
   const sheets = new Map(); // name -> {promise, data}
   const MAX_SHEETS = 48;
@@ -252,6 +252,7 @@
     if (!M) return;
     const token = ++renderToken, t0 = eventTime;
     eventTime = null;
+    L.lastRequested = token;
     const jobs = panels.map(function (p) {
       const reqs = requests(p.model);
       return Promise.all([loadSheet(reqs.in.name), loadSheet(reqs.out.name)]).then(function (got) {

@@ -1,0 +1,166 @@
+"""The exported site in a real browser (Debian chromium, headless, through Playwright), opened from file://.
+
+Moves the mouse to given input and output pixels, decodes the filter drawn on the canvas back to values through
+the colour table and compares it with the stored column / row of F; checks pinning, keys, the URL hash, the
+shared cursor of two models, that no request leaves the site folder and that the console stays clean.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.export import render
+from pipeline.export.site import export_site, with_sum
+from test_export import linear_upscaler_store
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian chromium is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Two models of one 16×16 image: bicubic ×4 and bilinear ×4 (one panel each, shared cursor)."""
+    root = tmp_path_factory.mktemp("browser")
+    a, fa = linear_upscaler_store(root / "bicubic.zarr", mode="bicubic")
+    b, fb = linear_upscaler_store(root / "bilinear.zarr", mode="bilinear")
+    export_site([a.path, b.path], root / "site", progress=False)
+    return root / "site", (a, fa), (b, fb)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A viewer page with its console messages and requests recorded."""
+
+    def __init__(self, browser, site: Path, hash_: str = ""):
+        self.site = site
+        self.page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        self.messages, self.requests = [], []
+        self.page.on("console", lambda m: self.messages.append((m.type, m.text)))
+        self.page.on("pageerror", lambda e: self.messages.append(("pageerror", str(e))))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.goto((site / "index.html").as_uri() + hash_)
+        self.page.wait_for_function("window.LINTERP && LINTERP.rendered > 0", timeout=15000)
+
+    def wait_render(self, before: int):
+        self.page.wait_for_function(f"LINTERP.rendered > {before} && LINTERP.rendered === LINTERP.lastRequested",
+                                    timeout=15000)
+
+    def rendered(self) -> int:
+        return self.page.evaluate("LINTERP.rendered")
+
+    def hover(self, panel: int, dom: str, y: int, x: int, click: bool = False):
+        """Move the mouse to the centre of pixel (y, x) of a panel's input ('in') or output ('out') canvas."""
+        before = self.rendered()
+        sel = f"section.panel:nth-of-type({panel + 1}) figure.view.{dom} canvas.overlay"
+        box = self.page.locator(sel).bounding_box()
+        z = self.page.evaluate(f"LINTERP.shown({panel}, '{dom}').zoom")
+        px, py = box["x"] + (x + 0.5) * z, box["y"] + (y + 0.5) * z
+        (self.page.mouse.click if click else self.page.mouse.move)(px, py)
+        return before
+
+    def shown_values(self, panel: int, dom: str) -> np.ndarray:
+        """The signed values drawn on a canvas, decoded from its colours at the pixel centres: (H, W)."""
+        info = self.page.evaluate(f"LINTERP.shown({panel}, '{dom}')")
+        rgb = np.array(self.page.evaluate(f"""(() => {{
+            const c = document.querySelector('section.panel:nth-of-type({panel + 1}) figure.view.{dom} canvas.image');
+            const z = {info['zoom']}, d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, out = [];
+            for (let y = 0; y < {info['h']}; y++) for (let x = 0; x < {info['w']}; x++) {{
+                const i = 4 * ((y * z + (z >> 1)) * c.width + x * z + (z >> 1)); out.push([d[i], d[i + 1], d[i + 2]]);
+            }}
+            return out; }})()"""), np.uint8).reshape(info["h"], info["w"], 3)
+        return render.dequantise(render.decode_colours(rgb), info["scale"]), info["scale"]
+
+    def clean(self):
+        errors = [m for m in self.messages if m[0] in ("error", "pageerror")]
+        assert not errors, errors
+        root = self.site.as_uri() + "/"
+        outside = [u for u in self.requests if not (u.startswith(root) or u.startswith("data:"))]
+        assert not outside, outside
+
+
+def test_hovered_pixels_show_the_stored_filters(browser, site, tmp_path):
+    folder, (a, fa), (b, fb) = site
+    page = Page(browser, folder)
+    # input pixel (5, 11) of the first model: its column over the output domain, R -> R
+    before = page.hover(0, "in", 5, 11)
+    page.wait_render(before)
+    for panel, dense in ((0, fa), (1, fb)):  # the shared cursor drives both panels
+        got, scale = page.shown_values(panel, "out")
+        want = dense[0, :, :, 0, 5, 11]
+        assert scale == pytest.approx(np.abs(want).max(), rel=1e-6)
+        assert (np.abs(got - want) <= scale / 254 + 1e-6).all()
+    # output pixel (37, 20): its row over the input domain
+    before = page.hover(0, "out", 37, 20)
+    page.wait_render(before)
+    got, scale = page.shown_values(0, "in")
+    want = fa[0, 37, 20, 0]
+    assert (np.abs(got - want) <= scale / 254 + 1e-6).all() and np.abs(want).max() > 0
+    state = page.page.evaluate("LINTERP.state()")
+    assert (state["dom"], state["y"], state["x"]) == ("out", 37, 20)
+    assert "m=row&y=37&x=20" in page.page.url
+    # channel Σ → Σ: the row summed over output... here: source channel Σ (sum of the rows of R, G, B outputs)
+    page.page.select_option("#src-channel", label="Σ")
+    page.page.select_option("#dst-channel", label="G")
+    page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
+    got, scale = page.shown_values(0, "in")
+    want = with_sum(fa[:, 37, 20])[3][1]  # Σ over output channels of the rows, input channel G
+    assert (np.abs(got - want) <= scale / 254 + 1e-6).all()
+    page.page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
+    assert (tmp_path / "viewer.png").stat().st_size > 10000
+    page.clean()
+
+
+def test_pin_keys_and_link(browser, site):
+    folder, (a, fa), _ = site
+    page = Page(browser, folder)
+    before = page.hover(0, "in", 3, 4, click=True)  # click pins input pixel (3, 4)
+    page.wait_render(before)
+    page.hover(0, "out", 10, 10)  # hovering elsewhere now only reads values
+    page.page.wait_for_timeout(100)
+    state = page.page.evaluate("LINTERP.state()")
+    assert state["pinned"] and (state["dom"], state["y"], state["x"]) == ("in", 3, 4)
+    readout = page.page.locator("section.panel:nth-of-type(1) .readout").inner_text()
+    value = float(readout.split("): ")[-1])
+    scale = np.abs(fa[0, :, :, 0, 3, 4]).max()
+    assert abs(value - fa[0, 10, 10, 0, 3, 4]) <= scale / 254 + 1e-6
+    before = page.rendered()
+    page.page.keyboard.press("ArrowRight")
+    page.page.keyboard.press("ArrowDown")
+    page.wait_render(before)
+    got, scale = page.shown_values(0, "out")
+    assert (np.abs(got - fa[0, :, :, 0, 4, 5]) <= scale / 254 + 1e-6).all()
+    page.page.keyboard.press("t")  # switch to the row of the matching output pixel
+    page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
+    state = page.page.evaluate("LINTERP.state()")
+    assert state["dom"] == "out" and (state["y"], state["x"]) == (4 * 4 + 2, 5 * 4 + 2)
+    url = page.page.url
+    page.clean()
+    # the link opens the same view
+    again = Page(browser, folder, "#" + url.split("#", 1)[1])
+    assert again.page.evaluate("LINTERP.state()") == page.page.evaluate("LINTERP.state()")
+    got, scale = again.shown_values(0, "in")
+    assert (np.abs(got - fa[0, 18, 22, 0]) <= scale / 254 + 1e-6).all()
+    # y0, F·x0 and residual toggles
+    for key, image in (("l", a.y0 - a.residual), ("r", a.residual)):
+        again.page.keyboard.press(key)
+        again.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
+        got, scale = again.shown_values(0, "out")
+        want = image[0]
+        assert (np.abs(got - want) <= max(scale, 1e-12) / 254 + 1e-6).all()
+    again.clean()
