@@ -132,29 +132,34 @@ def pixel_discussions(li, x0: torch.Tensor, dec: Decomposition, classes: list[in
 
 @dataclass
 class Votes:
-    """Pixel votes over a set of classes: ``winner`` (H, W) class index per pixel, ``shares`` {class: fraction}."""
+    """Pixel votes over a set of classes: ``winner`` (H, W) class index per pixel, ``shares`` {class: fraction}
+    (largest first; classes without votes left out); ``kept`` (n, H, W) the PDs of the first n voting classes."""
 
     winner: np.ndarray
     classes: list[int]
     shares: dict[int, float] = field(default_factory=dict)
+    kept: np.ndarray | None = None
 
     def share(self, k: int) -> float:
         return self.shares.get(k, 0.0)
 
 
 def pixel_votes(li, x0: torch.Tensor, dec: Decomposition, classes: list[int] | None = None,
-                weights: np.ndarray | None = None, chunk: int = VOTE_CHUNK) -> Votes:
+                weights: np.ndarray | None = None, chunk: int = VOTE_CHUNK, keep: int = 0) -> Votes:
     """Each pixel votes for the class whose PD is largest there, among ``classes`` (default: all K).
 
-    PDs are built ``chunk`` classes at a time with a running argmax (ties go to the class listed first).
+    PDs are built ``chunk`` classes at a time with a running argmax (ties go to the class listed first); the PDs
+    of the first ``keep`` classes are returned in ``Votes.kept``.
     """
     classes = list(range(dec.scores.size)) if classes is None else list(classes)
     if weights is None:
         weights = bias_weights(li)[1]
     best = winner = None
+    kept = []
     for start in range(0, len(classes), chunk):
         part = classes[start:start + chunk]
         pd = pixel_discussions(li, x0, dec, part, weights)
+        kept += list(pd[:max(0, keep - start)])
         idx = pd.argmax(0)
         val = np.take_along_axis(pd, idx[None], 0)[0]
         cls = np.asarray(part)[idx]
@@ -164,7 +169,9 @@ def pixel_votes(li, x0: torch.Tensor, dec: Decomposition, classes: list[int] | N
             better = val > best
             best = np.where(better, val, best)
             winner = np.where(better, cls, winner)
-    return votes_from_winner(winner, classes)
+    votes = votes_from_winner(winner, classes)
+    votes.kept = np.stack(kept) if kept else None
+    return votes
 
 
 def votes_from_winner(winner: np.ndarray, classes: list[int]) -> Votes:
@@ -216,7 +223,7 @@ def analyse(model: torch.nn.Module, x0: torch.Tensor, *, top: int = 3,
             vote_classes: int | None = None) -> ImageAnalysis:
     """Interpret ``model`` at x0 (1, C, H, W) and compute decomposition, PDs of the ``top`` classes and votes.
 
-    ``vote_classes`` = how many of the best-scoring classes vote (None or 0: all K classes).
+    ``vote_classes`` = how many of the best-scoring classes vote (None or 0: all K classes; at least ``top``).
     """
     from pipeline.interpreter import interpret
 
@@ -227,9 +234,9 @@ def analyse(model: torch.nn.Module, x0: torch.Tensor, *, top: int = 3,
         raise ValueError(f"backprojections() and contributions() name different sources: {names} vs {dec.names}")
     n_classes = dec.scores.size
     top_classes = dec.top(min(top, n_classes))
-    pd = pixel_discussions(li, x0, dec, top_classes, weights)
-    voters = None if not vote_classes or vote_classes >= n_classes else dec.top(vote_classes)
-    votes = pixel_votes(li, x0, dec, voters, weights)
+    voters = dec.top(n_classes if not vote_classes else max(vote_classes, len(top_classes)))
+    votes = pixel_votes(li, x0, dec, voters, weights, keep=len(top_classes))
+    pd = votes.kept
     record = dec.record()
     record["top_classes"] = top_classes
     record["top_scores"] = [float(dec.scores[k]) for k in top_classes]

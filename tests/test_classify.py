@@ -89,8 +89,9 @@ def test_pixel_discussions_sum_to_scores_and_votes_are_their_argmax(name, digits
     assert names == dec.names and w.shape == (len(names), 32, 32)
     assert (w >= 0).all() and np.allclose(w.sum((1, 2)), 1.0)
     # votes, built 3 classes at a time with a running argmax, equal the argmax of the full stack
-    votes = C.pixel_votes(li, x0, dec, chunk=3)
+    votes = C.pixel_votes(li, x0, dec, chunk=3, keep=4)
     np.testing.assert_array_equal(votes.winner, pd.argmax(0))
+    np.testing.assert_allclose(votes.kept, pd[:4], rtol=1e-12, atol=1e-12)
     assert sum(votes.shares.values()) == pytest.approx(1.0)
     for k, s in votes.shares.items():
         assert s == pytest.approx((votes.winner == k).mean())
