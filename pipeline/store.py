@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -111,7 +112,7 @@ class Store:
         """(C_out, H_out, W_out) float32."""
         return self.group["residual"][...]
 
-    @property
+    @cached_property
     def F(self) -> zarr.Array:
         """The zarr array (C_out, H_out, W_out, C_in, H_in, W_in); reads aligned to ``F.chunks`` are fast."""
         return self.group["F"]
@@ -124,6 +125,20 @@ class Store:
     def out_shape(self) -> tuple[int, int, int]:
         return tuple(self.F.shape[:3])
 
+    def stored_shards(self) -> list[tuple[slice, ...]]:
+        """The regions of F (6-tuples of slices) of the shards written to disk; the rest of F is zero."""
+        grid = self.F.shards or self.F.chunks
+        found = []
+        root = self.path / "F" / "c"
+        for folder, _, files in os.walk(root):
+            prefix = Path(folder).relative_to(root).parts
+            for name in files:
+                index = tuple(int(i) for i in prefix + (name,))
+                if len(index) == len(grid):
+                    found.append(tuple(slice(i * g, min((i + 1) * g, n))
+                                       for i, g, n in zip(index, grid, self.F.shape)))
+        return sorted(found, key=lambda sl: tuple(s.start for s in sl))
+
     def column(self, c: int, y: int, x: int) -> np.ndarray:
         """Column ``F[..., c, y, x]``: the response to a unit impulse at input (c, y, x); (C_out, H_out, W_out)."""
         return self.F[:, :, :, c, y, x]
@@ -133,7 +148,7 @@ class Store:
         return self.F[c, y, x]
 
     # ---- ledger -----------------------------------------------------------------------------------
-    @property
+    @cached_property
     def ledger(self) -> zarr.Array:
         """uint8 array over the compute task grid, 1 where a task has finished (one chunk per task)."""
         return self.group["ledger"]
