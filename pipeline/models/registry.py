@@ -33,7 +33,7 @@ TRAINED_SHA256: dict[str, str | None] = {
     "edsr-small-x4": None,
     "i2i-small": None,
     "digits-vgg": "e2c60696697b2635b1d8fc713116e3a47f0e0cebd123b886108f1cd20aead7ee",
-    "digits-vgg-bn": None,
+    "digits-vgg-bn": "9cc2932c5cdaa428b9d4a002c11a26be65ed99c0847825632c10e60825ef18c9",
 }
 # ---------------------------------------------------------------------------------------------------------------
 
