@@ -115,6 +115,9 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
+    if not looks_like_torch_file(path):
+        raise WeightsError(f"cannot read weights file {path}: not a valid PyTorch checkpoint "
+                           f"(neither a zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -129,6 +132,13 @@ def read_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         raise WeightsError(f"cannot read weights file {path}: not a valid PyTorch checkpoint "
                            f"({type(err).__name__}: {first_line(err)})") from err
     return as_state_dict(obj, path)
+
+
+def looks_like_torch_file(path: Path) -> bool:
+    """True for torch.save's zip format and for the legacy format (a pickle of protocol 2 or later)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
 
 
 def load_pickle(path: Path):
@@ -164,7 +174,7 @@ def first_line(err: BaseException) -> str:
 def add_wrapper_prefix(model: nn.Module, state: dict) -> dict:
     """torchvision files lack the ``net.`` prefix of our ImageNet wrapper (``classifiers.ImageNetClassifier``)."""
     own = model.state_dict()
-    if state and all(k not in own for k in state) and all("net." + k in own for k in state):
+    if own and all(k.startswith("net.") for k in own) and not any(k.startswith("net.") for k in state):
         return {"net." + k: v for k, v in state.items()}
     return state
 
@@ -212,9 +222,19 @@ def rebuild_mean_shift(model: nn.Module, state: dict) -> dict:
     return filled
 
 
+def fill_batch_norm_counters(model: nn.Module, state: dict) -> dict:
+    """Add the ``num_batches_tracked`` counters that files saved before PyTorch 0.4.1 lack (unused in eval mode)."""
+    filled = dict(state)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.num_batches_tracked is not None:
+            filled.setdefault(f"{name}.num_batches_tracked", module.num_batches_tracked.clone())
+    return filled
+
+
 #: Applied in this order to every file before the strict load; each rule only acts where the model calls for it.
 ADAPTERS: tuple[Callable[[nn.Module, dict], dict], ...] = (
     add_wrapper_prefix, rename_densenet_legacy, drop_instance_norm_stats, rebuild_mean_shift,
+    fill_batch_norm_counters,
 )
 
 
