@@ -1,0 +1,147 @@
+"""Images: real PNG/JPEG files in and out, crops, JFIF colour conversions against PIL, the default image, and the
+mapping between images and a model's input and output units."""
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import images
+from pipeline.images import ImageError
+from pipeline.models import spec
+from pipeline.models.bicubic import Bicubic
+
+
+def random_rgb(h=10, w=14, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def test_load_rgb_png_exactly(tmp_path):
+    img = random_rgb()
+    iio.imwrite(tmp_path / "a.png", img)
+    loaded = images.load_image(tmp_path / "a.png")
+    assert loaded.dtype == np.uint8 and np.array_equal(loaded, img)
+
+
+def test_grayscale_stays_one_channel(tmp_path):
+    gray = random_rgb()[:, :, 0]
+    iio.imwrite(tmp_path / "g.png", gray)
+    loaded = images.load_image(tmp_path / "g.png")
+    assert loaded.shape == (10, 14, 1) and np.array_equal(loaded[:, :, 0], gray)
+
+
+def test_alpha_palette_and_16_bit_files(tmp_path):
+    rgba = np.dstack([random_rgb(), np.full((10, 14), 7, np.uint8)])
+    iio.imwrite(tmp_path / "rgba.png", rgba)
+    assert np.array_equal(images.load_image(tmp_path / "rgba.png"), rgba[:, :, :3])
+    palette = Image.fromarray(random_rgb()).quantize(colors=16)
+    palette.save(tmp_path / "p.png")
+    assert np.array_equal(images.load_image(tmp_path / "p.png"), np.asarray(palette.convert("RGB")))
+    deep = (np.arange(6 * 5, dtype=np.uint16).reshape(6, 5) * 2000)
+    iio.imwrite(tmp_path / "deep.png", deep)
+    assert np.array_equal(images.load_image(tmp_path / "deep.png")[:, :, 0], np.round(deep / 257).astype(np.uint8))
+
+
+def test_jpeg_loads(tmp_path):
+    img = random_rgb(16, 16)
+    iio.imwrite(tmp_path / "a.jpg", img, quality=95)
+    assert images.load_image(tmp_path / "a.jpg").shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("content", ["missing", "text", "truncated", "directory"])
+def test_unreadable_files_give_one_line(tmp_path, content):
+    path = tmp_path / "x.png"
+    if content == "text":
+        path.write_text("hello")
+    elif content == "truncated":
+        iio.imwrite(path, random_rgb(64, 64))
+        path.write_bytes(path.read_bytes()[:100])
+    elif content == "directory":
+        path.mkdir()
+    with pytest.raises(ImageError, match="cannot read image") as info:
+        images.load_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_parse_crop_and_crop():
+    assert images.parse_crop("3, 4,5,6") == (3, 4, 5, 6)
+    for bad in ("1,2,3", "a,b,c,d", "-1,0,4,4", "0,0,0,4", ""):
+        with pytest.raises(ImageError):
+            images.parse_crop(bad)
+    img = random_rgb(10, 14)
+    assert np.array_equal(images.crop(img, (3, 4, 5, 6)), img[4:10, 3:8])
+    with pytest.raises(ImageError, match="outside the 14×10 image"):
+        images.crop(img, (10, 0, 5, 5))
+
+
+def test_ycbcr_is_pils_jfif_conversion():
+    img = random_rgb(32, 32, seed=3)
+    ours = images.rgb_to_ycbcr(img)
+    pil = np.asarray(Image.fromarray(img).convert("YCbCr")).astype(np.float64)
+    # PIL truncates its fixed-point results: floor(ours) equals PIL nearly everywhere, never more than 1 away
+    assert np.abs(np.floor(ours) - pil).max() <= 1 and (np.floor(ours) != pil).mean() < 0.1
+    assert np.allclose(images.ycbcr_to_rgb(ours), img, atol=1e-9)
+    back = np.asarray(Image.fromarray(np.round(ours).astype(np.uint8), "YCbCr").convert("RGB")).astype(float)
+    assert np.abs(images.ycbcr_to_rgb(np.round(ours)) - back).max() <= 1.5
+    assert np.allclose(images.rgb_to_ycbcr(np.full((1, 1, 3), 255))[0, 0], [255, 128, 128])
+
+
+def test_default_image_is_the_astronaut_face():
+    from skimage import data
+
+    name, img = images.default_image()
+    top, left, h, w = images.DEFAULT_IMAGE_BOX
+    assert name == "astronaut-face" and img.shape == (96, 96, 3) and img.dtype == np.uint8
+    assert np.array_equal(img, data.astronaut()[top:top + h, left:left + w])
+
+
+@pytest.mark.parametrize("name", ["edsr-baseline-x4", "cyclegan-style_vangogh", "resnet18", "bicubic-x2"])
+def test_rgb_models_round_trip_units(name):
+    s = spec(name)
+    img = random_rgb(16, 20)
+    x = images.to_input(img, s)
+    assert x.shape == (1, 3, 16, 20) and x.dtype == torch.float32
+    lo, hi = s.value_range
+    assert torch.allclose(x[0, :, 2, 3], torch.tensor(lo + (hi - lo) * img[2, 3] / 255.0, dtype=torch.float32))
+    assert np.array_equal(images.to_image(x, s), img)
+
+
+def test_y_and_gray_models_take_luma():
+    img = random_rgb(32, 32)
+    y = images.to_input(img, spec("pixelshuffle-x3"))
+    assert y.shape == (1, 1, 32, 32)
+    assert torch.allclose(y[0, 0].double(), torch.from_numpy(images.rgb_to_ycbcr(img)[:, :, 0] / 255), atol=1e-6)
+    gray = img[:, :, :1]
+    assert torch.equal(images.to_input(gray, spec("digits-vgg"))[0, 0], torch.from_numpy(gray[:, :, 0] / 255).float())
+
+
+def test_to_image_clips_and_rounds():
+    s = spec("cyclegan-style_ukiyoe")
+    y = torch.tensor([-1.5, -1.0, 0.0, 0.999, 2.0]).view(1, 1, 1, 5)
+    assert images.to_image(y, s)[0, :, 0].tolist() == [0, 0, 128, 255, 255]
+    with pytest.raises(ValueError):
+        images.to_image(torch.zeros(2, 3, 4, 4), s)
+
+
+@pytest.mark.parametrize("name, shape, message", [
+    ("edsr-x2", (8, 8, 1), "needs an RGB image"),
+    ("cyclegan-horse2zebra", (18, 16, 3), "multiples of 4"),
+    ("inception_v3", (60, 80, 3), "too small"),
+    ("digits-vgg", (32, 30, 1), "needs a 32×32 image"),
+])
+def test_size_and_channel_checks(name, shape, message):
+    with pytest.raises(ImageError, match=message) as info:
+        images.to_input(np.zeros(shape, np.uint8), spec(name))
+    assert "\n" not in str(info.value)
+
+
+def test_merge_luma_keeps_the_chroma_of_the_input():
+    img = random_rgb(12, 12, seed=5)
+    upscaled = Bicubic(2)(torch.from_numpy(images.rgb_to_ycbcr(img).transpose(2, 0, 1)[None].copy()))[0]
+    y_image = np.clip(np.round(upscaled[0].numpy()), 0, 255).astype(np.uint8)[:, :, None]
+    merged = images.merge_luma(y_image, img)
+    assert merged.shape == (24, 24, 3) and merged.dtype == np.uint8
+    expected = np.clip(np.round(images.ycbcr_to_rgb(upscaled.numpy().transpose(1, 2, 0))), 0, 255)
+    assert np.abs(merged.astype(int) - expected).max() <= 2  # only the rounding of Y differs
