@@ -8,7 +8,7 @@ Site layout (``OUT``)::
 
 Filter sheets: for a *kind* (``col``: columns, one per input pixel, drawn over the output domain; ``row``:
 rows, one per output pixel, drawn over the input domain) the source domain is cut into square blocks of
-``block`` pixels; one sheet holds, for one *source channel* s (each channel, plus Σ = the sum over channels
+``block`` pixels (see :func:`plan_kind`); one sheet holds, for one *source channel* s (each channel, plus Σ = the sum over channels
 when there are several), the filters of all pixels of one block. A filter is cropped to its non-zero box in
 the destination domain and stored as nt planes (each destination channel, plus Σ), each quantised with its
 own scale (see :mod:`pipeline.export.render`). Sheet name: ``<kind>_<s>_<y>_<x>`` with (y, x) the block's
@@ -89,7 +89,12 @@ def filter_boxes(block: np.ndarray) -> np.ndarray:
 
 # ---- planning ---------------------------------------------------------------------------------------------
 def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict:
-    """Block size of a kind's sheets: a multiple of F's source chunk, sized from a probe of the central chunk."""
+    """Sheet block side and task region of a kind, sized from a probe of F's central source chunk.
+
+    ``block``: the side of the square block of source pixels one sheet holds, chosen so that a sheet has
+    about ``sheet_pixels`` pixels; it is a multiple of F's source chunk or divides it, so that ``task`` (the
+    region one task reads: whole chunks, ≥ one block) reads every chunk of F exactly once.
+    """
     F = store.F
     src, dst = kind_axes(kind)
     c_src, h_src, w_src = (F.shape[a] for a in src)
@@ -101,16 +106,21 @@ def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict
     cell = max(1, int(boxes[..., 2].max()) * int(boxes[..., 3].max()))
     nt = len(channel_labels(c_dst))
     side = max(1, int(math.sqrt(sheet_pixels / (nt * cell))))
-    chunk = max(ch_y, ch_x)
-    block = min(max(chunk, side // chunk * chunk), max(h_src, w_src) // chunk * chunk + chunk)
-    return {"block": int(block), "chunk": [int(ch_y), int(ch_x)], "sources": channel_labels(c_src),
+    unit = math.lcm(ch_y, ch_x)
+    if side >= unit:
+        block = min(side // unit, -(-max(h_src, w_src) // unit)) * unit
+    else:
+        g = math.gcd(ch_y, ch_x)
+        block = max(d for d in range(1, g + 1) if g % d == 0 and d <= side)
+    task = [max(block, ch_y), max(block, ch_x)]
+    return {"block": int(block), "task": task, "chunk": [int(ch_y), int(ch_x)], "sources": channel_labels(c_src),
             "targets": channel_labels(c_dst), "src_shape": [c_src, h_src, w_src]}
 
 
-def block_origins(plan: dict) -> list[tuple[int, int]]:
+def task_origins(plan: dict) -> list[tuple[int, int]]:
     _, h, w = plan["src_shape"]
-    b = plan["block"]
-    return [(y, x) for y in range(0, h, b) for x in range(0, w, b)]
+    ty, tx = plan["task"]
+    return [(y, x) for y in range(0, h, ty) for x in range(0, w, tx)]
 
 
 # ---- rendering tasks --------------------------------------------------------------------------------------
@@ -128,60 +138,70 @@ def _block_planes(block: np.ndarray, boxes: np.ndarray, i: int, j: int) -> np.nd
     return np.stack([with_sum(p) for p in with_sum(crop)])
 
 
-def _iter_block(store: Store, kind: str, plan: dict, y0: int, x0: int):
-    """Yield (i, j, box, planes) for the pixels of the sheet block at (y0, x0), reading F chunk by chunk."""
+def _iter_task(store: Store, kind: str, plan: dict, y0: int, x0: int):
+    """Yield (y, x, box, planes) for the source pixels of the task region at (y0, x0), reading F one source
+    chunk at a time (each chunk of F is read once)."""
     _, h_src, w_src = plan["src_shape"]
-    b = plan["block"]
+    ty, tx = plan["task"]
     ch_y, ch_x = plan["chunk"]
-    for cy in range(y0, min(y0 + b, h_src), ch_y):
-        for cx in range(x0, min(x0 + b, w_src), ch_x):
-            hy, hx = min(ch_y, h_src - cy, y0 + b - cy), min(ch_x, w_src - cx, x0 + b - cx)
+    for cy in range(y0, min(y0 + ty, h_src), ch_y):
+        for cx in range(x0, min(x0 + tx, w_src), ch_x):
+            hy, hx = min(ch_y, h_src - cy), min(ch_x, w_src - cx)
             block = read_source_chunk(store.F, kind, cy, cx, hy, hx)
             boxes = filter_boxes(block)
             for i in range(hy):
                 for j in range(hx):
-                    yield cy - y0 + i, cx - x0 + j, boxes[i, j], _block_planes(block, boxes, i, j)
+                    yield cy + i, cx + j, boxes[i, j], _block_planes(block, boxes, i, j)
 
 
-def measure_block(store_path: str, kind: str, plan: dict, y0: int, x0: int) -> np.ndarray:
-    """Largest |value| per (source, target) plane over the filters of one block: (n_sources, nt)."""
+def measure_task(store_path: str, kind: str, plan: dict, y0: int, x0: int) -> np.ndarray:
+    """Largest |value| per (source, target) plane over the filters of one task region: (n_sources, nt)."""
     store = open_store(store_path)
     peak = np.zeros((len(plan["sources"]), len(plan["targets"])), np.float32)
-    for *_, planes in _iter_block(store, kind, plan, y0, x0):
+    for *_, planes in _iter_task(store, kind, plan, y0, x0):
         peak = np.maximum(peak, render.plane_scales(planes))
     return peak
 
 
-def render_block(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder: str, model: str,
-                 fixed_scales=None) -> dict:
-    """Write the sheets (one per source channel) of one block; returns {'filters', 'bytes', 'files'}.
+def render_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder: str, model: str,
+                fixed_scales=None) -> dict:
+    """Write the sheets of the blocks in one task region (one sheet per block and source channel).
 
     ``fixed_scales``: None for per-filter normalisation, or (n_sources, nt) global scales.
+    Returns {'filters', 'bytes', 'files'}.
     """
     store = open_store(store_path)
     _, h_src, w_src = plan["src_shape"]
     b = plan["block"]
-    bh, bw = min(b, h_src - y0), min(b, w_src - x0)
     ns, nt = len(plan["sources"]), len(plan["targets"])
-    entries = [[None] * (bh * bw) for _ in range(ns)]
-    boxes = np.zeros((bh * bw, 4), np.int64)
-    scales = np.zeros((ns, bh * bw, nt), np.float32)
-    for i, j, box, planes in _iter_block(store, kind, plan, y0, x0):
-        k = i * bw + j
+    sheets = {}  # block origin -> (entries per source, boxes, scales)
+    for y, x, box, planes in _iter_task(store, kind, plan, y0, x0):
+        by, bx = y // b * b, x // b * b
+        if (by, bx) not in sheets:
+            n = min(b, h_src - by) * min(b, w_src - bx)
+            sheets[by, bx] = ([[None] * n for _ in range(ns)], np.zeros((n, 4), np.int64),
+                              np.zeros((ns, n, nt), np.float32))
+        entries, boxes, scales = sheets[by, bx]
+        k = (y - by) * min(b, w_src - bx) + (x - bx)
         boxes[k] = box
         scales[:, k] = render.plane_scales(planes) if fixed_scales is None else fixed_scales
         q = render.quantise(planes, scales[:, k])
         for s in range(ns):
             entries[s][k] = q[s]
-    written = 0
-    for s in range(ns):
-        sheet, cell = render.pack_sheet(entries[s], bw)
-        name = f"{kind}_{s}_{y0}_{x0}"
-        meta = {"origin": [y0, x0], "size": [bh, bw], "cell": list(cell), "nt": nt,
-                "boxes": boxes.reshape(-1).tolist(), "scales": [float(f"{v:.9g}") for v in scales[s].reshape(-1)]}
-        written += _write_atomic(Path(folder) / f"{name}.js",
-                                 render.sheet_script(f"{model}/{name}", meta, render.png_bytes(sheet)))
-    return {"filters": bh * bw * len([c for c in plan["sources"] if c != "Σ"]), "bytes": written, "files": ns}
+    written, files = 0, 0
+    for (by, bx), (entries, boxes, scales) in sheets.items():
+        bh, bw = min(b, h_src - by), min(b, w_src - bx)
+        for s in range(ns):
+            sheet, cell = render.pack_sheet(entries[s], bw)
+            name = f"{kind}_{s}_{by}_{bx}"
+            meta = {"origin": [by, bx], "size": [bh, bw], "cell": list(cell), "nt": nt,
+                    "boxes": boxes.reshape(-1).tolist(),
+                    "scales": [float(f"{v:.9g}") for v in scales[s].reshape(-1)]}
+            written += _write_atomic(Path(folder) / f"{name}.js",
+                                     render.sheet_script(f"{model}/{name}", meta, render.png_bytes(sheet)))
+            files += 1
+    n_pixels = sum(len(boxes) for _, boxes, _ in sheets.values())
+    return {"filters": n_pixels * len([c for c in plan["sources"] if c != "Σ"]), "bytes": written, "files": files}
 
 
 def render_images(store_path: str, folder: str, model: str) -> dict:
@@ -329,13 +349,13 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         fixed = {kind: None for kind in plans}
         if normalise == "global":
             for kind, plan in plans.items():
-                peaks = _run([dask.delayed(measure_block)(str(store.path), kind, plan, y, x)
-                              for y, x in block_origins(plan)], scheduler, workers, progress)
+                peaks = _run([dask.delayed(measure_task)(str(store.path), kind, plan, y, x)
+                              for y, x in task_origins(plan)], scheduler, workers, progress)
                 fixed[kind] = np.max(peaks, axis=0)
                 plan["global_scales"] = fixed[kind].tolist()
         for kind, plan in plans.items():
-            for y, x in block_origins(plan):
-                todo.append(dask.delayed(render_block)(str(store.path), kind, plan, y, x, str(folder), mid,
+            for y, x in task_origins(plan):
+                todo.append(dask.delayed(render_task)(str(store.path), kind, plan, y, x, str(folder), mid,
                                                        fixed[kind]))
                 todo_info.append((folder, f"{kind}_{y}_{x}", _task_key(store, kind, plan, normalise)))
         todo.append(dask.delayed(render_images)(str(store.path), str(folder), mid))
@@ -378,5 +398,5 @@ def _site_size(out: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
-__all__ = ["export_site", "ExportError", "StoreError", "channel_labels", "plan_kind", "render_block",
+__all__ = ["export_site", "ExportError", "StoreError", "channel_labels", "plan_kind", "render_task",
            "render_images", "read_source_chunk", "filter_boxes"]

@@ -1,0 +1,75 @@
+"""Measure an exported site: files, bytes, and hover-to-display latency in headless Debian chromium.
+
+``python -m pipeline.export.measure SITE [--moves 200]`` prints a JSON summary. The latency of one hover is
+the time from the mouse event (``event.timeStamp``) to the first animation frame after the filter has been
+drawn (recorded by the viewer in ``LINTERP.latencies``); the moves walk the image like a user does (neighbour
+steps with occasional jumps), alternating between the input (columns) and the output (rows).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import click
+import numpy as np
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+
+def site_files(site: Path) -> dict:
+    files = [p for p in Path(site).rglob("*") if p.is_file() and ".done" not in p.parts]
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+
+def hover_latency(site: Path, moves: int = 200, seed: int = 0, chromium: str | None = None) -> dict:
+    """Median / p90 / max hover-to-display latency (ms) over ``moves`` mouse moves on the first panel."""
+    from playwright.sync_api import sync_playwright
+
+    rng = np.random.default_rng(seed)
+    chromium = chromium or shutil.which("chromium") or "/usr/bin/chromium"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.goto((Path(site).resolve() / "index.html").as_uri())
+        page.wait_for_function("window.LINTERP && LINTERP.rendered > 0", timeout=30000)
+        boxes = {dom: page.locator(f"section.panel:nth-of-type(1) figure.view.{dom} canvas.overlay").bounding_box()
+                 for dom in ("in", "out")}
+        shapes = page.evaluate("[LINTERP.shown(0, 'in'), LINTERP.shown(0, 'out')]")
+        page.evaluate("LINTERP.latencies.length = 0")
+        pos = {"in": [shapes[0]["h"] // 2, shapes[0]["w"] // 2], "out": [shapes[1]["h"] // 2, shapes[1]["w"] // 2]}
+        state = page.evaluate("LINTERP.state()")
+        sel = (state["dom"], state["y"], state["x"])  # the viewer's selection: a move elsewhere redraws
+        for i in range(moves):
+            dom = "in" if (i // 25) % 2 == 0 else "out"
+            info = shapes[0] if dom == "in" else shapes[1]
+            y, x = pos[dom]
+            while (dom, y, x) == sel:
+                if rng.random() < 0.1:
+                    y, x = int(rng.integers(info["h"])), int(rng.integers(info["w"]))
+                else:
+                    y = int(np.clip(pos[dom][0] + rng.integers(-1, 2), 0, info["h"] - 1))
+                    x = int(np.clip(pos[dom][1] + rng.integers(-1, 2), 0, info["w"] - 1))
+            pos[dom], sel = [y, x], (dom, y, x)
+            z = page.evaluate(f"LINTERP.shown(0, '{dom}').zoom")
+            before = page.evaluate("LINTERP.latencies.length")
+            page.mouse.move(boxes[dom]["x"] + (x + 0.5) * z, boxes[dom]["y"] + (y + 0.5) * z)
+            page.wait_for_function(f"LINTERP.latencies.length > {before}", timeout=30000)
+        lat = np.array(page.evaluate("LINTERP.latencies"))
+        browser.close()
+    return {"moves": moves, "measured": int(lat.size), "median_ms": float(np.median(lat)),
+            "p90_ms": float(np.percentile(lat, 90)), "max_ms": float(lat.max()),
+            "first_ms": float(lat[0]) if lat.size else None}
+
+
+@click.command()
+@click.argument("site", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--moves", type=int, default=200, show_default=True)
+def main(site, moves):
+    """Print files, bytes and hover latency of SITE as JSON."""
+    click.echo(json.dumps({**site_files(site), **hover_latency(site, moves)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
