@@ -25,13 +25,25 @@ def models(task):
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
 
 
+def model_and_image_options(command):
+    """The options every command that applies a model to an image shares: ``name``, ``weights``,
+    ``trust_pickle``, ``image_path``, ``crop_text``."""
+    options = [
+        click.option("--model", "name", required=True, help="Registry name (see `linterp models`)."),
+        click.option("--weights", default=None,
+                     help="Weight file, or 'random'; default: the model's default weights."),
+        click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects."),
+        click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
+                     help="Input image (PNG, JPEG, …); default: the built-in astronaut face."),
+        click.option("--crop", "crop_text", default=None, help="Crop the input first: X,Y,W,H in pixels."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.command()
-@click.option("--model", "name", required=True, help="Registry name (see `linterp models`).")
-@click.option("--weights", default=None, help="Weight file, or 'random'; default: the model's default weights.")
-@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
-@click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
-              help="Input image (PNG, JPEG, …); default: the built-in astronaut face.")
-@click.option("--crop", "crop_text", default=None, help="Crop the input first: X,Y,W,H in pixels.")
+@model_and_image_options
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Output image (PNG) for super-resolution and image-to-image models.")
 @click.option("--top", default=5, show_default=True, help="How many classes a classifier prints.")
