@@ -254,3 +254,39 @@ def test_committed_trained_defaults_load_offline(name, monkeypatch, tmp_path):
     assert registry.TRAINED_SHA256[name] == wts.file_sha256(path), "record the file's sha256 in TRAINED_SHA256"
     assert path.stat().st_size <= 3 * 2 ** 20
     build(name)
+
+
+EXAMPLE_MODEL_PY = '''
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self, upscale_factor):
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.conv1 = nn.Conv2d(1, 64, 5, 1, 2)
+        self.conv2 = nn.Conv2d(64, 64, 3, 1, 1)
+        self.conv3 = nn.Conv2d(64, 32, 3, 1, 1)
+        self.conv4 = nn.Conv2d(32, upscale_factor ** 2, 3, 1, 1)
+        self.pixel_shuffle = nn.PixelShuffle(upscale_factor)
+'''
+
+
+def test_a_trusted_pickle_of_the_examples_net_loads_without_its_module(tmp_path, monkeypatch):
+    """pytorch/examples pickles `model.Net`; with --trust-pickle it loads although no `model` module exists here."""
+    import importlib
+    import sys
+
+    (tmp_path / "model.py").write_text(EXAMPLE_MODEL_PY)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        example = importlib.import_module("model").Net(3)
+        torch.save(example, tmp_path / "model_epoch_30.pth")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("model", None)
+    with pytest.raises(WeightsError, match="--trust-pickle"):
+        build("pixelshuffle-x3", tmp_path / "model_epoch_30.pth")
+    loaded = build("pixelshuffle-x3", tmp_path / "model_epoch_30.pth", trust_pickle=True)
+    assert torch.equal(loaded.conv4.weight, example.conv4.weight)
+    assert "model" not in sys.modules

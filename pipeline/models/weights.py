@@ -141,10 +141,30 @@ def looks_like_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
 
 
+#: Classes of known pickled checkpoints whose defining module is not importable here -> our equivalent class.
+#: pytorch/examples' super_resolution/main.py pickles its whole `model.Net` (same attributes as PixelShuffleNet).
+PICKLED_CLASSES = {("model", "Net"): ("pipeline.models.pixelshuffle", "PixelShuffleNet")}
+
+
+class _MappingUnpickler(pickle.Unpickler):
+    """An unpickler that resolves the classes in ``PICKLED_CLASSES`` to ours."""
+
+    def find_class(self, module, name):
+        return super().find_class(*PICKLED_CLASSES.get((module, name), (module, name)))
+
+
+class _MappingPickle:
+    """The ``pickle_module`` torch.load uses for trusted files: the standard module with our unpickler."""
+
+    Unpickler = _MappingUnpickler
+    load = staticmethod(lambda file, **kwargs: _MappingUnpickler(file, **kwargs).load())
+    __name__ = "pickle"
+
+
 def load_pickle(path: Path):
-    """Unpickle a trusted file; a missing class becomes a one-line error."""
+    """Unpickle a trusted file (known upstream classes mapped to ours); a missing class becomes a one-line error."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_MappingPickle)
     except Exception as err:
         raise WeightsError(f"cannot unpickle {path}: {type(err).__name__}: {first_line(err)}") from err
 
