@@ -291,3 +291,29 @@ def residual_table(results: dict[str, list[dict]], key: str = "residual_share") 
             row[f"fgsm {eps:g} std"] = float(att.std())
         rows.append(row)
     return rows
+
+
+def summary(records: list[dict]) -> list[dict]:
+    """Per condition (clean, then each FGSM ε): images, accuracy (when labels are known), residual share,
+    vote agreement (share of pixels voting for the image's own top-1 class), and for attacks the share of pixels
+    still voting for the clean top-1 class and the fraction of images whose top-1 changed (means and stds)."""
+    conditions = [("clean", None, records)]
+    for eps in sorted({a["eps"] for r in records for a in r.get("attacks", [])}):
+        conditions.append((f"fgsm {eps:g}", eps, [a | {"label": r.get("label")} for r in records
+                                                   for a in r.get("attacks", []) if a["eps"] == eps]))
+    rows = []
+    for name, eps, recs in conditions:
+        row = {"condition": name, "eps": eps, "images": len(recs)}
+        labelled = [r for r in recs if r.get("label") is not None]
+        if labelled:
+            row["accuracy"] = float(np.mean([r["top1"] == r["label"] for r in labelled]))
+        stats = {"residual_share": [r["residual_share"] for r in recs],
+                 "vote_agreement": [r["votes"]["top1_share"] for r in recs]}
+        if eps is not None:
+            stats["clean_top1_votes"] = [r["votes"]["clean_top1_share"] for r in recs]
+            row["top1_changed"] = float(np.mean([r["top1_changed"] for r in recs]))
+        for key, values in stats.items():
+            row[f"{key} mean"] = float(np.mean(values))
+            row[f"{key} std"] = float(np.std(values))
+        rows.append(row)
+    return rows

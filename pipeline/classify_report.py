@@ -362,7 +362,7 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None]
     """
     from tqdm import tqdm
 
-    from pipeline.classify import analyse_attacked, residual_table
+    from pipeline.classify import analyse_attacked, residual_table, summary
 
     out = Path(out)
     cache = out / "images"
@@ -397,13 +397,20 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None]
             f = f"attack-{j}.png"
             attack_figure(out / f, clean, attacked, name, class_names, value_range)
             figs.append(f)
-    rows = residual_table({model_name: records}) if records else []
     table_html = ""
-    if rows:
-        write_table(rows, out / "table")
+    if records:
+        write_table(residual_table({model_name: records}), out / "table")
         table_html = (out / "table.html").read_text()
+        rows = summary(records)
+        write_json(out / "summary.json", rows)
+        table_html += "<h2>Summary</h2>\n" + _html_table(list(rows[0]) + [k for k in rows[-1] if k not in rows[0]],
+                                                          [{k: _fmt(v) for k, v in r.items()} for r in rows])
     write_report(out, model_name, records, figs, table_html, class_names)
     return records
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _safe(name: str) -> str:

@@ -150,6 +150,21 @@ def test_residual_table():
     assert row == {"model": "m", "images": 2, "mean": 0.75, "std": 0.25, "fgsm 0.1 mean": 1.5, "fgsm 0.1 std": 0.5}
 
 
+def test_summary():
+    def rec(top1, share, votes, label=None, **extra):
+        return {"top1": top1, "label": label, "residual_share": share, "votes": {"top1_share": votes, **extra}}
+
+    a1 = rec(2, 0.4, 0.1, clean_top1_share=0.0) | {"eps": 0.1, "top1_changed": True}
+    a2 = rec(1, 0.6, 0.3, clean_top1_share=0.3) | {"eps": 0.1, "top1_changed": False}
+    recs = [rec(1, 0.5, 0.5, label=1) | {"attacks": [a1]}, rec(1, 1.0, 0.7, label=0) | {"attacks": [a2]}]
+    clean, att = C.summary(recs)
+    assert clean == {"condition": "clean", "eps": None, "images": 2, "accuracy": 0.5, "residual_share mean": 0.75,
+                     "residual_share std": 0.25, "vote_agreement mean": pytest.approx(0.6),
+                     "vote_agreement std": pytest.approx(0.1)}
+    assert att["accuracy"] == 0.0 and att["top1_changed"] == 0.5 and att["images"] == 2
+    assert att["clean_top1_votes mean"] == pytest.approx(0.15) and att["vote_agreement mean"] == pytest.approx(0.2)
+
+
 def test_load_image_converts_and_resizes(tmp_path):
     rgb = np.zeros((40, 60, 3), np.uint8)
     rgb[:, :30] = (255, 0, 0)
@@ -187,7 +202,7 @@ def test_report_for_both_digits_models(tmp_path, monkeypatch):
             assert total == pytest.approx(r["score"], rel=1e-4, abs=1e-6)
             assert [a["eps"] for a in r["attacks"]] == [0.05, 0.2]
         for f in ("index.html", "results.csv", "contributions.csv", "contributions.png", "discussion-0.png",
-                  "discussion-1.png", "attack-0.png", "table.md"):
+                  "discussion-1.png", "attack-0.png", "table.md", "summary.json"):
             assert (out / f).stat().st_size > 0, f
         assert "contributions.png" in (out / "index.html").read_text()
     table = (tmp_path / "table.md").read_text()

@@ -44,6 +44,20 @@ def _input_size(name: str, model_spec, size: int | None) -> tuple[tuple[int, int
     return (side, side), 0.875 if name in CLASSIFIERS else 1.0
 
 
+def _weights(model_spec, weights):
+    """--weights, else an official file already in the torch hub cache (``torch.hub.get_dir()/checkpoints``), else
+    None (the registry's default: its own cache or a download)."""
+    if weights is not None or not (model_spec.weights or "").startswith("http"):
+        return weights
+    import torch
+
+    from pipeline.models.weights import cache_dir
+
+    file = model_spec.weights.rsplit("/", 1)[-1]
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / file
+    return str(hub) if hub.is_file() and not (cache_dir() / file).exists() else None
+
+
 def _inputs(images, dataset, limit, channels, size, crop, value_range):
     from pipeline.classify_report import image_files, load_image
 
@@ -94,7 +108,7 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
     """
     import torch
 
-    from pipeline.classify import residual_table
+    from pipeline.classify import residual_table, summary
     from pipeline.classify_report import ImageError, generate, write_table
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.models.registry import build, spec
@@ -115,7 +129,7 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
                 raise click.ClickException(f"{name} is not a classifier (task '{model_spec.task}')")
             in_size, crop = _input_size(name, model_spec, size)
             inputs = _inputs(images, dataset, limit, model_spec.in_channels, in_size, crop, model_spec.value_range)
-            model = build(name, weights, trust_pickle=trust_pickle)
+            model = build(name, _weights(model_spec, weights), trust_pickle=trust_pickle)
             n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size)).shape[-1]
             target = out / name if len(models) > 1 else out
             results[name] = generate(
@@ -125,6 +139,10 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
         except (ImageError, UnsupportedOperation, ValueError, OSError) as err:
             raise click.ClickException(f"{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         click.echo(f"{name}: {len(results[name])} images -> {target / 'index.html'}")
+        for row in summary(results[name]):
+            acc = f", accuracy {row['accuracy']:.1%}" if "accuracy" in row else ""
+            click.echo(f"  {row['condition']}: residual share {row['residual_share mean']:.1%} "
+                       f"± {row['residual_share std']:.1%}, votes for top-1 {row['vote_agreement mean']:.1%}{acc}")
     if table:
         out.mkdir(parents=True, exist_ok=True)
         paths = write_table(residual_table(results), out / "table")
