@@ -45,6 +45,10 @@ NO_PARAMETERS = "no-parameters"
 EDSR_URL = "https://cv.snu.ac.kr/research/EDSR/models/{}"
 CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/{}.pth"
 TORCHVISION_URL = "https://download.pytorch.org/models/{}"
+#: scale -> (baseline file, full-model file) of the official EDSR releases.
+EDSR_FILES = {2: ("edsr_baseline_x2-1bc95232.pt", "edsr_x2-0edfb8a3.pt"),
+              3: ("edsr_baseline_x3-abf2a44e.pt", "edsr_x3-ea3ef2c6.pt"),
+              4: ("edsr_baseline_x4-6b446fab.pt", "edsr_x4-4f62e9ef.pt")}
 SUPERRES_TUTORIAL_URL = "https://s3.amazonaws.com/pytorch/test_data/export/superres_epoch100-44c6958e.pth"
 
 #: The generators published by scripts/download_cyclegan_model.sh (one direction each).
@@ -106,18 +110,14 @@ def _specs() -> list[ModelSpec]:
         specs.append(ModelSpec(f"pixelshuffle-x{s}", "sr", s, "y", (0.0, 1.0),
                                f"PyTorch example sub-pixel net ×{s} on Y", functools.partial(PixelShuffleNet, s),
                                weights=default))
-    edsr_files = {("baseline", 2): "edsr_baseline_x2-1bc95232.pt", ("baseline", 3): "edsr_baseline_x3-abf2a44e.pt",
-                  ("baseline", 4): "edsr_baseline_x4-6b446fab.pt", ("full", 2): "edsr_x2-0edfb8a3.pt",
-                  ("full", 3): "edsr_x3-ea3ef2c6.pt", ("full", 4): "edsr_x4-4f62e9ef.pt"}
-    for (kind, s), file in edsr_files.items():
-        if kind == "baseline":
-            spec = (f"edsr-baseline-x{s}", "EDSR baseline ×{} (16 blocks, 64 features), RGB 0..255",
-                    functools.partial(EDSR, s, 16, 64, 1.0))
-        else:
-            spec = (f"edsr-x{s}", "EDSR ×{} (32 blocks, 256 features, res_scale 0.1), RGB 0..255",
-                    functools.partial(EDSR, s, 32, 256, 0.1))
-        specs.append(ModelSpec(spec[0], "sr", s, "rgb", (0.0, 255.0), spec[1].format(s), spec[2],
-                               weights=EDSR_URL.format(file)))
+    for s in (2, 3, 4):
+        baseline, full = EDSR_FILES[s]
+        specs.append(ModelSpec(f"edsr-baseline-x{s}", "sr", s, "rgb", (0.0, 255.0),
+                               f"EDSR baseline ×{s} (16 blocks, 64 features), RGB 0..255",
+                               functools.partial(EDSR, s, 16, 64, 1.0), weights=EDSR_URL.format(baseline)))
+        specs.append(ModelSpec(f"edsr-x{s}", "sr", s, "rgb", (0.0, 255.0),
+                               f"EDSR ×{s} (32 blocks, 256 features, res_scale 0.1), RGB 0..255",
+                               functools.partial(EDSR, s, 32, 256, 0.1), weights=EDSR_URL.format(full)))
     specs.append(ModelSpec("edsr-small-x4", "sr", 4, "rgb", (0.0, 255.0),
                            "EDSR ×4 (8 blocks, 32 features) trained by linterp, RGB 0..255",
                            functools.partial(EDSR, 4, 8, 32, 1.0), weights=PROJECT))
