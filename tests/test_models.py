@@ -117,6 +117,20 @@ def test_unet_generator_layout_and_activated_skip():
     assert torch.equal(seen["y"][:, :4], F.leaky_relu(seen["x"], 0.2))
 
 
+def test_unet_generator_through_the_engine():
+    """Not in the registry (pix2pix weights are a different family), but a family file: it must interpret exactly."""
+    from pipeline.interpreter import interpret
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = UnetGenerator(3, 3, num_downs=6, ngf=4, use_dropout=True).eval()  # one dropout level
+    x0 = torch.rand(1, 3, 64, 128) * 2 - 1
+    with torch.no_grad():
+        y = model(x0)
+    li = interpret(model, x0)
+    assert (li.forward(x0) + li.residual - y).abs().max() <= 1e-4 * y.abs().max()
+
+
 def test_pixelshuffle_net_official_layout():
     model = PixelShuffleNet(3)
     assert params(model) == 59_657
