@@ -36,6 +36,10 @@ from .store import Store, create_store, layout, open_store
 DEFAULT_BATCH = 16
 #: Bytes of F one task may hold in memory before writing it; bounds the default tile size.
 TASK_BYTES = 512 * 2**20
+#: Local dask schedulers ("sync" runs tasks one by one in this thread, for debugging and profiling).
+LOCAL = ("threads", "processes", "sync")
+#: Address prefixes of dask.distributed schedulers.
+REMOTE = ("tcp://", "tls://", "ucx://", "inproc://")
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,16 @@ def engine(source: Source, device: str = "cpu"):
         if li is None:
             if not _ENGINES:
                 tune_malloc()
-            model = source.build().eval().to(dev)
-            with torch.no_grad():
-                li = interpret(model, torch.as_tensor(source.x0, device=dev))
+            # one torch thread while building: random initialisations (QR) and the recorded state depend on
+            # the thread count in their last bits, and every worker must rebuild the same interpreter
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                model = source.build().eval().to(dev)
+                with torch.no_grad():
+                    li = interpret(model, torch.as_tensor(source.x0, device=dev))
+            finally:
+                torch.set_num_threads(threads)
             _ENGINES[key] = li
     return li
 
@@ -280,7 +291,7 @@ def _run_graph(calls: list, scheduler, workers: int | None, progress: bool) -> l
 
     if not calls:
         return []
-    if isinstance(scheduler, str) and scheduler in ("sync", "threads", "processes"):
+    if isinstance(scheduler, str) and scheduler in LOCAL:
         from dask.diagnostics import ProgressBar
 
         with ProgressBar(minimum=0 if progress else math.inf, dt=0.5):
@@ -288,8 +299,6 @@ def _run_graph(calls: list, scheduler, workers: int | None, progress: bool) -> l
     from distributed import Client, progress as dist_progress
 
     owned = isinstance(scheduler, str)
-    if owned and not scheduler.startswith(("tcp://", "tls://", "ucx://", "inproc://")):
-        raise ValueError(f"unknown scheduler {scheduler!r} (threads, processes or tcp://HOST:PORT)")
     client = Client(scheduler) if owned else scheduler
     try:
         futures = client.compute(calls)
@@ -343,7 +352,9 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     """
     tune_malloc()
     device = resolve_device(device)
-    local = isinstance(scheduler, str) and scheduler in ("threads", "processes")
+    if isinstance(scheduler, str) and not scheduler.startswith(REMOTE) and scheduler not in LOCAL:
+        raise ValueError(f"unknown scheduler {scheduler!r} (threads, processes or tcp://HOST:PORT)")
+    local = isinstance(scheduler, str) and scheduler in LOCAL
     cores = os.cpu_count() or 1
     if local and not workers:
         workers = torch.cuda.device_count() if device == "cuda" else cores

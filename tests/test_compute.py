@@ -1,0 +1,261 @@
+"""`linterp compute`: stores equal the interpreter (and the analytic bicubic kernel), schedulers agree, a
+SIGKILLed run resumes to the same store, foreign stores and bad images are refused in one line, and plain
+zarr / xarray read the result."""
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.compute import Source, compute, source_key, tile_columns
+from pipeline.interpreter import interpret
+from pipeline.models import build
+from pipeline.store import open_store
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def random_png(path, shape, seed=0):
+    iio.imwrite(path, np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
+    return str(path)
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, ["compute", *map(str, args), "--quiet"])
+    return result
+
+
+def source(name, x0):
+    identity = {"model": name, "weights_sha256": "random", "x0": float(x0.sum())}
+    return Source(functools.partial(build, name, "random"), x0, source_key(identity)), identity
+
+
+def all_columns(li, in_shape, batch=64):
+    """Every column of F by li.forward on one-hot inputs: (C_out, H_out, W_out, C_in, H_in, W_in)."""
+    n = int(np.prod(in_shape))
+    eye = torch.eye(n).reshape((n,) + tuple(in_shape))
+    cols = torch.cat([li.forward(eye[i:i + batch]) for i in range(0, n, batch)])
+    cols = cols.reshape((n,) + tuple(li.output.shape[1:]))
+    return np.moveaxis(cols.numpy(), 0, -1).reshape(tuple(li.output.shape[1:]) + tuple(in_shape))
+
+
+def bicubic_matrix(n_in, scale, a=-0.75):
+    """1-D bicubic interpolation matrix (n_in·scale, n_in), align_corners=False, clamped borders."""
+    def cubic(t):
+        t = abs(t)
+        if t <= 1:
+            return ((a + 2) * t - (a + 3)) * t * t + 1
+        if t < 2:
+            return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+        return 0.0
+
+    K = np.zeros((n_in * scale, n_in))
+    for i in range(n_in * scale):
+        u = (i + 0.5) / scale - 0.5
+        i0 = int(np.floor(u))
+        for k in range(-1, 3):
+            K[i, min(max(i0 + k, 0), n_in - 1)] += cubic(u - (i0 + k))
+    return K
+
+
+def test_bicubic_store_equals_the_analytic_kernel(tmp_path):
+    image = random_png(tmp_path / "rgb.png", (20, 24, 3))
+    out = tmp_path / "bicubic.zarr"
+    result = cli("--model", "bicubic-x4", "--image", image, "--crop", "3,2,16,12", "--out", out, "--tile", "4")
+    assert result.exit_code == 0, result.output
+    store = open_store(out, require_complete=True)
+    Ky, Kx = bicubic_matrix(12, 4), bicubic_matrix(16, 4)
+    kernel = np.einsum("ab,cd->acbd", Ky, Kx)  # (48, 64, 12, 16)
+    expected = np.einsum("ij,acbd->iacjbd", np.eye(3), kernel)
+    assert store.F.shape == expected.shape == (3, 48, 64, 3, 12, 16)
+    assert np.abs(store.F[...] - expected).max() <= 1e-6
+    attrs = store.attrs
+    assert attrs["crop"] == [3, 2, 16, 12] and attrs["model"] == "bicubic-x4" and attrs["complete"]
+    assert attrs["identity"]["image_sha256"] == attrs["image_sha256"] and len(attrs["image_sha256"]) == 64
+    assert attrs["verification"]["reconstruction_max_abs"] <= 1e-5
+    assert attrs["verification"]["rows_max_abs"] <= 1e-6
+    # the input is the crop in the model's units, and y0 = f(x0)
+    rgb = iio.imread(image)[2:14, 3:19].astype(np.float32) / 255
+    assert np.allclose(store.x0, rgb.transpose(2, 0, 1), atol=1e-7)
+    y0 = torch.nn.functional.interpolate(torch.from_numpy(store.x0[None]), scale_factor=4, mode="bicubic")
+    assert np.allclose(store.y0, y0[0].numpy(), atol=1e-6)
+    # all-zero shards are not stored: far-apart tiles have no common output
+    assert len(store.stored_shards()) < np.prod(store.F.shape) / np.prod(store.F.shards)
+
+
+def test_edsr_store_equals_interpreter_columns(tmp_path):
+    x0 = (np.random.default_rng(1).random((1, 3, 8, 8)) * 255).astype(np.float32)
+    src, identity = source("edsr-small-x4", x0)
+    store = compute(tmp_path / "edsr.zarr", src, identity=identity, tile=4, device="cpu", progress=False)
+    li = interpret(build("edsr-small-x4", "random"), torch.from_numpy(x0))
+    expected = all_columns(li, (3, 8, 8))
+    assert np.abs(store.F[...] - expected).max() <= 1e-6 * np.abs(expected).max()
+    assert np.allclose(store.residual, li.residual[0].numpy()) and np.allclose(store.y0, li.output[0].numpy())
+    assert store.attrs["mode"] == "columns"
+
+
+def test_windowed_columns_equal_full_image_columns():
+    """An EDSR tile computed on its cropped window equals the same columns on the whole image."""
+    x0 = torch.rand(1, 3, 48, 48) * 255
+    li = interpret(build("edsr-small-x4", "random"), x0)
+    assert li.receptive_radius is not None and 4 + 2 * li.receptive_radius < 48
+    box = (20, 8, 4, 4)
+    (top, left, h, w), block = tile_columns(li, (3, 48, 48), box, batch=16, align=(16, 16))
+    assert h < 192 and w < 192  # a real window, not the whole image
+    eye = torch.zeros(48, 3, 48, 48)
+    for b, (c, y, x) in enumerate(np.ndindex(3, 4, 4)):
+        eye[b, c, box[0] + y, box[1] + x] = 1
+    full = li.forward(eye).numpy().reshape(3, 4, 4, 3, 192, 192)
+    full = np.moveaxis(full, (3, 4, 5), (0, 1, 2))  # (C_out, H_out, W_out, C_in, 4, 4)
+    inside = full[:, top:top + h, left:left + w]
+    assert np.abs(block - inside).max() <= 1e-6
+    assert np.abs(full).sum() == pytest.approx(np.abs(inside).sum(), rel=1e-6)  # nothing lost outside
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory):
+    """pixelshuffle-x4 (radius 5) on 16×16: 16 tiles of 4, so every column is computed on a window."""
+    x0 = np.random.default_rng(2).random((1, 1, 16, 16)).astype(np.float32)
+    src, identity = source("pixelshuffle-x4", x0)
+    path = tmp_path_factory.mktemp("sched") / "threads.zarr"
+    compute(path, src, identity=identity, tile=4, device="cpu", progress=False, scheduler="threads", workers=2)
+    return x0, src, identity, open_store(path, require_complete=True)
+
+
+def test_windowed_store_equals_interpreter(threaded):
+    x0, _, _, store = threaded
+    li = interpret(build("pixelshuffle-x4", "random"), torch.from_numpy(x0))
+    assert li.receptive_radius == 5
+    expected = all_columns(li, (1, 16, 16))
+    assert np.abs(store.F[...] - expected).max() <= 1e-6
+    assert store.attrs["verification"]["rows_max_abs"] <= 1e-6
+
+
+def test_process_and_distributed_schedulers_give_identical_stores(threaded, tmp_path):
+    from distributed import LocalCluster
+
+    x0, src, identity, reference = threaded
+    procs = compute(tmp_path / "procs.zarr", src, identity=identity, tile=4, device="cpu", progress=False,
+                    scheduler="processes", workers=2)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        dist = compute(tmp_path / "dist.zarr", src, identity=identity, tile=4, device="cpu", progress=False,
+                       scheduler=cluster.scheduler_address)
+    for store in (procs, dist):
+        assert np.array_equal(store.F[...], reference.F[...])
+        assert np.array_equal(store.y0, reference.y0) and np.array_equal(store.residual, reference.residual)
+        assert store.attrs["identity"] == reference.attrs["identity"]
+        assert sorted(f for f in store.stored_shards()) == sorted(reference.stored_shards())
+
+
+def test_sigkill_mid_run_resumes_to_an_identical_store(tmp_path):
+    image = random_png(tmp_path / "gray.png", (24, 24))
+    args = ["--model", "pixelshuffle-x4", "--weights", "random", "--image", image, "--tile", "4",
+            "--workers", "1"]
+    killed = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "compute", *args, "--out", str(killed), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ledger = killed / "ledger" / "c"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        done = sum(len(files) for _, _, files in os.walk(ledger)) if ledger.exists() else 0
+        if done >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    partial = open_store(killed)
+    assert not partial.complete and 3 <= len(partial.done_tasks()) < 36
+    with pytest.raises(Exception, match="incomplete"):
+        open_store(killed, require_complete=True)
+
+    resumed = cli(*args, "--out", killed)
+    assert resumed.exit_code == 0, resumed.output
+    whole = cli(*args, "--out", tmp_path / "whole.zarr")
+    assert whole.exit_code == 0, whole.output
+    a, b = open_store(killed, require_complete=True), open_store(tmp_path / "whole.zarr", require_complete=True)
+    assert np.array_equal(a.F[...], b.F[...]) and np.array_equal(a.residual, b.residual)
+    assert a.done_tasks() == b.done_tasks() == set(np.ndindex(6, 6))
+    assert a.attrs["timings"]["runs"] == 2 and a.attrs["timings"]["last_run_tasks"] < 36
+    assert a.stored_shards() == b.stored_shards()
+
+    # the same store with another crop, model or image is refused and left as it was
+    before = a.F[...]
+    for other in (["--crop", "0,0,20,20"], ["--image", random_png(tmp_path / "other.png", (24, 24), seed=5)]):
+        refused = cli(*args, *other, "--out", killed)
+        assert refused.exit_code == 1
+        assert "made from other inputs" in refused.output and len(refused.output.strip().splitlines()) == 1
+    refused = cli("--model", "bicubic-x4", "--image", image, "--out", killed)
+    assert refused.exit_code == 1 and "model is 'pixelshuffle-x4', not 'bicubic-x4'" in refused.output
+    assert np.array_equal(open_store(killed).F[...], before)
+
+
+def test_plain_zarr_and_xarray_read_rows_and_columns(threaded):
+    _, _, _, store = threaded
+    column, row = store.F[:, :, :, 0, 5, 9], store.F[0, 21, 38]
+    assert np.abs(column).max() > 0 and np.abs(row).max() > 0
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np, xarray as xr, zarr
+        group = zarr.open_group({str(store.path)!r}, mode="r")
+        F = group["F"]
+        print(json.dumps({{"zarr_column": F[:, :, :, 0, 5, 9].tolist(), "zarr_row": F[0, 21, 38].tolist()}}))
+        ds = xr.open_zarr({str(store.path)!r}, consolidated=False)
+        col = ds.F.isel(c_in=0, y_in=5, x_in=9).values
+        row = ds.F.isel(c_out=0, y_out=21, x_out=38).values
+        print(json.dumps({{"xr_column": col.tolist(), "xr_row": row.tolist(), "dims": list(ds.F.dims),
+                          "x0_dims": list(ds.x0.dims), "pipeline": "pipeline" in sys.modules}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd="/")
+    first, second = (json.loads(line) for line in out.stdout.strip().splitlines())
+    assert np.array_equal(np.array(first["zarr_column"], np.float32), column)
+    assert np.array_equal(np.array(first["zarr_row"], np.float32), row)
+    assert np.array_equal(np.array(second["xr_column"], np.float32), column)
+    assert np.array_equal(np.array(second["xr_row"], np.float32), row)
+    assert second["dims"] == ["c_out", "y_out", "x_out", "c_in", "y_in", "x_in"]
+    assert second["x0_dims"] == ["c_in", "y_in", "x_in"] and second["pipeline"] is False
+
+
+def test_classifier_rows(tmp_path):
+    """A classifier has 10 outputs and 1024 inputs: rows are computed (one transpose per class)."""
+    x0 = np.random.default_rng(3).random((1, 1, 32, 32)).astype(np.float32)
+    src, identity = source("digits-vgg", x0)
+    store = compute(tmp_path / "digits.zarr", src, identity=identity, tile=4, device="cpu", progress=False)
+    assert store.attrs["mode"] == "rows" and store.F.shape == (10, 1, 1, 1, 32, 32)
+    li = interpret(build("digits-vgg", "random"), torch.from_numpy(x0))
+    rows = li.transpose(torch.eye(10)).numpy()
+    assert np.abs(store.F[:, 0, 0] - rows).max() <= 1e-6 * np.abs(rows).max()
+    assert np.allclose(store.y0[:, 0, 0], li.output[0].numpy())
+    assert store.attrs["verification"]["reconstruction_rel"] < 1e-5
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    gray = random_png(tmp_path / "gray.png", (16, 16))
+    tiny = random_png(tmp_path / "tiny.png", (4, 4, 3))
+    rgb = random_png(tmp_path / "rgb.png", (16, 16, 3))
+    cases = [(["--model", "bicubic-x4", "--image", junk], "cannot read image"),
+             (["--model", "bicubic-x4", "--image", gray], "needs an RGB image"),
+             (["--model", "i2i-small", "--weights", "random", "--image", tiny], "too small"),
+             (["--model", "bicubic-x4", "--image", rgb, "--crop", "8,8,16,16"], "goes outside"),
+             (["--model", "bicubic-x9", "--image", rgb], "unknown model"),
+             (["--model", "bicubic-x4", "--image", rgb, "--device", "cuda"] if not torch.cuda.is_available()
+              else ["--model", "bicubic-x4", "--image", rgb, "--scheduler", "nonsense"], "")]
+    for args, message in cases:
+        result = cli(*args, "--out", tmp_path / "never.zarr")
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
