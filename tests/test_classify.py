@@ -1,6 +1,7 @@
 """Classifier analyses: score decomposition, pixel discussions / votes, FGSM, the report and the CLI."""
 from __future__ import annotations
 
+import html
 import json
 
 import imageio.v3 as iio
@@ -229,3 +230,29 @@ def test_cli_unreadable_image(tmp_path):
     res = CliRunner().invoke(main, ["classify", "--model", "digits-vgg", "--weights", "random", "--images",
                                     str(tmp_path / "broken.png"), "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "broken.png" in res.output, res.output
+
+
+def test_cli_on_rgb_photos_with_an_imagenet_classifier(tmp_path):
+    """A torchvision classifier (random init, 32 px) on PNG photos of other sizes: 1000 classes, a 40-class vote."""
+    import skimage.data
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    iio.imwrite(photos / "coffee.png", skimage.data.coffee()[::8, ::8])
+    iio.imwrite(photos / "camera.png", skimage.data.camera()[::8, ::8])  # grey: repeated to RGB
+    res = CliRunner().invoke(main, ["classify", "--model", "vgg11", "--weights", "random", "--images", str(photos),
+                                    "--size", "32", "--vote-classes", "40", "--top", "2", "--figures", "1",
+                                    "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    recs = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["image"] for r in recs] == ["camera.png", "coffee.png"]
+    for r in recs:
+        assert r["votes"]["classes"] == 40 and 0 <= r["top1"] < 1000
+        assert sum(s["share"] for s in r["votes"]["shares"]) <= 1 + 1e-9
+        total = r["input_term"] + sum(c["value"] for c in r["contributions"])
+        assert total == pytest.approx(r["score"], rel=1e-4, abs=1e-5)
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert all(html.escape(f"{r['top1']} {_IMAGENET_CATEGORIES[r['top1']]}") in page for r in recs)
+    assert (tmp_path / "out" / "discussion-0.png").stat().st_size > 0
