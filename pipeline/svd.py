@@ -256,3 +256,160 @@ def _fix_signs(v: np.ndarray) -> np.ndarray:
     idx = np.argmax(np.abs(v), axis=0)
     signs = np.sign(v[idx, np.arange(v.shape[1])])
     return v * np.where(signs == 0, 1.0, signs)
+
+
+# ---- operators -------------------------------------------------------------------------------------------
+
+def model_operator(li, batch: int = 16) -> Operator:
+    """F through a linear interpreter: batched ``li.forward`` / ``li.transpose`` in the network's dtype.
+
+    li: a ``LinearInterpreter``; batch: vectors per network pass (bounds activation memory).
+    """
+    import torch
+
+    in_shape = tuple(li.x0.shape[1:])
+    out_shape = tuple(li.output.shape[1:])
+    dtype, device = li.output.dtype, li.output.device
+
+    def batched(fn, shape):
+        def apply(a: np.ndarray) -> np.ndarray:
+            a = np.asarray(a)
+            out = np.empty((a.shape[0], *shape), dtype=np.float64)
+            for start in range(0, a.shape[0], batch):
+                part = torch.as_tensor(a[start:start + batch], dtype=dtype, device=device)
+                out[start:start + batch] = fn(part).double().cpu().numpy()
+            return out
+        return apply
+
+    precision = 1e-6 if dtype == torch.float32 else 1e-13
+    return Operator(in_shape, out_shape, batched(li.forward, out_shape), batched(li.transpose, in_shape),
+                    precision=precision)
+
+
+def store_operator(store) -> Operator:
+    """F read from a store, one stored shard at a time (absent shards are zero and skipped), in float64.
+
+    FᵀF v is one read of F: the shards are visited one output region at a time, so only the shards of that
+    region are held in memory (as float32).
+    """
+    F = store.F
+    in_shape, out_shape = tuple(F.shape[3:]), tuple(F.shape[:3])
+    by_output: dict[tuple, list[tuple[slice, ...]]] = {}
+    for region in store.stored_shards():
+        by_output.setdefault(tuple((s.start, s.stop) for s in region[:3]), []).append(region)
+
+    def read(region) -> np.ndarray:
+        block = F[region]
+        return block.reshape(math.prod(block.shape[:3]), -1)
+
+    def part(a: np.ndarray, slices) -> np.ndarray:
+        return a[(slice(None), *slices)].reshape(a.shape[0], -1)
+
+    def put(a: np.ndarray, slices, values: np.ndarray) -> None:
+        view = a[(slice(None), *slices)]
+        view += values.reshape(view.shape)
+
+    def forward(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        y = np.zeros((v.shape[0], *out_shape))
+        for regions in by_output.values():
+            for r in regions:
+                put(y, r[:3], part(v, r[3:]) @ read(r).T)
+        return y
+
+    def transpose(u: np.ndarray) -> np.ndarray:
+        u = np.asarray(u, dtype=np.float64)
+        x = np.zeros((u.shape[0], *in_shape))
+        for regions in by_output.values():
+            for r in regions:
+                put(x, r[3:], part(u, r[:3]) @ read(r))
+        return x
+
+    def normal(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        x = np.zeros_like(v)
+        for regions in by_output.values():
+            blocks = [read(r) for r in regions]
+            y = sum(part(v, r[3:]) @ b.T for r, b in zip(regions, blocks))
+            for r, b in zip(regions, blocks):
+                put(x, r[3:], y @ b)
+        return x
+
+    return Operator(in_shape, out_shape, forward, transpose, normal, precision=1e-13)
+
+
+def model_from_store(store, trust_pickle: bool = False):
+    """The model a store was computed from, rebuilt from its attributes (model name, weights file + sha256).
+
+    Raises ``SVDError`` when the weights file is gone or has changed since the store was computed.
+    """
+    from pathlib import Path
+
+    from pipeline.models import build
+    from pipeline.models.weights import file_sha256
+
+    attrs = store.attrs
+    name, weights, sha = attrs.get("model"), attrs.get("weights"), attrs.get("weights_sha256")
+    if not name:
+        raise SVDError(f"{store.path}: the store does not name its model (no 'model' attribute)")
+    if weights not in (None, "random"):
+        path = Path(weights)
+        if not path.is_file():
+            raise SVDError(f"{store.path}: its weights file {weights} is gone; use --from-store")
+        if sha and file_sha256(path) != sha:
+            raise SVDError(f"{store.path}: its weights file {weights} has changed since the store was computed")
+    return build(name, weights, trust_pickle=trust_pickle)
+
+
+def interpreter_from_store(store, trust_pickle: bool = False, rtol: float = 1e-4):
+    """``interpret(model, x0)`` for the store's model at the store's x0, checked against the stored f(x0).
+
+    Raises ``SVDError`` when the rebuilt network does not reproduce ``y0`` (to ``rtol`` of its largest value).
+    """
+    import torch
+
+    from pipeline.interpreter import interpret
+
+    model = model_from_store(store, trust_pickle)
+    x0 = torch.as_tensor(store.x0)[None]
+    with torch.no_grad():
+        li = interpret(model, x0)
+    y0 = li.output.detach().cpu().numpy().reshape(store.y0.shape)
+    error = float(np.abs(y0 - store.y0).max())
+    if error > rtol * max(float(np.abs(store.y0).max()), 1e-30):
+        raise SVDError(f"{store.path}: the rebuilt model does not reproduce the stored f(x0) "
+                       f"(max difference {error:.3g}); use --from-store")
+    return li
+
+
+def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", tol: float = 1e-6,
+              batch: int = 16, max_iter: int = 500, seed: int = 0, trust_pickle: bool = False,
+              progress: bool = True) -> SVDResult:
+    """Compute the top-k SVD of a store's F and write it into the store (``svd/S``, ``svd/U``, ``svd/V``,
+    ``svd/residuals``); returns the result.
+
+    source: "store" (the stored F; needs a complete store), "model" (the interpreter rebuilt from the
+    store's attributes) or "auto" (the store when it is complete, else the model). The written residual of
+    pair i is the full triplet residual sqrt(‖F vᵢ − sᵢuᵢ‖² + ‖Fᵀuᵢ − sᵢvᵢ‖²) / sᵢ, which bounds
+    ‖F vᵢ − sᵢuᵢ‖ / sᵢ; both parts are also in the ``svd`` group's attributes.
+    """
+    from pipeline.store import open_store
+
+    store = open_store(path, mode="r+")
+    if source == "auto":
+        source = "store" if store.complete else "model"
+    if source == "store":
+        if not store.complete:
+            raise SVDError(f"{store.path}: the store is incomplete; finish `linterp compute` or use --from-model")
+        op = store_operator(store)
+    elif source == "model":
+        op = model_operator(interpreter_from_store(store, trust_pickle), batch=batch)
+    else:
+        raise SVDError(f"unknown source '{source}' (store, model or auto)")
+    result = truncated_svd(op, k, method=method, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
+    residuals = np.hypot(result.residual_forward, result.residual_transpose)
+    attrs = dict(result.info, source=source, sign_convention="largest-magnitude entry of each V[i] positive",
+                 residual_forward=result.residual_forward.tolist(),
+                 residual_transpose=result.residual_transpose.tolist())
+    store.write_svd(result.S, result.U, result.V, residuals, attrs)
+    return result

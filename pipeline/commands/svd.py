@@ -1,0 +1,45 @@
+"""`linterp svd`: the top-k singular triplets of a store's F(x0) (eigen-inputs / eigen-outputs; pipeline/svd.py)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("store_path", metavar="STORE", type=click.Path(file_okay=False))
+@click.option("--k", "k", type=click.IntRange(min=1), required=True, help="How many singular triplets.")
+@click.option("--method", type=click.Choice(["lanczos", "randomized"]), default="lanczos", show_default=True,
+              help="Block Lanczos with thick restarts, or randomized subspace iteration (less memory, slower "
+                   "on flat spectra).")
+@click.option("--from-store", "source", flag_value="store",
+              help="Apply F from the stored matrix, shard by shard (default when the store is complete).")
+@click.option("--from-model", "source", flag_value="model",
+              help="Apply F through the interpreter, rebuilt from the store's model, weights and x0.")
+@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="Stop when every ‖Fᵀu − s v‖ / s is below this (or at the rounding floor).")
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Vectors per network pass (--from-model).")
+@click.option("--max-iter", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Most Lanczos / power steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starting block.")
+@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def svd(store_path, k, method, source, tol, batch, max_iter, seed, trust_pickle, quiet):
+    """Truncated SVD of F(x0), matrix-free; writes svd/S, svd/U (eigen-outputs) and svd/V (eigen-inputs)
+    with the per-pair residuals into STORE."""
+    from pipeline import svd as svdmod
+    from pipeline.store import StoreError
+
+    try:
+        result = svdmod.svd_store(store_path, k, method=method, source=source or "auto", tol=tol, batch=batch,
+                                  max_iter=max_iter, seed=seed, trust_pickle=trust_pickle, progress=not quiet)
+    except (ValueError, StoreError, OSError) as err:  # SVDError, WeightsError, UnsupportedOperation, …
+        message = str(err).strip().splitlines()
+        raise click.ClickException(message[0] if message else type(err).__name__) from err
+    info = result.info
+    worst = float(max(result.residual_forward.max(), result.residual_transpose.max()))
+    state = "converged" if info["converged"] else f"NOT converged to {tol:g} after {info['iterations']} steps"
+    click.echo(f"wrote svd of {store_path}: k={k}, s = {result.S[0]:.6g} … {result.S[-1]:.6g}; {state}; "
+               f"max relative residual {worst:.2e}; {info['operator_passes']} vector passes in "
+               f"{info['seconds']:.1f} s ({method})")
+    if not info["converged"]:
+        click.echo("warning: raise --max-iter (or --tol) for tighter singular vectors", err=True)
