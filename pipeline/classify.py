@@ -73,7 +73,8 @@ class Decomposition:
 
 def _class_vector(t: torch.Tensor, what: str) -> np.ndarray:
     if t.dim() != 2 or t.shape[0] != 1:
-        raise NotAClassifier(f"classify needs a model whose output is (1, K) class scores; {what} has shape {tuple(t.shape)}")
+        raise NotAClassifier(f"classify needs a model whose output is (1, K) class scores; {what} has shape "
+                             f"{tuple(t.shape)}")
     return t.detach().double().reshape(-1).cpu().numpy()
 
 
@@ -89,10 +90,11 @@ def decompose(li, x0: torch.Tensor) -> Decomposition:
     return Decomposition(scores, input_term, names, table)
 
 
-def bias_weights(li) -> tuple[list[str], np.ndarray]:
+def bias_weights(li, dec: Decomposition | None = None) -> tuple[list[str], np.ndarray]:
     """w_i: each bias source's back-projection P_i b̂_i as a pixel distribution, (L, H, W) float64.
 
-    w_i = Σ_c|P_i b̂_i| normalised to sum 1 over the pixels; uniform where P_i b̂_i vanishes.
+    w_i = Σ_c|P_i b̂_i| normalised to sum 1 over the pixels; uniform where P_i b̂_i vanishes. With ``dec``, checks
+    that the sources are those of its contributions, in the same order.
     """
     maps = []
     names = []
@@ -101,6 +103,8 @@ def bias_weights(li) -> tuple[list[str], np.ndarray]:
         total = m.sum()
         maps.append(m / total if total > 0 else np.full(m.shape, 1.0 / m.size))
         names.append(name)
+    if dec is not None and names != dec.names:
+        raise ValueError(f"backprojections() and contributions() name different sources: {names} vs {dec.names}")
     return names, np.stack(maps) if maps else np.zeros((0, 1, 1))
 
 
@@ -121,9 +125,7 @@ def pixel_discussions(li, x0: torch.Tensor, dec: Decomposition, classes: list[in
     ``weights`` = the (L, H, W) array of :func:`bias_weights` (computed when not given; reuse it across calls).
     """
     if weights is None:
-        names, weights = bias_weights(li)
-        if names != dec.names:
-            raise ValueError(f"backprojections() and contributions() name different sources: {names} vs {dec.names}")
+        weights = bias_weights(li, dec)[1]
     pd = input_discussions(li, x0, classes)
     if len(dec.names):
         pd += np.einsum("lk,lhw->khw", dec.contributions[:, classes], weights)
@@ -153,7 +155,7 @@ def pixel_votes(li, x0: torch.Tensor, dec: Decomposition, classes: list[int] | N
     """
     classes = list(range(dec.scores.size)) if classes is None else list(classes)
     if weights is None:
-        weights = bias_weights(li)[1]
+        weights = bias_weights(li, dec)[1]
     best = winner = None
     kept = []
     for start in range(0, len(classes), chunk):
@@ -229,9 +231,7 @@ def analyse(model: torch.nn.Module, x0: torch.Tensor, *, top: int = 3,
 
     li = interpret(model, x0)
     dec = decompose(li, x0)
-    names, weights = bias_weights(li)
-    if names != dec.names:
-        raise ValueError(f"backprojections() and contributions() name different sources: {names} vs {dec.names}")
+    weights = bias_weights(li, dec)[1]
     n_classes = dec.scores.size
     top_classes = dec.top(min(top, n_classes))
     voters = dec.top(n_classes if not vote_classes else max(vote_classes, len(top_classes)))
@@ -266,13 +266,9 @@ def analyse_attacked(model: torch.nn.Module, x0: torch.Tensor, eps: list[float],
         x_adv, _ = fgsm(model, x0, target, e, value_range)
         a = analyse(model, x_adv, top=top, vote_classes=vote_classes)
         a.record.update(eps=float(e), target=target, clean_top1=clean_top1, top1_changed=a.record["top1"] != clean_top1)
-        a.record["votes"]["clean_top1_share"] = _share(a.winner, clean_top1)
+        a.record["votes"]["clean_top1_share"] = votes_from_winner(a.winner, []).share(clean_top1)
         attacked.append(a)
     return clean, attacked
-
-
-def _share(winner: np.ndarray, k: int) -> float:
-    return float((winner == k).mean())
 
 
 def residual_table(results: dict[str, list[dict]], key: str = "residual_share") -> list[dict]:

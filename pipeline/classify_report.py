@@ -280,6 +280,8 @@ def load_image(path: Path, channels: int, size: tuple[int, int], crop_ratio: flo
     import torch
     import torch.nn.functional as nnf
 
+    from pipeline.training.data import LUMA
+
     try:
         img = np.asarray(iio.imread(path))
     except Exception as err:  # imageio raises many kinds of errors for unreadable files
@@ -294,7 +296,7 @@ def load_image(path: Path, channels: int, size: tuple[int, int], crop_ratio: flo
         img = img[:, :, None]
     img = img[:, :, :3] if img.shape[2] >= 3 else img[:, :, :1]
     if channels == 1 and img.shape[2] == 3:
-        img = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)[:, None]
+        img = img @ np.array(LUMA, dtype=np.float32)[:, None]
     elif channels == 3 and img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
     elif channels not in (1, 3):

@@ -36,7 +36,8 @@ def _input_size(name: str, model_spec, size: int | None) -> tuple[tuple[int, int
 
     if model_spec.fixed_size is not None:
         if size is not None and (size, size) != tuple(model_spec.fixed_size):
-            raise click.ClickException(f"{name} takes only {model_spec.fixed_size[0]}×{model_spec.fixed_size[1]} inputs")
+            h, w = model_spec.fixed_size
+            raise click.ClickException(f"{name} takes only {h}×{w} inputs")
         return tuple(model_spec.fixed_size), 1.0
     side = size or (CLASSIFIERS[name][1] if name in CLASSIFIERS else 224)
     if side < model_spec.min_size:
