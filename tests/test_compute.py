@@ -158,7 +158,7 @@ def test_process_and_distributed_schedulers_give_identical_stores(threaded, tmp_
 
 
 def test_sigkill_mid_run_resumes_to_an_identical_store(tmp_path):
-    image = random_png(tmp_path / "gray.png", (24, 24))
+    image = random_png(tmp_path / "gray.png", (20, 20))
     args = ["--model", "pixelshuffle-x4", "--weights", "random", "--image", image, "--tile", "4",
             "--workers", "1"]
     killed = tmp_path / "killed.zarr"
@@ -176,7 +176,8 @@ def test_sigkill_mid_run_resumes_to_an_identical_store(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     partial = open_store(killed)
-    assert not partial.complete and 3 <= len(partial.done_tasks()) < 36
+    finished = len(partial.done_tasks())
+    assert not partial.complete and 3 <= finished < 25
     with pytest.raises(Exception, match="incomplete"):
         open_store(killed, require_complete=True)
 
@@ -186,18 +187,18 @@ def test_sigkill_mid_run_resumes_to_an_identical_store(tmp_path):
     assert whole.exit_code == 0, whole.output
     a, b = open_store(killed, require_complete=True), open_store(tmp_path / "whole.zarr", require_complete=True)
     assert np.array_equal(a.F[...], b.F[...]) and np.array_equal(a.residual, b.residual)
-    assert a.done_tasks() == b.done_tasks() == set(np.ndindex(6, 6))
-    assert a.attrs["timings"]["runs"] == 2 and a.attrs["timings"]["last_run_tasks"] < 36
+    assert a.done_tasks() == b.done_tasks() == set(np.ndindex(5, 5))
+    assert a.attrs["timings"]["last_run_tasks"] == 25 - finished  # the finished tasks were not redone
     assert a.stored_shards() == b.stored_shards()
 
     # the same store with another crop, model or image is refused and left as it was
     before = a.F[...]
-    for other in (["--crop", "0,0,20,20"], ["--image", random_png(tmp_path / "other.png", (24, 24), seed=5)]):
+    for other in (["--crop", "0,0,16,16"], ["--image", random_png(tmp_path / "other.png", (20, 20), seed=5)]):
         refused = cli(*args, *other, "--out", killed)
         assert refused.exit_code == 1
         assert "made from other inputs" in refused.output and len(refused.output.strip().splitlines()) == 1
-    refused = cli("--model", "bicubic-x4", "--image", image, "--out", killed)
-    assert refused.exit_code == 1 and "model is 'pixelshuffle-x4', not 'bicubic-x4'" in refused.output
+    refused = cli("--model", "pixelshuffle-x2", "--weights", "random", "--image", image, "--out", killed)
+    assert refused.exit_code == 1 and "model is 'pixelshuffle-x4', not 'pixelshuffle-x2'" in refused.output
     assert np.array_equal(open_store(killed).F[...], before)
 
 
