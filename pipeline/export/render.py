@@ -104,13 +104,11 @@ def pack_sheet(entries, columns: int, cell: tuple[int, int] | None = None):
     ch = max([e.shape[1] for e in entries] + [1]) if cell is None else cell[0]
     cw = max([e.shape[2] for e in entries] + [1]) if cell is None else cell[1]
     rows = -(-len(entries) // columns)
-    sheet = np.full((rows * ch, columns * nt * cw), ZERO, np.uint8)
+    sheet = np.full((rows, ch, columns, nt, cw), ZERO, np.uint8)
     for i, e in enumerate(entries):
         r, c = divmod(i, columns)
-        for t in range(nt):
-            x = (c * nt + t) * cw
-            sheet[r * ch:r * ch + e.shape[1], x:x + e.shape[2]] = e[t]
-    return sheet, (ch, cw)
+        sheet[r, :e.shape[1], c, :, :e.shape[2]] = e.transpose(1, 0, 2)
+    return sheet.reshape(rows * ch, columns * nt * cw), (ch, cw)
 
 
 def unpack_entry(sheet: np.ndarray, cell, nt: int, columns: int, i: int, h: int, w: int) -> np.ndarray:

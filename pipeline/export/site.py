@@ -15,8 +15,8 @@ own scale (see :mod:`pipeline.export.render`). Sheet name: ``<kind>_<s>_<y>_<x>`
 top-left source pixel. Sheet meta: ``origin`` (y, x), ``size`` (h, w) of the block, ``cell`` (ch, cw),
 ``nt``, ``boxes`` (top, left, h, w per pixel, row-major), ``scales`` (nt per pixel).
 
-F is read one source chunk at a time (``F.chunks``), the whole destination domain per read, so every chunk
-of F is decompressed once. Each sheet file is written atomically and each task leaves a marker, so a killed
+F is read one source chunk at a time (``F.chunks``), the whole destination domain per read (only the
+shards that are stored), so every chunk of F is decompressed once. Each sheet file is written atomically and each task leaves a marker, so a killed
 export resumes where it stopped.
 """
 from __future__ import annotations
@@ -62,27 +62,46 @@ def kind_axes(kind: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     return ((3, 4, 5), (0, 1, 2)) if kind == "col" else ((0, 1, 2), (3, 4, 5))
 
 
-def read_source_chunk(F, kind: str, sy: int, sx: int, h: int, w: int) -> np.ndarray:
-    """Filters of the source pixels [sy:sy+h, sx:sx+w] over the whole destination domain.
+def read_source_chunk(F, kind: str, sy: int, sx: int, h: int, w: int, regions=None):
+    """Filters of the source pixels [sy:sy+h, sx:sx+w] over the destination domain.
 
-    Returns float32 (C_src, h, w, C_dst, H_dst, W_dst). One zarr read, aligned to the chunks of F.
+    Returns (block, (oy, ox)): float32 block (C_src, h, w, C_dst, bh, bw) holding the destination pixels
+    [oy:oy+bh, ox:ox+bw]; F is zero outside them. ``regions``: the stored shards of F
+    (``Store.stored_shards()``); when given, only those overlapping the request are read and the block spans
+    just their destination extent (the rest of F is zero), else the whole destination domain is read.
     """
+    src, dst = kind_axes(kind)
+    want = [(0, n) for n in F.shape]
+    want[src[1]], want[src[2]] = (sy, sy + h), (sx, sx + w)
+    if regions is not None:
+        hits = [region for region in regions
+                if all(max(r.start, a) < min(r.stop, b) for r, (a, b) in zip(region, want))]
+        for ax in dst[1:]:
+            want[ax] = (min((r[ax].start for r in hits), default=0), max((r[ax].stop for r in hits), default=0))
+        block = np.zeros([b - a for a, b in want], np.float32)
+        for region in hits:
+            sel = [(max(r.start, a), min(r.stop, b)) for r, (a, b) in zip(region, want)]
+            block[tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(sel, want))] = \
+                F[tuple(slice(lo, hi) for lo, hi in sel)]
+    else:
+        block = F[tuple(slice(a, b) for a, b in want)]
     if kind == "col":
-        return np.moveaxis(F[:, :, :, :, sy:sy + h, sx:sx + w], (3, 4, 5), (0, 1, 2))
-    return F[:, sy:sy + h, sx:sx + w]
+        block = np.moveaxis(block, (3, 4, 5), (0, 1, 2))
+    return block, (want[dst[1]][0], want[dst[2]][0])
 
 
-def filter_boxes(block: np.ndarray) -> np.ndarray:
-    """(C_src, h, w, C_dst, H, W) -> int (h, w, 4) non-zero boxes (top, left, height, width) per pixel."""
-    nz = np.any(block != 0, axis=(0, 3))
+def filter_boxes(block: np.ndarray, offset=(0, 0)) -> np.ndarray:
+    """(C_src, h, w, C_dst, H, W) -> int (h, w, 4) non-zero boxes (top, left, height, width) per pixel, in
+    destination pixels (``offset`` = the destination position of the block's first row and column)."""
+    nz = np.any(block != 0, axis=3).any(axis=0)
     out = np.zeros(nz.shape[:2] + (4,), np.int64)
-    for axis, (lo, size) in ((3, (0, 2)), (2, (1, 3))):
+    for axis, (lo, size), off in ((3, (0, 2), offset[0]), (2, (1, 3), offset[1])):
         hit = nz.any(axis)  # rows (axis 3 collapsed) or columns
         n = hit.shape[-1]
-        first = hit.argmax(-1)
-        last = n - 1 - hit[..., ::-1].argmax(-1)
+        first = hit.argmax(-1) if n else np.zeros(hit.shape[:-1], int)
+        last = n - 1 - hit[..., ::-1].argmax(-1) if n else first
         some = hit.any(-1)
-        out[..., lo] = np.where(some, first, 0)
+        out[..., lo] = np.where(some, first + off, 0)
         out[..., size] = np.where(some, last - first + 1, 0)
     return out
 
@@ -101,8 +120,9 @@ def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict
     c_dst = F.shape[dst[0]]
     ch_y, ch_x = F.chunks[src[1]], F.chunks[src[2]]
     sy, sx = (h_src // 2) // ch_y * ch_y, (w_src // 2) // ch_x * ch_x
-    probe = read_source_chunk(F, kind, sy, sx, min(ch_y, h_src - sy), min(ch_x, w_src - sx))
-    boxes = filter_boxes(probe)
+    probe, offset = read_source_chunk(F, kind, sy, sx, min(ch_y, h_src - sy), min(ch_x, w_src - sx),
+                                      store.stored_shards())
+    boxes = filter_boxes(probe, offset)
     cell = max(1, int(boxes[..., 2].max()) * int(boxes[..., 3].max()))
     nt = len(channel_labels(c_dst))
     side = max(1, int(math.sqrt(sheet_pixels / (nt * cell))))
@@ -131,10 +151,11 @@ def _write_atomic(path: Path, text: str) -> int:
     return len(text.encode("utf-8"))
 
 
-def _block_planes(block: np.ndarray, boxes: np.ndarray, i: int, j: int) -> np.ndarray:
-    """Planes of pixel (i, j) of a read block: (n_sources, nt, h, w) cropped to its box."""
-    t, l, h, w = boxes[i, j]
-    crop = block[:, i, j, :, t:t + h, l:l + w]  # (C_src, C_dst, h, w)
+def _block_planes(block: np.ndarray, offset, box) -> np.ndarray:
+    """Planes of pixel (i, j) of a read block, ``block[:, i, j]`` (C_src, C_dst, bh, bw) at destination
+    ``offset``: (n_sources, nt, h, w) cropped to its box."""
+    t, l, h, w = box
+    crop = block[:, :, t - offset[0]:t - offset[0] + h, l - offset[1]:l - offset[1] + w]
     return np.stack([with_sum(p) for p in with_sum(crop)])
 
 
@@ -144,14 +165,15 @@ def _iter_task(store: Store, kind: str, plan: dict, y0: int, x0: int):
     _, h_src, w_src = plan["src_shape"]
     ty, tx = plan["task"]
     ch_y, ch_x = plan["chunk"]
+    regions = store.stored_shards()
     for cy in range(y0, min(y0 + ty, h_src), ch_y):
         for cx in range(x0, min(x0 + tx, w_src), ch_x):
             hy, hx = min(ch_y, h_src - cy), min(ch_x, w_src - cx)
-            block = read_source_chunk(store.F, kind, cy, cx, hy, hx)
-            boxes = filter_boxes(block)
+            block, offset = read_source_chunk(store.F, kind, cy, cx, hy, hx, regions)
+            boxes = filter_boxes(block, offset)
             for i in range(hy):
                 for j in range(hx):
-                    yield cy + i, cx + j, boxes[i, j], _block_planes(block, boxes, i, j)
+                    yield cy + i, cx + j, boxes[i, j], _block_planes(block[:, i, j], offset, boxes[i, j])
 
 
 def measure_task(store_path: str, kind: str, plan: dict, y0: int, x0: int) -> np.ndarray:
