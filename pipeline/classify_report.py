@@ -254,10 +254,6 @@ top-1 class. Files: <a href="results.json">results.json</a>, <a href="results.cs
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
-class ImageError(ValueError):
-    """An image that cannot be read or converted (one line, names the file)."""
-
-
 def image_files(paths) -> list[Path]:
     """Files given directly plus the image files (by suffix, sorted) of the directories given."""
     files = []
@@ -269,48 +265,31 @@ def image_files(paths) -> list[Path]:
     return files
 
 
-def load_image(path: Path, channels: int, size: tuple[int, int], crop_ratio: float = 1.0,
-               value_range: tuple[float, float] = (0.0, 1.0)):
-    """An image file as the model's input x0 (1, channels, *size) float32 in ``value_range``.
+def load_input(path: Path, spec, size: tuple[int, int], crop_ratio: float = 1.0):
+    """An image file as the input x0 (1, C, *size) float32 of the model ``spec`` (in its value range).
 
-    Grey ↔ RGB conversion (BT.601 luma), alpha dropped; the shorter side is resized (bilinear, antialiased) to
-    ``size / crop_ratio`` and the centre ``size`` is cropped (``crop_ratio`` 0.875 = torchvision's 256 → 224).
+    Read and converted to the model's colour by ``pipeline.images`` (a grey image is repeated to RGB for RGB
+    models); the shorter side is resized (bilinear, antialiased) to ``size / crop_ratio`` and the centre ``size``
+    cropped (``crop_ratio`` 0.875 = torchvision's 256 → 224).
     """
-    import imageio.v3 as iio
     import torch
     import torch.nn.functional as nnf
 
-    from pipeline.training.data import LUMA
+    from pipeline import images
 
-    try:
-        img = np.asarray(iio.imread(path))
-    except Exception as err:  # imageio raises many kinds of errors for unreadable files
-        raise ImageError(f"cannot read image {path}: {err}") from None
-    if img.ndim == 4:  # animated / multi-page: first frame
-        img = img[0]
-    if img.ndim not in (2, 3) or img.size == 0:
-        raise ImageError(f"{path}: not a 2-D image (array shape {img.shape})")
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
-    img = img.astype(np.float32) / scale
-    if img.ndim == 2:
-        img = img[:, :, None]
-    img = img[:, :, :3] if img.shape[2] >= 3 else img[:, :, :1]
-    if channels == 1 and img.shape[2] == 3:
-        img = img @ np.array(LUMA, dtype=np.float32)[:, None]
-    elif channels == 3 and img.shape[2] == 1:
+    img = images.load_image(path)
+    if spec.colour == "rgb" and img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
-    elif channels not in (1, 3):
-        raise ImageError(f"{path}: the model takes {channels} channels; only grey and RGB images are supported")
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+    values = images.model_channels(img, spec) / 255.0
+    x = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)[None])).float()
     h, w = x.shape[-2:]
     th, tw = size
     s = max(th / crop_ratio / h, tw / crop_ratio / w)
     rh, rw = max(th, round(h * s)), max(tw, round(w * s))
     x = nnf.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     top, left = (rh - th) // 2, (rw - tw) // 2
-    x = x[:, :, top:top + th, left:left + tw]
-    lo, hi = value_range
-    return (lo + (hi - lo) * x).contiguous()
+    lo, hi = spec.value_range
+    return (lo + (hi - lo) * x[:, :, top:top + th, left:left + tw]).contiguous()
 
 
 def save_analysis(stem: Path, settings: dict, clean, attacked: list) -> None:

@@ -166,18 +166,26 @@ def test_summary():
     assert att["clean_top1_votes mean"] == pytest.approx(0.15) and att["vote_agreement mean"] == pytest.approx(0.2)
 
 
-def test_load_image_converts_and_resizes(tmp_path):
+def test_load_input_converts_and_resizes(tmp_path):
+    from pipeline.images import ImageError
+    from pipeline.models.registry import spec
+
     rgb = np.zeros((40, 60, 3), np.uint8)
     rgb[:, :30] = (255, 0, 0)
     iio.imwrite(tmp_path / "a.png", rgb)
-    x = R.load_image(tmp_path / "a.png", 1, (32, 32))
+    x = R.load_input(tmp_path / "a.png", spec("digits-vgg"), (32, 32))
     assert x.shape == (1, 1, 32, 32) and x.dtype == torch.float32
     assert float(x[0, 0, 16, 0]) == pytest.approx(0.299, abs=1e-3) and float(x[0, 0, 16, -1]) == 0
-    x = R.load_image(tmp_path / "a.png", 3, (16, 16), crop_ratio=0.875, value_range=(-1, 1))
+    x = R.load_input(tmp_path / "a.png", spec("cyclegan-style_vangogh"), (16, 16), crop_ratio=0.875)
     assert x.shape == (1, 3, 16, 16) and float(x.min()) == -1 and float(x.max()) == pytest.approx(1)
+    # 60×40 → shorter side 16 / 0.875 = 18 (27×18), centre 16×16 crop: columns 5..20 of 27 straddle the edge
+    assert float(x[0, 0, 8, 0]) == pytest.approx(1) and float(x[0, 0, 8, -1]) == pytest.approx(-1)
+    iio.imwrite(tmp_path / "g.png", rgb[:, :, 0])
+    x = R.load_input(tmp_path / "g.png", spec("vgg11"), (8, 8))
+    assert x.shape == (1, 3, 8, 8) and torch.equal(x[:, 0], x[:, 2])
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(R.ImageError, match="bad.png"):
-        R.load_image(tmp_path / "bad.png", 1, (32, 32))
+    with pytest.raises(ImageError, match="bad.png"):
+        R.load_input(tmp_path / "bad.png", spec("digits-vgg"), (32, 32))
 
 
 def test_report_for_both_digits_models(tmp_path, monkeypatch):

@@ -59,11 +59,11 @@ def _weights(model_spec, weights):
     return str(hub) if hub.is_file() and not (cache_dir() / file).exists() else None
 
 
-def _inputs(images, dataset, limit, channels, size, crop, value_range):
-    from pipeline.classify_report import image_files, load_image
+def _inputs(images, dataset, limit, model_spec, size, crop):
+    from pipeline.classify_report import image_files, load_input
 
     if dataset == "digits":
-        if channels != 1 or size != (32, 32):
+        if model_spec.in_channels != 1 or size != (32, 32):
             raise click.ClickException("--dataset digits needs a 1-channel 32×32 model (digits-vgg, digits-vgg-bn)")
         return _digits_test(limit)
     files = image_files(images)
@@ -72,7 +72,7 @@ def _inputs(images, dataset, limit, channels, size, crop, value_range):
     files = files[:limit] if limit is not None else files
 
     def loader(f):
-        return lambda: load_image(f, channels, size, crop, value_range)
+        return lambda: load_input(f, model_spec, size, crop)
 
     return [(f.name, loader(f), None) for f in files]
 
@@ -110,7 +110,8 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
     import torch
 
     from pipeline.classify import residual_table, summary
-    from pipeline.classify_report import ImageError, generate, write_table
+    from pipeline.classify_report import generate, write_table
+    from pipeline.images import ImageError
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.models.registry import build, spec
 
@@ -129,7 +130,7 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
             if model_spec.task != "classify":
                 raise click.ClickException(f"{name} is not a classifier (task '{model_spec.task}')")
             in_size, crop = _input_size(name, model_spec, size)
-            inputs = _inputs(images, dataset, limit, model_spec.in_channels, in_size, crop, model_spec.value_range)
+            inputs = _inputs(images, dataset, limit, model_spec, in_size, crop)
             model = build(name, _weights(model_spec, weights), trust_pickle=trust_pickle)
             n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size)).shape[-1]
             target = out / name if len(models) > 1 else out
