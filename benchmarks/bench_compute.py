@@ -1,0 +1,252 @@
+"""Benchmark of `linterp compute`: seconds per column, full-F time, glibc malloc tuning and store sizes.
+
+    .venv/bin/python benchmarks/bench_compute.py [--quick]
+
+1. Seconds per column of F at LR 32, 64, 128, 256 for EDSR-baseline ×4 (random weights) and edsr-small-x4,
+   measured in one run, each size in a fresh process (so peak memory can be read): ours (the columns of one
+   4×4 input tile at the image centre, on its locality window: 48 columns), chunked ``torch.func.jacfwd``
+   (vmap over jvp, a sample of columns) and plain inference (a sample of images of the same size).
+2. All of F for EDSR-baseline at LR 32 with ``pipeline.compute.compute`` (dask threads, zarr store, verify
+   excluded) against plain inference of as many images (3072).
+3. glibc malloc thresholds (``tune_malloc``) on and off: columns/s and images/s at LR 64.
+4. Store sizes for a 64×64 crop of the default image: bytes on disk, file count, ratio to dense float32.
+5. What a worker would receive if the interpreter were pickled, against rebuilding it from a ``Source``.
+Goals (issue 4): per-column cost at LR 256 ≤ 1.3× that at LR 128; ≥ 4× faster than jacfwd at LR 256; all of
+F at LR 32 within 1.2× of plain inference; peak memory independent of image size beyond the window.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from pipeline.compute import Source, compute, source_key, tile_columns, tune_malloc
+from pipeline.interpreter import interpret
+from pipeline.models import build
+
+SIZES = (32, 64, 128, 256)
+JAC_SAMPLE = {32: 8, 64: 4, 128: 2, 256: 2}
+PLAIN_SAMPLE = {32: 16, 64: 16, 128: 4, 256: 2}
+
+
+def weights_for(name: str) -> str | None:
+    """edsr-small-x4's trained weights when installed, else random (timings do not depend on the values)."""
+    if name == "edsr-baseline-x4":
+        return "random"
+    try:
+        build(name)
+        return None
+    except Exception:
+        return "random"
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, repeat: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def child(name: str, lr: int, mallopt: bool) -> dict:
+    """Per-column and per-image costs of one model at one LR size (run in a fresh process)."""
+    if mallopt:
+        tune_malloc()
+    torch.manual_seed(1)
+    model = build(name, weights_for(name)).eval()
+    x0 = torch.rand(1, 3, lr, lr) * 255
+    start = time.perf_counter()
+    li = interpret(model, x0)
+    radius = li.receptive_radius
+    result = {"model": name, "lr": lr, "mallopt": mallopt, "interpret_s": time.perf_counter() - start,
+              "radius": radius}
+    box = (lr // 2 - 2, lr // 2 - 2, 4, 4)
+    tile_columns(li, (3, lr, lr), (0, 0, 1, 1), batch=1)  # warm-up
+    rss_before = rss_mib()
+    ours = timed(lambda: tile_columns(li, (3, lr, lr), box, batch=16))
+    result.update(ours_s_per_col=ours / 48, ours_cols=48, rss_before_cols_mib=rss_before,
+                  rss_after_cols_mib=rss_mib())
+    if mallopt:
+        n = JAC_SAMPLE[lr]
+        tangents = torch.zeros(n, 1, 3, lr, lr)
+        for i in range(n):
+            tangents[i, 0, i % 3, box[0] + i // 3, box[1]] = 1.0
+
+        def jac():
+            with torch.no_grad():
+                torch.func.vmap(lambda v: torch.func.jvp(model, (x0,), (v,))[1])(tangents)
+
+        result.update(jacfwd_s_per_col=timed(jac) / n, jacfwd_cols=n)
+    m = PLAIN_SAMPLE[lr]
+    images = x0.expand(m, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        model(images[:1])
+        plain = timed(lambda: [model(images[i:i + 16]) for i in range(0, m, 16)])
+    result.update(plain_s_per_image=plain / m, plain_images=m)
+    return result
+
+
+def run_child(name: str, lr: int, mallopt: bool = True) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", name, str(lr), str(int(mallopt))],
+                         capture_output=True, text=True)
+    if out.returncode:
+        return {"model": name, "lr": lr, "error": out.stderr.strip().splitlines()[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[c if isinstance(c, str) else f"{c:.4g}" for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
+
+
+def per_column(sizes) -> list[dict]:
+    results = []
+    for name in ("edsr-baseline-x4", "edsr-small-x4"):
+        for lr in sizes:
+            r = run_child(name, lr)
+            results.append(r)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["model"], str(r["lr"]), "error: " + r["error"]] + [""] * 6)
+            continue
+        rows.append([r["model"], str(r["lr"]), str(r["radius"]), r["ours_s_per_col"], r["jacfwd_s_per_col"],
+                     r["plain_s_per_image"], r["jacfwd_s_per_col"] / r["ours_s_per_col"],
+                     r["ours_s_per_col"] / r["plain_s_per_image"],
+                     r["rss_after_cols_mib"] - r["rss_before_cols_mib"]])
+    print("\n## Seconds per column (ours: 48 columns of a centre tile on its window; jacfwd: vmap over jvp)")
+    print(table(rows, ["model", "LR", "radius", "ours s/col", "jacfwd s/col", "plain s/img", "jacfwd/ours",
+                       "ours/plain", "ΔRSS MiB"]))
+    for name in ("edsr-baseline-x4", "edsr-small-x4"):
+        by = {r["lr"]: r for r in results if r["model"] == name and "error" not in r}
+        if 128 in by and 256 in by:
+            print(f"{name}: per-column cost LR256 / LR128 = "
+                  f"{by[256]['ours_s_per_col'] / by[128]['ours_s_per_col']:.2f} (goal ≤ 1.3); "
+                  f"jacfwd / ours at LR256 = {by[256]['jacfwd_s_per_col'] / by[256]['ours_s_per_col']:.1f} "
+                  f"(goal ≥ 4)")
+    return results
+
+
+def full_f_lr32(workers: int | None) -> dict:
+    name, lr = "edsr-baseline-x4", 32
+    x0 = (np.random.default_rng(0).random((1, 3, lr, lr)) * 255).astype(np.float32)
+    identity = {"model": name, "weights_sha256": "random", "bench": "lr32"}
+    src = Source(functools.partial(build, name, "random"), x0, source_key(identity))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = compute(os.path.join(tmp, "f.zarr"), src, identity=identity, device="cpu", progress=False,
+                        workers=workers)
+        ours = store.attrs["timings"]["last_run_seconds"]
+        verification = store.attrs["verification"]
+    model = build(name, "random")
+    n = 3 * lr * lr
+    images = torch.from_numpy(x0).expand(16, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        plain = timed(lambda: [model(images) for _ in range(n // 16)])
+    print(f"\n## All of F, EDSR-baseline ×4, LR {lr} ({n} columns)")
+    print(table([[ours, plain, ours / plain, verification["reconstruction_rel"]]],
+                ["compute() s", "plain inference s", "ratio (goal ≤ 1.2)", "reconstruction rel err"]))
+    return {"compute_s": ours, "plain_s": plain, "verification": verification}
+
+
+def mallopt_effect() -> list[dict]:
+    rows, results = [], []
+    for flag in (False, True):
+        r = run_child("edsr-baseline-x4", 64, flag)
+        results.append(r)
+        if "error" not in r:
+            rows.append(["on" if flag else "off", 1 / r["ours_s_per_col"], 1 / r["plain_s_per_image"]])
+    print("\n## glibc malloc thresholds (tune_malloc), EDSR-baseline ×4 at LR 64")
+    print(table(rows, ["mallopt", "columns/s", "plain images/s"]))
+    return results
+
+
+def store_sizes(workers: int | None) -> list[dict]:
+    from pipeline import images
+    from pipeline.models import spec
+
+    _, img = images.default_image()
+    img = images.crop(img, (16, 16, 64, 64))
+    rows, results = [], []
+    for name in ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4"):
+        weights = None if name == "bicubic-x4" else weights_for(name)
+        x0 = images.to_input(img, spec(name)).numpy()
+        identity = {"model": name, "weights": weights, "bench": "sizes"}
+        src = Source(functools.partial(build, name, weights), x0, source_key(identity))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "s.zarr")
+            start = time.perf_counter()
+            store = compute(path, src, identity=identity, device="cpu", progress=False, workers=workers)
+            seconds = time.perf_counter() - start
+            files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+            size = sum(os.path.getsize(f) for f in files)
+            dense = 4 * int(np.prod(store.F.shape))
+            r = {"model": name, "weights": weights or "default", "F": list(store.F.shape), "bytes": size,
+                 "files": len(files), "dense_bytes": dense, "seconds": seconds, "tile": store.attrs["tile"]}
+        results.append(r)
+        rows.append([name, r["weights"], "×".join(map(str, r["F"])), f"{size / 2**20:.1f} MiB", str(len(files)),
+                     f"{dense / 2**30:.2f} GiB", size / dense, seconds])
+    print("\n## Stores of a 64×64 crop of the default image")
+    print(table(rows, ["model", "weights", "F shape", "on disk", "files", "dense f32", "ratio", "compute s"]))
+    return results
+
+
+def pickling() -> dict:
+    name, lr = "edsr-baseline-x4", 64
+    x0 = (np.random.default_rng(0).random((1, 3, lr, lr)) * 255).astype(np.float32)
+    src = Source(functools.partial(build, name, "random"), x0, "k")
+    start = time.perf_counter()
+    li = interpret(build(name, "random"), torch.from_numpy(x0))
+    rebuild = time.perf_counter() - start
+    try:
+        li_bytes = len(pickle.dumps(li))
+    except Exception as err:  # the engine holds an fx graph and closures
+        li_bytes = f"not picklable ({type(err).__name__})"
+    source_bytes = len(pickle.dumps(src))
+    print(f"\n## Workers: pickled Source {source_bytes / 1024:.1f} KiB vs interpreter {li_bytes}; "
+          f"rebuilding the interpreter once per process: {rebuild:.2f} s (EDSR-baseline, LR {lr})")
+    return {"source_bytes": source_bytes, "li_bytes": li_bytes, "rebuild_s": rebuild}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="LR 32 and 64 only; no full-F or size runs.")
+    parser.add_argument("--workers", type=int, default=None, help="dask workers for the store runs.")
+    parser.add_argument("--json", default=None, help="Also write all figures to this JSON file.")
+    args = parser.parse_args()
+    if args.child:
+        name, lr, flag = args.child
+        print(json.dumps(child(name, int(lr), bool(int(flag)))))
+        return
+    tune_malloc()
+    print(f"bench_compute: torch {torch.__version__}, {os.cpu_count()} CPU cores, "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    figures = {"per_column": per_column(SIZES[:2] if args.quick else SIZES)}
+    if not args.quick:
+        figures["full_f_lr32"] = full_f_lr32(args.workers)
+        figures["mallopt"] = mallopt_effect()
+        figures["sizes"] = store_sizes(args.workers)
+        figures["pickling"] = pickling()
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(figures, fh, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
