@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -61,6 +62,7 @@ class Source:
 _ENGINES: dict[tuple[str, str], object] = {}
 _ENGINES_LOCK = threading.Lock()
 _THREAD = threading.local()
+_GPUS = itertools.count()  # hands out GPU numbers to worker threads
 
 
 def tune_malloc() -> bool:
@@ -92,9 +94,7 @@ def _thread_device(device: str) -> str:
     if device != "cuda":
         return "cpu"
     if not hasattr(_THREAD, "gpu"):
-        with _ENGINES_LOCK:
-            _THREAD.gpu = getattr(_thread_device, "next_gpu", 0) % max(1, torch.cuda.device_count())
-            _thread_device.next_gpu = _THREAD.gpu + 1
+        _THREAD.gpu = next(_GPUS) % max(1, torch.cuda.device_count())
     return f"cuda:{_THREAD.gpu}"
 
 
