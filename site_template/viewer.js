@@ -193,13 +193,15 @@
     if (v.natural) {
       const grad = g.createLinearGradient(0, 0, w, 0); grad.addColorStop(0, "#000"); grad.addColorStop(1, "#fff");
       g.fillStyle = grad; g.fillRect(0, 0, w, h);
-      p.legendLo.textContent = fmt(v.lo); p.legendMid.textContent = what; p.legendHi.textContent = fmt(v.hi);
+      p.legendLo.textContent = fmt(v.lo); p.legendMid.textContent = ""; p.legendHi.textContent = fmt(v.hi);
+      p.legendTitle.textContent = what + " · value range";
       return;
     }
     const im = g.createImageData(w, h), out = new Uint32Array(im.data.buffer);
     for (let x = 0; x < w; x++) { const q = 1 + Math.round(x / (w - 1) * 254); for (let y = 0; y < h; y++) out[y * w + x] = lut32[q]; }
     g.putImageData(im, 0, 0);
-    p.legendLo.textContent = fmt(-v.scale); p.legendMid.textContent = "0 · " + what; p.legendHi.textContent = fmt(v.scale);
+    p.legendLo.textContent = fmt(-v.scale); p.legendMid.textContent = "0"; p.legendHi.textContent = fmt(v.scale);
+    p.legendTitle.textContent = what + " · colour scale ±" + fmt(v.scale) + (M.normalise === "global" ? " (global)" : "");
   }
 
   function drawZoom(p, v, dom) { // magnified window of the shown filter around its support / the pixel
@@ -321,7 +323,10 @@
     const pin = document.getElementById("pin");
     pin.textContent = state.pinned ? "pinned" : "unpinned"; pin.classList.toggle("on", state.pinned);
     document.getElementById("zoom").textContent = state.zoom >= 0 ? "+" + state.zoom : String(state.zoom);
-    panels.forEach(function (p) { if (p.svdList) p.svdList.querySelectorAll("button").forEach((b, i) => b.classList.toggle("on", state.k === i)); });
+    panels.forEach(function (p) {
+      if (p.svdList) p.svdList.querySelectorAll("button").forEach((b, i) => b.classList.toggle("on", state.k === i));
+      if (p.drawSvd) p.drawSvd();
+    });
   }
 
   function select(dom, y, x) {
@@ -397,16 +402,20 @@
     el("h3", null, box, "SVD · " + sv.k + " singular pairs");
     const plot = el("canvas", "svd-plot", box); plot.width = 220; plot.height = 93;
     const g = plot.getContext("2d"), S = sv.S, top = Math.log10(S[0] || 1), bot = Math.log10(Math.max(S[S.length - 1], S[0] * 1e-8) || 1e-8);
-    g.fillStyle = "#1c1e22"; g.fillRect(0, 0, plot.width, plot.height);
-    const span = Math.max(1e-9, top - bot);
-    S.forEach(function (s, i) {
-      const x = 4 + i * (plot.width - 8) / Math.max(1, S.length), y = 6 + (top - Math.log10(Math.max(s, 1e-30))) / span * (plot.height - 16);
-      g.fillStyle = "#e8a33d"; g.fillRect(x, y, Math.max(2, (plot.width - 8) / S.length - 1), plot.height - 4 - y);
-    });
-    g.fillStyle = "#ccc"; g.font = "10px sans-serif"; g.fillText("σ₁ = " + fmt(S[0]), 8, 14); g.fillText("σ" + S.length + " = " + fmt(S[S.length - 1]) + " (log scale)", 8, plot.height - 6);
+    const span = Math.max(1e-9, top - bot), bw = (plot.width - 8) / Math.max(1, S.length);
+    p.drawSvd = function () {
+      g.fillStyle = "#1c1e22"; g.fillRect(0, 0, plot.width, plot.height);
+      S.forEach(function (s, i) {
+        const x = 4 + i * bw, y = 6 + (top - Math.log10(Math.max(s, 1e-30))) / span * (plot.height - 16);
+        g.fillStyle = state.k === i ? "#ffffff" : "#e8a33d";
+        g.fillRect(x, y, Math.max(1, bw - (bw > 3 ? 1 : 0)), plot.height - 4 - y);
+      });
+    };
+    p.drawSvd();
+    el("div", "muted small", box, "σ₁ = " + fmt(S[0]) + " … σ" + S.length + " = " + fmt(S[S.length - 1]) + " (log scale); click a bar or a number");
     plot.addEventListener("click", function (e) {
       const r = plot.getBoundingClientRect();
-      state.k = Math.max(0, Math.min(S.length - 1, Math.floor((e.clientX - r.left - 4) / ((plot.width - 8) / S.length)))); render();
+      state.k = Math.max(0, Math.min(S.length - 1, Math.floor((e.clientX - r.left - 4) * plot.width / r.width / bw))); render();
     });
     const list = el("div", "svd-list", box);
     S.forEach(function (s, i) {
@@ -439,6 +448,7 @@
     p.zoomCanvas = el("canvas", "zoom", side); p.zoomCanvas.width = 220; p.zoomCanvas.height = 220;
     p.zoomCaption = el("div", "muted small", side);
     const leg = el("div", "legend", side);
+    p.legendTitle = el("div", "muted small", leg);
     p.legend = el("canvas", null, leg); p.legend.width = 220; p.legend.height = 12;
     const labels = el("div", "legend-labels", leg);
     p.legendLo = el("span", null, labels); p.legendMid = el("span", null, labels); p.legendHi = el("span", null, labels);

@@ -285,8 +285,9 @@ def _check_same_image(stores: list[Store]) -> None:
             if st.attrs.get(key) != first.attrs.get(key):
                 raise ExportError(f"{st.path} shows another image than {first.path} ({key} differs); "
                                   f"export them as separate sites")
-        if st.in_shape != first.in_shape:
-            raise ExportError(f"{st.path}: input shape {st.in_shape} differs from {first.path}'s {first.in_shape}")
+        if st.in_shape[1:] != first.in_shape[1:]:  # channels may differ (Y-only vs RGB models)
+            raise ExportError(f"{st.path}: input size {st.in_shape[1:]} differs from {first.path}'s "
+                              f"{first.in_shape[1:]}")
 
 
 def _svd_info(store: Store) -> dict | None:
