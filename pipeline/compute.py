@@ -16,6 +16,7 @@ rebuilds ``interpret(model, x0)`` once from a small picklable ``Source`` and cac
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -294,7 +295,7 @@ def _run_graph(calls: list, scheduler, workers: int | None, progress: bool) -> l
     if isinstance(scheduler, str) and scheduler in LOCAL:
         from dask.diagnostics import ProgressBar
 
-        with ProgressBar(minimum=0 if progress else math.inf, dt=0.5):
+        with ProgressBar(dt=0.5) if progress else contextlib.nullcontext():
             return list(dask.compute(*calls, scheduler=scheduler, num_workers=workers))
     from distributed import Client, progress as dist_progress
 
