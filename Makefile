@@ -1,10 +1,21 @@
 # linterp — make targets. `make demo` and `make test` work from a fresh clone.
+#   make demo                      compute + SVD + one site for 4 models on the default image; prints index.html
+#   make dist/EDSR4x.zip           a paper bundle (official weights; offline: WEIGHTS=PATH or DEFAULTS=1)
+#   variables: IMAGE=photo.png CROP=X,Y,W,H|full WEIGHTS=file.pt DEFAULTS=1 STORE=1 DEVICE=cuda
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LINTERP := $(VENV)/bin/linterp
 
-.PHONY: demo test bench venv clean
+BUNDLES := Bicubic4x 4L-PixelShuffle EDSR4x CycleGAN-VanGogh CycleGAN-Ukiyoe CycleGAN-Photo2Label
+ZIPS    := $(BUNDLES:%=dist/%.zip)
+BENCHES := $(wildcard benchmarks/bench_interpreter.py benchmarks/bench_compute.py benchmarks/bench_svd.py)
+BUNDLE_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(CROP),--crop '$(CROP)') \
+              $(if $(WEIGHTS),--weights '$(WEIGHTS)') $(if $(DEFAULTS),--defaults) $(if $(STORE),--store) \
+              $(if $(DEVICE),--device $(DEVICE))
+
+.PHONY: demo test bench venv clean dist $(ZIPS)
 
 venv: $(STAMP)
 
@@ -14,11 +25,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+demo: $(STAMP)
+	@$(LINTERP) bundle demo --out out/demo
+
+# rebuilt on every call: `linterp bundle` reuses the finished stores, SVDs and tiles of the same inputs
+$(ZIPS): dist/%.zip: $(STAMP)
+	@$(LINTERP) bundle $* $(BUNDLE_ARGS) --out $@
+
+dist: $(ZIPS)
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_interpreter.py
+	set -e; for b in $(BENCHES); do echo "== $$b"; $(PY) $$b; done
 
 clean:
 	rm -rf out dist

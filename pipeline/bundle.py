@@ -1,0 +1,324 @@
+"""Bundles: the one-command demo and the paper's six interactive archives, built compute → svd → export.
+
+A bundle is a fixed set of registry models shown on one image (one panel per model, shared cursor). Building it:
+
+1. resolves each model's weights: an explicit file, the project's trained stand-in (``defaults``), or the official
+   file (downloaded into the weights cache; offline, one line names the URL and the ``WEIGHTS`` variable);
+2. computes F(x0) into one store per model (``pipeline.compute``; a complete store of the same inputs is reused,
+   an unfinished one resumed);
+3. computes the top-k SVD into each store (skipped when the store already holds at least k pairs);
+4. exports one combined site (``pipeline.export.site``, itself resumable) and writes ``README.txt`` next to it;
+5. for ``.zip`` outputs, packs the site, README.txt and (``store=True``) the Zarr stores into one archive.
+
+Work folders are keyed by the inputs (bundle, models, weights, image, crop), so a rerun with the same inputs resumes
+and a run with other inputs never mixes with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class BundleError(ValueError):
+    """A bundle cannot be built; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What one archive shows.
+
+    ``models``: official registry names (one panel each); ``stand_ins``: the project's trained models that replace
+    them with ``defaults`` (same order); ``crop``: default crop "X,Y,W,H" of the default image (pixels; None = the
+    whole image); ``k``: singular pairs per model; ``paper``: what the paper's archive was, for README.txt.
+    """
+
+    name: str
+    models: tuple[str, ...]
+    stand_ins: tuple[str, ...]
+    crop: str | None
+    k: int
+    paper: str
+    notes: tuple[str, ...] = field(default=())
+
+
+#: The default image is the astronaut's face (96×96); this 32×32 crop holds her right eye and the top of the nose.
+DEMO_CROP = "16,24,32,32"
+
+BUNDLES: dict[str, Bundle] = {b.name: b for b in (
+    Bundle("demo", ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-small"),
+           ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-small"), DEMO_CROP, 8,
+           "no paper archive: the quick tour of `make demo` (the project's trained models)"),
+    Bundle("Bicubic4x", ("bicubic-x4",), ("bicubic-x4",), DEMO_CROP, 8, "Bicubic4x.zip, 17 MB"),
+    Bundle("4L-PixelShuffle", ("pixelshuffle-x4",), ("pixelshuffle-x4",), DEMO_CROP, 8,
+           "4L-PixelShuffle.zip, 17 MB",
+           ("pytorch/examples publishes no trained weights: the default is the project's own ×4 training run "
+            "of that example's 4-layer net",)),
+    Bundle("EDSR4x", ("edsr-baseline-x4",), ("edsr-small-x4",), DEMO_CROP, 8, "EDSR4x.zip, 953 MB",
+           ("the paper cites EDSR [Lim et al.] without naming the variant; this bundle uses the official "
+            "EDSR-baseline ×4 (16 blocks, 64 features, edsr_baseline_x4-6b446fab.pt)",)),
+    Bundle("CycleGAN-VanGogh", ("cyclegan-style_vangogh",), ("i2i-small",), DEMO_CROP, 8,
+           "CycleGAN-VanGogh, 7.5 GB"),
+    Bundle("CycleGAN-Ukiyoe", ("cyclegan-style_ukiyoe",), ("i2i-small",), DEMO_CROP, 8, "CycleGAN-Ukiyoe, 4.4 GB"),
+    Bundle("CycleGAN-Photo2Label", ("cyclegan-facades_photo2label",), ("i2i-small",), DEMO_CROP, 8,
+           "CycleGAN-Photo2Label, 4.0 GB"),
+)}
+
+
+def get_bundle(name: str) -> Bundle:
+    """The bundle called ``name``; an unknown name raises ``BundleError`` listing the known ones."""
+    if name not in BUNDLES:
+        raise BundleError(f"unknown bundle '{name}'; known: {', '.join(BUNDLES)}")
+    return BUNDLES[name]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One model of a bundle as it will be built: registry ``model``, resolved ``weights`` (a path, or None for
+    parameter-free models), and ``stand_in_for`` (the official model it replaces, or None)."""
+
+    model: str
+    weights: str | None
+    stand_in_for: str | None
+
+
+def resolve_parts(bundle: Bundle, *, weights: str | None = None, defaults: bool = False) -> list[Part]:
+    """The models of ``bundle`` with their weight files, fetching official files when needed.
+
+    ``weights``: a local file for the bundle's (single) model; ``defaults``: use the project's trained stand-ins.
+    Offline without a cached official file this raises one line naming the URL and ``WEIGHTS=PATH``.
+    """
+    from pipeline.models import spec
+    from pipeline.models.registry import NO_PARAMETERS, default_weights_path
+    from pipeline.models.weights import WeightsError
+
+    if weights is not None and defaults:
+        raise BundleError("give either WEIGHTS=PATH (--weights) or DEFAULTS=1 (--defaults), not both")
+    if weights is not None and len(bundle.models) != 1:
+        raise BundleError(f"bundle '{bundle.name}' shows {len(bundle.models)} models; --weights needs one")
+    names = bundle.stand_ins if defaults else bundle.models
+    parts = []
+    for official, name in zip(bundle.models, names):
+        model_spec = spec(name)
+        stand_in_for = official if name != official else None
+        if weights is not None:
+            path = Path(weights)
+            if not path.is_file():
+                raise BundleError(f"WEIGHTS={weights}: no such file")
+            parts.append(Part(name, str(path.resolve()), None))
+            continue
+        if model_spec.weights == NO_PARAMETERS:
+            parts.append(Part(name, None, stand_in_for))
+            continue
+        try:
+            path = default_weights_path(model_spec)
+        except WeightsError as err:
+            if model_spec.weights and "://" in model_spec.weights:
+                stand = dict(zip(bundle.models, bundle.stand_ins)).get(official)
+                raise BundleError(
+                    f"{bundle.name}: cannot get the official weights of {name} from {model_spec.weights} "
+                    f"({_reason(err)}); download that file and pass WEIGHTS=PATH (linterp bundle --weights PATH), "
+                    f"or DEFAULTS=1 (--defaults) for the project's stand-in {stand}") from err
+            raise BundleError(str(err).splitlines()[0]) from err
+        parts.append(Part(name, str(path), stand_in_for))
+    return parts
+
+
+def _reason(err: Exception) -> str:
+    """The part in parentheses of a weights error (the network's reason), else its first line."""
+    text = str(err).splitlines()[0]
+    if "(" in text and ")" in text:
+        return text[text.index("(") + 1:text.rindex(")")]
+    return text
+
+
+def work_key(bundle: Bundle, parts: list[Part], image: str | None, crop: str | None) -> str:
+    """12 hex digits naming a bundle's inputs: the work folder of the same inputs is reused."""
+    from pipeline.models.weights import file_sha256
+
+    inputs = {"bundle": bundle.name, "models": [p.model for p in parts],
+              "weights": [file_sha256(p.weights) if p.weights else None for p in parts],
+              "image": file_sha256(image) if image else None, "crop": crop}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _matches(store_path: Path, identity: dict) -> bool:
+    """True when ``store_path`` is a complete store whose identity agrees with ``identity`` on its keys."""
+    from pipeline.store import StoreError, open_store
+
+    if not store_path.is_dir():
+        return False
+    try:
+        store = open_store(store_path)
+    except StoreError:
+        return False
+    found = store.attrs.get("identity") or {}
+    wanted = json.loads(json.dumps(identity))
+    return store.complete and all(found.get(key) == value for key, value in wanted.items())
+
+
+def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None, k: int,
+                trust_pickle: bool = False, device: str = "auto", scheduler: str = "threads",
+                workers: int | None = None, progress: bool = True, note: str | None = None,
+                echo=print) -> Path:
+    """Compute (or reuse) the store of one model at the image and its top-k SVD; returns the store's path."""
+    from pipeline import compute as comp
+    from pipeline.commands.compute import cli_source
+    from pipeline.svd import svd_store
+    from pipeline.store import open_store
+
+    path = folder / f"{part.model}.zarr"
+    source, identity, attrs = cli_source(part.model, part.weights, trust_pickle, image, crop)
+    if note:
+        attrs = dict(attrs, note=note)
+    if _matches(path, identity):
+        echo(f"{part.model}: reusing the complete store {path}")
+    else:
+        echo(f"{part.model}: computing F(x0) into {path}")
+        comp.compute(path, source, identity=identity, attrs=attrs, scheduler=scheduler, workers=workers,
+                     device=device, progress=progress)
+    store = open_store(path)
+    if store.has_svd and store.svd()[0].shape[0] >= k:
+        echo(f"{part.model}: reusing its SVD ({store.svd()[0].shape[0]} pairs)")
+    else:
+        n = min(k, int(min(_size(store.in_shape), _size(store.out_shape))))
+        echo(f"{part.model}: top-{n} SVD")
+        svd_store(path, n, progress=progress)
+    return path
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def stand_in_note(bundle: Bundle, part: Part) -> str | None:
+    """The sentence the site and README.txt show when a stand-in replaces the official model."""
+    if part.stand_in_for is None:
+        return None
+    return (f"DEFAULTS=1: {part.model} (trained by linterp) stands in for the official {part.stand_in_for} "
+            f"of the paper's {bundle.name}")
+
+
+def build(name: str, out, *, image: str | None = None, crop: str | None = None, weights: str | None = None,
+          defaults: bool = False, store: bool = False, work: str | os.PathLike | None = None,
+          trust_pickle: bool = False, device: str = "auto", scheduler: str = "threads",
+          workers: int | None = None, progress: bool = True, command: str | None = None, echo=print) -> Path:
+    """Build bundle ``name``; returns the path of the site's index.html (folder output) or of the archive.
+
+    ``out``: a folder (the site goes to ``out/site``, stores to ``out/stores``) or a ``.zip`` file (work files
+    then go to ``work``, default ``out/bundles/<name>-<key>`` in the current folder). ``image``: an image file
+    (default: the built-in astronaut face); ``crop``: "X,Y,W,H", "full" for the whole image, or None for the
+    bundle's default (on the default image; a given image is used whole). ``store``: put the stores into the zip.
+    """
+    from pipeline.export.site import export_site
+    from pipeline.images import parse_crop
+
+    bundle = get_bundle(name)
+    if crop is None:
+        crop = bundle.crop if image is None else None
+    elif crop.strip().lower() in ("full", "none", ""):
+        crop = None
+    if crop is not None:
+        crop = ",".join(map(str, parse_crop(crop)))
+    if image is not None and not Path(image).is_file():
+        raise BundleError(f"IMAGE={image}: no such file")
+    out = Path(out)
+    archive = out.suffix.lower() == ".zip"
+    if store and not archive:
+        raise BundleError("--store only applies to .zip outputs (a folder output keeps its stores)")
+    parts = resolve_parts(bundle, weights=weights, defaults=defaults)
+    key = work_key(bundle, parts, image, crop)
+    folder = Path(work) if work else (Path("out") / "bundles" / f"{bundle.name}-{key}" if archive else out)
+    stores = []
+    for part in parts:
+        stores.append(build_store(part, folder / "stores", image=image, crop=crop, k=bundle.k,
+                                  trust_pickle=trust_pickle, device=device, scheduler=scheduler, workers=workers,
+                                  progress=progress, note=stand_in_note(bundle, part), echo=echo))
+    site = folder / "site"
+    echo(f"exporting the site {site}")
+    export_site(stores, site, progress=progress)
+    notes = [n for n in (stand_in_note(bundle, p) for p in parts) if n] + list(bundle.notes)
+    if notes:
+        add_banner(site / "index.html", notes)
+    readme = readme_text(bundle, parts, stores, image=image, crop=crop, command=command, notes=notes)
+    (site / "README.txt").write_text(readme)
+    if not archive:
+        return site / "index.html"
+    write_zip(out, bundle.name, site, stores if store else [])
+    return out
+
+
+BANNER_CLASS = "bundle-note"
+
+
+def add_banner(index: Path, notes: list[str]) -> None:
+    """Show ``notes`` in a line under the site's heading (idempotent: an earlier banner is replaced)."""
+    import html
+    import re
+
+    text = index.read_text()
+    text = re.sub(rf'\n<p class="{BANNER_CLASS}"[^\n]*</p>', "", text)
+    banner = (f'\n<p class="{BANNER_CLASS}" style="margin:4px 12px;color:#f0c060">'
+              + " · ".join(html.escape(n) for n in notes) + "</p>")
+    if "</h1>" not in text:
+        raise BundleError(f"{index}: no <h1> heading to put the bundle's note under")
+    index.write_text(text.replace("</h1>", "</h1>" + banner, 1))
+
+
+def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image: str | None, crop: str | None,
+                command: str | None, notes: list[str]) -> str:
+    """README.txt of a bundle: how it was made (command, versions, sha256 of weights and image) and how to open it."""
+    from pipeline.store import open_store
+
+    first = open_store(stores[0]).attrs
+    lines = [f"linterp bundle {bundle.name}", "=" * (15 + len(bundle.name)), "",
+             "Open index.html in a web browser (works offline, from file://). Hover the input to see columns",
+             "of F(x0), the output to see rows; arrow keys move, p pins, t switches rows/columns.", "",
+             f"Paper's archive: {bundle.paper}", ""]
+    lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
+    lines += ["Command:", f"  {command or 'linterp bundle ' + bundle.name}", "",
+              f"Image: {first.get('image')}  sha256 {first.get('image_sha256')}",
+              f"Crop (X,Y,W,H): {crop or 'none (whole image)'}", "", "Models:"]
+    for part, path in zip(parts, stores):
+        attrs = open_store(path).attrs
+        lines.append(f"  {part.model}: weights {Path(part.weights).name if part.weights else 'none (no parameters)'}"
+                     f"  sha256 {attrs.get('weights_sha256') or '-'}")
+        figures = attrs.get("verification") or {}
+        if figures:
+            lines.append(f"    F {tuple(open_store(path).F.shape)}, reconstruction max error "
+                         f"{figures.get('reconstruction_max_abs', float('nan')):.3g}, "
+                         f"rows check {figures.get('rows_max_abs', float('nan')):.3g}")
+    versions = dict(first.get("versions") or {}, python=platform.python_version())
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+              f"Platform: {platform.platform()}", ""]
+    return "\n".join(lines)
+
+
+#: Suffixes stored without compression in archives (already compressed).
+STORED_SUFFIXES = {".png", ".zip", ".gz"}
+
+
+def write_zip(out: Path, name: str, site: Path, stores: list[Path]) -> None:
+    """Pack ``site`` as ``name/`` (and each store as ``name/store/<store>``) into ``out``, atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    with zipfile.ZipFile(partial, "w") as zf:
+        for root, prefix in [(site, name)] + [(s, f"{name}/store/{s.name}") for s in stores]:
+            for path in sorted(p for p in root.rglob("*") if p.is_file() and ".done" not in p.relative_to(root).parts):
+                method = zipfile.ZIP_STORED if path.suffix.lower() in STORED_SUFFIXES or root != site \
+                    else zipfile.ZIP_DEFLATED
+                zf.write(path, f"{prefix}/{path.relative_to(root).as_posix()}", compress_type=method)
+    partial.replace(out)
+
+
+def command_line() -> str:
+    """The command line of this process, for README.txt (Makefile variables show as flags)."""
+    return " ".join(["linterp"] + sys.argv[1:])

@@ -1,0 +1,48 @@
+"""`linterp bundle`: the demo site and the paper's archives in one command (see pipeline/bundle.py)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("name", metavar="NAME")
+@click.option("--out", required=True, type=click.Path(),
+              help="A .zip archive, or a folder (the site goes to OUT/site, the stores to OUT/stores).")
+@click.option("--image", type=click.Path(dir_okay=False), default=None,
+              help="Input image file (default: the built-in astronaut face).")
+@click.option("--crop", default=None,
+              help="X,Y,W,H in pixels, or 'full' (default: the bundle's crop of the default image; a given "
+                   "--image is used whole).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Local weight file of the bundle's model (instead of the official download).")
+@click.option("--defaults", is_flag=True, help="Use the project's trained stand-ins instead of official weights.")
+@click.option("--store", "with_store", is_flag=True, help="Put the Zarr stores into the archive too.")
+@click.option("--work", type=click.Path(file_okay=False), default=None,
+              help="Work folder of a .zip build (default: out/bundles/NAME-<hash of the inputs>); reused on reruns.")
+@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--scheduler", default="threads", show_default=True,
+              help="threads, processes, or a dask.distributed scheduler address (tcp://HOST:PORT).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Local workers (default: one per core).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pickle, device, scheduler, workers,
+           quiet):
+    """Build bundle NAME: compute F(x0) for its models, their SVD, one combined site and (for .zip) an archive.
+
+    NAME is demo, Bicubic4x, 4L-PixelShuffle, EDSR4x, CycleGAN-VanGogh, CycleGAN-Ukiyoe or CycleGAN-Photo2Label.
+    The last line printed is the path of index.html (folder output) or of the archive. Reruns reuse finished work.
+    """
+    from pipeline import bundle as bundles
+    from pipeline.store import StoreError
+
+    try:
+        result = bundles.build(name, out, image=image, crop=crop, weights=weights, defaults=defaults,
+                               store=with_store, work=work, trust_pickle=trust_pickle, device=device,
+                               scheduler=scheduler, workers=workers, progress=not quiet,
+                               command=bundles.command_line(), echo=lambda m: click.echo(m, err=True))
+    except (ValueError, StoreError, OSError) as err:  # BundleError, ImageError, WeightsError, ExportError, …
+        message = str(err).strip().splitlines()
+        raise click.ClickException(message[0] if message else type(err).__name__) from err
+    if result.suffix == ".zip":
+        click.echo(f"{result} ({result.stat().st_size / 2**20:.1f} MiB)", err=True)
+    click.echo(str(result))
