@@ -151,9 +151,14 @@ def test_every_row_and_column_of_bicubic16_is_in_the_tiles(bicubic16, site16):
             assert planes.shape == want.shape
             assert (np.abs(planes - want) <= scales[:, None, None] / 254 + 1e-6).all(), (kind, s, y, x)
             np.testing.assert_allclose(scales, np.abs(want).max(axis=(1, 2)), rtol=1e-5)
-            # cropped to exactly the non-zero box of the filter (over all its channels)
+            # cropped to the non-zero box of the filter at 8 bits: the box's edges hold non-zero values, and
+            # outside it every value is below the rendering error (checked above over the whole domain)
             nz = np.any(mats[:, y, x] != 0, axis=(0, 1))
-            assert box == render.nonzero_box(nz)
+            top, left, h, w = render.nonzero_box(nz)
+            assert box[2] > 0 and top <= box[0] and left <= box[1]
+            assert box[0] + box[2] <= top + h and box[1] + box[3] <= left + w
+            inside = planes[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]] != 0
+            assert inside[:, 0].any() and inside[:, -1].any() and inside[:, :, 0].any() and inside[:, :, -1].any()
     assert summary["filters"] == dense.shape[0] * h_out * w_out + c_in * h_in * w_in
     assert summary["files"] < 30  # sprite sheets keep the file count small
     manifest = (out / "data" / "manifest.js").read_text()

@@ -93,6 +93,18 @@ def nonzero_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return (int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
 
 
+def crop_quantised(q: np.ndarray, box) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Crop quantised planes (..., h, w) at ``box`` (top, left, h, w) to the box of their non-zero q.
+
+    Outside it every value quantised to zero (|v| < scale/254), so the crop loses nothing that 8 bits show:
+    the filter is still reproduced within the rendering error everywhere.
+    """
+    t, l, _, _ = box
+    sub = nonzero_box((q != ZERO).reshape((-1,) + q.shape[-2:]).any(0))
+    st, sl, sh, sw = sub
+    return q[..., st:st + sh, sl:sl + sw], ((t + st, l + sl, sh, sw) if sh else (0, 0, 0, 0))
+
+
 def pack_sheet(entries, columns: int, cell: tuple[int, int] | None = None):
     """Pack quantised entries into one grey sprite sheet.
 
@@ -122,7 +134,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     """Lossless PNG of a (h, w) grey or (h, w, 3) RGB uint8 image."""
     import imageio.v3 as iio
 
-    return iio.imwrite("<bytes>", image, extension=".png", compress_level=9)
+    return iio.imwrite("<bytes>", image, extension=".png", compress_level=6)
 
 
 def png_decode(data: bytes) -> np.ndarray:

@@ -10,7 +10,8 @@ Filter sheets: for a *kind* (``col``: columns, one per input pixel, drawn over t
 rows, one per output pixel, drawn over the input domain) the source domain is cut into square blocks of
 ``block`` pixels (see :func:`plan_kind`); one sheet holds, for one *source channel* s (each channel, plus Σ = the sum over channels
 when there are several), the filters of all pixels of one block. A filter is cropped to its non-zero box in
-the destination domain and stored as nt planes (each destination channel, plus Σ), each quantised with its
+the destination domain (the box outside of which all its values quantise to zero, so nothing shown at 8 bits is
+lost) and stored as nt planes (each destination channel, plus Σ), each quantised with its
 own scale (see :mod:`pipeline.export.render`). Sheet name: ``<kind>_<s>_<y>_<x>`` with (y, x) the block's
 top-left source pixel. Sheet meta: ``origin`` (y, x), ``size`` (h, w) of the block, ``cell`` (ch, cw),
 ``nt``, ``boxes`` (top, left, h, w per pixel, row-major), ``scales`` (nt per pixel).
@@ -205,9 +206,8 @@ def render_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder
                               np.zeros((ns, n, nt), np.float32))
         entries, boxes, scales = sheets[by, bx]
         k = (y - by) * min(b, w_src - bx) + (x - bx)
-        boxes[k] = box
         scales[:, k] = render.plane_scales(planes) if fixed_scales is None else fixed_scales
-        q = render.quantise(planes, scales[:, k])
+        q, boxes[k] = render.crop_quantised(render.quantise(planes, scales[:, k]), box)
         for s in range(ns):
             entries[s][k] = q[s]
     written, files = 0, 0
