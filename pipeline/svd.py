@@ -290,7 +290,7 @@ def store_operator(store) -> Operator:
     """F read from a store, one stored shard at a time (absent shards are zero and skipped), in float64.
 
     FᵀF v is one read of F: the shards are visited one output region at a time, so only the shards of that
-    region are held in memory (as float32).
+    region are held in memory (as float64, the precision of all products here).
     """
     F = store.F
     in_shape, out_shape = tuple(F.shape[3:]), tuple(F.shape[:3])
@@ -300,7 +300,7 @@ def store_operator(store) -> Operator:
 
     def read(region) -> np.ndarray:
         block = F[region]
-        return block.reshape(math.prod(block.shape[:3]), -1)
+        return block.reshape(math.prod(block.shape[:3]), -1).astype(np.float64)
 
     def part(a: np.ndarray, slices) -> np.ndarray:
         return a[(slice(None), *slices)].reshape(a.shape[0], -1)

@@ -1,0 +1,199 @@
+"""Truncated SVD of F(x0) (pipeline/svd.py, `linterp svd`): exact against numpy's dense SVD, both sources.
+
+Stores are real: made by `linterp compute` on small crops (≤ 768 columns), so F fits numpy's dense SVD.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.store import open_store
+from pipeline.svd import (Operator, SVDError, interpreter_from_store, model_operator, store_operator,
+                          svd_store, truncated_svd)
+
+torch.set_num_threads(1)
+
+#: (model, weights, crop X,Y,W,H): every store is at most 3·16·16 = 768 columns.
+CASES = {
+    "bicubic-x4": (None, "40,40,12,12"),
+    "pixelshuffle-x4": ("random", "40,40,16,16"),
+    "edsr-small-x4": ("random", "40,40,12,12"),
+}
+
+
+def dense_operator(matrix: np.ndarray, in_shape, out_shape) -> Operator:
+    """F = matrix (m, n) as an operator (tests only)."""
+    return Operator(tuple(in_shape), tuple(out_shape),
+                    lambda v: (v.reshape(len(v), -1) @ matrix.T).reshape(len(v), *out_shape),
+                    lambda u: (u.reshape(len(u), -1) @ matrix).reshape(len(u), *in_shape), precision=1e-14)
+
+
+def largest_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest principal angle (radians) between the row spaces of a (k, n) and b (k, n)."""
+    qa, _ = np.linalg.qr(a.reshape(len(a), -1).T)
+    qb, _ = np.linalg.qr(b.reshape(len(b), -1).T)
+    sines = np.linalg.svd(qb - qa @ (qa.T @ qb), compute_uv=False)  # accurate for small angles
+    return float(np.arcsin(np.clip(sines.max(), 0.0, 1.0)))
+
+
+def gap_k(s: np.ndarray, lo: int, hi: int, rel: float = 2e-3) -> int:
+    """The smallest k in [lo, hi] with a relative gap (s_k − s_{k+1}) / s_k > rel, so the top-k subspace
+    is well defined (bicubic has exactly repeated singular values: channels and x/y symmetry)."""
+    ks = [k for k in range(lo, hi + 1) if (s[k - 1] - s[k]) / s[k - 1] > rel]
+    assert ks, f"no gap in {s[:hi + 1]}"
+    return ks[0]
+
+
+def random_matrix(m, n, s, seed=0):
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((m, len(s))))
+    v, _ = np.linalg.qr(rng.standard_normal((n, len(s))))
+    return (u * s) @ v.T
+
+
+# ---- the algorithm on explicit matrices ----------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["lanczos", "randomized"])
+def test_explicit_matrix_matches_dense_svd(method):
+    s = np.concatenate([[10, 9, 8, 7.5, 7, 6], np.linspace(3, 0.1, 90)])
+    mat = random_matrix(300, 96, s)
+    op = dense_operator(mat, (1, 8, 12), (3, 10, 10))
+    res = truncated_svd(op, 6, method=method, tol=1e-10, progress=False)
+    assert res.info["converged"]
+    np.testing.assert_allclose(res.S, s[:6], rtol=1e-10)
+    u, _, vt = np.linalg.svd(mat)
+    assert largest_angle(res.V, vt[:6]) < 1e-8
+    assert largest_angle(res.U, u[:, :6].T) < 1e-8
+    assert res.U.shape == (6, 3, 10, 10) and res.V.shape == (6, 1, 8, 12)
+    # F vᵢ = sᵢ uᵢ and Fᵀ uᵢ = sᵢ vᵢ, unit vectors
+    fv = (res.V.reshape(6, -1) @ mat.T)
+    np.testing.assert_allclose(fv, res.S[:, None] * res.U.reshape(6, -1), atol=1e-8)
+    np.testing.assert_allclose(np.linalg.norm(res.V.reshape(6, -1), axis=1), 1, rtol=1e-12)
+    assert res.residual_transpose.max() < 1e-9 and res.residual_forward.max() < 1e-9
+
+
+def test_sign_convention_and_repeatability():
+    mat = random_matrix(200, 80, np.geomspace(5, 0.01, 80), seed=3)
+    op = dense_operator(mat, (80,), (200,))
+    a = truncated_svd(op, 5, progress=False, tol=1e-10)
+    b = truncated_svd(op, 5, progress=False, tol=1e-10, seed=7)
+    for res in (a, b):
+        flat = res.V.reshape(5, -1)
+        assert np.all(flat[np.arange(5), np.abs(flat).argmax(axis=1)] > 0)
+    # distinct singular values: the vectors themselves agree, whatever the start
+    np.testing.assert_allclose(a.V, b.V, atol=1e-8)
+    np.testing.assert_allclose(a.U, b.U, atol=1e-8)
+
+
+def test_thick_restart_flat_spectrum_and_full_rank_deficient():
+    # a flat top spectrum forces many steps; a tiny basis forces thick restarts
+    s = np.concatenate([1 - 0.01 * np.arange(10), np.linspace(0.8, 0.0, 110)])
+    mat = random_matrix(150, 120, s, seed=1)
+    op = dense_operator(mat, (120,), (150,))
+    res = truncated_svd(op, 5, max_basis=40, tol=1e-9, progress=False)
+    assert res.info["converged"]
+    np.testing.assert_allclose(res.S, s[:5], rtol=1e-9)
+    # k = n with a zero singular value: the whole space, exactly
+    full = truncated_svd(op, 120, progress=False, tol=1e-9)
+    np.testing.assert_allclose(full.S, s, atol=1e-9)
+
+
+def test_bad_requests():
+    op = dense_operator(np.ones((4, 3)), (3,), (4,))
+    with pytest.raises(SVDError, match="out of range"):
+        truncated_svd(op, 4, progress=False)
+    with pytest.raises(SVDError, match="unknown SVD method"):
+        truncated_svd(op, 1, method="arnoldi", progress=False)
+
+
+# ---- real stores -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("svd")
+    paths = {}
+    for name, (weights, crop) in CASES.items():
+        path = root / f"{name}.zarr"
+        args = ["compute", "--model", name, "--crop", crop, "--out", str(path), "--workers", "1", "--quiet"]
+        args += ["--weights", weights] if weights else []
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        paths[name] = path
+    return paths
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_store_svd_matches_numpy_both_sources(stores, name):
+    st = open_store(stores[name])
+    c_out, h_out, w_out, c_in, h_in, w_in = st.F.shape
+    dense = st.F[...].reshape(c_out * h_out * w_out, -1).astype(np.float64)
+    assert dense.shape[1] <= 3000
+    u, s, vt = np.linalg.svd(dense, full_matrices=False)
+    k = gap_k(s, 3, 12)
+    results = {}
+    for source in ("store", "model"):
+        res = svd_store(stores[name], k, source=source, progress=False)
+        assert res.info["converged"], res.info
+        np.testing.assert_allclose(res.S, s[:k], rtol=1e-4)
+        assert largest_angle(res.V, vt[:k]) < 1e-3
+        assert largest_angle(res.U, u[:, :k].T) < 1e-3
+        assert res.residual_forward.max() < 1e-4 and res.residual_transpose.max() < 1e-4
+        stored = open_store(stores[name])
+        S, U, V = stored.svd()
+        np.testing.assert_allclose(S, res.S, rtol=1e-6)
+        assert U.shape == (k, c_out, h_out, w_out) and V.shape == (k, c_in, h_in, w_in)
+        assert stored.svd_attrs["source"] == source and stored.svd_attrs["k"] == k
+        results[source] = res
+    a, b = results["store"], results["model"]
+    np.testing.assert_allclose(a.S, b.S, rtol=1e-4)
+    assert largest_angle(a.V, b.V) < 1e-4 and largest_angle(a.U, b.U) < 1e-4
+
+
+def test_operators_are_adjoint_and_equal(stores):
+    st = open_store(stores["edsr-small-x4"])
+    by_store = store_operator(st)
+    by_model = model_operator(interpreter_from_store(st), batch=4)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((3, *by_store.in_shape))
+    w = rng.standard_normal((3, *by_store.out_shape))
+    fv = by_store.forward(v)
+    np.testing.assert_allclose(by_model.forward(v), fv, rtol=0, atol=1e-4 * np.abs(fv).max())
+    np.testing.assert_allclose(np.sum(fv * w), np.sum(v * by_store.transpose(w)), rtol=1e-10)
+    np.testing.assert_allclose(by_store.apply_normal(v), by_store.transpose(fv), rtol=1e-10, atol=1e-12)
+
+
+def test_cli_writes_svd_with_dimension_names_and_repeats(stores, tmp_path):
+    path = str(stores["pixelshuffle-x4"])
+    runner = CliRunner()
+    first = runner.invoke(main, ["svd", path, "--k", "4", "--quiet"])
+    assert first.exit_code == 0, first.output
+    assert "converged" in first.output and "wrote svd" in first.output
+    S1, U1, V1 = open_store(path).svd()
+    again = runner.invoke(main, ["svd", path, "--k", "4", "--quiet", "--method", "randomized"])
+    assert again.exit_code == 0, again.output
+    S2, U2, V2 = open_store(path).svd()
+    np.testing.assert_allclose(S2, S1, rtol=1e-5)
+    np.testing.assert_allclose(V2, V1, atol=1e-3)  # same sign convention, distinct values: same vectors
+    np.testing.assert_allclose(U2, U1, atol=1e-3)
+    group = zarr.open_group(path, mode="r")
+    assert group["svd/S"].metadata.dimension_names == ("k",)
+    assert group["svd/U"].metadata.dimension_names == ("k", "c_out", "y_out", "x_out")
+    assert group["svd/V"].metadata.dimension_names == ("k", "c_in", "y_in", "x_in")
+    assert group["svd/residuals"][...].max() < 1e-4
+    assert json.loads(json.dumps(dict(group["svd"].attrs)))["method"] == "randomized"
+
+
+def test_cli_errors_are_one_line(stores, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(main, ["svd", str(tmp_path / "nothing.zarr"), "--k", "2"])
+    assert missing.exit_code != 0 and "not a linterp store" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    too_many = runner.invoke(main, ["svd", str(stores["pixelshuffle-x4"]), "--k", "100000", "--quiet"])
+    assert too_many.exit_code != 0 and "out of range" in too_many.output
+    assert len(too_many.output.strip().splitlines()) == 1
