@@ -54,14 +54,30 @@ def test_luma_is_bt601_full_range():
     assert data.luma(torch.ones(1, 3, 2, 2)).allclose(torch.ones(1, 1, 2, 2))
 
 
-def test_mosaic_is_flat_on_each_superpixel():
+def test_mosaic_is_flat_on_each_superpixel_of_the_normalised_photo():
     photo, mosaic = data.mosaic_pair("coins")
     assert photo.shape == mosaic.shape and photo.shape[-2] % 4 == 0 and photo.shape[-1] % 4 == 0
     n_colours = len(torch.unique(mosaic.flatten(2)[0].T, dim=0))
     n_expected = photo.shape[-2] * photo.shape[-1] / 256
     assert 0.3 * n_expected < n_colours < 1.5 * n_expected
-    # the mean colour of a segment preserves the photo's total intensity
-    assert mosaic.mean().item() == pytest.approx(photo.mean().item(), abs=1e-5)
+    # each segment holds its mean normalised colour, so the normalised photo's total is preserved
+    z = data.normalise(photo[0].permute(1, 2, 0).numpy())
+    assert mosaic.mean().item() == pytest.approx(z.mean(), abs=1e-5)
+
+
+def test_normalise_removes_brightness_contrast_and_colour_cast():
+    img = data.load_photo("chelsea")[100:164, 200:264]
+    z = data.normalise(img)
+    assert np.allclose(z.mean(axis=(0, 1)), 0.5, atol=0.02)  # clipping moves the mean a little
+    shifted = 0.4 * img + np.array([0.3, -0.1, 0.05])
+    assert np.allclose(data.normalise(shifted), z, atol=1e-9)
+    assert np.allclose(data.mosaic(shifted), data.mosaic(img), atol=1e-5)
+    # ... which is exactly what an instance-normalised generator cannot see
+    net = build("i2i-small", weights="random")
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() * 2 - 1
+    x_shifted = torch.from_numpy(shifted).permute(2, 0, 1)[None].float() * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(net(x), net(x_shifted), atol=1e-2)  # up to the norms' eps
 
 
 def test_random_crops_are_aligned_pairs():
@@ -159,6 +175,15 @@ def test_bicubic_scores_exactly_zero_gain_and_a_perfect_model_infinite_psnr():
 def test_identity_mapping_has_zero_mosaic_reduction():
     rep = evaluate(nn.Identity(), Mosaic(), photos=("coins",))
     assert rep.metrics["reduction"] == 0.0 and rep.metrics["l1"] > 0
+    assert rep.metrics["l1_normalised"] < rep.metrics["l1_identity"]
+
+
+def test_mosaic_batches_pair_each_crop_with_its_own_mosaic():
+    x, y = Mosaic(patch=16, batch=2, photos=("coins",)).draw(np.random.default_rng(3))
+    assert x.shape == y.shape == (2, 3, 16, 16) and -1 <= x.min() and y.max() <= 1
+    for crop, target in zip(x, y):
+        expected = data.mosaic(((crop + 1) / 2).permute(1, 2, 0).numpy())
+        assert torch.allclose((target + 1) / 2, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6)
 
 
 def test_digits_accuracy_counts_correct_answers():

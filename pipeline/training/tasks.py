@@ -2,7 +2,7 @@
 
 A task turns data from `pipeline.training.data` into (input, target) batches in the model's own units:
 - `SuperResolution`: LR -> HR patches, on Y in [0, 1] (1 channel) or RGB in [0, rgb_range] (3 channels).
-- `Mosaic`: photo -> superpixel mosaic, RGB in [-1, 1] (CycleGAN's convention).
+- `Mosaic`: photo -> normalised superpixel mosaic, RGB in [-1, 1] (CycleGAN's convention).
 - `Digits`: (N, 1, 32, 32) images in [0, 1] -> class indices.
 """
 from __future__ import annotations
@@ -50,9 +50,10 @@ class SuperResolution:
 
 @dataclass(frozen=True)
 class Mosaic:
-    """Photo -> SLIC mosaic (see `data.mosaic_pair`) patches of `photos`, RGB in [-1, 1]."""
+    """Photo -> `data.mosaic` of that photo, RGB in [-1, 1]: random crops (with flips and turns) of
+    `photos`, each crop's mosaic made from the crop alone (the model sees nothing else)."""
 
-    patch: int = 96
+    patch: int = 64
     batch: int = 8
     photos: tuple[str, ...] = data.TRAIN_PHOTOS
 
@@ -61,8 +62,9 @@ class Mosaic:
         return rgb * 2 - 1
 
     def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [data.mosaic_pair(name) for name in self.photos]
-        x, y = data.random_crops(pairs, self.batch, self.patch, 1, rng)
+        photos = [data.to_tensor(data.load_photo(name)) for name in self.photos]
+        x, _ = data.random_crops([(p, p) for p in photos], self.batch, self.patch, 1, rng)
+        y = torch.stack([data.to_tensor(data.mosaic(crop.permute(1, 2, 0).numpy()))[0] for crop in x])
         return self.to_model(x), self.to_model(y)
 
     def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
