@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 
 from pipeline.export import render
+from pipeline.export.measure import ARGS
 from pipeline.export.site import export_site, with_sum
 from test_export import linear_upscaler_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed (.ci/run installs it)")

@@ -14,13 +14,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from pipeline.export.site import site_size
+
+#: headless Debian chromium, with nothing that phones home
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
-
-
-def site_files(site: Path) -> dict:
-    files = [p for p in Path(site).rglob("*") if p.is_file() and ".done" not in p.parts]
-    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
 def hover_latency(site: Path, moves: int = 200, seed: int = 0, chromium: str | None = None) -> dict:
@@ -68,7 +66,8 @@ def hover_latency(site: Path, moves: int = 200, seed: int = 0, chromium: str | N
 @click.option("--moves", type=int, default=200, show_default=True)
 def main(site, moves):
     """Print files, bytes and hover latency of SITE as JSON."""
-    click.echo(json.dumps({**site_files(site), **hover_latency(site, moves)}, indent=1))
+    files, size = site_size(site)
+    click.echo(json.dumps({"files": files, "bytes": size, **hover_latency(site, moves)}, indent=1))
 
 
 if __name__ == "__main__":

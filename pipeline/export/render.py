@@ -51,9 +51,10 @@ def plane_scales(planes: np.ndarray) -> np.ndarray:
 
 def quantise(planes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """Signed values (..., h, w) with scales (...) -> uint8 q in 1..255 (128 = 0); values beyond ±scale clip."""
-    s = np.asarray(scales, np.float64)[..., None, None]
-    safe = np.where(s > 0, s, 1.0)
-    q = np.rint(np.clip(planes / safe, -1.0, 1.0) * LEVELS) + ZERO
+    s = np.asarray(scales, np.float32)[..., None, None]
+    safe = np.where(s > 0, s, np.float32(1))
+    q = np.clip(np.asarray(planes, np.float32) * (LEVELS / safe), -LEVELS, LEVELS)
+    q = np.rint(q, out=q) + ZERO
     return np.where(s > 0, q, ZERO).astype(np.uint8)
 
 

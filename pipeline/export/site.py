@@ -409,14 +409,15 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
                 "zero": render.ZERO, "levels": render.LEVELS}
     _write_atomic(data / "manifest.js",
                   "LINTERP.manifest(" + json.dumps(manifest, separators=(",", ":"), default=str) + ");\n")
-    files, size = _site_size(out)
+    files, size = site_size(out)
     seconds = time.perf_counter() - t_start
     filters = sum(s["filters"] for s in summaries)
     return {"seconds": seconds, "filters": filters, "filters_per_s": filters / seconds if seconds else 0.0,
             "files": files, "bytes": size, "rendered_tasks": len(pending), "tasks": len(todo), "models": summaries}
 
 
-def _site_size(out: Path) -> tuple[int, int]:
+def site_size(out: Path) -> tuple[int, int]:
+    """(files, bytes) of a site folder (resume markers aside)."""
     files = [p for p in out.rglob("*") if p.is_file() and ".done" not in p.parts]
     return len(files), sum(p.stat().st_size for p in files)
 
