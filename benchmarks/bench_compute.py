@@ -6,7 +6,7 @@
    measured in one run, each size in a fresh process (so peak memory can be read): ours (the columns of one
    4×4 input tile at the image centre, on its locality window: 48 columns), chunked ``torch.func.jacfwd``
    (vmap over jvp, a sample of columns) and plain inference (a sample of images of the same size).
-2. All of F for EDSR-baseline at LR 32 with ``pipeline.compute.compute`` (dask threads, zarr store, verify
+2. All of F for EDSR-baseline at LR 32 (``--full-lr``) with ``pipeline.compute.compute`` (dask threads, zarr store, verify
    excluded) against plain inference of as many images (3072).
 3. glibc malloc thresholds (``tune_malloc``) on and off: columns/s and images/s at LR 64.
 4. Store sizes for a 64×64 crop of the default image: bytes on disk, file count, ratio to dense float32.
@@ -142,10 +142,10 @@ def per_column(sizes) -> list[dict]:
     return results
 
 
-def full_f_lr32(workers: int | None) -> dict:
-    name, lr = "edsr-baseline-x4", 32
+def full_f(workers: int | None, lr: int = 32) -> dict:
+    name = "edsr-baseline-x4"
     x0 = (np.random.default_rng(0).random((1, 3, lr, lr)) * 255).astype(np.float32)
-    identity = {"model": name, "weights_sha256": "random", "bench": "lr32"}
+    identity = {"model": name, "weights_sha256": "random", "bench": f"lr{lr}"}
     src = Source(functools.partial(build, name, "random"), x0, source_key(identity))
     with tempfile.TemporaryDirectory() as tmp:
         store = compute(os.path.join(tmp, "f.zarr"), src, identity=identity, device="cpu", progress=False,
@@ -157,7 +157,7 @@ def full_f_lr32(workers: int | None) -> dict:
     images = torch.from_numpy(x0).expand(16, -1, -1, -1).contiguous()
     with torch.no_grad():
         plain = timed(lambda: [model(images) for _ in range(n // 16)])
-    print(f"\n## All of F, EDSR-baseline ×4, LR {lr} ({n} columns)")
+    print(f"\n## All of F, EDSR-baseline ×4, LR {lr} ({n} columns; plain inference of {n // 16 * 16} images)")
     print(table([[ours, plain, ours / plain, verification["reconstruction_rel"]]],
                 ["compute() s", "plain inference s", "ratio (goal ≤ 1.2)", "reconstruction rel err"]))
     return {"compute_s": ours, "plain_s": plain, "verification": verification}
@@ -175,12 +175,12 @@ def mallopt_effect() -> list[dict]:
     return results
 
 
-def store_sizes(workers: int | None) -> list[dict]:
+def store_sizes(workers: int | None, side: int = 64) -> list[dict]:
     from pipeline import images
     from pipeline.models import spec
 
     _, img = images.default_image()
-    img = images.crop(img, (16, 16, 64, 64))
+    img = images.crop(img, (16, 16, side, side))
     rows, results = [], []
     for name in ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4"):
         weights = None if name == "bicubic-x4" else weights_for(name)
@@ -200,7 +200,7 @@ def store_sizes(workers: int | None) -> list[dict]:
         results.append(r)
         rows.append([name, r["weights"], "×".join(map(str, r["F"])), f"{size / 2**20:.1f} MiB", str(len(files)),
                      f"{dense / 2**30:.2f} GiB", size / dense, seconds])
-    print("\n## Stores of a 64×64 crop of the default image")
+    print(f"\n## Stores of a {side}×{side} crop of the default image")
     print(table(rows, ["model", "weights", "F shape", "on disk", "files", "dense f32", "ratio", "compute s"]))
     return results
 
@@ -226,6 +226,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="LR 32 and 64 only; no full-F or size runs.")
+    parser.add_argument("--sections", default="columns,full,mallopt,sizes,pickling",
+                        help="Comma-separated sections to run (default: all).")
+    parser.add_argument("--full-lr", type=int, default=32, help="LR side for the all-of-F run (default 32).")
+    parser.add_argument("--crop", type=int, default=64, help="Crop side for the store sizes (default 64).")
     parser.add_argument("--workers", type=int, default=None, help="dask workers for the store runs.")
     parser.add_argument("--json", default=None, help="Also write all figures to this JSON file.")
     args = parser.parse_args()
@@ -236,11 +240,17 @@ def main() -> None:
     tune_malloc()
     print(f"bench_compute: torch {torch.__version__}, {os.cpu_count()} CPU cores, "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    figures = {"per_column": per_column(SIZES[:2] if args.quick else SIZES)}
-    if not args.quick:
-        figures["full_f_lr32"] = full_f_lr32(args.workers)
+    sections = set(args.sections.split(",")) - ({"full", "mallopt", "sizes", "pickling"} if args.quick else set())
+    figures = {}
+    if "columns" in sections:
+        figures["per_column"] = per_column(SIZES[:2] if args.quick else SIZES)
+    if "full" in sections:
+        figures["full_f"] = full_f(args.workers, args.full_lr)
+    if "mallopt" in sections:
         figures["mallopt"] = mallopt_effect()
-        figures["sizes"] = store_sizes(args.workers)
+    if "sizes" in sections:
+        figures["sizes"] = store_sizes(args.workers, args.crop)
+    if "pickling" in sections:
         figures["pickling"] = pickling()
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     if args.json:
