@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +219,7 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     """
     from pipeline.export.site import export_site
     from pipeline.images import parse_crop
+    from pipeline.models import build as build_model
 
     bundle = get_bundle(name)
     if crop is None:
@@ -235,6 +235,8 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     if store and not archive:
         raise BundleError("--store only applies to .zip outputs (a folder output keeps its stores)")
     parts = resolve_parts(bundle, weights=weights, defaults=defaults)
+    for part in parts:  # wrong keys, pickles, unreadable files: fail in one line before any work starts
+        build_model(part.model, part.weights, trust_pickle=trust_pickle)
     key = work_key(bundle, parts, image, crop)
     folder = Path(work) if work else (Path("out") / "bundles" / f"{bundle.name}-{key}" if archive else out)
     stores = []
@@ -317,8 +319,3 @@ def write_zip(out: Path, name: str, site: Path, stores: list[Path]) -> None:
                     else zipfile.ZIP_DEFLATED
                 zf.write(path, f"{prefix}/{path.relative_to(root).as_posix()}", compress_type=method)
     partial.replace(out)
-
-
-def command_line() -> str:
-    """The command line of this process, for README.txt (Makefile variables show as flags)."""
-    return " ".join(["linterp"] + sys.argv[1:])

@@ -39,10 +39,24 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
         result = bundles.build(name, out, image=image, crop=crop, weights=weights, defaults=defaults,
                                store=with_store, work=work, trust_pickle=trust_pickle, device=device,
                                scheduler=scheduler, workers=workers, progress=not quiet,
-                               command=bundles.command_line(), echo=lambda m: click.echo(m, err=True))
+                               command=command_line(click.get_current_context()), echo=lambda m: click.echo(m, err=True))
     except (ValueError, StoreError, OSError) as err:  # BundleError, ImageError, WeightsError, ExportError, …
         message = str(err).strip().splitlines()
         raise click.ClickException(message[0] if message else type(err).__name__) from err
     if result.suffix == ".zip":
         click.echo(f"{result} ({result.stat().st_size / 2**20:.1f} MiB)", err=True)
     click.echo(str(result))
+
+
+def command_line(ctx: click.Context) -> str:
+    """The equivalent `linterp bundle` command of this call, for README.txt (options that were set, in order)."""
+    import shlex
+
+    words = ["linterp", "bundle", ctx.params["name"]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "name" or value in (None, False) or value == param.default:
+            continue
+        flag = max(param.opts, key=len)
+        words += [flag] if value is True else [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)

@@ -1,0 +1,191 @@
+"""`linterp bundle`: archives of the paper's bundles on tiny crops, their README.txt, the stand-in note, the stores
+they carry (F·x0 + r = f(x0) after unzipping), resuming, the offline failure and the unzipped site in a browser.
+
+The project's trained stand-ins are replaced by seeded random weight files written into a temporary weights folder,
+so that these tests do not depend on training runs; the bundle code treats them exactly as the trained files.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.images import default_image
+from pipeline.models import build, registry
+from pipeline.models.weights import file_sha256
+from pipeline.store import open_store
+from test_viewer_browser import CHROMIUM, Page, browser  # noqa: F401  (browser is a fixture)
+
+CROP = "44,36,8,8"  # 8×8 pixels of the default image (SR tests)
+I2I_CROP = "40,32,16,16"  # 16×16: the ResNet generator downsamples by 4, its instance norms need some area
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")  # 8×8 pixels of the default image (i2i needs multiples of 4, at least 8)
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory):
+    """A weights folder holding seeded random ``edsr-small-x4.pt`` and ``i2i-small.pt`` state dicts."""
+    folder = tmp_path_factory.mktemp("weights")
+    for name in ("edsr-small-x4", "i2i-small"):
+        torch.save(build(name, "random").state_dict(), folder / f"{name}.pt")
+    return folder
+
+
+@pytest.fixture
+def project_weights(stand_ins, monkeypatch):
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", stand_ins)
+    for name in ("edsr-small-x4", "i2i-small"):
+        monkeypatch.setitem(registry.TRAINED_SHA256, name, file_sha256(stand_ins / f"{name}.pt"))
+    return stand_ins
+
+
+def run(args):
+    """`linterp bundle ARGS --quiet` in this process (click's runner; stdout and stderr both in ``.output``)."""
+    return CliRunner().invoke(main, ["bundle", *args, "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def photo2label(tmp_path_factory, stand_ins):
+    """DEFAULTS=1 CycleGAN-Photo2Label on a 16×16 crop, with the store; returns (zip, work folder, unzipped root)."""
+    root = tmp_path_factory.mktemp("bundle")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(registry, "WEIGHTS_DIR", stand_ins)
+        mp.setitem(registry.TRAINED_SHA256, "i2i-small", file_sha256(stand_ins / "i2i-small.pt"))
+        result = run(["CycleGAN-Photo2Label", "--defaults", "--crop", I2I_CROP, "--store",
+                      "--work", str(root / "work"), "--out", str(root / "dist" / "CycleGAN-Photo2Label.zip")])
+    assert result.exit_code == 0, result.output
+    archive = root / "dist" / "CycleGAN-Photo2Label.zip"
+    assert result.stdout.strip().splitlines()[-1] == str(archive)
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(root / "unzipped")
+    return archive, root / "work", root / "unzipped" / "CycleGAN-Photo2Label"
+
+
+def test_defaults_archive_holds_site_readme_and_store(photo2label, stand_ins):
+    archive, work, site = photo2label
+    names = zipfile.ZipFile(archive).namelist()
+    assert all(n.startswith("CycleGAN-Photo2Label/") for n in names)
+    assert not any("/.done/" in n for n in names)  # export's resume markers stay out of the archive
+    for part in ("index.html", "viewer.js", "viewer.css", "data/manifest.js", "README.txt"):
+        assert (site / part).is_file(), part
+    tiles = list((site / "data" / "i2i-small").glob("col_*.js")) + list((site / "data" / "i2i-small").glob("row_*.js"))
+    assert tiles
+    # the site says that a stand-in replaces the official model (banner and manifest)
+    index = (site / "index.html").read_text()
+    assert "i2i-small (trained by linterp) stands in for the official cyclegan-facades_photo2label" in index
+    assert "stands in for the official cyclegan-facades_photo2label" in (site / "data" / "manifest.js").read_text()
+    # README.txt: command, versions, sha256 of the weights file and of the image's pixels
+    readme = (site / "README.txt").read_text()
+    command = readme.split("Command:\n", 1)[1].splitlines()[0].split()
+    assert command[:3] == ["linterp", "bundle", "CycleGAN-Photo2Label"] and "--defaults" in command
+    assert command[command.index("--crop") + 1] == I2I_CROP and "--store" in command
+    assert file_sha256(stand_ins / "i2i-small.pt") in readme
+    assert hashlib.sha256(default_image()[1].tobytes()).hexdigest() in readme
+    assert f"torch {torch.__version__}" in readme and "zarr " in readme
+    assert "4.0 GB" in readme  # the paper's archive, for comparison
+
+
+def test_archived_store_reconstructs_the_output(photo2label):
+    """The store inside the zip is a complete, valid store: F·x0 + r = f(x0), and it carries the SVD."""
+    _, work, site = photo2label
+    store = open_store(site / "store" / "i2i-small.zarr", require_complete=True)
+    F = store.F[...]
+    n_out, n_in = int(np.prod(store.out_shape)), int(np.prod(store.in_shape))
+    recon = F.reshape(n_out, n_in) @ store.x0.reshape(n_in) + store.residual.reshape(n_out)
+    assert np.abs(recon - store.y0.reshape(n_out)).max() <= 1e-4 * np.abs(store.y0).max()
+    S, U, V = store.svd()
+    assert S.shape == (8,)
+    assert np.allclose(F.reshape(n_out, n_in) @ V[0].reshape(n_in), S[0] * U[0].reshape(n_out), atol=1e-3 * S[0])
+    assert np.array_equal(F, open_store(work / "stores" / "i2i-small.zarr").F[...])
+
+
+def test_rerun_reuses_the_work(photo2label, project_weights):
+    archive, work, _ = photo2label
+    before = archive.read_bytes()
+    result = run(["CycleGAN-Photo2Label", "--defaults", "--crop", I2I_CROP, "--store", "--work", str(work),
+                  "--out", str(archive)])
+    assert result.exit_code == 0, result.output
+    assert "reusing the complete store" in result.output and "reusing its SVD" in result.output
+    assert zipfile.ZipFile(archive).namelist() == zipfile.ZipFile(io.BytesIO(before)).namelist()
+
+
+def test_official_weights_offline_fail_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("LINTERP_CACHE", str(tmp_path / "cache"))
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # no network: a closed local port
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    for name, url in (("EDSR4x", "https://cv.snu.ac.kr/research/EDSR/models/edsr_baseline_x4-6b446fab.pt"),
+                      ("CycleGAN-VanGogh",
+                       "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/style_vangogh.pth")):
+        result = run([name, "--crop", CROP, "--out", str(tmp_path / f"{name}.zip")])
+        assert result.exit_code == 1
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert url in lines[0] and "WEIGHTS=PATH" in lines[0] and "DEFAULTS=1" in lines[0]
+        assert not (tmp_path / f"{name}.zip").exists() and not list((tmp_path / "cache").glob("*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["Nope", "--out", "x.zip"], "unknown bundle 'Nope'; known: demo, Bicubic4x"),
+    (["EDSR4x", "--defaults", "--weights", "pyproject.toml", "--out", "x.zip"], "not both"),
+    (["demo", "--weights", "pyproject.toml", "--out", "x.zip"], "--weights needs one"),
+    (["Bicubic4x", "--crop", "1,2", "--out", "x.zip"], "is not X,Y,W,H"),
+    (["Bicubic4x", "--image", "missing.png", "--out", "x.zip"], "IMAGE=missing.png: no such file"),
+])
+def test_bad_input_is_one_line(args, message):
+    result = run(args)
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and message in result.output, result.output
+
+
+def test_weights_file_with_wrong_keys_names_them(tmp_path):
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, wrong)
+    result = run(["EDSR4x", "--crop", CROP, "--weights", str(wrong), "--out", str(tmp_path / "x.zip"),
+                  "--work", str(tmp_path / "work")])
+    assert result.exit_code == 1 and "conv.weight" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@needs_chromium
+def test_edsr_site_folder_in_the_browser(browser, tmp_path, project_weights):  # noqa: F811
+    """DEFAULTS=1 EDSR4x as a folder: the unzipped-style site shows the stored columns and rows and the note."""
+    result = run(["EDSR4x", "--defaults", "--crop", CROP, "--out", str(tmp_path / "edsr")])
+    assert result.exit_code == 0, result.output
+    index = tmp_path / "edsr" / "site" / "index.html"
+    assert result.stdout.strip().splitlines()[-1] == str(index)
+    store = open_store(tmp_path / "edsr" / "stores" / "edsr-small-x4.zarr")
+    page = Page(browser, index.parent)
+    assert "stands in for the official edsr-baseline-x4" in page.page.locator(".bundle-note").inner_text()
+    before = page.hover(0, "in", 3, 5)
+    page.wait_render(before)
+    got, scale = page.shown_values(0, "out")
+    want = store.column(0, 3, 5)[0]
+    assert scale == pytest.approx(np.abs(want).max(), rel=1e-6)
+    assert (np.abs(got - want) <= scale / 254 + 1e-6).all()
+    before = page.hover(0, "out", 13, 21)
+    page.wait_render(before)
+    got, scale = page.shown_values(0, "in")
+    want = store.row(0, 13, 21)[0]
+    assert (np.abs(got - want) <= scale / 254 + 1e-6).all() and scale > 0
+    page.clean()
+
+
+@needs_chromium
+def test_unzipped_archive_in_the_browser(browser, photo2label):  # noqa: F811
+    _, _, site = photo2label
+    store = open_store(site / "store" / "i2i-small.zarr")
+    page = Page(browser, site)
+    before = page.hover(0, "in", 2, 6)
+    page.wait_render(before)
+    got, scale = page.shown_values(0, "out")
+    want = store.column(0, 2, 6)[0]
+    assert (np.abs(got - want) <= scale / 254 + 1e-6).all() and scale > 0
+    page.clean()
