@@ -195,7 +195,7 @@ def test_report_for_both_digits_models(tmp_path, monkeypatch):
         names, extra = list(DIGITS), []
     except ValueError:  # no trained files yet: random init, a single model per run then
         names, extra = ["digits-vgg"], ["--weights", "random"]
-    args = ["classify", "--dataset", "digits", "--limit", "5", "--attack", "fgsm", "--eps", "0.05", "--eps", "0.2",
+    args = ["classify", "--dataset", "digits", "--limit", "3", "--attack", "fgsm", "--eps", "0.05", "--eps", "0.2",
             "--figures", "2", "--table", "--out", str(tmp_path), *extra]
     for name in names:
         args += ["--model", name]
@@ -204,7 +204,7 @@ def test_report_for_both_digits_models(tmp_path, monkeypatch):
     for name in names:
         out = tmp_path / name if len(names) > 1 else tmp_path
         recs = json.loads((out / "results.json").read_text())
-        assert len(recs) == 5
+        assert len(recs) == 3
         for r in recs:
             assert {"image", "top1", "score", "input_term", "residual", "contributions", "attacks"} <= set(r)
             total = r["input_term"] + sum(c["value"] for c in r["contributions"])

@@ -133,6 +133,9 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
             inputs = _inputs(images, dataset, limit, model_spec, in_size, crop)
             model = build(name, _weights(model_spec, weights), trust_pickle=trust_pickle)
             n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size)).shape[-1]
+            if n_classes > 100 and not vote_classes:
+                click.echo(f"{name}: pixels vote among all {n_classes} classes ({n_classes} transposes per image); "
+                           f"--vote-classes N limits the vote to the N best-scoring classes", err=True)
             target = out / name if len(models) > 1 else out
             results[name] = generate(
                 model, name, inputs, target, eps=list(eps), top=top, vote_classes=vote_classes, figures=figures,
