@@ -146,7 +146,21 @@ def _rayleigh_ritz(q: np.ndarray, z: np.ndarray):
     return theta[order], y[:, order]
 
 
-def truncated_svd(
+def truncated_svd(op: Operator, k: int, **options) -> SVDResult:
+    """The top-k singular triplets of F; options as for `_truncated_svd`.
+
+    numpy runs on one BLAS thread meanwhile: the dense algebra here (n × c products, c × c eigh) is small
+    next to the operator passes, and OpenBLAS's threads spin when the cores are busy (measured on the loaded
+    2-core dev machine: a 432 × 432 eigh takes 0.11 s on one thread, 11 s on two; a whole bicubic run 5.8 s
+    against 21 s). The operator (torch, zarr's decompression) keeps its own threads.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _truncated_svd(op, k, **options)
+
+
+def _truncated_svd(
     op: Operator,
     k: int,
     method: str = "lanczos",
