@@ -68,6 +68,7 @@
   const other = (dom) => (dom === "in" ? "out" : "in");
   const kindOf = (dom) => (dom === "in" ? "col" : "row");
   const ref = () => M.models[0];
+  const svdK = () => Math.max(0, ...M.models.map((m) => (m.svd ? m.svd.k : 0)));
   function mapPixel(y, x, from, to) { // pixel centre (y, x) of domain `from` of the first model -> domain of model `to`
     return function (model, dom) {
       const a = dims(from, dom), b = dims(model, dom);
@@ -80,15 +81,20 @@
     const sy = b.h / a.h, sx = b.w / a.w;
     return [Math.floor(y * sy), Math.floor(x * sx), Math.max(1, Math.round(sy)), Math.max(1, Math.round(sx))];
   }
-  function channelIndex(labels, want) { const i = labels.indexOf(want); return i >= 0 ? i : Math.min(labels.length - 1, 0); }
+  // a model shows the selected channel label where it has it; a one-channel model (Y) shows its only channel
+  function channelIndex(labels, want) { const i = labels.indexOf(want); return i >= 0 ? i : 0; }
+  // the channel labels offered by the selectors: those of the model with the most channels
+  function channelLabels(kind, which) {
+    return M.models.map((m) => m.kinds[kind][which]).reduce((a, b) => (b.length > a.length ? b : a));
+  }
 
   // ---- data look-up ------------------------------------------------------------------------------------
   // A "view" is what one canvas shows: {kind: 'filter'|'image'|'natural', sheet, entry, t, box, dom, ...}
   function filterRequest(model) {
     const kind = kindOf(state.dom), plan = model.kinds[kind];
     const [y, x] = selIn(model);
-    const srcLabel = ref().kinds[kindOf(state.dom)].sources[state.src];
-    const dstLabel = ref().kinds[kindOf(state.dom)].targets[state.dst];
+    const srcLabel = channelLabels(kindOf(state.dom), "sources")[state.src];
+    const dstLabel = channelLabels(kindOf(state.dom), "targets")[state.dst];
     const s = channelIndex(plan.sources, srcLabel), t = channelIndex(plan.targets, dstLabel);
     const b = plan.block, by = Math.floor(y / b) * b, bx = Math.floor(x / b) * b;
     return {kind: "filter", name: model.id + "/" + kind + "_" + s + "_" + by + "_" + bx, y: y, x: x, by: by, bx: bx,
@@ -97,7 +103,7 @@
   }
   function imageRequest(model, dom, what) {
     const labels = dom === "in" ? model.kinds.row.targets : model.kinds.col.targets;
-    const dstLabel = ref().kinds[kindOf(other(dom))].targets[state.dst];
+    const dstLabel = channelLabels(kindOf(other(dom)), "targets")[state.dst];
     const t = channelIndex(labels, dstLabel);
     if (what === "natural") return {kind: "natural", name: model.id + "/nat_" + (dom === "in" ? "x0" : "y0"), dom: dom};
     if (what === "svd") {
@@ -314,10 +320,10 @@
   }
 
   function updateControls() {
-    const plan = ref().kinds[kindOf(state.dom)];
-    state.src = Math.min(state.src, plan.sources.length - 1); state.dst = Math.min(state.dst, plan.targets.length - 1);
-    fillSelect(document.getElementById("src-channel"), plan.sources, state.src);
-    fillSelect(document.getElementById("dst-channel"), plan.targets, state.dst);
+    const kind = kindOf(state.dom), sources = channelLabels(kind, "sources"), targets = channelLabels(kind, "targets");
+    state.src = Math.min(state.src, sources.length - 1); state.dst = Math.min(state.dst, targets.length - 1);
+    fillSelect(document.getElementById("src-channel"), sources, state.src);
+    fillSelect(document.getElementById("dst-channel"), targets, state.dst);
     document.querySelectorAll("[data-mode]").forEach((b) => b.classList.toggle("on", kindOf(state.dom) === b.dataset.mode));
     document.querySelectorAll("[data-show]").forEach((b) => b.classList.toggle("on", state.k === null && state.show === b.dataset.show));
     const pin = document.getElementById("pin");
@@ -358,7 +364,7 @@
     if (["filter", "y0", "fx0", "residual"].includes(q.show)) state.show = q.show;
     state.pinned = q.pin === "1";
     state.zoom = int(q.z, state.zoom);
-    state.k = q.k !== undefined && ref().svd ? Math.max(0, Math.min(ref().svd.k - 1, int(q.k, 0))) : null;
+    state.k = q.k !== undefined && svdK() ? Math.max(0, Math.min(svdK() - 1, int(q.k, 0))) : null;
   }
 
   // ---- building the page -------------------------------------------------------------------------------
@@ -454,6 +460,7 @@
     p.legendLo = el("span", null, labels); p.legendMid = el("span", null, labels); p.legendHi = el("span", null, labels);
     p.readout = el("div", "readout", side);
     const det = el("details", "infobox", side); el("summary", null, det, "info: model, weights, image, verification");
+    det.open = model === M.models[0];
     infoTable(det, model.attrs);
     if (model.svd) svdPanel(p, side);
     sizeCanvases(p);
@@ -484,7 +491,7 @@
     const step = e.shiftKey ? 4 : 1;
     const moves = {ArrowUp: [-step, 0], ArrowDown: [step, 0], ArrowLeft: [0, -step], ArrowRight: [0, step]};
     eventTime = e.timeStamp || performance.now();
-    const plan = () => ref().kinds[kindOf(state.dom)];
+    const plan = () => ({sources: channelLabels(kindOf(state.dom), "sources"), targets: channelLabels(kindOf(state.dom), "targets")});
     if (moves[e.key]) { select(state.dom, state.y + moves[e.key][0], state.x + moves[e.key][1]); }
     else if (e.key === "t") switchDomain();
     else if (e.key === "c") state.src = (state.src + 1) % plan().sources.length;
@@ -495,9 +502,9 @@
     else if (e.key === "y") { state.show = "y0"; state.k = null; }
     else if (e.key === "l") { state.show = "fx0"; state.k = null; }
     else if (e.key === "r") { state.show = "residual"; state.k = null; }
-    else if ((e.key === "]" || e.key === "[") && ref().svd) {
-      const k = state.k === null ? (e.key === "]" ? 0 : ref().svd.k - 1) : state.k + (e.key === "]" ? 1 : -1);
-      state.k = k < 0 || k >= ref().svd.k ? null : k;
+    else if ((e.key === "]" || e.key === "[") && svdK()) {
+      const k = state.k === null ? (e.key === "]" ? 0 : svdK() - 1) : state.k + (e.key === "]" ? 1 : -1);
+      state.k = k < 0 || k >= svdK() ? null : k;
     } else if (e.key === "+" || e.key === "=") { state.zoom += 1; panels.forEach(sizeCanvases); }
     else if (e.key === "-") { state.zoom -= 1; panels.forEach(sizeCanvases); }
     else return;

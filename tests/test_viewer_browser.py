@@ -163,3 +163,33 @@ def test_pin_keys_and_link(browser, site):
         want = image[0]
         assert (np.abs(got - want) <= max(scale, 1e-12) / 254 + 1e-6).all()
     again.clean()
+
+
+def test_mixed_channels_and_eigen_images(browser, tmp_path):
+    """An RGB model beside a one-channel (Y) model with an SVD: the selectors offer R, G, B, Σ; the Y panel
+    shows its only channel; ']' shows the first eigen-pair, equal to the stored svd/U and svd/V."""
+    from pipeline.store import open_store
+
+    rgb, f_rgb = linear_upscaler_store(tmp_path / "rgb.zarr", mode="bicubic", c=3, h=8, w=8, tile=4)
+    y, f_y = linear_upscaler_store(tmp_path / "y.zarr", mode="bilinear", c=1, h=8, w=8, tile=4)
+    mat = f_y.reshape(16 * 16 * 4, 64).astype(np.float64)
+    U, S, Vt = np.linalg.svd(mat, full_matrices=False)
+    k = 5
+    open_store(y.path, mode="r+").write_svd(S[:k], U[:, :k].T, Vt[:k])
+    export_site([rgb.path, y.path], tmp_path / "site", progress=False)
+    page = Page(browser, tmp_path / "site", "#m=col&y=2&x=6&s=3&t=1&pin=1")
+    options = page.page.locator("#src-channel option").all_inner_texts()
+    assert options == ["R", "G", "B", "Σ"]
+    got, scale = page.shown_values(0, "out")
+    want = with_sum(with_sum(np.moveaxis(f_rgb, (3, 4, 5), (0, 1, 2))[:, 2, 6])[3])[1]  # Σ inputs -> G
+    assert (np.abs(got - want) <= scale / 254 + 1e-6).all()
+    got, scale = page.shown_values(1, "out")  # the Y model: its only channel
+    assert (np.abs(got - f_y[0, :, :, 0, 2, 6]) <= scale / 254 + 1e-6).all()
+    page.page.keyboard.press("]")
+    page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested && LINTERP.state().k === 0")
+    for dom, vec in (("out", U[:, 0].reshape(32, 32)), ("in", Vt[0].reshape(8, 8))):
+        got, scale = page.shown_values(1, dom)
+        assert scale == pytest.approx(np.abs(vec).max(), rel=1e-5)
+        assert (np.abs(got - vec) <= scale / 254 + 1e-6).all()
+    assert page.page.locator("section.panel:nth-of-type(2) .svd h3").inner_text().startswith("SVD · 5")
+    page.clean()
