@@ -175,14 +175,15 @@ def mallopt_effect() -> list[dict]:
     return results
 
 
-def store_sizes(workers: int | None, side: int = 64) -> list[dict]:
+def store_sizes(workers: int | None, side: int = 64,
+                models=("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4")) -> list[dict]:
     from pipeline import images
     from pipeline.models import spec
 
     _, img = images.default_image()
     img = images.crop(img, (16, 16, side, side))
     rows, results = [], []
-    for name in ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4"):
+    for name in models:
         weights = None if name == "bicubic-x4" else weights_for(name)
         x0 = images.to_input(img, spec(name)).numpy()
         identity = {"model": name, "weights": weights, "bench": "sizes"}
@@ -230,6 +231,8 @@ def main() -> None:
                         help="Comma-separated sections to run (default: all).")
     parser.add_argument("--full-lr", type=int, default=32, help="LR side for the all-of-F run (default 32).")
     parser.add_argument("--crop", type=int, default=64, help="Crop side for the store sizes (default 64).")
+    parser.add_argument("--size-models", default="bicubic-x4,pixelshuffle-x4,edsr-small-x4",
+                        help="Comma-separated models for the store sizes.")
     parser.add_argument("--workers", type=int, default=None, help="dask workers for the store runs.")
     parser.add_argument("--json", default=None, help="Also write all figures to this JSON file.")
     args = parser.parse_args()
@@ -249,7 +252,7 @@ def main() -> None:
     if "mallopt" in sections:
         figures["mallopt"] = mallopt_effect()
     if "sizes" in sections:
-        figures["sizes"] = store_sizes(args.workers, args.crop)
+        figures["sizes"] = store_sizes(args.workers, args.crop, args.size_models.split(","))
     if "pickling" in sections:
         figures["pickling"] = pickling()
     print(f"load average {os.getloadavg()[0]:.1f} at end")
