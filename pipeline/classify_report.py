@@ -24,6 +24,8 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 
 #: vote maps colour the classes with the most votes (up to this many), the others grey.
 VOTE_COLOURS = 9
+#: at most this many source names under Figure 1 (every k-th source is labelled on deeper networks).
+MAX_TICKS = 60
 
 
 def write_json(path: Path, obj) -> None:
@@ -92,9 +94,13 @@ def contribution_shares(records: list[dict]) -> tuple[list[str], np.ndarray]:
 
 
 def contribution_figure(path: Path, conditions: dict[str, list[dict]], title: str) -> None:
-    """Figure 1: per condition, the mean share of each source (input term first, then network order) with ± std."""
+    """Figure 1: per condition, the mean share of each source (input term first, then network order) with ± std.
+
+    The sources are the bars in network order; ``contributions.csv`` has every value by name."""
     n = len(conditions)
-    fig, axes = plt.subplots(n, 1, figsize=(max(6.0, 0.25 * _n_sources(conditions) + 2), 2.6 * n + 0.8),
+    n_sources = _n_sources(conditions)
+    every = -(-n_sources // MAX_TICKS)  # label every k-th source on deep networks
+    fig, axes = plt.subplots(n, 1, figsize=(min(16.0, max(6.0, 0.25 * n_sources + 2)), 2.6 * n + 0.8),
                              squeeze=False, sharex=True)
     for ax, (label, recs) in zip(axes[:, 0], conditions.items()):
         names, shares = contribution_shares(recs)
@@ -106,8 +112,8 @@ def contribution_figure(path: Path, conditions: dict[str, list[dict]], title: st
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_ylabel("share of top-1 score")
         ax.set_title(f"{label} (n = {len(recs)})", fontsize=9)
-        ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_xticks(x[::every])
+        ax.set_xticklabels([n if len(n) <= 40 else "…" + n[-39:] for n in names[::every]], rotation=90, fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
