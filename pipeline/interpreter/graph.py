@@ -22,6 +22,8 @@ def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.GraphMod
         def is_leaf_module(self, m, qualname):
             return is_leaf(m) or super().is_leaf_module(m, qualname)
 
+    if is_leaf(model):  # a single layer: trace a container around it, so it stays one call
+        model = nn.Sequential(model)
     try:
         graph = Tracer().trace(model)
     except Exception as err:  # fx raises many kinds of errors on untraceable Python control flow

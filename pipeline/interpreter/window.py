@@ -24,42 +24,53 @@ import torch
 from .errors import InputError
 
 
-def _grids(li) -> dict:
-    """node -> (h, w) for every linear node whose value is a 4-D feature map (batch 1)."""
-    grids = {}
-    for node, site in li.sites.items():
-        shape = site.shape
-        if isinstance(shape, torch.Size) and len(shape) == 4:
-            grids[node] = (shape[2], shape[3])
-    return grids
+#: resampling factors between a feature map and the one it is computed from
+_FACTORS = [Fraction(n, d) for n in (1, 2, 3, 4, 8) for d in (1, 2, 3, 4, 8)]
 
 
-def _scales(li):
-    """(sy, sx) as Fractions of each distinct feature-map size relative to the input, or None if some
-    linear node is not a feature map (a global head)."""
+def _nice(ratio: float) -> Fraction:
+    return min(_FACTORS, key=lambda f: abs(math.log(ratio) - math.log(f)))
+
+
+def _geometry(li) -> dict | None:
+    """Feature-map size (h, w) -> (sy, ey, sx, ex): the map has sy·H + ey rows (ey from padding or valid
+    convolutions, sy the product of resampling factors on the way from the input), likewise columns.
+
+    None when some linear node is not a 4-D feature map (a global head) or the sizes do not follow this
+    pattern (e.g. odd sizes through strided layers): such networks are not cut into windows.
+    """
     H, W = li.x0.shape[2:]
-    scales = {}
+    placeholder = next(n for n in li.nodes if n.op == "placeholder")
+    size = {placeholder: (H, W)}
+    geo = {placeholder: (Fraction(1), Fraction(0), Fraction(1), Fraction(0))}
+    by_size = {(H, W): geo[placeholder]}
     for node, site in li.sites.items():
         shape = site.shape
-        if not (isinstance(shape, torch.Size) and len(shape) == 4):
+        if not (isinstance(shape, torch.Size) and len(shape) == 4) or min(shape[2:]) == 0:
             return None
-        scales[(shape[2], shape[3])] = (Fraction(shape[2], H), Fraction(shape[3], W))
-    return scales
+        parent = next((n for n in node.all_input_nodes if n in geo), placeholder)
+        (sy, _, sx, _), (hp, wp) = geo[parent], size[parent]
+        sy, sx = sy * _nice(shape[2] / hp), sx * _nice(shape[3] / wp)
+        g = (sy, shape[2] - sy * H, sx, shape[3] - sx * W)
+        if g[1].denominator != 1 or g[3].denominator != 1 or by_size.setdefault((shape[2], shape[3]), g) != g:
+            return None
+        geo[node], size[node] = g, (shape[2], shape[3])
+    return by_size
 
 
-def alignment(scales) -> tuple[int, int]:
+def alignment(geometry) -> tuple[int, int]:
     """The smallest steps (in input pixels) at which window edges fall on whole pixels of every feature map."""
-    ay = math.lcm(*[s[0].denominator for s in scales.values()]) if scales else 1
-    ax = math.lcm(*[s[1].denominator for s in scales.values()]) if scales else 1
+    ay = math.lcm(*[g[0].denominator for g in geometry.values()])
+    ax = math.lcm(*[g[2].denominator for g in geometry.values()])
     return ay, ax
 
 
 def receptive_radius(li) -> int | None:
-    scales = _scales(li)
-    if scales is None:
+    geometry = _geometry(li)
+    if geometry is None:
         return None
     H, W = li.x0.shape[2:]
-    ay, ax = alignment(scales)
+    ay, ax = alignment(geometry)
     if ay > H // 2 or ax > W // 2:
         return None
     steps = max(ay, ax)
@@ -75,7 +86,7 @@ def receptive_radius(li) -> int | None:
         if not isinstance(out, torch.Tensor) or out.dim() != 4:
             return
         h, w = out.shape[2:]
-        sy, sx = scales[(h, w)]
+        sy, ey, sx, ex = geometry[(h, w)]
         reach = out.abs().sum(1) > 0  # (P, h, w)
         for i, (py, px) in enumerate(probes):
             rows = torch.nonzero(reach[i].any(1)).flatten()
@@ -85,13 +96,14 @@ def receptive_radius(li) -> int | None:
             r0, r1, c0, c1 = rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()
             if r0 == 0 or c0 == 0 or r1 == h - 1 or c1 == w - 1:
                 touches[0] = True
-            lo_y, hi_y = math.floor(r0 / sy), math.ceil((r1 + 1) / sy) - 1
-            lo_x, hi_x = math.floor(c0 / sx), math.ceil((c1 + 1) / sx) - 1
+            # map rows back to input pixels (padding taken as symmetric, hence the +1 margin below)
+            lo_y, hi_y = math.floor((r0 - ey / 2) / sy), math.ceil((r1 + 1 - ey / 2) / sy) - 1
+            lo_x, hi_x = math.floor((c0 - ex / 2) / sx), math.ceil((c1 + 1 - ex / 2) / sx) - 1
             radius[0] = max(radius[0], py - lo_y, hi_y - py, px - lo_x, hi_x - px)
 
     with torch.no_grad():
         li._forward(v, method="support", observe=observe)
-    return None if touches[0] else int(radius[0])
+    return None if touches[0] else int(radius[0]) + 1
 
 
 @dataclass(frozen=True)
@@ -142,18 +154,16 @@ def make_window(li, box) -> Window | None:
     if height <= 0 or width <= 0 or top < 0 or left < 0 or top + height > H or left + width > W:
         raise InputError(f"tile {tuple(box)} is not inside the {H}x{W} input")
     radius = li.receptive_radius
-    scales = _scales(li)
-    if radius is None or scales is None:
+    geometry = _geometry(li)
+    if radius is None or geometry is None:
         return _full(li)
-    ay, ax = alignment(scales)
+    ay, ax = alignment(geometry)
     y0, y1 = _span(top - radius, top + height + radius, H, ay)
     x0, x1 = _span(left - radius, left + width + radius, W, ax)
     if (y0, y1, x0, x1) == (0, H, 0, W):
         return _full(li)
-    boxes = {}
-    for (h, w), (sy, sx) in scales.items():
-        boxes[(h, w)] = (int(y0 * sy), int(x0 * sx), int(y1 * sy) - int(y0 * sy), int(x1 * sx) - int(x0 * sx))
-    boxes[(H, W)] = (y0, x0, y1 - y0, x1 - x0)
+    boxes = {(h, w): (int(y0 * sy), int(x0 * sx), int((y1 - y0) * sy + ey), int((x1 - x0) * sx + ex))
+             for (h, w), (sy, ey, sx, ex) in geometry.items()}
     crop = Cropper(boxes)
     sites = {n: replace(s, state=s.rule.crop(s.state, crop)) for n, s in li.sites.items()}
     statics = {n: crop(v) if isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == 1 else v

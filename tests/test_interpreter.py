@@ -1,0 +1,353 @@
+"""The engine's identities: F x0 + r = f(x0), <Fv,u> = <v,Fᵀu>, F = Jacobian for piecewise-linear nets,
+contributions sum to r (and equal the paper's Q_i b̂_i), hand-checked rules, windows equal full passes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pipeline.interpreter import InputError, UnsupportedOperation, interpret
+from pipeline.models.bicubic import Bicubic
+from pipeline.models.cyclegan import ResnetGenerator, UnetGenerator
+from pipeline.models.edsr import EDSR
+from pipeline.models.pixelshuffle import PixelShuffleNet
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-zero biases, norm affines and running statistics, so that every bias source matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:  # norm weights
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+        for name, buf in model.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(0.1 * torch.randn(buf.shape, generator=g))
+            elif name.endswith("running_var"):
+                buf.copy_(0.5 + torch.rand(buf.shape, generator=g))
+    return model.eval()
+
+
+def dense(li, x0) -> torch.Tensor:
+    """F as a matrix (outputs × inputs), column by column."""
+    n = x0[0].numel()
+    eye = torch.eye(n, dtype=x0.dtype).reshape(n, *x0.shape[1:])
+    cols = torch.cat([li.forward(eye[i:i + 256]) for i in range(0, n, 256)])
+    return cols.reshape(n, -1).T
+
+
+CLASSIFIERS = [
+    ("alexnet", 64), ("squeezenet1_0", 48), ("squeezenet1_1", 48),
+    ("vgg11", 32), ("vgg13", 32), ("vgg16", 32), ("vgg19", 32),
+    ("vgg11_bn", 32), ("vgg13_bn", 32), ("vgg16_bn", 32), ("vgg19_bn", 32),
+    ("resnet18", 32), ("resnet34", 32), ("resnet50", 32), ("resnet101", 32), ("resnet152", 32),
+    ("densenet121", 32), ("densenet161", 32), ("densenet169", 32), ("densenet201", 32),
+    ("inception_v3", 75),
+]
+
+
+def _classifier(name):
+    kwargs = {"init_weights": True, "aux_logits": False} if name == "inception_v3" else {}
+    return randomize(getattr(torchvision.models, name)(**kwargs))
+
+
+#: name -> a factory of (model, x0); built lazily, one per test
+IMAGE_TO_IMAGE = {
+    "bicubic-x4": lambda: (Bicubic(4), torch.rand(1, 3, 12, 12)),
+    "pixelshuffle-x4": lambda: (randomize(PixelShuffleNet(4)), torch.rand(1, 1, 16, 16)),
+    "edsr-baseline-x4": lambda: (randomize(EDSR(scale=4)), 255 * torch.rand(1, 3, 12, 12)),
+    "edsr-x4": lambda: (randomize(EDSR(scale=4, n_resblocks=32, n_feats=256, res_scale=0.1)),
+                        255 * torch.rand(1, 3, 8, 8)),
+    "cyclegan-resnet9": lambda: (randomize(ResnetGenerator(ngf=64, n_blocks=9)), 2 * torch.rand(1, 3, 32, 32) - 1),
+    "unet": lambda: (randomize(UnetGenerator(3, 3, num_downs=5, ngf=8)), 2 * torch.rand(1, 3, 32, 32) - 1),
+}
+
+
+def _check_identities(model, x0, contributions=True):
+    li = interpret(model, x0)
+    with torch.no_grad():
+        y = model(x0)
+    assert torch.equal(li.output, y)
+    scale = y.abs().max()
+    assert (li.forward(x0) + li.residual - y).abs().max() <= 1e-4 * scale
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn((2, *x0.shape[1:]), generator=g, dtype=x0.dtype)
+    u = torch.randn((2, *y.shape[1:]), generator=g, dtype=x0.dtype)
+    fv, ftu = li.forward(v), li.transpose(u)
+    assert abs((fv * u).sum() - (v * ftu).sum()) <= 1e-5 * fv.norm() * u.norm()
+    if contributions:
+        parts = li.contributions()
+        total = sum(parts.values())
+        assert (total - li.residual).abs().max() <= 1e-4 * li.residual.abs().max().clamp_min(1e-12)
+    return li
+
+
+@pytest.mark.parametrize("name,size", CLASSIFIERS, ids=[c[0] for c in CLASSIFIERS])
+def test_classifier_reconstruction_and_adjoint(name, size):
+    torch.manual_seed(0)
+    model = _classifier(name)
+    few_sources = name in ("alexnet", "vgg11", "vgg11_bn", "resnet18", "squeezenet1_1")
+    li = _check_identities(model, torch.rand(1, 3, size, size), contributions=few_sources)
+    assert li.residual.abs().max() > 0  # the biases really contribute
+
+
+@pytest.mark.parametrize("name", list(IMAGE_TO_IMAGE))
+def test_image_to_image_reconstruction_and_adjoint(name):
+    torch.manual_seed(0)
+    model, x0 = IMAGE_TO_IMAGE[name]()
+    li = _check_identities(model, x0, contributions=name != "edsr-x4")
+    if name != "bicubic-x4":
+        assert li.residual.abs().max() > 0
+
+
+@pytest.mark.parametrize("which", ["vgg11_bn", "resnet18", "edsr-baseline"])
+def test_forward_equals_jacobian_for_piecewise_linear_nets(which):
+    """float64: rows of F (by `transpose`) and columns (by `forward`) equal those of torch.func's Jacobian."""
+    torch.manual_seed(0)
+    if which == "edsr-baseline":
+        model, x0 = randomize(EDSR(scale=4)).double(), 255 * torch.rand(1, 3, 8, 8, dtype=torch.float64)
+        li = interpret(model, x0)
+        jac = torch.func.jacfwd(model)(x0).reshape(li.output.numel(), -1)
+        ours = dense(li, x0)
+    else:
+        model, x0 = _classifier(which).double(), torch.rand(1, 3, 32, 32, dtype=torch.float64)
+        li = interpret(model, x0)
+        classes = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:64]
+        jac = torch.func.jacrev(lambda x: model(x)[0, classes], chunk_size=32)(x0).reshape(64, -1)
+        u = torch.zeros(64, 1000, dtype=torch.float64)
+        u[torch.arange(64), classes] = 1.0
+        ours = li.transpose(u).reshape(64, -1)
+    assert (ours - jac).abs().max() <= 1e-10 * max(1.0, jac.abs().max().item())
+
+
+def test_contributions_are_the_papers_forward_projected_masked_biases():
+    """A small sequential ReLU net: Q_i b̂_i with Ŵ_k = A_k W_k, b̂_k = A_k b_k, Q_i = Ŵ_n···Ŵ_{i+1}, by hand."""
+    torch.manual_seed(3)
+    net = randomize(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1),
+                                  nn.ReLU(), nn.Conv2d(3, 2, 1)), seed=3).double()
+    x0 = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    convs = [net[0], net[2], net[4]]
+
+    def matrix(conv, shape):
+        n = math.prod(shape)
+        eye = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+        return torch.nn.functional.conv2d(eye, conv.weight, None, padding=conv.padding).reshape(n, -1).T
+
+    shapes = [(2, 5, 5), (4, 5, 5), (3, 5, 5)]
+    W = [matrix(c, s) for c, s in zip(convs, shapes)]
+    b = [c.bias.detach().repeat_interleave(25) for c in convs]
+    x, A = x0.flatten(), []
+    for k in range(3):
+        y = W[k] @ x + b[k]
+        A.append(torch.diag((y > 0).double()) if k < 2 else torch.eye(len(y), dtype=torch.float64))
+        x = A[k] @ y
+    W_hat = [A[k] @ W[k] for k in range(3)]
+    b_hat = [A[k] @ b[k] for k in range(3)]
+    Q = [W_hat[2] @ W_hat[1], W_hat[2], torch.eye(50, dtype=torch.float64)]
+    expected = [Q[i] @ b_hat[i] for i in range(3)]
+
+    li = interpret(net, x0)
+    parts = li.contributions()
+    assert list(parts) == ["0 (bias)", "2 (bias)", "4 (bias)"]
+    for got, want in zip(parts.values(), expected):
+        assert torch.allclose(got.flatten(), want, atol=1e-12)
+    F_hand = W_hat[2] @ W_hat[1] @ W_hat[0]
+    assert torch.allclose(dense(li, x0), F_hand, atol=1e-12)
+    assert torch.allclose(li.residual.flatten(), sum(expected), atol=1e-12)
+
+
+def test_instance_norm_is_diagonal_with_gain_over_frozen_sigma():
+    torch.manual_seed(0)
+    norm = nn.InstanceNorm2d(3, affine=True)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.5, 2.0, -1.5]))
+        norm.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x0 = torch.randn(1, 3, 4, 5, dtype=torch.float64) * 3 + 1
+    li = interpret(norm.double(), x0)
+    sigma = torch.sqrt(x0.var(dim=(2, 3), unbiased=False) + norm.eps).flatten()
+    gains = (norm.weight.detach() / sigma).repeat_interleave(20)
+    assert torch.allclose(dense(li, x0), torch.diag(gains), atol=1e-12)
+    assert torch.allclose(li.forward(x0) + li.residual, norm(x0), atol=1e-12)
+
+
+@pytest.mark.parametrize("unit,offset", [(nn.Sigmoid(), 0.5), (nn.Tanh(), 0.0)])
+def test_smooth_units_use_the_secant_gain(unit, offset):
+    x0 = torch.randn(1, 2, 3, 3, dtype=torch.float64) * 2
+    x0[0, 0, 0, 0] = 0.0  # the gain there is h'(0)
+    li = interpret(unit, x0)
+    h = unit(x0)
+    secant = torch.where(x0 == 0, torch.autograd.functional.jacobian(unit, torch.zeros(1, dtype=torch.float64))[0],
+                         (h - unit(torch.zeros_like(x0))) / torch.where(x0 == 0, 1.0, x0))
+    assert torch.allclose(dense(li, x0), torch.diag(secant.flatten()), atol=1e-12)
+    assert torch.allclose(li.residual, torch.full_like(h, offset), atol=1e-12)
+
+
+def test_max_pool_columns_are_one_hot_at_the_selected_switches():
+    torch.manual_seed(0)
+    x0 = torch.randn(1, 2, 6, 6)
+    pool = nn.MaxPool2d(2)
+    li = interpret(pool, x0)
+    F = dense(li, x0)  # (2*3*3) × (2*6*6)
+    _, idx = torch.nn.functional.max_pool2d(x0, 2, return_indices=True)
+    expected = torch.zeros_like(F)
+    for c in range(2):
+        for k, j in enumerate(idx[0, c].flatten().tolist()):
+            expected[c * 9 + k, c * 36 + j] = 1.0
+    assert torch.equal(F, expected)
+    assert (F.sum(0) <= 1).all()
+
+
+def _cubic(t: float, a: float = -0.75) -> float:
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    if t < 2:
+        return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+    return 0.0
+
+
+def _bicubic_matrix(n: int, scale: int) -> torch.Tensor:
+    """(scale·n) × n: torch's bicubic upscaling along one axis (half-pixel centres, clamped borders)."""
+    M = torch.zeros(scale * n, n, dtype=torch.float64)
+    for o in range(scale * n):
+        t = (o + 0.5) / scale - 0.5
+        i0 = math.floor(t)
+        for j in range(i0 - 1, i0 + 3):
+            M[o, min(max(j, 0), n - 1)] += _cubic(t - j)
+    return M
+
+
+def test_bicubic_columns_are_the_bicubic_kernel_and_r_is_zero():
+    n, scale = 10, 4
+    x0 = torch.rand(1, 3, n, n, dtype=torch.float64)
+    li = interpret(Bicubic(scale), x0)
+    assert torch.equal(li.residual, torch.zeros_like(li.residual))
+    assert not li.contributions()
+    M = _bicubic_matrix(n, scale)
+    K = torch.kron(M, M)  # per channel; channels do not mix
+    expected = torch.block_diag(K, K, K)
+    assert torch.allclose(dense(li, x0), expected, atol=1e-12)
+
+
+class _Erf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return torch.erf(self.conv(x))
+
+
+def test_unsupported_operation_names_the_operation_and_where():
+    with pytest.raises(UnsupportedOperation, match=r"erf.*'erf'"):
+        interpret(_Erf(), torch.rand(1, 3, 4, 4))
+    with pytest.raises(UnsupportedOperation, match=r"module Softmax2d at 'act'"):
+        interpret(_with_softmax(), torch.rand(1, 3, 4, 4))
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(UnsupportedOperation, match="cannot be traced"):
+        interpret(Branchy(), torch.rand(1, 3, 4, 4))
+
+
+def _with_softmax():
+    net = nn.Sequential()
+    net.add_module("conv", nn.Conv2d(3, 3, 1))
+    net.add_module("act", nn.Softmax2d())
+    return net
+
+
+def test_bad_x0_gives_one_line_errors():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3))
+    for bad, match in [(torch.rand(3, 8, 8), "shape"), (torch.rand(1, 1, 8, 8), "3 input channels"),
+                       (torch.zeros(1, 3, 8, 8, dtype=torch.int64), "floating-point")]:
+        with pytest.raises(InputError, match=match) as err:
+            interpret(net, bad)
+        assert "\n" not in str(err.value)
+    li = interpret(net, torch.rand(1, 3, 8, 8))
+    with pytest.raises(InputError, match="batch of shape"):
+        li.forward(torch.rand(2, 3, 9, 8))
+
+
+def test_model_modes_are_restored_and_train_mode_batch_norm_freezes_x0_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    x0 = torch.rand(1, 3, 6, 6)
+    interpret(net, x0)
+    assert all(m.training for m in net.modules())
+    li = interpret(net, x0, eval_mode=False)
+    with torch.no_grad():
+        y = net(x0)
+    assert torch.allclose(li.forward(x0) + li.residual, y, atol=1e-5)
+
+
+def test_backprojections_are_adjoint_to_contributions():
+    """<Q_i b̂_i, u> = <b̂_i, Q_iᵀ u>: with u = ones, P_i b̂_i summed over the input equals <b̂_i, P_iᵀ 1>."""
+    torch.manual_seed(0)
+    net = randomize(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)))
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    li = interpret(net.double(), x0)
+    back = li.backprojections()
+    assert list(back) == li.sources
+    # the last source is the last conv's bias: its back-projection is conv2ᵀ b2 masked by the ReLU, then conv1ᵀ
+    b2 = li.bias("2 (bias)").expand(1, 2, 6, 6)
+    mask = (net[0](x0) > 0).double()
+    t = torch.nn.grad.conv2d_input((1, 4, 6, 6), net[2].weight, b2, padding=1) * mask
+    want = torch.nn.grad.conv2d_input((1, 3, 6, 6), net[0].weight, t, padding=1)
+    assert torch.allclose(back["2 (bias)"], want, atol=1e-12)
+
+
+class _SmallUnet(nn.Module):
+    """Max-pool down, bilinear up, a skip by concatenation, functional (leaky) ReLUs."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2)
+        self.mid, self.up = nn.Conv2d(8, 8, 3, padding=1), nn.Upsample(scale_factor=2, mode="bilinear")
+        self.dec = nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x):
+        a = torch.relu(self.enc(x))
+        b = torch.nn.functional.leaky_relu(self.mid(self.pool(a)), 0.2)
+        return self.dec(torch.cat([a, self.up(b)], 1))
+
+
+@pytest.mark.parametrize("which", ["edsr", "unet", "cyclegan"])
+def test_windows_equal_full_image_columns(which):
+    torch.manual_seed(0)
+    if which == "edsr":
+        model, x0 = randomize(EDSR(scale=4, n_resblocks=2, n_feats=8)), 255 * torch.rand(1, 3, 32, 32)
+    elif which == "unet":
+        model, x0 = randomize(_SmallUnet()), torch.rand(1, 3, 48, 48)
+    else:
+        model, x0 = randomize(ResnetGenerator(ngf=4, n_blocks=1)), 2 * torch.rand(1, 3, 64, 64) - 1
+    li = interpret(model, x0)
+    radius = li.receptive_radius
+    assert radius is not None and 0 < radius < 24
+    H, W = x0.shape[2:]
+    for top, left in [(0, 0), (12, 20), (H - 4, W - 4)]:
+        win = li.window((top, left, 4, 4))
+        assert win.in_box != (0, 0, H, W)
+        v = torch.zeros(48, *x0.shape[1:])
+        for k, (c, dy, dx) in enumerate((c, dy, dx) for c in range(3) for dy in range(4) for dx in range(4)):
+            v[k, c, top + dy, left + dx] = 1.0
+        full = li.forward(v)
+        iy, ix, ih, iw = win.in_box
+        oy, ox, oh, ow = win.out_box
+        part = win.forward(v[:, :, iy:iy + ih, ix:ix + iw])
+        assert (part - full[:, :, oy:oy + oh, ox:ox + ow]).abs().max() <= 1e-6
+        full[:, :, oy:oy + oh, ox:ox + ow] = 0
+        assert full.abs().max() == 0  # nothing reaches beyond the window
+
+
+def test_global_networks_have_no_radius():
+    li = interpret(_classifier("resnet18"), torch.rand(1, 3, 32, 32))
+    assert li.receptive_radius is None
+    assert li.window((0, 0, 4, 4)).in_box == (0, 0, 32, 32)
