@@ -212,6 +212,23 @@ def test_images_residual_and_svd(tmp_path):
     assert '"svd":{"k":6' in m and summary["models"][0]["model"] == "bilinear-x4"
 
 
+def test_filters_that_are_all_zero(tmp_path):
+    """Pixels without any influence (an all-zero column, rows that ignore a region) export as empty boxes."""
+    store, dense = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=8, w=8, tile=4)
+    store.F[..., 0:4, 0:4] = 0  # the top-left input quarter has no effect
+    dense[..., 0:4, 0:4] = 0
+    store.F[:, 0:4, 0:4] = 0  # and the top-left output corner ignores everything
+    dense[:, 0:4, 0:4] = 0
+    export_site([store.path], tmp_path / "site", progress=False)
+    sheets = read_sheets(tmp_path / "site" / "data" / "bicubic-x4")
+    cols = decoded_filters(sheets, "col", None, (1, 32, 32))
+    rows = decoded_filters(sheets, "row", None, (1, 8, 8))
+    assert cols[0, 1, 2][2] == (0, 0, 0, 0) and not cols[0, 1, 2][0].any()
+    assert rows[0, 2, 3][2] == (0, 0, 0, 0) and rows[0, 20, 20][2][2] > 0
+    for (s, y, x), (planes, scales, _) in cols.items():
+        assert (np.abs(planes[0] - dense[0, :, :, 0, y, x]) <= scales[0] / 254 + 1e-6).all()
+
+
 def test_global_normalisation_shares_one_scale(tmp_path):
     store, dense = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=8, w=8, tile=4)
     export_site([store.path], tmp_path / "site", normalise="global", progress=False)

@@ -101,6 +101,8 @@ def crop_quantised(q: np.ndarray, box) -> tuple[np.ndarray, tuple[int, int, int,
     the filter is still reproduced within the rendering error everywhere.
     """
     t, l, _, _ = box
+    if q.size == 0:
+        return q, (0, 0, 0, 0)
     sub = nonzero_box((q != ZERO).reshape((-1,) + q.shape[-2:]).any(0))
     st, sl, sh, sw = sub
     return q[..., st:st + sh, sl:sl + sw], ((t + st, l + sl, sh, sw) if sh else (0, 0, 0, 0))

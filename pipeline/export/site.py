@@ -109,7 +109,7 @@ def filter_boxes(block: np.ndarray, offset=(0, 0)) -> np.ndarray:
 
 # ---- planning ---------------------------------------------------------------------------------------------
 def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict:
-    """Sheet block side and task region of a kind, sized from a probe of F's central source chunk.
+    """Sheet block side and task region of a kind, sized from the filters of three probe chunks of F.
 
     ``block``: the side of the square block of source pixels one sheet holds, chosen so that a sheet has
     about ``sheet_pixels`` pixels; it is a multiple of F's source chunk or divides it, so that ``task`` (the
@@ -120,11 +120,12 @@ def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict
     c_src, h_src, w_src = (F.shape[a] for a in src)
     c_dst = F.shape[dst[0]]
     ch_y, ch_x = F.chunks[src[1]], F.chunks[src[2]]
-    sy, sx = (h_src // 2) // ch_y * ch_y, (w_src // 2) // ch_x * ch_x
-    probe, offset = read_source_chunk(F, kind, sy, sx, min(ch_y, h_src - sy), min(ch_x, w_src - sx),
-                                      store.stored_shards())
-    boxes = filter_boxes(probe, offset)
-    cell = max(1, int(boxes[..., 2].max()) * int(boxes[..., 3].max()))
+    regions, cell = store.stored_shards(), 1
+    for fy, fx in ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75)):  # the largest filters of three probe chunks
+        sy, sx = int(h_src * fy) // ch_y * ch_y, int(w_src * fx) // ch_x * ch_x
+        probe, offset = read_source_chunk(F, kind, sy, sx, min(ch_y, h_src - sy), min(ch_x, w_src - sx), regions)
+        boxes = filter_boxes(probe, offset)
+        cell = max(cell, int(boxes[..., 2].max()) * int(boxes[..., 3].max()))
     nt = len(channel_labels(c_dst))
     side = max(1, int(math.sqrt(sheet_pixels / (nt * cell))))
     unit = math.lcm(ch_y, ch_x)
