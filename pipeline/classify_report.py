@@ -337,13 +337,14 @@ def record_of(clean, attacked: list, image: str, label: int | None) -> dict:
     return rec
 
 
-def generate(model, model_name: str, inputs: list[tuple[str, object, int | None]], out: Path, *,
+def generate(model, model_name: str, inputs: list[tuple[str, object, int | None, str]], out: Path, *,
              eps: list[float] = (), top: int = 3, vote_classes: int = 0, figures: int = 4,
              class_names=None, value_range=(0.0, 1.0), settings: dict | None = None,
              progress: bool = True) -> list[dict]:
     """Analyse every input and write the report into ``out``; returns the ``results.json`` records.
 
-    inputs: (name, x0 loader — a tensor (1, C, H, W) or a no-argument callable returning one, label or None).
+    inputs: (name, x0 — a tensor (1, C, H, W) or a no-argument callable returning one, label or None, source —
+    a string that identifies the input's content, e.g. path, size and modification time of its file).
     Images already analysed with the same settings (cache in ``out/images``) are not recomputed, so a killed
     run resumes where it stopped.
     """
@@ -357,15 +358,16 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None]
     settings = dict(settings or {}, model=model_name, eps=list(map(float, eps)), top=top,
                     vote_classes=vote_classes, value_range=list(value_range))
     records, shown = [], []
-    for i, (name, x0, label) in enumerate(tqdm(inputs, desc=f"classify {model_name}", unit="image",
+    for i, (name, x0, label, source) in enumerate(tqdm(inputs, desc=f"classify {model_name}", unit="image",
                                                 disable=not progress)):
         stem = cache / f"{i:05d}-{_safe(name)}"
-        got = load_analysis(stem, settings)
+        image_settings = settings | {"source": source}
+        got = load_analysis(stem, image_settings)
         if got is None:
             x0 = x0() if callable(x0) else x0
             got = analyse_attacked(model, x0, list(eps), label=label, value_range=value_range, top=top,
                                    vote_classes=vote_classes or None)
-            save_analysis(stem, settings, *got)
+            save_analysis(stem, image_settings, *got)
         records.append(record_of(*got, name, label))
         if len(shown) < figures:
             shown.append((name, got))

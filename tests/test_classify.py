@@ -248,9 +248,9 @@ def test_cli_on_rgb_photos_with_an_imagenet_classifier(tmp_path):
     photos.mkdir()
     iio.imwrite(photos / "coffee.png", skimage.data.coffee()[::8, ::8])
     iio.imwrite(photos / "camera.png", skimage.data.camera()[::8, ::8])  # grey: repeated to RGB
-    res = CliRunner().invoke(main, ["classify", "--model", "vgg11", "--weights", "random", "--images", str(photos),
-                                    "--size", "32", "--vote-classes", "40", "--top", "2", "--figures", "1",
-                                    "--out", str(tmp_path / "out")])
+    args = ["classify", "--model", "vgg11", "--weights", "random", "--images", str(photos), "--size", "32",
+            "--vote-classes", "40", "--top", "2", "--figures", "1", "--out", str(tmp_path / "out")]
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     recs = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["image"] for r in recs] == ["camera.png", "coffee.png"]
@@ -264,3 +264,9 @@ def test_cli_on_rgb_photos_with_an_imagenet_classifier(tmp_path):
     page = (tmp_path / "out" / "index.html").read_text()
     assert all(html.escape(f"{r['top1']} {_IMAGENET_CATEGORIES[r['top1']]}") in page for r in recs)
     assert (tmp_path / "out" / "discussion-0.png").stat().st_size > 0
+    # a changed file under the same name is analysed again, an unchanged one comes from the cache
+    iio.imwrite(photos / "coffee.png", skimage.data.coffee()[::-8, ::8])
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert again[0] == recs[0] and again[1]["score"] != recs[1]["score"]

@@ -17,7 +17,7 @@ def _digits_test(limit: int | None):
 
     _, (x, y) = digits_split()
     n = len(y) if limit is None else min(limit, len(y))
-    return [(f"digits-test-{i:03d}", x[i:i + 1], int(y[i])) for i in range(n)]
+    return [(f"digits-test-{i:03d}", x[i:i + 1], int(y[i]), f"digits_split test {i}") for i in range(n)]
 
 
 def _class_names(name: str, n_classes: int) -> list[str] | None:
@@ -74,7 +74,11 @@ def _inputs(images, dataset, limit, model_spec, size, crop):
     def loader(f):
         return lambda: load_input(f, model_spec, size, crop)
 
-    return [(f.name, loader(f), None) for f in files]
+    def source(f):
+        st = f.stat()
+        return f"{f.resolve()} {st.st_size} {st.st_mtime_ns}"
+
+    return [(f.name, loader(f), None, source(f)) for f in files]
 
 
 @click.command()
