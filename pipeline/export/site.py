@@ -161,13 +161,13 @@ def _block_planes(block: np.ndarray, offset, box) -> np.ndarray:
     return np.stack([with_sum(p) for p in with_sum(crop)])
 
 
-def _iter_task(store: Store, kind: str, plan: dict, y0: int, x0: int):
+def _iter_task(store: Store, kind: str, plan: dict, y0: int, x0: int, regions=None):
     """Yield (y, x, box, planes) for the source pixels of the task region at (y0, x0), reading F one source
-    chunk at a time (each chunk of F is read once)."""
+    chunk at a time (each chunk of F is read once). ``regions``: ``store.stored_shards()``, if known."""
     _, h_src, w_src = plan["src_shape"]
     ty, tx = plan["task"]
     ch_y, ch_x = plan["chunk"]
-    regions = store.stored_shards()
+    regions = store.stored_shards() if regions is None else regions
     for cy in range(y0, min(y0 + ty, h_src), ch_y):
         for cx in range(x0, min(x0 + tx, w_src), ch_x):
             hy, hx = min(ch_y, h_src - cy), min(ch_x, w_src - cx)
@@ -178,28 +178,28 @@ def _iter_task(store: Store, kind: str, plan: dict, y0: int, x0: int):
                     yield cy + i, cx + j, boxes[i, j], _block_planes(block[:, i, j], offset, boxes[i, j])
 
 
-def measure_task(store_path: str, kind: str, plan: dict, y0: int, x0: int) -> np.ndarray:
+def measure_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, regions=None) -> np.ndarray:
     """Largest |value| per (source, target) plane over the filters of one task region: (n_sources, nt)."""
     store = open_store(store_path)
     peak = np.zeros((len(plan["sources"]), len(plan["targets"])), np.float32)
-    for *_, planes in _iter_task(store, kind, plan, y0, x0):
+    for *_, planes in _iter_task(store, kind, plan, y0, x0, regions):
         peak = np.maximum(peak, render.plane_scales(planes))
     return peak
 
 
 def render_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder: str, model: str,
-                fixed_scales=None) -> dict:
+                fixed_scales=None, regions=None) -> dict:
     """Write the sheets of the blocks in one task region (one sheet per block and source channel).
 
-    ``fixed_scales``: None for per-filter normalisation, or (n_sources, nt) global scales.
-    Returns {'filters', 'bytes', 'files'}.
+    ``fixed_scales``: None for per-filter normalisation, or (n_sources, nt) global scales. ``regions``:
+    the stored shards of F (listed once per export rather than once per task). Returns {'filters', 'bytes', 'files'}.
     """
     store = open_store(store_path)
     _, h_src, w_src = plan["src_shape"]
     b = plan["block"]
     ns, nt = len(plan["sources"]), len(plan["targets"])
     sheets = {}  # block origin -> (entries per source, boxes, scales)
-    for y, x, box, planes in _iter_task(store, kind, plan, y0, x0):
+    for y, x, box, planes in _iter_task(store, kind, plan, y0, x0, regions):
         by, bx = y // b * b, x // b * b
         if (by, bx) not in sheets:
             n = min(b, h_src - by) * min(b, w_src - bx)
@@ -370,17 +370,18 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         folder = data / mid
         (folder / ".done").mkdir(parents=True, exist_ok=True)
         plans = {kind: plan_kind(store, kind, sheet_pixels) for kind in ("col", "row")}
+        regions = dask.delayed(store.stored_shards(), pure=True)  # one graph node shared by the tasks
         fixed = {kind: None for kind in plans}
         if normalise == "global":
             for kind, plan in plans.items():
-                peaks = _run([dask.delayed(measure_task)(str(store.path), kind, plan, y, x)
+                peaks = _run([dask.delayed(measure_task)(str(store.path), kind, plan, y, x, regions)
                               for y, x in task_origins(plan)], scheduler, workers, progress)
                 fixed[kind] = np.max(peaks, axis=0)
                 plan["global_scales"] = fixed[kind].tolist()
         for kind, plan in plans.items():
             for y, x in task_origins(plan):
                 todo.append(dask.delayed(render_task)(str(store.path), kind, plan, y, x, str(folder), mid,
-                                                       fixed[kind]))
+                                                       fixed[kind], regions))
                 todo_info.append((folder, f"{kind}_{y}_{x}", _task_key(store, kind, plan, normalise)))
         todo.append(dask.delayed(render_images)(str(store.path), str(folder), mid))
         todo_info.append((folder, "images", _task_key(store, "images", None, normalise)))
