@@ -33,14 +33,21 @@ vectors.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 #: The methods `truncated_svd` accepts.
 METHODS = ("lanczos", "randomized")
+#: The checkpoint file `svd_store` keeps inside the store folder while it runs (not part of the Zarr layout).
+CHECKPOINT = "svd-resume.npz"
+#: Steps without the worst residual halving after which a run counts as stalled (see `_stalled`).
+STALL_STEPS = 30
 #: Default memory for the Lanczos basis and its image under FᵀF (two float64 (n, c) arrays), in bytes.
 BASIS_BYTES = 512 * 2**20
 
@@ -170,6 +177,8 @@ def _truncated_svd(
     max_basis: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    checkpoint=None,
+    checkpoint_seconds: float = 30.0,
 ) -> SVDResult:
     """The top-k singular triplets of F (see the module docstring for the algorithms).
 
@@ -178,7 +187,9 @@ def _truncated_svd(
     (‖FᵀF vᵢ − sᵢ² vᵢ‖ <= op.precision·s₁²). oversample: extra block vectors (default max(8, k/4)).
     max_iter: most power / Lanczos steps. max_basis: most basis vectors Lanczos keeps before a thick restart
     (default: as many as fit in BASIS_BYTES, at least 4 blocks). seed: the starting block's random seed.
-    progress: show a tqdm bar.
+    progress: show a tqdm bar. checkpoint: a file (.npz) where the current Ritz vectors and their images
+    are saved every `checkpoint_seconds` and when a run stops unconverged (atomically); a run with the same
+    problem and settings resumes from it (a thick restart on those vectors); it is deleted on convergence.
     """
     import time
 
@@ -195,10 +206,18 @@ def _truncated_svd(
     started = time.perf_counter()
     passes = 0
 
-    q = _orthonormalize(rng.standard_normal((n, block)), np.zeros((n, 0)), rng)
-    z = _apply(op, q)
-    passes += q.shape[1]
+    key = json.dumps({"k": k, "method": method, "block": block, "seed": seed, "tol": tol,
+                      "in_shape": list(op.in_shape), "out_shape": list(op.out_shape)})
+    resumed = _load_checkpoint(checkpoint, key)
+    if resumed is not None:
+        q, z, passes = resumed
+    else:
+        q = _orthonormalize(rng.standard_normal((n, block)), np.zeros((n, 0)), rng)
+        z = _apply(op, q)
+        passes += q.shape[1]
+    saved_at = time.perf_counter()
     converged = False
+    history: list[float] = []
     bar = tqdm(total=max_iter, desc=f"svd k={k} ({method})", unit="step", disable=not progress)
     step = 0
     try:
@@ -211,19 +230,23 @@ def _truncated_svd(
             worst = float((norms / np.maximum(theta[:k], 1e-300)).max())
             bar.set_postfix(residual=f"{worst:.1e}", passes=passes)
             converged = bool(np.all(norms <= np.maximum(tol * theta[:k], op.precision * top)))
-            if converged or step >= max_iter or q.shape[1] >= n:
+            history.append(worst)
+            if converged or step >= max_iter or q.shape[1] >= n or _stalled(history):
                 break
             step += 1
             bar.update(1)
+            if checkpoint is not None and time.perf_counter() - saved_at >= checkpoint_seconds:
+                _save_checkpoint(checkpoint, key, ritz, ritz_z, passes)
+                saved_at = time.perf_counter()
             if method == "randomized":
                 q = _orthonormalize(ritz_z, np.zeros((n, 0)), rng)
                 z = _apply(op, q)
                 passes += q.shape[1]
                 continue
-            if q.shape[1] + block > max_basis:  # thick restart on the leading Ritz vectors (A q y = z y)
+            if q.shape[1] >= max_basis:  # thick restart on the leading Ritz vectors (A q y = z y)
                 keep = y[:, : max(block, max_basis // 2)]
                 q, z = q @ keep, z @ keep
-            fresh = _orthonormalize(residual, q, rng)
+            fresh = _orthonormalize(residual[:, : max_basis - q.shape[1]], q, rng)
             if fresh.shape[1] == 0:
                 break
             q = np.concatenate([q, fresh], axis=1)
@@ -231,6 +254,10 @@ def _truncated_svd(
             passes += fresh.shape[1]
     finally:
         bar.close()
+    if checkpoint is not None and converged:
+        Path(checkpoint).unlink(missing_ok=True)
+    elif checkpoint is not None:  # stopped early: a rerun (e.g. with a larger max_iter) continues from here
+        _save_checkpoint(checkpoint, key, ritz, ritz_z, passes)
 
     theta = theta[:k]
     v = ritz[:, :k]
@@ -253,6 +280,7 @@ def _truncated_svd(
         "converged": bool(converged),
         "tol": tol,
         "seed": seed,
+        "resumed": resumed is not None,
         "seconds": round(time.perf_counter() - started, 3),
     }
     return SVDResult(
@@ -263,6 +291,35 @@ def _truncated_svd(
         residual_transpose=res_tr,
         info=info,
     )
+
+
+def _stalled(history: list[float], window: int = STALL_STEPS) -> bool:
+    """True when the worst relative residual has not halved over the last `window` steps: the run is at its
+    rounding floor (or the spectrum is too flat for this basis size), so more steps would be wasted."""
+    return len(history) > window and min(history[-window:]) > 0.5 * min(history[:-window])
+
+
+def _save_checkpoint(path, key: str, ritz: np.ndarray, ritz_z: np.ndarray, passes: int) -> None:
+    """Write the Ritz block (n, b), its image under FᵀF and the pass count to `path`, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, key=np.array(key), q=ritz, z=ritz_z, passes=np.array(passes))
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, key: str):
+    """(q, z, passes) from a checkpoint of the same problem and settings, else None (a foreign or unreadable
+    file is ignored: the run starts afresh and overwrites it)."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                return None
+            return data["q"], data["z"], int(data["passes"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _fix_signs(v: np.ndarray) -> np.ndarray:
@@ -357,8 +414,6 @@ def model_from_store(store, trust_pickle: bool = False):
 
     Raises ``SVDError`` when the weights file is gone or has changed since the store was computed.
     """
-    from pathlib import Path
-
     from pipeline.models import build
     from pipeline.models.weights import file_sha256
 
@@ -405,7 +460,8 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
     source: "store" (the stored F; needs a complete store), "model" (the interpreter rebuilt from the
     store's attributes) or "auto" (the store when it is complete, else the model). The written residual of
     pair i is the full triplet residual sqrt(‖F vᵢ − sᵢuᵢ‖² + ‖Fᵀuᵢ − sᵢvᵢ‖²) / sᵢ, which bounds
-    ‖F vᵢ − sᵢuᵢ‖ / sᵢ; both parts are also in the ``svd`` group's attributes.
+    ‖F vᵢ − sᵢuᵢ‖ / sᵢ; both parts are also in the ``svd`` group's attributes. A killed run resumes from
+    the checkpoint file ``CHECKPOINT`` inside the store folder (deleted when the SVD is written).
     """
     from pipeline.store import open_store
 
@@ -420,7 +476,8 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
         op = model_operator(interpreter_from_store(store, trust_pickle), batch=batch)
     else:
         raise SVDError(f"unknown source '{source}' (store, model or auto)")
-    result = truncated_svd(op, k, method=method, tol=tol, max_iter=max_iter, seed=seed, progress=progress)
+    result = truncated_svd(op, k, method=method, tol=tol, max_iter=max_iter, seed=seed, progress=progress,
+                           checkpoint=store.path / CHECKPOINT)
     residuals = np.hypot(result.residual_forward, result.residual_transpose)
     attrs = dict(result.info, source=source, sign_convention="largest-magnitude entry of each V[i] positive",
                  residual_forward=result.residual_forward.tolist(),

@@ -20,14 +20,21 @@ import click
               help="Vectors per network pass (--from-model).")
 @click.option("--max-iter", type=click.IntRange(min=1), default=500, show_default=True,
               help="Most Lanczos / power steps.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads for --from-model (default: torch's; 1 is fastest on a busy machine).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starting block.")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def svd(store_path, k, method, source, tol, batch, max_iter, seed, trust_pickle, quiet):
+def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, trust_pickle, quiet):
     """Truncated SVD of F(x0), matrix-free; writes svd/S, svd/U (eigen-outputs) and svd/V (eigen-inputs)
-    with the per-pair residuals into STORE."""
+    with the per-pair residuals into STORE. A killed run resumes from its checkpoint when rerun."""
     from pipeline import svd as svdmod
     from pipeline.store import StoreError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     try:
         result = svdmod.svd_store(store_path, k, method=method, source=source or "auto", tol=tol, batch=batch,
