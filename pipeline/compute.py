@@ -355,6 +355,9 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     device = resolve_device(device)
     if isinstance(scheduler, str) and not scheduler.startswith(REMOTE) and scheduler not in LOCAL:
         raise ValueError(f"unknown scheduler {scheduler!r} (threads, processes or tcp://HOST:PORT)")
+    if device == "cuda" and scheduler == "processes":
+        raise ValueError("--device cuda runs one worker thread per GPU: use --scheduler threads, or a distributed "
+                         "cluster with one worker per GPU")
     local = isinstance(scheduler, str) and scheduler in LOCAL
     cores = os.cpu_count() or 1
     if local and not workers:
