@@ -92,7 +92,8 @@ class SVDResult:
     S: (k,) singular values. U: (k, *out_shape) eigen-outputs, unit norm. V: (k, *in_shape) eigen-inputs,
     unit norm. residual_forward: (k,) ‖F vᵢ − sᵢ uᵢ‖ / sᵢ (measured with one more pass of F).
     residual_transpose: (k,) ‖Fᵀ uᵢ − sᵢ vᵢ‖ / sᵢ (measured with one more pass of Fᵀ; this is the one
-    that measures convergence). info: method, iterations, operator passes, seconds, converged.
+    that measures convergence). info: method, iterations, operator_passes (vectors sent through F and
+    back through Fᵀ, the unit of cost), seconds, converged, resumed.
     """
 
     S: np.ndarray
@@ -267,7 +268,7 @@ def _truncated_svd(
     norms = np.linalg.norm(fv, axis=1)
     u = fv / np.where(norms > 0, norms, 1.0)[:, None]
     ftu = np.asarray(op.transpose(u.reshape((k, *op.out_shape))), dtype=np.float64).reshape(k, -1)
-    passes += 2 * k
+    passes += k
     safe_s = np.where(s > 0, s, 1.0)
     res_fwd = np.linalg.norm(fv - s[:, None] * u, axis=1) / safe_s
     res_tr = np.linalg.norm(ftu - s[:, None] * v.T, axis=1) / safe_s
