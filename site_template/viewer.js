@@ -231,7 +231,7 @@
       " rows " + Math.max(0, sy) + "–" + (sy + side - 1) + ", cols " + Math.max(0, sx) + "–" + (sx + side - 1);
   }
 
-  const fmt = (v) => (v === 0 ? "0" : Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(2) : v.toPrecision(3));
+  const fmt = (v) => (Number.isInteger(v) && Math.abs(v) < 1e6 ? String(v) : Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(2) : v.toPrecision(3));
 
   // which view each canvas of a panel shows now
   function requests(model) {
@@ -386,20 +386,32 @@
     }
   }
 
+  // attribute values as short text: numbers rounded, lists inline, hashes shortened (full value in the tooltip)
+  function show(v) {
+    if (v === null || v === undefined) return "—";
+    if (typeof v === "number") return fmt(v);
+    if (typeof v === "string") return /^[0-9a-f]{64}$/.test(v) ? v.slice(0, 12) + "…" : v;
+    if (Array.isArray(v)) return v.map(show).join(", ");
+    return Object.entries(v).map(([k, x]) => k + " " + show(x)).join(" · ");
+  }
+  function row(dl, key, value, title) {
+    el("dt", null, dl, key);
+    const dd = el("dd", null, dl, value);
+    if (title) dd.title = title;
+  }
   function infoTable(parent, attrs) {
-    const order = ["model", "weights", "weights_sha256", "image", "image_sha256", "crop", "scale", "verification", "complete", "mode", "tile", "timings", "versions"];
-    const keys = order.filter((k) => k in attrs).concat(Object.keys(attrs).filter((k) => !order.includes(k) && k !== "identity").sort());
-    const dl = el("dl", "info", parent);
-    for (const k of keys) {
-      el("dt", null, dl, k);
-      const dd = el("dd", null, dl);
-      const v = attrs[k];
-      if (v && typeof v === "object") {
-        const ul = el("ul", null, dd);
-        for (const [kk, vv] of Object.entries(v)) el("li", null, ul, kk + ": " + (typeof vv === "number" ? fmt(vv) : JSON.stringify(vv)));
-      } else if (typeof v === "string" && /^[0-9a-f]{64}$/.test(v)) { dd.textContent = v.slice(0, 16) + "…"; dd.title = v; }
-      else dd.textContent = typeof v === "number" ? fmt(v) : String(v);
-    }
+    const main = el("dl", "info", parent);
+    row(main, "model", show(attrs.model));
+    row(main, "weights", show(attrs.weights));
+    if (attrs.weights_sha256 && attrs.weights_sha256 !== attrs.weights) row(main, "weights sha256", show(attrs.weights_sha256), attrs.weights_sha256);
+    row(main, "image", show(attrs.image) + (attrs.crop ? " · crop " + show(attrs.crop) : ""));
+    if (attrs.image_sha256) row(main, "image sha256", show(attrs.image_sha256), attrs.image_sha256);
+    const ver = attrs.verification || {};
+    for (const k of Object.keys(ver)) row(main, k.replace(/_/g, " "), show(ver[k]));
+    const det = el("details", "infobox", parent);
+    el("summary", null, det, "all attributes");
+    const dl = el("dl", "info", det);
+    for (const k of Object.keys(attrs).sort()) if (k !== "identity") row(dl, k, show(attrs[k]), JSON.stringify(attrs[k]));
   }
 
   function svdPanel(p, parent) {
@@ -459,9 +471,7 @@
     const labels = el("div", "legend-labels", leg);
     p.legendLo = el("span", null, labels); p.legendMid = el("span", null, labels); p.legendHi = el("span", null, labels);
     p.readout = el("div", "readout", side);
-    const det = el("details", "infobox", side); el("summary", null, det, "info: model, weights, image, verification");
-    det.open = model === M.models[0];
-    infoTable(det, model.attrs);
+    infoTable(el("div", "infopanel", side), model.attrs);
     if (model.svd) svdPanel(p, side);
     sizeCanvases(p);
     return p;
