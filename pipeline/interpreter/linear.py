@@ -12,6 +12,7 @@ order (`transpose`: Fᵀ u). Biases are injected per source to get the contribut
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -99,9 +100,7 @@ class LinearInterpreter:
         self.output = self._record(x0)
         self._last_use = self._last_uses()
         self._names = self._source_names()
-        with torch.no_grad():
-            self.residual = self._forward(torch.zeros_like(x0), inject={n: torch.ones(1, dtype=x0.dtype,
-                                          device=x0.device) for n in self._names.values()})
+        self._residual: torch.Tensor | None = None
 
     # ---------------------------------------------------------------------------------------------------
     # recording
@@ -326,6 +325,14 @@ class LinearInterpreter:
             return self._forward(v, inject={n: ones for n in self._names.values()})
 
     @property
+    def residual(self) -> torch.Tensor:
+        """r(x0), shape (1, *out): every bias forward-projected at once (g(0) of the frozen affine network),
+        so that F x0 + r = f(x0). Computed on first use (one pass)."""
+        if self._residual is None:
+            self._residual = self.affine(torch.zeros_like(self.x0))
+        return self._residual
+
+    @property
     def receptive_radius(self) -> int | None:
         """How far (input pixels) a column of F can reach from its pixel; None for global networks."""
         if not hasattr(self, "_radius"):
@@ -404,6 +411,19 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return None
 
 
+#: traced graphs per model and mode, so that interpreting many inputs traces each model once
+_TRACED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _traced(model: nn.Module) -> fx.GraphModule:
+    modes = tuple(m.training for m in model.modules())
+    cache = _TRACED.setdefault(model, {})
+    if modes not in cache:
+        cache.clear()
+        cache[modes] = trace(model, _is_leaf)
+    return cache[modes]
+
+
 def interpret(model: nn.Module, x0: torch.Tensor, eval_mode: bool = True) -> LinearInterpreter:
     """The linear interpreter of `model` at `x0` (a float tensor of shape (1, C, H, W)).
 
@@ -422,7 +442,7 @@ def interpret(model: nn.Module, x0: torch.Tensor, eval_mode: bool = True) -> Lin
     if eval_mode:
         model.eval()
     try:
-        gm = trace(model, _is_leaf)
+        gm = _traced(model)
         with torch.no_grad():
             return LinearInterpreter(gm, x0.detach().clone())
     finally:
