@@ -210,7 +210,23 @@ class Product(Rule):
         return {**state, "args": tuple(crop(a) if isinstance(a, torch.Tensor) else a for a in state["args"])}
 
 
-class Unit(Rule):
+class Diagonal(Rule):
+    """A linear interpreter that multiplies element-wise by a gain recorded at x0 (units, norms)."""
+
+    def linear(self, b, state):
+        return b.input() * state["gain"]
+
+    def transpose(self, b, state, cot):
+        return {b.nodes()[0]: cot * state["gain"]}
+
+    def support(self, b, state):
+        return b.input()
+
+    def crop(self, state, crop):
+        return {"gain": crop(state["gain"])}
+
+
+class Unit(Diagonal):
     """A pointwise non-linear unit h replaced by A·y + c chosen at y0 (the unit's input at x0).
 
     `tangent`: the linear piece active at y0 (piecewise-linear units): A = h'(y0), c = h(y0) − A·y0.
@@ -253,18 +269,6 @@ class Unit(Rule):
             offset = h0
         gain = gain.bool() if _is_binary(gain) else gain
         return out, {"gain": gain}, (offset if offset.any() else None)
-
-    def linear(self, b, state):
-        return b.input() * state["gain"]
-
-    def transpose(self, b, state, cot):
-        return {b.nodes()[0]: cot * state["gain"]}
-
-    def support(self, b, state):
-        return b.input()
-
-    def crop(self, state, crop):
-        return {"gain": crop(state["gain"])}
 
 
 def _relu_derivative(y, b):
@@ -342,7 +346,7 @@ def map_values(b: Bound, tree):
     return torch.fx.node.map_aggregate(tree, lambda a: b.values[a] if isinstance(a, fx.Node) else a)
 
 
-class Norm(Rule):
+class Norm(Diagonal):
     """Normalisation with the statistics of x0 frozen: y -> gain·y + shift (per channel, group or instance).
 
     `affine(b) -> (gain, shift)` broadcastable to the output, from the layer's statistics at x0 (running
@@ -359,18 +363,6 @@ class Norm(Rule):
         gain, shift = self.affine(b, x0)
         out = b()
         return out, {"gain": gain}, shift
-
-    def linear(self, b, state):
-        return b.input() * state["gain"]
-
-    def transpose(self, b, state, cot):
-        return {b.nodes()[0]: cot * state["gain"]}
-
-    def support(self, b, state):
-        return b.input()
-
-    def crop(self, state, crop):
-        return {"gain": crop(state["gain"])}
 
 
 def _stats(x, dims):
