@@ -29,7 +29,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: sha256 of the project's trained default weight files (pipeline/models/weights/<name>.pt).
 #: Filled in by the training work when a file is committed; None = no file yet (build(name) then fails clearly).
 TRAINED_SHA256: dict[str, str | None] = {
-    "pixelshuffle-x4": None,
+    "pixelshuffle-x4": "b5d6b7e60d5175a9639f69102c6f139f918812217b7ebf9314f005cacffb4d0e",
     "edsr-small-x4": None,
     "i2i-small": None,
     "digits-vgg": "e2c60696697b2635b1d8fc713116e3a47f0e0cebd123b886108f1cd20aead7ee",
