@@ -370,11 +370,10 @@
   // ---- building the page -------------------------------------------------------------------------------
   function el(tag, cls, parent, text) { const e = document.createElement(tag); if (cls) e.className = cls; if (parent) parent.appendChild(e); if (text !== undefined) e.textContent = text; return e; }
 
-  function zoomFor(model, dom) {
-    const d = dims(model, dom), o = dims(model, "out");
-    const zOut = Math.max(1, Math.floor(520 / Math.max(o.h, o.w)) + state.zoom);
-    const ratio = Math.max(1, Math.round(o.w / d.w));
-    return dom === "out" ? zOut : Math.max(1, zOut * ratio);
+  function zoomFor(model, dom) { // integer zoom: both images about 520 px, the zoom keys scale both alike
+    const base = (d) => Math.max(1, Math.floor(520 / Math.max(d.h, d.w)));
+    const bOut = base(dims(model, "out")), b = base(dims(model, dom));
+    return Math.max(1, Math.round(b * Math.max(1, bOut + state.zoom) / bOut));
   }
 
   function sizeCanvases(p) {

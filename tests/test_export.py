@@ -145,9 +145,10 @@ def test_every_row_and_column_of_bicubic16_is_in_the_tiles(bicubic16, site16):
         got = decoded_filters(sheets, kind, src_shape, dst_shape)
         n_src = len(channel_labels(src_shape[0]))
         assert len(got) == n_src * src_shape[1] * src_shape[2]  # every pixel, every source channel and Σ
+        # every source channel and Σ × every destination channel and Σ: (ns, H_src, W_src, nt, H, W)
+        full = np.moveaxis(with_sum(np.moveaxis(with_sum(mats), 3, 0)), 0, 3)
         for (s, y, x), (planes, scales, box) in got.items():
-            per_channel = mats[:, y, x]  # (C_src, C_dst, H, W)
-            want = with_sum(with_sum(per_channel)[s])  # (nt, H, W): each destination channel and Σ
+            want = full[s, y, x]  # (nt, H, W)
             assert planes.shape == want.shape
             assert (np.abs(planes - want) <= scales[:, None, None] / 254 + 1e-6).all(), (kind, s, y, x)
             np.testing.assert_allclose(scales, np.abs(want).max(axis=(1, 2)), rtol=1e-5)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
+from pipeline.export.site import SCHEDULERS
 
 
 @click.command()
@@ -15,7 +15,7 @@ SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
               help="colour scale: each filter at its own ±max, or one scale per kind and channel pair")
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), default="threads", show_default=True,
               help="dask scheduler (distributed: a local cluster of --workers processes)")
-@click.option("--workers", type=int, default=None, help="dask workers (default: one per core)")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="dask workers (default: one per core)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def export(stores, out, normalise, scheduler, workers, progress):
     """Export STORES (one image; one panel per model) as an offline site: open OUT/index.html."""
