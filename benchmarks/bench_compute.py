@@ -155,12 +155,29 @@ def full_f(workers: int | None, lr: int = 32) -> dict:
     model = build(name, "random")
     n = 3 * lr * lr
     images = torch.from_numpy(x0).expand(16, -1, -1, -1).contiguous()
-    with torch.no_grad():
-        plain = timed(lambda: [model(images) for _ in range(n // 16)])
+    plain = plain_parallel(model, images, n // 16, workers or os.cpu_count() or 1)
     print(f"\n## All of F, EDSR-baseline ×4, LR {lr} ({n} columns; plain inference of {n // 16 * 16} images)")
     print(table([[ours, plain, ours / plain, verification["reconstruction_rel"]]],
                 ["compute() s", "plain inference s", "ratio (goal ≤ 1.2)", "reconstruction rel err"]))
     return {"compute_s": ours, "plain_s": plain, "verification": verification}
+
+
+def plain_parallel(model, batch: torch.Tensor, batches: int, workers: int) -> float:
+    """Seconds for ``batches`` inferences of ``batch`` spread over ``workers`` threads with cores // workers
+    torch threads each: the same parallel layout as ``compute``'s dask threads, for a like-for-like ratio."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def infer(_):
+        with torch.no_grad():  # grad mode is per thread
+            model(batch)
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return timed(lambda: list(pool.map(infer, range(batches))))
+    finally:
+        torch.set_num_threads(saved)
 
 
 def mallopt_effect() -> list[dict]:
