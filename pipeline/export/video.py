@@ -8,6 +8,7 @@ below. Written as MP4 when an encoder is installed (imageio-ffmpeg or PyAV), oth
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,16 @@ CAPTION = 14
 
 
 def walk_path(shape_hw: tuple[int, int], frames: int) -> list[tuple[int, int]]:
-    """``frames`` input pixels (y, x) evenly spaced along a serpentine scan of the image (row by row,
-    alternating direction), so consecutive frames are neighbours when ``frames`` ≥ H·W / stride."""
+    """``frames`` input pixels (y, x) evenly spaced along a serpentine walk over about √(frames·H/W) evenly
+    spaced rows (left to right, then right to left one row band lower), so that consecutive frames are
+    a few pixels apart and the walk covers the whole image; every pixel when ``frames`` ≥ H·W."""
     h, w = shape_hw
-    scan = [(y, x if y % 2 == 0 else w - 1 - x) for y in range(h) for x in range(w)]
+    if frames >= h * w:
+        rows = list(range(h))
+    else:
+        n_rows = int(min(h, max(1, round(math.sqrt(frames * h / w)))))
+        rows = sorted({int(round(r)) for r in np.linspace(0, h - 1, n_rows)})
+    scan = [(y, x if i % 2 == 0 else w - 1 - x) for i, y in enumerate(rows) for x in range(w)]
     if frames >= len(scan):
         return scan
     idx = np.linspace(0, len(scan) - 1, frames).round().astype(int)
@@ -46,7 +53,7 @@ def frame(store: Store, y: int, x: int, lut: np.ndarray, left: np.ndarray) -> np
 
     _, h_out, w_out = store.out_shape
     _, h_in, w_in = store.in_shape
-    col = np.asarray(store.F[:, :, :, :, y, x]).sum(axis=(0, 3))  # (H_out, W_out)
+    col = np.asarray(store.F[:, :, :, :, y, x]).sum(axis=(0, 3))  # (H_out, W_out), chunk-aligned read
     img = np.zeros((h_out + CAPTION, 2 * w_out + GAP, 3), np.uint8)
     img[:h_out, :w_out] = left
     img[:h_out, w_out + GAP:] = render.colourise(col, float(np.abs(col).max()), lut)
