@@ -8,6 +8,7 @@ inference of the model, and vector passes over the n passes a dense F would need
 
     python benchmarks/bench_svd.py [--sizes 64 128] [--k 32] [--method lanczos] [--threads 1]
                                    [--weights random] [--store PATH]   # --store: read-only, from the stored F
+                                   [--max-iter N] [--progress]         # a capped run times the steps
 """
 from __future__ import annotations
 
@@ -53,11 +54,11 @@ def child(args) -> dict:
             op = model_operator(interpret(model, x0), batch=args.batch)
     with torch.no_grad():
         inference = best_of(lambda: model(x0), 3)
-    result = truncated_svd(op, args.k, method=args.method, progress=False)
+    result = truncated_svd(op, args.k, method=args.method, max_iter=args.max_iter, progress=args.progress)
     worst = float(np.maximum(result.residual_forward, result.residual_transpose).max())
     return {"source": "store" if args.store else "model", "lr": list(x0.shape[2:]), "k": args.k,
             "method": args.method, "svd_s": result.info["seconds"], "passes": result.info["operator_passes"],
-            "steps": result.info["iterations"], "converged": result.info["converged"], "max_residual": worst,
+            "steps": result.info["iterations"], "max_iter": args.max_iter, "converged": result.info["converged"], "max_residual": worst,
             "n": op.n, "inference_s": inference, "s_top": float(result.S[0]), "s_k": float(result.S[-1]),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -69,6 +70,8 @@ def main():
     ap.add_argument("--method", default="lanczos")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the dev machine is shared)")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--max-iter", type=int, default=500, help="cap on Lanczos steps (a partial run times steps)")
+    ap.add_argument("--progress", action="store_true", help="show the solver's progress bar (on stderr)")
     ap.add_argument("--weights", default=None, help="default: the trained file if present, else random")
     ap.add_argument("--store", default=None, help="benchmark the stored-F source on this complete store")
     ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -82,13 +85,14 @@ def main():
         print(json.dumps(child(args)))
         return
     base = [sys.executable, __file__, "--child", "--k", str(args.k), "--method", args.method,
-            "--threads", str(args.threads), "--batch", str(args.batch)]
+            "--threads", str(args.threads), "--batch", str(args.batch), "--max-iter", str(args.max_iter)]
+    base += ["--progress"] if args.progress else []
     base += ["--weights", args.weights] if args.weights else []
     cases = [base + ["--store", args.store]] if args.store else [base + ["--size", str(s)] for s in args.sizes]
     print(f"edsr-small-x4 ({args.weights or 'trained'} weights), k={args.k}, {args.method}, "
           f"torch threads {args.threads}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
     for cmd in cases:
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
         print(f"{r['source']:5s} LR {r['lr'][0]}×{r['lr'][1]} (n={r['n']}): {r['svd_s']:.1f} s, "
               f"{r['passes']} vector passes ({r['passes'] / r['n']:.3f} of n) in {r['steps']} steps, "
