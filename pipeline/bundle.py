@@ -298,7 +298,8 @@ def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image:
              f"Paper's archive: {bundle.paper}", ""]
     lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
     lines += ["Command:", f"  {command or 'linterp bundle ' + bundle.name}", "",
-              f"Image: {first.get('image')}  sha256 {first.get('image_sha256')}",
+              f"Image: {first.get('image')}  sha256 {first.get('image_sha256')}"
+              + ("  (of its uint8 RGB pixels: the built-in scikit-image crop)" if image is None else ""),
               f"Crop (X,Y,W,H): {crop or 'none (whole image)'}", "", "Models:"]
     for part, path in zip(parts, stores):
         attrs = open_store(path).attrs
