@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.images import RGB_TO_YCBCR
+
 #: scikit-image sample images used for training (natural photos, textures, microscopy, documents).
 TRAIN_PHOTOS = (
     "chelsea", "rocket", "stereo_motorcycle", "coins", "moon", "clock", "brick", "grass", "gravel",
@@ -22,8 +24,6 @@ TRAIN_PHOTOS = (
 #: held out from every training run; `astronaut` is the project's demo image.
 HELD_OUT_PHOTOS = ("astronaut", "camera", "coffee")
 
-#: BT.601 full-range (JFIF) luma weights, as PIL's YCbCr conversion uses.
-LUMA = (0.299, 0.587, 0.114)
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,8 +58,8 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 def luma(rgb: torch.Tensor) -> torch.Tensor:
-    """Y of RGB (N, 3, H, W) -> (N, 1, H, W), same units (BT.601 full range, no offset)."""
-    w = torch.tensor(LUMA, dtype=rgb.dtype).view(1, 3, 1, 1)
+    """Y of RGB (N, 3, H, W) -> (N, 1, H, W), same units (JFIF full range, as `pipeline.images`; no offset)."""
+    w = torch.from_numpy(RGB_TO_YCBCR[0]).to(rgb.dtype).view(1, 3, 1, 1)
     return (rgb * w).sum(1, keepdim=True)
 
 
