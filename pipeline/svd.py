@@ -21,8 +21,9 @@ Rayleigh–Ritz step and the same convergence test, so both are exact to the tol
   after every power step: the basis stays one block wide (less memory) but converges at the power rate
   (s_{b+1}/s_i)^(2j).
 
-Every step applies A to a batch of vectors (``STEP_WIDTH`` for Lanczos, the block b = k + oversample for the
-randomized method), as one batched pass of the network (or one read of the stored F). The vectors live in float64 in the input domain only (n·8 bytes each); the operator is
+Every step applies A to a batch of vectors, as one batched pass of the network or one read of the stored F:
+for Lanczos the operator's step width (``STEP_WIDTH`` = 8 for a network, whose cost is per vector; the whole
+block for a stored F, whose cost is per read), for the randomized method the block b = k + oversample. The vectors live in float64 in the input domain only (n·8 bytes each); the operator is
 applied in float32 (the network's precision) for the model source and in float64 for the store source.
 
 Convergence: the Ritz pair (θ, v) has residual r = A v − θ v, computed without extra operator passes from
@@ -52,7 +53,7 @@ METHODS = ("lanczos", "randomized")
 CHECKPOINT = "svd-resume.npz"
 #: Steps (of a full block) without the worst residual halving after which a run counts as stalled.
 STALL_STEPS = 30
-#: New Lanczos directions per step. Narrower than the block (k + oversample) needs fewer vector passes
+#: New Lanczos directions per step for operators whose cost is per vector (networks). Narrower than the block (k + oversample) needs fewer vector passes
 #: (measured, edsr-small-x4 random weights: k=8 at 12×12, 192 passes against 278 with the full block of 16;
 #: k=16 at 16×16, 328 against 447), while a batch of 8 still keeps the network busy; 4 was slower on
 #: bicubic's exactly repeated singular values.
@@ -70,6 +71,8 @@ class Operator:
     normal: (b, *in_shape) -> (b, *in_shape), FᵀF v (defaults to transpose(forward(v))).
     precision: the relative accuracy of one application of FᵀF (its rounding floor: about 1e-6 when the
     network runs in float32); residuals below precision·s₁² count as converged.
+    step_width: the Lanczos directions per step that suit this operator: few (``STEP_WIDTH``) when the cost
+    is per vector (a network), None (the whole block) when the cost is per pass (a read of a stored F).
     """
 
     in_shape: tuple[int, ...]
@@ -78,6 +81,7 @@ class Operator:
     transpose: Callable[[np.ndarray], np.ndarray]
     normal: Callable[[np.ndarray], np.ndarray] | None = None
     precision: float = 1e-6
+    step_width: int | None = None
 
     @property
     def n(self) -> int:
@@ -189,7 +193,7 @@ def _truncated_svd(
     progress: bool = True,
     checkpoint=None,
     checkpoint_seconds: float = 30.0,
-    step_width: int = STEP_WIDTH,
+    step_width: int | None = None,
 ) -> SVDResult:
     """The top-k singular triplets of F (see the module docstring for the algorithms).
 
@@ -201,7 +205,8 @@ def _truncated_svd(
     progress: show a tqdm bar. checkpoint: a file (.npz) where the current Ritz vectors and their images
     are saved every `checkpoint_seconds` and when a run stops unconverged (atomically); a run with the same
     problem and settings resumes from it (a thick restart on those vectors); it is deleted on convergence.
-    step_width: new Lanczos directions per step (the residuals of the leading unconverged Ritz pairs).
+    step_width: new Lanczos directions per step (the residuals of the leading unconverged Ritz pairs);
+    default: the operator's ``step_width``, else the whole block.
     """
     import time
 
@@ -214,6 +219,7 @@ def _truncated_svd(
         raise SVDError(f"k = {k} is out of range: F is {m} × {n}, so 1 <= k <= {min(n, m)}")
     block = min(n, k + (oversample if oversample is not None else max(8, k // 4)))
     max_basis = min(n, max_basis or max(4 * block, BASIS_BYTES // (16 * n)))
+    step_width = min(block, step_width or op.step_width or block)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     passes = 0
@@ -243,7 +249,7 @@ def _truncated_svd(
             bar.set_postfix(residual=f"{worst:.1e}", passes=passes)
             converged = bool(np.all(norms <= np.maximum(tol * theta[:k], op.precision * top)))
             history.append(worst)
-            window = STALL_STEPS * (1 if method == "randomized" else math.ceil(block / min(step_width, block)))
+            window = STALL_STEPS * (1 if method == "randomized" else math.ceil(block / step_width))
             if converged or step >= max_iter or q.shape[1] >= n or _stalled(history, window):
                 break
             step += 1
@@ -292,6 +298,7 @@ def _truncated_svd(
         "method": method,
         "k": k,
         "block": block,
+        "step_width": step_width,
         "iterations": step,
         "operator_passes": passes,
         "converged": bool(converged),
@@ -371,7 +378,7 @@ def model_operator(li, batch: int = 16) -> Operator:
 
     precision = 1e-6 if dtype == torch.float32 else 1e-13
     return Operator(in_shape, out_shape, batched(li.forward, out_shape), batched(li.transpose, in_shape),
-                    precision=precision)
+                    precision=precision, step_width=STEP_WIDTH)
 
 
 def store_operator(store) -> Operator:
