@@ -106,16 +106,17 @@ def test_edsr_store_equals_interpreter_columns(tmp_path):
 
 def test_windowed_columns_equal_full_image_columns():
     """An EDSR tile computed on its cropped window equals the same columns on the whole image."""
-    x0 = torch.rand(1, 3, 48, 48) * 255
+    n = 56
+    x0 = torch.rand(1, 3, n, n) * 255
     li = interpret(build("edsr-small-x4", "random"), x0)
-    assert li.receptive_radius is not None and 4 + 2 * li.receptive_radius < 48
-    box = (20, 8, 4, 4)
-    (top, left, h, w), block = tile_columns(li, (3, 48, 48), box, batch=16, align=(16, 16))
-    assert h < 192 and w < 192  # a real window, not the whole image
-    eye = torch.zeros(48, 3, 48, 48)
+    assert li.receptive_radius is not None and 4 + 2 * li.receptive_radius < n
+    box = (24, 8, 4, 4)
+    (top, left, h, w), block = tile_columns(li, (3, n, n), box, batch=16, align=(16, 16))
+    assert h * w < (4 * n) ** 2  # a real window, not the whole image
+    eye = torch.zeros(48, 3, n, n)
     for b, (c, y, x) in enumerate(np.ndindex(3, 4, 4)):
         eye[b, c, box[0] + y, box[1] + x] = 1
-    full = li.forward(eye).numpy().reshape(3, 4, 4, 3, 192, 192)
+    full = li.forward(eye).numpy().reshape(3, 4, 4, 3, 4 * n, 4 * n)
     full = np.moveaxis(full, (3, 4, 5), (0, 1, 2))  # (C_out, H_out, W_out, C_in, 4, 4)
     inside = full[:, top:top + h, left:left + w]
     assert np.abs(block - inside).max() <= 1e-6
@@ -124,8 +125,8 @@ def test_windowed_columns_equal_full_image_columns():
 
 @pytest.fixture(scope="module")
 def threaded(tmp_path_factory):
-    """pixelshuffle-x4 (radius 5) on 16×16: 16 tiles of 4, so every column is computed on a window."""
-    x0 = np.random.default_rng(2).random((1, 1, 16, 16)).astype(np.float32)
+    """pixelshuffle-x4 (radius 5 or 6) on 20×20: 25 tiles of 4, so every column is computed on a window."""
+    x0 = np.random.default_rng(2).random((1, 1, 20, 20)).astype(np.float32)
     src, identity = source("pixelshuffle-x4", x0)
     path = tmp_path_factory.mktemp("sched") / "threads.zarr"
     compute(path, src, identity=identity, tile=4, device="cpu", progress=False, scheduler="threads", workers=2)
@@ -135,8 +136,8 @@ def threaded(tmp_path_factory):
 def test_windowed_store_equals_interpreter(threaded):
     x0, _, _, store = threaded
     li = interpret(build("pixelshuffle-x4", "random"), torch.from_numpy(x0))
-    assert li.receptive_radius == 5
-    expected = all_columns(li, (1, 16, 16))
+    assert li.receptive_radius is not None and 4 + 2 * li.receptive_radius < 20
+    expected = all_columns(li, (1, 20, 20))
     assert np.abs(store.F[...] - expected).max() <= 1e-6
     assert store.attrs["verification"]["rows_max_abs"] <= 1e-6
 
