@@ -35,14 +35,16 @@ def child(args) -> dict:
     torch.set_num_threads(args.threads)
     tune_malloc()
     name = "edsr-small-x4"
-    model = build(name, args.weights)
     if args.store:
         from pipeline.store import open_store
+        from pipeline.svd import model_from_store
 
         store = open_store(args.store, require_complete=True)
+        model = model_from_store(store)  # the store's own model and weights (for the inference reference)
         x0 = torch.as_tensor(store.x0)[None]
         op = store_operator(store)
     else:
+        model = build(name, args.weights)
         from skimage import data
 
         from pipeline.interpreter import interpret
@@ -89,7 +91,8 @@ def main():
     base += ["--progress"] if args.progress else []
     base += ["--weights", args.weights] if args.weights else []
     cases = [base + ["--store", args.store]] if args.store else [base + ["--size", str(s)] for s in args.sizes]
-    print(f"edsr-small-x4 ({args.weights or 'trained'} weights), k={args.k}, {args.method}, "
+    weights = "the store's" if args.store else args.weights or "trained"
+    print(f"edsr-small-x4 ({weights} weights), k={args.k}, {args.method}, "
           f"torch threads {args.threads}, {time.strftime('%Y-%m-%d %H:%M:%S')}")
     for cmd in cases:
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout.strip().splitlines()[-1]
