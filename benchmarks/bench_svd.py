@@ -60,7 +60,8 @@ def child(args) -> dict:
     worst = float(np.maximum(result.residual_forward, result.residual_transpose).max())
     return {"source": "store" if args.store else "model", "lr": list(x0.shape[2:]), "k": args.k,
             "method": args.method, "svd_s": result.info["seconds"], "passes": result.info["operator_passes"],
-            "steps": result.info["iterations"], "max_iter": args.max_iter, "converged": result.info["converged"], "max_residual": worst,
+            "steps": result.info["iterations"], "max_iter": args.max_iter,
+            "converged": result.info["converged"], "max_residual": worst,
             "n": op.n, "inference_s": inference, "s_top": float(result.S[0]), "s_k": float(result.S[-1]),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

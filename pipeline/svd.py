@@ -23,7 +23,8 @@ Rayleigh–Ritz step and the same convergence test, so both are exact to the tol
 
 Every step applies A to a batch of vectors, as one batched pass of the network or one read of the stored F:
 for Lanczos the operator's step width (``STEP_WIDTH`` = 8 for a network, whose cost is per vector; the whole
-block for a stored F, whose cost is per read), for the randomized method the block b = k + oversample. The vectors live in float64 in the input domain only (n·8 bytes each); the operator is
+block for a stored F, whose cost is per read), for the randomized method the block b = k + oversample.
+The vectors live in float64 in the input domain only (n·8 bytes each); the operator is
 applied in float32 (the network's precision) for the model source and in float64 for the store source.
 
 Convergence: the Ritz pair (θ, v) has residual r = A v − θ v, computed without extra operator passes from
@@ -53,7 +54,8 @@ METHODS = ("lanczos", "randomized")
 CHECKPOINT = "svd-resume.npz"
 #: Steps (of a full block) without the worst residual halving after which a run counts as stalled.
 STALL_STEPS = 30
-#: New Lanczos directions per step for operators whose cost is per vector (networks). Narrower than the block (k + oversample) needs fewer vector passes
+#: New Lanczos directions per step for operators whose cost is per vector (networks). Narrower than the
+#: block (k + oversample) needs fewer vector passes
 #: (measured, edsr-small-x4 random weights: k=8 at 12×12, 192 passes against 278 with the full block of 16;
 #: k=16 at 16×16, 328 against 447), while a batch of 8 still keeps the network busy; 4 was slower on
 #: bicubic's exactly repeated singular values.
