@@ -155,6 +155,28 @@ class Offset(Rule):
         return _vjp(Bound(b.fn, args, kwargs, b.values), cot)
 
 
+class Sum(Offset):
+    """Addition and subtraction: the adjoint hands the cotangent to each input (negated for a subtrahend),
+    without autograd when no broadcasting is involved."""
+
+    def __init__(self, negate_second: bool):
+        super().__init__()
+        self.negate_second = negate_second
+
+    def transpose(self, b, state, cot):
+        if b.kwargs or len(b.args) != 2:
+            return super().transpose(b, state, cot)
+        grads: dict = {}
+        for i, a in enumerate(b.args):
+            if not isinstance(a, fx.Node):
+                continue
+            if tuple(b.values[a].shape) != tuple(cot.shape):
+                return super().transpose(b, state, cot)
+            g = -cot if (i == 1 and self.negate_second) else cot
+            grads[a] = g if a not in grads else grads[a] + g
+        return grads
+
+
 class Product(Rule):
     """Multiplication, division and matmul.
 
@@ -193,6 +215,10 @@ class Product(Rule):
 
     def transpose(self, b, state, cot):
         if state is None:
+            if b.fn in (operator.mul, torch.mul, torch.Tensor.mul) and not b.kwargs and len(b.args) == 2:
+                node, other = (b.args[0], b.args[1]) if isinstance(b.args[0], fx.Node) else (b.args[1], b.args[0])
+                if isinstance(other, (int, float)) and not isinstance(other, bool):
+                    return {node: cot * other}
             return _vjp(b, cot)
         if state["constant"]:
             return {}
@@ -231,7 +257,8 @@ class Unit(Diagonal):
 
     `tangent`: the linear piece active at y0 (piecewise-linear units): A = h'(y0), c = h(y0) − A·y0.
     `secant`: A = (h(y0) − h(0)) / y0 (h'(0) where y0 ≈ 0), c = h(0) (smooth units).
-    `derivative(y0, b)`, when given, computes h'(y0) directly instead of by autograd.
+    `derivative(y0, b)`, when given, computes h'(y0) directly instead of by autograd; a boolean derivative
+    (a 0/1 mask, as for ReLU) means the unit has no offset.
     """
 
     def __init__(self, mode: str, derivative: Callable | None = None):
@@ -252,12 +279,16 @@ class Unit(Diagonal):
         return g
 
     def record(self, b):
-        y0 = b.input().detach().clone()
+        y0 = b.input().detach()
         if self.kind == "tangent":
             gain = self._grad(b, y0)
+            if gain.dtype == torch.bool:  # a mask: h(y) = mask·y, no offset
+                return b(), {"gain": gain}, None
+            y0 = y0.clone()  # the unit may work in place
             out = b()
             offset = out.detach() - gain * y0
         else:
+            y0 = y0.clone()
             h = self._h(b)
             with torch.no_grad():
                 h0 = h(torch.zeros_like(y0))
@@ -577,6 +608,27 @@ class FunctionalAffine(Rule):
         return b.call(args=tuple(bound.args), kwargs=dict(bound.kwargs))
 
 
+class Shuffle(Rule):
+    """Pixel shuffle and unshuffle (module or functional): permutations whose adjoint is the other one."""
+
+    kind = "linear"
+
+    def __init__(self, inverse: Callable, factor: Callable):
+        self.inverse, self.factor = inverse, factor
+
+    def transpose(self, b, state, cot):
+        return {b.nodes()[0]: self.inverse(cot, self.factor(b))}
+
+
+def _shuffle_factor(b):
+    if isinstance(b.fn, nn.Module):
+        return getattr(b.fn, "upscale_factor", None) or b.fn.downscale_factor
+    return b.args[1] if len(b.args) > 1 else next(iter(b.kwargs.values()))
+
+
+SHUFFLE = Shuffle(F.pixel_unshuffle, _shuffle_factor)
+UNSHUFFLE = Shuffle(F.pixel_shuffle, _shuffle_factor)
+
 # --------------------------------------------------------------------------------------------------------
 # the tables
 
@@ -611,7 +663,7 @@ MODULE_RULES: dict[type, Rule] = {
     nn.RMSNorm: Norm(_rms_module),
     nn.AvgPool1d: LINEAR, nn.AvgPool2d: LINEAR, nn.AvgPool3d: LINEAR,
     nn.AdaptiveAvgPool1d: LINEAR, nn.AdaptiveAvgPool2d: LINEAR, nn.AdaptiveAvgPool3d: LINEAR,
-    nn.PixelShuffle: LINEAR, nn.PixelUnshuffle: LINEAR, nn.Upsample: LINEAR, nn.UpsamplingNearest2d: LINEAR,
+    nn.PixelShuffle: SHUFFLE, nn.PixelUnshuffle: UNSHUFFLE, nn.Upsample: LINEAR, nn.UpsamplingNearest2d: LINEAR,
     nn.UpsamplingBilinear2d: LINEAR, nn.Flatten: LINEAR, nn.Unflatten: LINEAR, nn.ChannelShuffle: LINEAR,
     nn.ZeroPad1d: LINEAR, nn.ZeroPad2d: LINEAR, nn.ZeroPad3d: LINEAR,
     nn.ReflectionPad1d: LINEAR, nn.ReflectionPad2d: LINEAR, nn.ReflectionPad3d: LINEAR,
@@ -645,7 +697,7 @@ def _functions(names: str, module=F) -> list:
     return [getattr(module, n) for n in names.split() if hasattr(module, n)]
 
 
-FUNCTION_RULES: dict[Any, Rule] = {}
+FUNCTION_RULES: dict[Any, Rule] = {F.pixel_shuffle: SHUFFLE, F.pixel_unshuffle: UNSHUFFLE}
 for _fns, _rule in [
     (_functions("relu relu_") + _functions("relu relu_", torch), RELU),
     (_functions("relu6 leaky_relu leaky_relu_ prelu hardtanh hardtanh_ hardsigmoid threshold threshold_ "
@@ -653,13 +705,14 @@ for _fns, _rule in [
     (_functions("elu elu_ selu celu gelu silu mish softplus hardswish logsigmoid softsign tanhshrink "
                 "sigmoid tanh") + _functions("sigmoid tanh exp", torch), SECANT),
     (_functions("avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
-                "pixel_shuffle pixel_unshuffle interpolate upsample upsample_nearest upsample_bilinear "
+                "interpolate upsample upsample_nearest upsample_bilinear "
                 "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout") +
      _functions("flatten reshape permute transpose swapaxes squeeze unsqueeze chunk split tensor_split unbind "
-                "narrow select roll flip movedim sum mean neg pixel_shuffle pixel_unshuffle avg_pool1d "
+                "narrow select roll flip movedim sum mean neg avg_pool1d "
                 "cumsum unflatten", torch) + [operator.getitem, operator.neg], LINEAR),
     (_functions("cat concat concatenate stack hstack vstack", torch), Offset(positions=(0,), keys=("tensors",))),
-    (_functions("add sub subtract", torch) + [operator.add, operator.sub, operator.iadd, operator.isub], OFFSET),
+    (_functions("add", torch) + [operator.add, operator.iadd], Sum(negate_second=False)),
+    (_functions("sub subtract", torch) + [operator.sub, operator.isub], Sum(negate_second=True)),
     (_functions("where", torch), Offset(positions=(1, 2), keys=("input", "other"))),
     (_functions("pad"), Offset(positions=(3,), keys=("value",))),
     (_functions("mul multiply", torch) + [operator.mul, operator.imul], PRODUCT),
@@ -706,7 +759,9 @@ for _names, _rule in [
     ("view view_as reshape reshape_as permute transpose transpose_ swapaxes flatten unflatten contiguous "
      "squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as repeat chunk split tensor_split unbind narrow select "
      "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum", LINEAR),
-    ("add add_ sub sub_ __add__ __radd__ __iadd__ __sub__ __rsub__", OFFSET),
+    ("add add_ __add__ __radd__ __iadd__", Sum(negate_second=False)),
+    ("sub sub_ __sub__", Sum(negate_second=True)),
+    ("__rsub__", OFFSET),
     ("mul mul_ __mul__ __rmul__", PRODUCT),
     ("div div_ true_divide __truediv__", DIVISION),
     ("matmul __matmul__ mm bmm", MATMUL),
