@@ -172,7 +172,10 @@ def make_window(li, box) -> Window | None:
     oh, ow = out.shape[2:]
     oy0, ox0, ohh, oww = boxes[(oh, ow)]
     window = Window(li, (y0, x0, y1 - y0, x1 - x0), (oy0, ox0, ohh, oww), sites, statics)
-    _check_shapes(window, boxes)
+    checked = li.__dict__.setdefault("_checked_window_sizes", set())
+    if (y1 - y0, x1 - x0) not in checked:  # sizes follow from the window's size alone
+        _check_shapes(window, boxes)
+        checked.add((y1 - y0, x1 - x0))
     return window
 
 
