@@ -189,3 +189,21 @@ def test_unzipped_archive_in_the_browser(browser, photo2label):  # noqa: F811
     want = store.column(0, 2, 6)[0]
     assert (np.abs(got - want) <= scale / 254 + 1e-6).all() and scale > 0
     page.clean()
+
+
+def test_weights_file_replaces_the_official_download(tmp_path, monkeypatch):
+    """WEIGHTS=PATH: the official model from a local file, offline; no stand-in note, the file's hash in README.txt."""
+    monkeypatch.setenv("LINTERP_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "edsr_baseline_x4-local.pt"
+    torch.save(build("edsr-baseline-x4", "random").state_dict(), weights)
+    result = run(["EDSR4x", "--crop", "46,38,4,4", "--weights", str(weights), "--work", str(tmp_path / "work"),
+                  "--out", str(tmp_path / "EDSR4x.zip")])
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(tmp_path / "EDSR4x.zip") as zf:
+        readme = zf.read("EDSR4x/README.txt").decode()
+        index = zf.read("EDSR4x/index.html").decode()
+    assert f"edsr-baseline-x4: weights {weights.name}  sha256 {file_sha256(weights)}" in readme
+    assert "stands in" not in readme and "stands in" not in index
+    assert "without naming the variant" in index  # the bundle's own note stays
+    store = open_store(tmp_path / "work" / "stores" / "edsr-baseline-x4.zarr")
+    assert store.attrs["verification"]["reconstruction_rel"] < 1e-5
