@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import zipfile
@@ -195,18 +196,11 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
     if store.has_svd and store.svd()[0].shape[0] >= k:
         echo(f"{part.model}: reusing its SVD ({store.svd()[0].shape[0]} pairs)")
     else:
-        n = min(k, int(min(_size(store.in_shape), _size(store.out_shape))))
+        n = min(k, math.prod(store.in_shape), math.prod(store.out_shape))
         echo(f"{part.model}: top-{n} SVD")
         svd_store(path, n, source="model", tol=SVD_TOL, max_iter=SVD_MAX_ITER, trust_pickle=trust_pickle,
                   progress=progress)
     return path
-
-
-def _size(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def stand_in_note(bundle: Bundle, part: Part) -> str | None:
