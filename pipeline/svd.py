@@ -202,7 +202,8 @@ def _truncated_svd(
     op: the operator. k: how many triplets (1 <= k <= min(n, m)). method: "lanczos" or "randomized".
     tol: stop when every ‖Fᵀuᵢ − sᵢvᵢ‖/sᵢ <= tol, or is down to the operator's rounding floor
     (‖FᵀF vᵢ − sᵢ² vᵢ‖ <= op.precision·s₁²). oversample: extra block vectors (default max(8, k/4)).
-    max_iter: most power / Lanczos steps. max_basis: most basis vectors Lanczos keeps before a thick restart
+    max_iter: most power / Lanczos steps, counted in blocks of vectors (a Lanczos step of `step_width`
+    vectors is step_width / block of one). max_basis: most basis vectors Lanczos keeps before a thick restart
     (default: as many as fit in BASIS_BYTES, at least 4 blocks). seed: the starting block's random seed.
     progress: show a tqdm bar. checkpoint: a file (.npz) where the current Ritz vectors and their images
     are saved every `checkpoint_seconds` and when a run stops unconverged (atomically); a run with the same
@@ -222,6 +223,9 @@ def _truncated_svd(
     block = min(n, k + (oversample if oversample is not None else max(8, k // 4)))
     max_basis = min(n, max_basis or max(4 * block, BASIS_BYTES // (16 * n)))
     step_width = min(block, step_width or op.step_width or block)
+    # max_iter counts block-sized batches of vectors, so a budget means the same work whatever the step width
+    per_block = 1 if method == "randomized" else math.ceil(block / step_width)
+    limit = max_iter * per_block
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     passes = 0
@@ -238,7 +242,7 @@ def _truncated_svd(
     saved_at = time.perf_counter()
     converged = False
     history: list[float] = []
-    bar = tqdm(total=max_iter, desc=f"svd k={k} ({method})", unit="step", disable=not progress)
+    bar = tqdm(total=limit, desc=f"svd k={k} ({method})", unit="step", disable=not progress)
     step = 0
     try:
         while True:
@@ -251,8 +255,7 @@ def _truncated_svd(
             bar.set_postfix(residual=f"{worst:.1e}", passes=passes)
             converged = bool(np.all(norms <= np.maximum(tol * theta[:k], op.precision * top)))
             history.append(worst)
-            window = STALL_STEPS * (1 if method == "randomized" else math.ceil(block / step_width))
-            if converged or step >= max_iter or q.shape[1] >= n or _stalled(history, window):
+            if converged or step >= limit or q.shape[1] >= n or _stalled(history, STALL_STEPS * per_block):
                 break
             step += 1
             bar.update(1)
