@@ -66,10 +66,6 @@ def _channel_view(t: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
     return None if t is None else t.reshape(1, -1, *([1] * (ndim - 2)))
 
 
-def _is_binary(t: torch.Tensor) -> bool:
-    return bool(((t == 0) | (t == 1)).all())
-
-
 # --------------------------------------------------------------------------------------------------------
 # rules
 
@@ -283,7 +279,7 @@ class Unit(Diagonal):
         if self.kind == "tangent":
             gain = self._grad(b, y0)
             if gain.dtype == torch.bool:  # a mask: h(y) = mask·y, no offset
-                return b(), {"gain": gain}, None
+                return b(), {"gain": gain.to(y0.dtype)}, None
             y0 = y0.clone()  # the unit may work in place
             out = b()
             offset = out.detach() - gain * y0
@@ -298,7 +294,6 @@ class Unit(Diagonal):
             if small.any():
                 gain = torch.where(small, self._grad(b, torch.zeros_like(y0)), gain)
             offset = h0
-        gain = gain.bool() if _is_binary(gain) else gain
         return out, {"gain": gain}, (offset if offset.any() else None)
 
 
