@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +20,10 @@ from pipeline.images import default_image
 from pipeline.models import build, registry
 from pipeline.models.weights import file_sha256
 from pipeline.store import open_store
-from test_viewer_browser import CHROMIUM, Page, browser  # noqa: F401  (browser is a fixture)
+from test_viewer_browser import Page, browser, needs_chromium  # noqa: F401  (browser is a fixture)
 
 CROP = "44,36,8,8"  # 8×8 pixels of the default image (SR tests)
 I2I_CROP = "40,32,16,16"  # 16×16: the ResNet generator downsamples by 4, its instance norms need some area
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")  # 8×8 pixels of the default image (i2i needs multiples of 4, at least 8)
 
 
 @pytest.fixture(scope="module")
@@ -164,18 +162,19 @@ def test_edsr_site_folder_in_the_browser(browser, tmp_path, project_weights):  #
     store = open_store(tmp_path / "edsr" / "stores" / "edsr-small-x4.zarr")
     page = Page(browser, index.parent)
     assert "stands in for the official edsr-baseline-x4" in page.page.locator(".bundle-note").inner_text()
-    before = page.hover(0, "in", 3, 5)
-    page.wait_render(before)
-    got, scale = page.shown_values(0, "out")
-    want = store.column(0, 3, 5)[0]
-    assert scale == pytest.approx(np.abs(want).max(), rel=1e-6)
-    assert (np.abs(got - want) <= scale / 254 + 1e-6).all()
-    before = page.hover(0, "out", 13, 21)
-    page.wait_render(before)
-    got, scale = page.shown_values(0, "in")
-    want = store.row(0, 13, 21)[0]
-    assert (np.abs(got - want) <= scale / 254 + 1e-6).all() and scale > 0
+    scale = _assert_shown(page, "in", 3, 5, store.column(0, 3, 5)[0])
+    assert scale == pytest.approx(np.abs(store.column(0, 3, 5)[0]).max(), rel=1e-6)
+    _assert_shown(page, "out", 13, 21, store.row(0, 13, 21)[0])
     page.clean()
+
+
+def _assert_shown(page, side: str, y: int, x: int, want) -> float:
+    """Hover pixel (y, x) of `side` in the first panel; the filter shown on the other side equals `want` within
+    the 8-bit rendering error. Returns the colour scale."""
+    page.wait_render(page.hover(0, side, y, x))
+    got, scale = page.shown_values(0, "out" if side == "in" else "in")
+    assert scale > 0 and (np.abs(got - want) <= scale / 254 + 1e-6).all()
+    return scale
 
 
 @needs_chromium
@@ -183,11 +182,7 @@ def test_unzipped_archive_in_the_browser(browser, photo2label):  # noqa: F811
     _, _, site = photo2label
     store = open_store(site / "store" / "i2i-small.zarr")
     page = Page(browser, site)
-    before = page.hover(0, "in", 2, 6)
-    page.wait_render(before)
-    got, scale = page.shown_values(0, "out")
-    want = store.column(0, 2, 6)[0]
-    assert (np.abs(got - want) <= scale / 254 + 1e-6).all() and scale > 0
+    _assert_shown(page, "in", 2, 6, store.column(0, 2, 6)[0])
     page.clean()
 
 

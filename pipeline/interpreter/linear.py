@@ -126,7 +126,7 @@ class LinearInterpreter:
             target = self.gm.get_submodule(node.target) if node.op == "call_module" else node.target
             if node.op == "call_method":
                 target = getattr(torch.Tensor, str(node.target))
-            args, kwargs = self._bind_args(node, env)
+            args, kwargs = self._pass_args(node, env, self.static)
             linear_inputs = Bound(target, args, kwargs, env).nodes()
             dependent = linear_inputs or self._depends_on_meta(node)
             if not linear_inputs:
@@ -175,15 +175,6 @@ class LinearInterpreter:
         map_aggregate((node.args, node.kwargs),
                       lambda a: found.append(a) if isinstance(a, fx.Node) and self.kind.get(a) == "meta" else a)
         return bool(found)
-
-    def _bind_args(self, node, env):
-        """Node arguments with static and meta values filled in; linear inputs stay graph nodes."""
-        def fill(a):
-            if not isinstance(a, fx.Node):
-                return a
-            kind = self.kind[a]
-            return a if kind == "linear" else (env[a] if kind == "meta" else self.static[a])
-        return map_aggregate(node.args, fill), map_aggregate(node.kwargs, fill)
 
     def _last_uses(self) -> dict[fx.Node, list[fx.Node]]:
         """For each node, the linear/meta values whose last use it is (to free them in passes)."""
@@ -255,6 +246,7 @@ class LinearInterpreter:
         return node.target
 
     def _pass_args(self, node, env, statics):
+        """Node arguments with static and meta values filled in; linear inputs stay graph nodes."""
         def fill(a):
             if not isinstance(a, fx.Node):
                 return a

@@ -164,7 +164,7 @@ class _MappingPickle:
 def load_pickle(path: Path):
     """Unpickle a trusted file (known upstream classes mapped to ours); a missing class becomes a one-line error."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_MappingPickle)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_MappingPickle)  # trusted
     except Exception as err:
         raise WeightsError(f"cannot unpickle {path}: {type(err).__name__}: {first_line(err)}") from err
 
