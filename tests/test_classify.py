@@ -92,7 +92,8 @@ def test_pixel_discussions_sum_to_scores_and_votes_are_their_argmax(name, digits
     # votes, built 3 classes at a time with a running argmax, equal the argmax of the full stack
     votes = C.pixel_votes(li, x0, dec, chunk=3, keep=4)
     np.testing.assert_array_equal(votes.winner, pd.argmax(0))
-    np.testing.assert_allclose(votes.kept, pd[:4], rtol=1e-12, atol=1e-12)
+    # float32 transposes of batches of 3 and of 10 classes differ in their last bits
+    np.testing.assert_allclose(votes.kept, pd[:4], rtol=0, atol=1e-5 * np.abs(pd).max())
     assert sum(votes.shares.values()) == pytest.approx(1.0)
     for k, s in votes.shares.items():
         assert s == pytest.approx((votes.winner == k).mean())

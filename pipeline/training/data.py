@@ -1,6 +1,7 @@
 """Training and evaluation data from installed packages only (no downloads).
 
-Photos come from `skimage.data` (the ones shipped inside the scikit-image wheel); digits from
+Photos come from `skimage.data` (the ones shipped inside the scikit-image wheel) and from Debian's package
+`lomiri-wallpapers-16.04` (15 photographs under /usr/share/backgrounds); digits from
 `sklearn.datasets.load_digits`. Everything here is a pure function of its arguments, so a seed fixes a run.
 
 Conventions: photos are float32 arrays (H, W, 3) in [0, 1] (grey photos repeated over the 3 channels);
@@ -9,6 +10,7 @@ tensors are (N, C, H, W).
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,27 +19,58 @@ import torch.nn.functional as F
 from pipeline.images import RGB_TO_YCBCR
 
 #: scikit-image sample images used for training (natural photos, textures, microscopy, documents).
-TRAIN_PHOTOS = (
+SKIMAGE_TRAIN_PHOTOS = (
     "chelsea", "rocket", "stereo_motorcycle", "coins", "moon", "clock", "brick", "grass", "gravel",
     "immunohistochemistry", "hubble_deep_field", "page", "text", "cell",
 )
-#: held out from every training run; `astronaut` is the project's demo image.
-HELD_OUT_PHOTOS = ("astronaut", "camera", "coffee")
-
+#: Where Debian's package ``lomiri-wallpapers-16.04`` installs its photographs.
+DEBIAN_PHOTOS_DIR = Path("/usr/share/backgrounds")
+DEBIAN_PHOTOS_PACKAGE = "lomiri-wallpapers-16.04"
+#: Prefix of photo names taken from ``DEBIAN_PHOTOS_DIR`` (``"lomiri:<file stem>"``).
+DEBIAN_PREFIX = "lomiri:"
+#: Longest side, in pixels, that the Debian photographs (2–4 Mpixel camera files) are reduced to before use:
+#: at full size they are smooth at the pixel scale (lens blur, JPEG); reduced, they have the detail per pixel
+#: of the scikit-image photos.
+DEBIAN_MAX_SIDE = 1024
+#: The natural photographs of ``lomiri-wallpapers-16.04`` used for training (its abstract renderings,
+#: ``analogpattern`` and ``umang``, are not used).
+DEBIAN_TRAIN_PHOTOS = tuple(DEBIAN_PREFIX + n for n in (
+    "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace", "Picture_1A_by_freespace",
+    "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich", "life_by_Aitzol_Berasategi",
+    "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
+))
+#: Every training photo of the photo models (super-resolution and image-to-image stand-ins).
+TRAIN_PHOTOS = SKIMAGE_TRAIN_PHOTOS + DEBIAN_TRAIN_PHOTOS
+#: Held out from every training run and never used to choose a recipe: `astronaut` is the project's demo
+#: image; the four Debian photographs are an indoor still life, a dog on wooden boards, a clock and a mountain
+#: landscape.
+HELD_OUT_PHOTOS = ("astronaut", "camera", "coffee") + tuple(DEBIAN_PREFIX + n for n in (
+    "Wine_by_Jakkub_Mede", "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
+    "picosdeeuropa_by_Aitzol_Berasategi",
+))
 
 
 @functools.lru_cache(maxsize=None)
 def load_photo(name: str) -> np.ndarray:
-    """A scikit-image sample photo as float32 (H, W, 3) in [0, 1]; grey ones are repeated to 3 channels.
+    """A training or evaluation photo as float32 (H, W, 3) in [0, 1]; grey ones are repeated to 3 channels.
 
-    `stereo_motorcycle` gives its left view. Raises ValueError for a name that is not a bundled photo.
+    ``name`` is a scikit-image sample (``"coins"``; `stereo_motorcycle` gives its left view) or
+    ``"lomiri:<stem>"``, a photograph of Debian's ``lomiri-wallpapers-16.04`` reduced (antialiased bicubic)
+    so that its longest side is ``DEBIAN_MAX_SIDE`` and rounded to 8 bits. Raises ValueError for an unknown
+    name, or one whose package is not installed (naming the package).
     """
+    if name.startswith(DEBIAN_PREFIX):
+        return _debian_photo(name[len(DEBIAN_PREFIX):])
     import skimage.data
 
     loader = getattr(skimage.data, name, None)
     if loader is None:
         raise ValueError(f"'{name}' is not a scikit-image sample image")
-    img = loader()
+    return _as_float_rgb(loader())
+
+
+def _as_float_rgb(img) -> np.ndarray:
+    """An image array (a tuple gives its first element) -> float32 (H, W, 3) in [0, 1]."""
     if isinstance(img, tuple):
         img = img[0]
     img = np.asarray(img)
@@ -50,6 +83,22 @@ def load_photo(name: str) -> np.ndarray:
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3])
+
+
+def _debian_photo(stem: str) -> np.ndarray:
+    matches = sorted(DEBIAN_PHOTOS_DIR.glob(f"{stem}.*"))
+    if not matches:
+        raise ValueError(f"photo '{stem}' not found in {DEBIAN_PHOTOS_DIR}: install Debian's package "
+                         f"{DEBIAN_PHOTOS_PACKAGE} (apt-get install {DEBIAN_PHOTOS_PACKAGE})")
+    import imageio.v3 as iio
+
+    img = to_tensor(_as_float_rgb(iio.imread(matches[0])))
+    factor = DEBIAN_MAX_SIDE / max(img.shape[-2:])
+    if factor < 1:
+        size = (round(img.shape[-2] * factor), round(img.shape[-1] * factor))
+        img = F.interpolate(img, size=size, mode="bicubic", align_corners=False, antialias=True)
+    img = torch.round(img.clamp(0, 1) * 255) / 255
+    return np.ascontiguousarray(img[0].permute(1, 2, 0).numpy())
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -131,9 +180,12 @@ def random_crops(pairs, batch: int, size: int, scale: int, rng: np.random.Genera
 
     pairs: list of (a, b) tensors (1, C, h, w) and (1, C', scale*h, scale*w). Returns (A, B) with
     A (batch, C, size, size) and B (batch, C', scale*size, scale*size). Photos are drawn with weights
-    proportional to their area; `rng` fixes every choice.
+    proportional to their area (photos smaller than `size` are skipped); `rng` fixes every choice.
     """
-    areas = np.array([a.shape[-2] * a.shape[-1] for a, _ in pairs], dtype=np.float64)
+    areas = np.array([a.shape[-2] * a.shape[-1] if min(a.shape[-2:]) >= size else 0 for a, _ in pairs],
+                     dtype=np.float64)
+    if not areas.any():
+        raise ValueError(f"no photo is at least {size}×{size} pixels")
     picks = rng.choice(len(pairs), size=batch, p=areas / areas.sum())
     xs, ys = [], []
     for k in picks:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from torch import nn
 
+from pipeline.training import data
 from pipeline.training.tasks import Digits, Mosaic, SuperResolution
 
 
@@ -34,10 +35,11 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("pixelshuffle-x4", SuperResolution(scale=4, channels=1, patch=32, batch=16), steps=3000, lr=1e-3,
+    Recipe("pixelshuffle-x4", SuperResolution(scale=4, channels=1, patch=32, batch=16,
+                                              photos=data.SKIMAGE_TRAIN_PHOTOS), steps=3000, lr=1e-3,
            target=("gain", 0.3)),
-    Recipe("edsr-small-x4", SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=40, batch=6),
-           steps=1500, lr=8e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
+    Recipe("edsr-small-x4", SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=48, batch=8),
+           steps=5000, lr=6e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
     Recipe("i2i-small", Mosaic(patch=64, batch=8), steps=1000, lr=1e-3, target=("reduction", 0.3)),
     Recipe("digits-vgg", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
     Recipe("digits-vgg-bn", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
