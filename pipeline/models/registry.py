@@ -129,6 +129,12 @@ def _specs() -> list[ModelSpec]:
                            "ResNet generator (ngf 16, 4 blocks) trained by linterp, RGB in [−1, 1]",
                            functools.partial(ResnetGenerator, 3, 3, 16, 4), weights=PROJECT, multiple=4,
                            min_size=8))
+    for style, bundle in (("paint", "VanGogh"), ("woodcut", "Ukiyoe"), ("label", "Photo2Label")):
+        specs.append(ModelSpec(f"i2i-{style}", "i2i", 1, "rgb", (-1.0, 1.0),
+                               f"CycleGAN ResNet generator (ngf 24, 6 blocks) trained by linterp on photo → {style}, "
+                               f"stand-in for CycleGAN-{bundle}, RGB in [−1, 1]",
+                               functools.partial(ResnetGenerator, 3, 3, 24, 6), weights=PROJECT, multiple=4,
+                               min_size=8))
     for name, (file, side, smallest) in CLASSIFIERS.items():
         specs.append(ModelSpec(name, "classify", 1, "rgb", (0.0, 1.0),
                                f"torchvision {name} (ImageNet-1k, {side}×{side} recommended), RGB in [0, 1]",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.training import data
-from pipeline.training.tasks import Digits, Mosaic, SuperResolution
+from pipeline.training.tasks import Digits, Mosaic, SuperResolution, Translation
 
 
 @dataclass
@@ -82,6 +82,43 @@ def evaluate_mosaic(model: nn.Module, task: Mosaic, photos=data.HELD_OUT_PHOTOS)
     return rep
 
 
+def best_affine_colour(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The affine colour map of ``source`` (1, 3, H, W) closest to ``target`` in the least-squares sense:
+    ``A·source + b`` per pixel with one 3×3 matrix A and one colour b for the whole image, clipped to [-1, 1]."""
+    x = source[0].reshape(3, -1).double()
+    design = torch.cat([x, torch.ones(1, x.shape[1], dtype=x.dtype)]).T
+    coef = torch.linalg.lstsq(design, target[0].reshape(3, -1).double().T).solution
+    return (design @ coef).T.reshape(source.shape).clamp(-1, 1).to(source.dtype)
+
+
+@torch.no_grad()
+def evaluate_translation(model: nn.Module, task: Translation, photos=data.HELD_OUT_PHOTOS) -> Report:
+    """L1 to the style target of the model and of two baselines, per photo (cropped to multiples of 4):
+    the identity, and the best affine colour map of the normalised photo (`data.normalise`), fitted to each
+    photo's own target (an oracle: the best any map without spatial processing and with global statistics
+    could do). Metrics 'l1', 'l1_identity', 'l1_colour' (pixel-weighted means, [-1, 1] units) and
+    'reduction' = 1 - l1 / min(l1_identity, l1_colour): how far below the better baseline the model is."""
+    rep = Report()
+    rep.lines.append(f"{'photo':<36} {'size':>9} {'model L1':>9} {'identity':>9} {'colour map':>10} {'reduction':>9}")
+    sums = torch.zeros(3, dtype=torch.float64)
+    pixels = 0
+    for name in photos:
+        img = data.load_photo(name)
+        photo = data.to_tensor(img[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4])
+        x, y = task.to_model(photo), task.to_model(task.target(photo))
+        z = task.to_model(data.to_tensor(data.normalise(photo[0].permute(1, 2, 0).numpy())).float())
+        errs = torch.tensor([(model(x) - y).abs().mean().item(), (x - y).abs().mean().item(),
+                             (best_affine_colour(z, y) - y).abs().mean().item()], dtype=torch.float64)
+        n = x.shape[-2] * x.shape[-1]
+        sums, pixels = sums + errs * n, pixels + n
+        rep.lines.append(f"{name:<36} {x.shape[-2]:>4}x{x.shape[-1]:<4} {errs[0]:9.4f} {errs[1]:9.4f} {errs[2]:10.4f} "
+                         f"{1 - errs[0] / min(errs[1], errs[2]):9.1%}")
+    err, ide, col = (sums / pixels).tolist()
+    rep.lines.append(f"{'all':<36} {'':>9} {err:9.4f} {ide:9.4f} {col:10.4f} {1 - err / min(ide, col):9.1%}")
+    rep.metrics.update(l1=err, l1_identity=ide, l1_colour=col, reduction=1 - err / min(ide, col))
+    return rep
+
+
 @torch.no_grad()
 def evaluate_digits(model: nn.Module, task: Digits, limit: int | None = None) -> Report:
     """Accuracy on the test split (its first `limit` images if given); metrics 'accuracy', 'n'."""
@@ -101,6 +138,8 @@ def evaluate(model: nn.Module, task, photos=data.HELD_OUT_PHOTOS) -> Report:
         return evaluate_sr(model, task, photos)
     if isinstance(task, Mosaic):
         return evaluate_mosaic(model, task, photos)
+    if isinstance(task, Translation):
+        return evaluate_translation(model, task, photos)
     if isinstance(task, Digits):
         return evaluate_digits(model, task)
     raise ValueError(f"no evaluation for task {type(task).__name__}")

@@ -3,6 +3,7 @@
 A task turns data from `pipeline.training.data` into (input, target) batches in the model's own units:
 - `SuperResolution`: LR -> HR patches, on Y in [0, 1] (1 channel) or RGB in [0, rgb_range] (3 channels).
 - `Mosaic`: photo -> normalised superpixel mosaic, RGB in [-1, 1] (CycleGAN's convention).
+- `Translation`: photo -> one of the styles of `pipeline.training.styles`, RGB in [-1, 1].
 - `Digits`: (N, 1, 32, 32) images in [0, 1] -> class indices.
 """
 from __future__ import annotations
@@ -65,6 +66,38 @@ class Mosaic:
         photos = [data.to_tensor(data.load_photo(name)) for name in self.photos]
         x, _ = data.random_crops([(p, p) for p in photos], self.batch, self.patch, 1, rng)
         y = torch.stack([data.to_tensor(data.mosaic(crop.permute(1, 2, 0).numpy()))[0] for crop in x])
+        return self.to_model(x), self.to_model(y)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """L1 in [-1, 1] units (pix2pix's reconstruction loss, without the adversarial term)."""
+        return F.l1_loss(model(x), target)
+
+
+@dataclass(frozen=True)
+class Translation:
+    """Photo -> `styles.STYLES[style]` of that photo, RGB in [-1, 1] (CycleGAN's convention): random crops
+    (with flips and turns) of `photos`, each crop's target made from the crop alone (the model sees nothing
+    else)."""
+
+    style: str
+    patch: int = 96
+    batch: int = 8
+    photos: tuple[str, ...] = data.TRAIN_PHOTOS
+
+    @staticmethod
+    def to_model(rgb: torch.Tensor) -> torch.Tensor:
+        return rgb * 2 - 1
+
+    def target(self, photo: torch.Tensor) -> torch.Tensor:
+        """The style of a photo (1, 3, H, W) in [0, 1] -> (1, 3, H, W) in [0, 1]."""
+        from pipeline.training.styles import STYLES
+
+        return data.to_tensor(STYLES[self.style](photo[0].permute(1, 2, 0).numpy().astype(np.float64)))
+
+    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        photos = [data.to_tensor(data.load_photo(name)) for name in self.photos]
+        x, _ = data.random_crops([(p, p) for p in photos], self.batch, self.patch, 1, rng)
+        y = torch.cat([self.target(crop[None]) for crop in x])
         return self.to_model(x), self.to_model(y)
 
     def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
