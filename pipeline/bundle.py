@@ -199,7 +199,7 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
         n = min(k, math.prod(store.in_shape), math.prod(store.out_shape))
         echo(f"{part.model}: top-{n} SVD")
         svd_store(path, n, source="model", tol=SVD_TOL, max_iter=SVD_MAX_ITER, trust_pickle=trust_pickle,
-                  progress=progress)
+                  weights=part.weights, progress=progress)
     return path
 
 
