@@ -104,12 +104,37 @@ class FileRef:
         return cls(value.get("name"), value.get("sha256"))
 
 
+class _Attributes:
+    """A dataclass of JSON attributes with a fixed set of names; its ``extra`` field keeps, as found, the
+    attributes of a group that the class does not define."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The attribute names of the schema (``extra`` aside)."""
+        return tuple(f.name for f in fields(cls) if f.name != "extra")
+
+    def to_json(self) -> dict:
+        """The attributes as JSON values (``extra`` merged back in), as written to the group."""
+        out = dict(self.extra)
+        for name in self.names():
+            value = getattr(self, name)
+            out[name] = value.to_json() if isinstance(value, FileRef) else value
+        return json.loads(json.dumps(out))  # tuples -> lists, copies
+
+    @classmethod
+    def from_json(cls, raw: dict):
+        """From a group's attributes."""
+        known = set(cls.names())
+        return cls(**{k: v for k, v in raw.items() if k in known},
+                   extra={k: v for k, v in raw.items() if k not in known})
+
+
 def _unverified() -> dict:
     return {"status": "unverified", "checks": []}
 
 
 @dataclass
-class StoreAttrs:
+class StoreAttrs(_Attributes):
     """The group attributes of a store (format 2), as stored in its ``zarr.json`` (JSON values).
 
     What was computed: ``model`` (registry name), ``task`` ("sr", "i2i", "classify"), ``scale`` (output / input
@@ -167,27 +192,9 @@ class StoreAttrs:
                                  f"{', '.join(APPROXIMATION_KINDS)}, not {item!r}")
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        """The attribute names of the schema (``extra`` aside)."""
-        return tuple(f.name for f in fields(cls) if f.name != "extra")
-
-    def to_json(self) -> dict:
-        """The attributes as JSON values (``extra`` merged back in), as written to the group."""
-        out = dict(self.extra)
-        for name in self.names():
-            value = getattr(self, name)
-            out[name] = value.to_json() if isinstance(value, FileRef) else value
-        return json.loads(json.dumps(out))  # tuples -> lists, copies
-
-    @classmethod
     def from_json(cls, raw: dict) -> "StoreAttrs":
         """From a group's attributes (format 1 attributes are migrated first)."""
-        raw = dict(raw)
-        if raw.get("format_version") == 1:
-            raw = migrate_v1(raw)
-        known = set(cls.names())
-        return cls(**{k: v for k, v in raw.items() if k in known},
-                   extra={k: v for k, v in raw.items() if k not in known})
+        return super().from_json(migrate_v1(raw) if raw.get("format_version") == 1 else raw)
 
     def for_viewer(self) -> dict:
         """The attributes as the site's manifest gives them to the viewer: the schema's JSON with ``weights`` and
@@ -250,7 +257,7 @@ def migrate_v1(raw: dict) -> dict:
 
 
 @dataclass
-class SvdAttrs:
+class SvdAttrs(_Attributes):
     """The attributes of a store's ``svd`` group (see ``pipeline.svd.svd_store``).
 
     ``method`` ("lanczos" / "randomized"), ``k`` (pairs), ``source`` ("store": the stored F, "model": the
@@ -276,17 +283,6 @@ class SvdAttrs:
     residual_forward: list[float] | None = None
     residual_transpose: list[float] | None = None
     extra: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        out = dict(self.extra)
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
-        return json.loads(json.dumps(out))
-
-    @classmethod
-    def from_json(cls, raw: dict) -> "SvdAttrs":
-        known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in raw.items() if k in known},
-                   extra={k: v for k, v in raw.items() if k not in known})
 
 
 def _as_chw(a: np.ndarray) -> np.ndarray:
