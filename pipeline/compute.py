@@ -295,7 +295,7 @@ def _run_graph(calls: list, scheduler, workers: int | None, progress: bool, desc
     if not calls:
         return []
     if isinstance(scheduler, str) and scheduler in LOCAL:
-        with dask_progress(desc, len(calls), enabled=progress):
+        with dask_progress(desc, len(calls), unit="tasks", enabled=progress):
             return list(dask.compute(*calls, scheduler=scheduler, num_workers=workers))
     from distributed import Client
 
@@ -303,7 +303,7 @@ def _run_graph(calls: list, scheduler, workers: int | None, progress: bool, desc
     client = Client(scheduler) if owned else scheduler
     try:
         futures = client.compute(calls)
-        track_futures(futures, desc, enabled=progress)
+        track_futures(futures, desc, unit="tasks", enabled=progress)
         return client.gather(futures)
     finally:
         if owned:

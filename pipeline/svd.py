@@ -243,7 +243,7 @@ def _truncated_svd(
     saved_at = time.perf_counter()
     converged = False
     history: list[float] = []
-    bar = stage(limit, desc or f"svd k={k} ({method})", unit="step", enabled=progress)
+    bar = stage(limit, desc or f"svd k={k} ({method})", unit="steps", enabled=progress)
     step = 0
     try:
         while True:

@@ -338,12 +338,12 @@ def _run(tasks, scheduler: str, workers: int | None, progress: bool, desc: str):
         with LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             futures = client.compute(list(tasks))
-            track_futures(futures, desc, enabled=progress)
+            track_futures(futures, desc, unit="tasks", enabled=progress)
             return client.gather(futures)
     kwargs = {"scheduler": scheduler}
     if workers and scheduler != "synchronous":
         kwargs["num_workers"] = workers
-    with dask_progress(desc, len(tasks), enabled=progress):
+    with dask_progress(desc, len(tasks), unit="tasks", enabled=progress):
         return list(dask.compute(*tasks, **kwargs))
 
 

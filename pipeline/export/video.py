@@ -92,7 +92,7 @@ def write_video(store: Store, out, *, frames: int = 120, fps: int = 12, zoom: in
         left = _natural_rgb(store.x0)[ys][:, xs]
     path = walk_path(store.in_shape[1:], frames)
     images = []
-    for y, x in iterate(path, f"video {out.name}", unit="frame", enabled=progress):
+    for y, x in iterate(path, f"video {out.name}", unit="frames", enabled=progress):
         f = frame(store, y, x, lut, left)
         images.append(np.repeat(np.repeat(f, zoom, 0), zoom, 1) if zoom > 1 else f)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def train(recipe: Recipe, out: Path, steps: int | None = None, seed: int | None 
             start = state["step"]
     losses = []
     t0 = time.perf_counter()
-    with stage(steps, f"train {recipe.name}", unit="step", enabled=progress, initial=start) as bar:
+    with stage(steps, f"train {recipe.name}", unit="steps", enabled=progress, initial=start) as bar:
         for k in range(start, steps):
             torch.manual_seed(seed * 1_000_003 + k)  # dropout masks of step k
             x, y = recipe.task.draw(np.random.default_rng([seed, k]))
