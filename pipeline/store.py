@@ -183,6 +183,10 @@ class StoreAttrs(_Attributes):
         self.weights, self.image = FileRef.from_json(self.weights), FileRef.from_json(self.image)
         self.complete = bool(self.complete)
         self.verification = dict(_unverified(), **(self.verification or {}))
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for values outside the schema's vocabularies (checked when written; a reader
+        takes what it finds, so that a store from a newer linterp still opens)."""
         if self.verification["status"] not in VERIFICATION_STATUSES:
             raise ValueError(f"verification status must be one of {', '.join(VERIFICATION_STATUSES)}, "
                              f"not {self.verification['status']!r}")
@@ -322,7 +326,9 @@ class Store:
         unknown = sorted(set(values) - set(StoreAttrs.names()))
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: not store attributes (the schema is pipeline.store.StoreAttrs)")
-        written = {k: v for k, v in replace(self.attrs, **values).to_json().items() if k in values}
+        updated = replace(self.attrs, **values)
+        updated.check()
+        written = {k: v for k, v in updated.to_json().items() if k in values}
         check_portable(written)
         self.group.attrs.update(written)
 
