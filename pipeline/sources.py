@@ -136,7 +136,7 @@ def find_weights(name: str, ref: FileRef, given=None) -> str | None:
                        f"{name}'s default file nor in the weight cache {cache_dir()}; pass --weights PATH")
 
 
-def model_from_store(store, weights=None, trust_pickle: bool = False):
+def model_from_store(store, trust_pickle: bool = False, weights=None):
     """The model ``store`` was computed from, in eval mode: its registry name and recorded weights (found by
     ``find_weights``; ``weights`` names the file explicitly). Raises ``ValueError`` subclasses (one line)."""
     from pipeline.models import build

@@ -451,7 +451,7 @@ def interpreter_from_store(store, trust_pickle: bool = False, rtol: float = 1e-4
     from pipeline.interpreter import interpret
     from pipeline.sources import model_from_store
 
-    model = model_from_store(store, weights, trust_pickle)
+    model = model_from_store(store, trust_pickle, weights)
     x0 = torch.as_tensor(store.x0)[None]
     with torch.no_grad():
         li = interpret(model, x0)
