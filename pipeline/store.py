@@ -128,6 +128,21 @@ class _Attributes:
         return cls(**{k: v for k, v in raw.items() if k in known},
                    extra={k: v for k, v in raw.items() if k not in known})
 
+    # dict-style reads of the same values (JSON), for callers that treat the attributes as a mapping
+    def __getitem__(self, name: str):
+        if name in self.names():
+            return self.to_json()[name]
+        return self.extra[name]
+
+    def get(self, name: str, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names() or name in self.extra
+
 
 def _unverified() -> dict:
     return {"status": "unverified", "checks": []}
@@ -208,20 +223,6 @@ class StoreAttrs(_Attributes):
                    image_sha256=self.image.sha256)
         return out
 
-    # dict-style reads of the same fields, for callers that treat the attributes as JSON
-    def __getitem__(self, name: str):
-        if name in self.names():
-            return self.to_json()[name]
-        return self.extra[name]
-
-    def get(self, name: str, default=None):
-        try:
-            return self[name]
-        except KeyError:
-            return default
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.names() or name in self.extra
 
 
 def check_portable(values: dict, where: str = "store attributes") -> None:
@@ -445,14 +446,14 @@ class Store:
     def write_svd(self, S, U, V, residuals=None, attrs: SvdAttrs | None = None) -> None:
         """Write (replace) ``svd/S`` (k,), ``svd/U`` (k, *out), ``svd/V`` (k, *in) and ``svd/residuals`` (k,).
 
-        ``residuals`` are the relative residuals ‖F v − σ u‖ / σ of the pairs; ``attrs`` (:class:`SvdAttrs`) go
-        on the ``svd`` group (method, tolerance, timings ...).
+        ``residuals`` are the relative residuals ‖F v − σ u‖ / σ of the pairs; ``attrs`` (:class:`SvdAttrs`, or a
+        dict of its fields) go on the ``svd`` group (method, tolerance, timings ...).
         """
         S = np.asarray(S, dtype=np.float32).reshape(-1)
         k = S.shape[0]
         U = np.asarray(U, dtype=np.float32).reshape((k,) + self.out_shape)
         V = np.asarray(V, dtype=np.float32).reshape((k,) + self.in_shape)
-        meta = (attrs or SvdAttrs()).to_json()
+        meta = (attrs if isinstance(attrs, SvdAttrs) else SvdAttrs.from_json(attrs or {})).to_json()
         check_portable(meta, "svd attributes")
         svd = self.group.require_group("svd")
         svd.attrs.clear()
