@@ -150,8 +150,8 @@ def full_f(workers: int | None, lr: int = 32) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         store = compute(os.path.join(tmp, "f.zarr"), src, identity=identity, device="cpu", progress=False,
                         workers=workers)
-        ours = store.attrs["timings"]["last_run_seconds"]
-        verification = store.attrs["verification"]
+        ours = store.attrs.timings["last_run_seconds"]
+        verification = store.attrs.verification
     model = build(name, "random")
     n = 3 * lr * lr
     images = torch.from_numpy(x0).expand(16, -1, -1, -1).contiguous()
@@ -214,7 +214,7 @@ def store_sizes(workers: int | None, side: int = 64,
             size = sum(os.path.getsize(f) for f in files)
             dense = 4 * int(np.prod(store.F.shape))
             r = {"model": name, "weights": weights or "default", "F": list(store.F.shape), "bytes": size,
-                 "files": len(files), "dense_bytes": dense, "seconds": seconds, "tile": store.attrs["tile"]}
+                 "files": len(files), "dense_bytes": dense, "seconds": seconds, "tile": store.attrs.tile}
         results.append(r)
         rows.append([name, r["weights"], "×".join(map(str, r["F"])), f"{size / 2**20:.1f} MiB", str(len(files)),
                      f"{dense / 2**30:.2f} GiB", size / dense, seconds])

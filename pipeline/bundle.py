@@ -167,7 +167,7 @@ def _matches(store_path: Path, identity: dict) -> bool:
         store = open_store(store_path)
     except StoreError:
         return False
-    found = store.attrs.get("identity") or {}
+    found = store.attrs.identity
     wanted = json.loads(json.dumps(identity))
     return store.complete and all(found.get(key) == value for key, value in wanted.items())
 
@@ -178,12 +178,12 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
                 echo=print) -> Path:
     """Compute (or reuse) the store of one model at the image and its top-k SVD; returns the store's path."""
     from pipeline import compute as comp
-    from pipeline.commands.compute import cli_source
+    from pipeline.sources import model_source
     from pipeline.svd import svd_store
     from pipeline.store import open_store
 
     path = folder / f"{part.model}.zarr"
-    source, identity, attrs = cli_source(part.model, part.weights, trust_pickle, image, crop)
+    source, identity, attrs = model_source(part.model, part.weights, trust_pickle, image, crop)
     if note:
         attrs = dict(attrs, note=note)
     if _matches(path, identity):
@@ -193,13 +193,13 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
         comp.compute(path, source, identity=identity, attrs=attrs, scheduler=scheduler, workers=workers,
                      device=device, progress=progress)
     store = open_store(path)
-    if store.has_svd and store.svd()[0].shape[0] >= k:
-        echo(f"{part.model}: reusing its SVD ({store.svd()[0].shape[0]} pairs)")
+    if store.svd_k >= k:
+        echo(f"{part.model}: reusing its SVD ({store.svd_k} pairs)")
     else:
         n = min(k, math.prod(store.in_shape), math.prod(store.out_shape))
         echo(f"{part.model}: top-{n} SVD")
         svd_store(path, n, source="model", tol=SVD_TOL, max_iter=SVD_MAX_ITER, trust_pickle=trust_pickle,
-                  progress=progress)
+                  weights=part.weights, progress=progress)
     return path
 
 
@@ -282,7 +282,10 @@ def add_banner(index: Path, notes: list[str]) -> None:
 
 def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image: str | None, crop: str | None,
                 command: str | None, notes: list[str]) -> str:
-    """README.txt of a bundle: how it was made (command, versions, sha256 of weights and image) and how to open it."""
+    """README.txt of a bundle: how it was made (command, versions, sha256 of weights and image) and how to open it.
+
+    Files are named by their base names and digests, the machine by its OS and architecture only: nothing in it
+    says where or on which host the bundle was built."""
     from pipeline.store import open_store
 
     first = open_store(stores[0]).attrs
@@ -292,26 +295,27 @@ def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image:
              f"Paper's archive: {bundle.paper}", ""]
     lines += [f"Note: {n}" for n in notes] + ([""] if notes else [])
     lines += ["Command:", f"  {command or 'linterp bundle ' + bundle.name}", "",
-              f"Image: {first.get('image')}  sha256 {first.get('image_sha256')}"
+              f"Image: {first.image.name}  sha256 {first.image.sha256}"
               + ("  (of its uint8 RGB pixels: the built-in scikit-image crop)" if image is None else ""),
               f"Crop (X,Y,W,H): {crop or 'none (whole image)'}", "", "Models:"]
     for part, path in zip(parts, stores):
-        attrs = open_store(path).attrs
-        lines.append(f"  {part.model}: weights {Path(part.weights).name if part.weights else 'none (no parameters)'}"
-                     f"  sha256 {attrs.get('weights_sha256') or '-'}")
         store = open_store(path)
-        figures = attrs.get("verification") or {}
+        attrs = store.attrs
+        lines.append(f"  {part.model}: weights {attrs.weights.name or 'none (no parameters)'}"
+                     f"  sha256 {attrs.weights.sha256 or '-'}")
+        figures = attrs.verification
         lines.append(f"    F {tuple(store.F.shape)}, reconstruction max error "
                      f"{figures.get('reconstruction_max_abs', float('nan')):.3g}, "
                      f"rows check {figures.get('rows_max_abs', float('nan')):.3g}")
         if store.has_svd:
-            info = store.svd_attrs
-            lines.append(f"    SVD: {store.svd()[0].shape[0]} pairs, "
-                         f"{'converged' if info.get('converged') else 'not converged'} to {info.get('tol', SVD_TOL):g}, "
-                         f"largest relative residual {float(np.max(store.group['svd']['residuals'][...])):.2e}")
-    versions = dict(first.get("versions") or {}, python=platform.python_version())
+            info, residuals = store.svd_attrs, store.svd_residuals()
+            worst = f"{float(np.max(residuals)):.2e}" if residuals is not None else "not recorded"
+            lines.append(f"    SVD: {store.svd_k} pairs, "
+                         f"{'converged' if info.converged else 'not converged'} to {info.tol or SVD_TOL:g}, "
+                         f"largest relative residual {worst}")
+    versions = dict(first.versions, python=platform.python_version())
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
-              f"Platform: {platform.platform()}", ""]
+              f"Platform: {platform.system()} {platform.machine()}", ""]
     return "\n".join(lines)
 
 

@@ -344,13 +344,12 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
     """Analyse every input and write the report into ``out``; returns the ``results.json`` records.
 
     inputs: (name, x0 — a tensor (1, C, H, W) or a no-argument callable returning one, label or None, source —
-    a string that identifies the input's content, e.g. path, size and modification time of its file).
-    Images already analysed with the same settings (cache in ``out/images``) are not recomputed, so a killed
+    a string that identifies the input's content, e.g. the sha256 of its file; it goes into the cache, so never
+    a path). ``settings`` go into the cache too (JSON, no paths). Images already analysed with the same settings (cache in ``out/images``) are not recomputed, so a killed
     run resumes where it stopped.
     """
-    from tqdm import tqdm
-
     from pipeline.classify import analyse_attacked, residual_table, summary
+    from pipeline.progress import iterate
 
     out = Path(out)
     cache = out / "images"
@@ -358,8 +357,8 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
     settings = dict(settings or {}, model=model_name, eps=list(map(float, eps)), top=top,
                     vote_classes=vote_classes, value_range=list(value_range))
     records, shown = [], []
-    for i, (name, x0, label, source) in enumerate(tqdm(inputs, desc=f"classify {model_name}", unit="image",
-                                                disable=not progress)):
+    for i, (name, x0, label, source) in enumerate(iterate(inputs, f"classify {model_name}", unit="images",
+                                                   enabled=progress)):
         stem = cache / f"{i:05d}-{_safe(name)}"
         image_settings = settings | {"source": source}
         got = load_analysis(stem, image_settings)

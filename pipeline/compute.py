@@ -16,7 +16,6 @@ rebuilds ``interpret(model, x0)`` once from a small picklable ``Source`` and cac
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -286,25 +285,25 @@ def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, t
     return time.perf_counter() - start
 
 
-def _run_graph(calls: list, scheduler, workers: int | None, progress: bool) -> list:
-    """Evaluate delayed calls on the threaded / process scheduler or a distributed cluster (address/Client)."""
+def _run_graph(calls: list, scheduler, workers: int | None, progress: bool, desc: str) -> list:
+    """Evaluate delayed calls on the threaded / process scheduler or a distributed cluster (address/Client),
+    reporting each finished call through ``pipeline.progress`` under ``desc``."""
     import dask
+
+    from .progress import dask_progress, track_futures
 
     if not calls:
         return []
     if isinstance(scheduler, str) and scheduler in LOCAL:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(dt=0.5) if progress else contextlib.nullcontext():
+        with dask_progress(desc, len(calls), unit="tasks", enabled=progress):
             return list(dask.compute(*calls, scheduler=scheduler, num_workers=workers))
-    from distributed import Client, progress as dist_progress
+    from distributed import Client
 
     owned = isinstance(scheduler, str)
     client = Client(scheduler) if owned else scheduler
     try:
         futures = client.compute(calls)
-        if progress:
-            dist_progress(futures)
+        track_futures(futures, desc, unit="tasks", enabled=progress)
         return client.gather(futures)
     finally:
         if owned:
@@ -347,7 +346,8 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     """Compute F(x0) of ``source`` into the store ``out`` (created, or resumed when it matches) and verify it.
 
     ``identity``: what must match to resume (model, weights sha256, image sha256, crop ...; mode, tile, batch
-    and shapes are added); ``attrs``: further group attributes. ``scheduler``: "threads" (default),
+    and shapes are added); ``attrs``: further group attributes (``pipeline.store.StoreAttrs`` fields, e.g. from
+    ``pipeline.sources.model_source``). ``scheduler``: "threads" (default),
     "processes", "tcp://HOST:PORT" or a ``distributed.Client``. ``workers``: local worker count (default:
     one per core on CPU, one per GPU with CUDA). Returns the completed, verified store.
     """
@@ -385,17 +385,17 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
              for ix in todo]
     saved = torch.get_num_threads()
     try:
-        seconds = _run_graph(calls, scheduler, workers, progress)
+        seconds = _run_graph(calls, scheduler, workers, progress, f"compute {store.path.name}")
     finally:
         torch.set_num_threads(saved)
     elapsed = time.perf_counter() - started
     figures = verify(store, li, rows=verify_rows)
     n_vectors = int(np.prod(plan.in_shape if plan.mode == "columns" else plan.out_shape))
-    previous = store.attrs.get("timings", {})
+    previous = store.attrs.timings
     timings = {"runs": previous.get("runs", 0) + 1, "last_run_seconds": elapsed,
                "last_run_tasks": len(todo), "task_seconds_total": previous.get("task_seconds_total", 0.0)
                + float(sum(seconds)), "vectors": n_vectors, "device": device,
-               "scheduler": scheduler if isinstance(scheduler, str) else "distributed.Client"}
+               "scheduler": scheduler if local else "distributed"}  # the kind: never a cluster's address
     store.update_attrs(verification=figures, timings=timings, complete=True)
     return store
 

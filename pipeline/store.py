@@ -24,16 +24,19 @@ region one compute task writes, so no two tasks ever touch the same file. Inside
 small spatial tiles in both domains; chunks that are all zero are not stored (fill value 0). Every array has
 ``dimension_names`` so that xarray, dask and napari read the store as it is.
 
-Group attributes: ``format_version``, ``identity`` (the keys that must match for a compute run to resume into
-an existing store: model, weights sha256, image sha256, crop, tile, mode, shapes), ``model``, ``weights``,
-``weights_sha256``, ``image``, ``image_sha256``, ``crop``, ``scale``, ``tile``, ``mode``, ``verification``,
-``timings``, ``versions`` and ``complete``.
+Group attributes: defined once, by :class:`StoreAttrs` (the ``svd`` group's by :class:`SvdAttrs`); read them with
+``Store.attrs`` and write them with ``Store.update_attrs``, which refuses names the schema does not define and values
+that would tie a store to one machine (absolute paths, host names, addresses). Files are named portably, by
+:class:`FileRef` (base name + sha256). Stores of format 1 open as they are: their attributes are migrated on read,
+and rewritten in format 2 when the store is opened for writing.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -41,8 +44,10 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-#: Version of the layout described above; stores of another version are refused.
-FORMAT_VERSION = 1
+#: Version of the layout and attribute schema described here. Format 1 (weights and image recorded as paths, the
+#: verification figures without a status) is still read; other versions are refused.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 IN_DIMS = ("c_in", "y_in", "x_in")
 OUT_DIMS = ("c_out", "y_out", "x_out")
@@ -55,6 +60,234 @@ INNER_VALUES = 2**16
 
 class StoreError(ValueError):
     """A store that is missing, corrupt, foreign, incomplete or made from other inputs (one-line message)."""
+
+
+# ---- the attribute schema ---------------------------------------------------------------------------------
+
+#: ``verification["status"]`` values: "passed" only when every check of the store passed.
+VERIFICATION_STATUSES = ("passed", "failed", "unverified")
+#: ``approximations[i]["kind"]`` values: how a non-piecewise-linear operation was linearised at x0.
+APPROXIMATION_KINDS = ("secant", "frozen-statistics", "frozen-factor")
+#: Strings that tie a value to one machine: absolute POSIX / Windows / UNC paths, home-relative paths, URLs and
+#: scheduler addresses (scheme://…), IPv4 host:port.
+_NOT_PORTABLE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)|://|\b\d{1,3}(\.\d{1,3}){3}:\d+\b")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file named portably: ``name`` is its base name (no folders), ``sha256`` the hex digest of its bytes.
+
+    Weights: ``name`` "random" (and ``sha256`` "random") for a seeded random initialisation, None for models
+    without parameters. Images: ``name`` may be a label (the built-in "astronaut-face", whose ``sha256`` is that
+    of its uint8 pixels).
+    """
+
+    name: str | None = None
+    sha256: str | None = None
+
+    def __post_init__(self):
+        if self.name is not None and ("/" in self.name or "\\" in self.name):
+            raise ValueError(f"a file is recorded by its name, not a path: {self.name!r}")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, value) -> "FileRef":
+        """From {"name", "sha256"} (or a FileRef, or None = unknown)."""
+        if isinstance(value, FileRef):
+            return value
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise ValueError(f"expected {{'name', 'sha256'}}, got {value!r}")
+        return cls(value.get("name"), value.get("sha256"))
+
+
+class _Attributes:
+    """A dataclass of JSON attributes with a fixed set of names; its ``extra`` field keeps, as found, the
+    attributes of a group that the class does not define."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The attribute names of the schema (``extra`` aside)."""
+        return tuple(f.name for f in fields(cls) if f.name != "extra")
+
+    def to_json(self) -> dict:
+        """The attributes as JSON values (``extra`` merged back in), as written to the group."""
+        out = dict(self.extra)
+        for name in self.names():
+            value = getattr(self, name)
+            out[name] = value.to_json() if isinstance(value, FileRef) else value
+        return json.loads(json.dumps(out))  # tuples -> lists, copies
+
+    @classmethod
+    def from_json(cls, raw: dict):
+        """From a group's attributes."""
+        known = set(cls.names())
+        return cls(**{k: v for k, v in raw.items() if k in known},
+                   extra={k: v for k, v in raw.items() if k not in known})
+
+    # dict-style reads of the same values (JSON), for callers that treat the attributes as a mapping
+    def __getitem__(self, name: str):
+        if name in self.names():
+            return self.to_json()[name]
+        return self.extra[name]
+
+    def get(self, name: str, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names() or name in self.extra
+
+
+def _unverified() -> dict:
+    return {"status": "unverified", "checks": []}
+
+
+@dataclass
+class StoreAttrs(_Attributes):
+    """The group attributes of a store (format 2), as stored in its ``zarr.json`` (JSON values).
+
+    What was computed: ``model`` (registry name), ``task`` ("sr", "i2i", "classify"), ``scale`` (output / input
+    side), ``colour`` ("rgb", "y", "gray"), ``value_range`` ([lo, hi], the model's units of pixel values 0 and
+    255), ``weights`` and ``image`` (:class:`FileRef`), ``crop`` ([x, y, w, h] pixels of the image, or None),
+    ``identity`` (what must match for a compute run to resume into the store: model, weights / image / x0 sha256,
+    crop, mode, tile, batch, shapes). How: ``mode`` ("columns" / "rows"), ``tile`` (input tile side, pixels),
+    ``receptive_radius`` (input pixels, None = global), ``output_shape`` (as the network returns it), ``dtype``
+    of F ("float32", later "float16" / "bfloat16"), ``support_tol`` (None: F stored exactly). Results:
+    ``complete`` (finished and verified), ``verification`` ({"status": one of ``VERIFICATION_STATUSES``,
+    "checks": [{"name", "value", "tolerance", "passed", "detail"}, …], plus free figures such as
+    "reconstruction_rel"}), ``jacobian_exact`` (F is the Jacobian of f at x0; None = not yet known),
+    ``approximations`` ([{"op", "where", "kind"}, …], kind in ``APPROXIMATION_KINDS``), ``geometry`` (the figures
+    of ``linterp geometry``, or None), ``timings`` (runs, seconds, tasks, device, scheduler kind), ``versions``
+    (library versions), ``note`` (a sentence shown with the store, e.g. a stand-in). ``extra``: attributes this
+    version does not define, kept as found (never written by linterp).
+    """
+
+    model: str | None = None
+    task: str | None = None
+    scale: int | None = None
+    colour: str | None = None
+    value_range: list[float] | None = None
+    weights: FileRef = field(default_factory=FileRef)
+    image: FileRef = field(default_factory=FileRef)
+    crop: list[int] | None = None
+    identity: dict = field(default_factory=dict)
+    mode: str | None = None
+    tile: int | None = None
+    receptive_radius: int | None = None
+    output_shape: list[int] | None = None
+    dtype: str = "float32"
+    support_tol: float | None = None
+    complete: bool = False
+    verification: dict = field(default_factory=_unverified)
+    jacobian_exact: bool | None = None
+    approximations: list[dict] = field(default_factory=list)
+    geometry: dict | None = None
+    timings: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    note: str | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.weights, self.image = FileRef.from_json(self.weights), FileRef.from_json(self.image)
+        self.complete = bool(self.complete)
+        self.verification = dict(_unverified(), **(self.verification or {}))
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for values outside the schema's vocabularies (checked when written; a reader
+        takes what it finds, so that a store from a newer linterp still opens)."""
+        if self.verification["status"] not in VERIFICATION_STATUSES:
+            raise ValueError(f"verification status must be one of {', '.join(VERIFICATION_STATUSES)}, "
+                             f"not {self.verification['status']!r}")
+        for item in self.approximations:
+            if not isinstance(item, dict) or item.get("kind") not in APPROXIMATION_KINDS:
+                raise ValueError(f"an approximation is {{'op', 'where', 'kind'}} with kind in "
+                                 f"{', '.join(APPROXIMATION_KINDS)}, not {item!r}")
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "StoreAttrs":
+        """From a group's attributes (format 1 attributes are migrated first)."""
+        return super().from_json(migrate_v1(raw) if raw.get("format_version") == 1 else raw)
+
+    def for_viewer(self) -> dict:
+        """The attributes as the site's manifest gives them to the viewer: the schema's JSON with ``weights`` and
+        ``image`` as their file names, their digests as ``weights_sha256`` / ``image_sha256``."""
+        out = self.to_json()
+        out.update(weights=self.weights.name, weights_sha256=self.weights.sha256, image=self.image.name,
+                   image_sha256=self.image.sha256)
+        return out
+
+
+
+def check_portable(values: dict, where: str = "store attributes") -> None:
+    """Raise ``ValueError`` when a string anywhere in ``values`` is an absolute path, a URL or an address."""
+    def walk(value, key):
+        if isinstance(value, str) and _NOT_PORTABLE.search(value):
+            raise ValueError(f"{where} must not hold paths or addresses of this machine: {key} = {value!r}")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+
+    for key, value in values.items():
+        walk(value, key)
+
+
+def migrate_v1(raw: dict) -> dict:
+    """Format 1 attributes -> format 2: weights / image paths become :class:`FileRef` (base name + the recorded
+    sha256), the verification figures get status "unverified", a scheduler address becomes "distributed"."""
+    out = {k: v for k, v in raw.items() if k not in ("weights_sha256", "image_sha256")}
+
+    def ref(name, sha):
+        return {"name": name if name in (None, "random") else os.path.basename(str(name).rstrip("/\\")),
+                "sha256": sha}
+
+    out["weights"] = ref(raw.get("weights"), raw.get("weights_sha256"))
+    out["image"] = ref(raw.get("image"), raw.get("image_sha256"))
+    out["verification"] = dict(_unverified(), **(raw.get("verification") or {}))
+    timings = dict(raw.get("timings") or {})
+    if "://" in str(timings.get("scheduler", "")):
+        timings["scheduler"] = "distributed"
+    out["timings"] = timings
+    out["format_version"] = FORMAT_VERSION
+    return out
+
+
+@dataclass
+class SvdAttrs(_Attributes):
+    """The attributes of a store's ``svd`` group (see ``pipeline.svd.svd_store``).
+
+    ``method`` ("lanczos" / "randomized"), ``k`` (pairs), ``source`` ("store": the stored F, "model": the
+    interpreter), ``tol`` (asked relative residual), ``converged``, ``iterations`` (steps), ``operator_passes``
+    (vectors through F and back), ``block``, ``step_width``, ``seed``, ``resumed`` (from a checkpoint),
+    ``seconds``, ``sign_convention`` (in words), ``residual_forward`` / ``residual_transpose`` (per pair, k
+    values: ‖F v − s u‖ / s and ‖Fᵀu − s v‖ / s). ``extra``: attributes this version does not define.
+    """
+
+    method: str | None = None
+    k: int | None = None
+    source: str | None = None
+    tol: float | None = None
+    converged: bool | None = None
+    iterations: int | None = None
+    operator_passes: int | None = None
+    block: int | None = None
+    step_width: int | None = None
+    seed: int | None = None
+    resumed: bool | None = None
+    seconds: float | None = None
+    sign_convention: str | None = None
+    residual_forward: list[float] | None = None
+    residual_transpose: list[float] | None = None
+    extra: dict = field(default_factory=dict)
 
 
 def _as_chw(a: np.ndarray) -> np.ndarray:
@@ -84,17 +317,25 @@ class Store:
 
     # ---- attributes -------------------------------------------------------------------------------
     @property
-    def attrs(self) -> dict:
-        """The group attributes as a plain dict (a fresh copy on each access)."""
-        return dict(self.group.attrs)
+    def attrs(self) -> StoreAttrs:
+        """The group attributes (:class:`StoreAttrs`; a fresh copy on each access)."""
+        return StoreAttrs.from_json(dict(self.group.attrs))
 
     def update_attrs(self, **values) -> None:
-        """Set group attributes (JSON-serialisable values)."""
-        self.group.attrs.update(values)
+        """Set group attributes: names of :class:`StoreAttrs`, values as its fields take them (JSON, or
+        :class:`FileRef`). Unknown names, invalid values and machine-bound strings raise ``ValueError``."""
+        unknown = sorted(set(values) - set(StoreAttrs.names()))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not store attributes (the schema is pipeline.store.StoreAttrs)")
+        updated = replace(self.attrs, **values)
+        updated.check()
+        written = {k: v for k, v in updated.to_json().items() if k in values}
+        check_portable(written)
+        self.group.attrs.update(written)
 
     @property
     def complete(self) -> bool:
-        return bool(self.group.attrs.get("complete", False))
+        return self.attrs.complete
 
     # ---- arrays -----------------------------------------------------------------------------------
     @cached_property
@@ -164,36 +405,59 @@ class Store:
     # ---- SVD --------------------------------------------------------------------------------------
     @property
     def has_svd(self) -> bool:
+        return self._svd_group() is not None
+
+    def _svd_group(self) -> zarr.Group | None:
+        """The ``svd`` group when it holds S, U and V, else None."""
         try:
             svd = self.group["svd"]
         except KeyError:
-            return False
-        return all(name in svd for name in ("S", "U", "V"))
+            return None
+        return svd if all(name in svd for name in ("S", "U", "V")) else None
 
     def svd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(S (k,), U (k, C_out, H_out, W_out), V (k, C_in, H_in, W_in)) as float32 numpy arrays."""
-        if not self.has_svd:
+        svd = self._svd_group()
+        if svd is None:
             raise StoreError(f"{self.path}: the store has no SVD (run `linterp svd` first)")
-        svd = self.group["svd"]
         return svd["S"][...], svd["U"][...], svd["V"][...]
 
     @property
-    def svd_attrs(self) -> dict:
-        return dict(self.group["svd"].attrs) if self.has_svd else {}
+    def svd_k(self) -> int:
+        """How many singular pairs the store holds (0 without an SVD)."""
+        svd = self._svd_group()
+        return 0 if svd is None else int(svd["S"].shape[0])
 
-    def write_svd(self, S, U, V, residuals=None, attrs: dict | None = None) -> None:
+    def svd_values(self) -> np.ndarray:
+        """The singular values S (k,) alone, float32 (empty without an SVD)."""
+        svd = self._svd_group()
+        return np.zeros(0, np.float32) if svd is None else svd["S"][...]
+
+    def svd_residuals(self) -> np.ndarray | None:
+        """``svd/residuals`` (k,): the relative residual of each pair, or None when not written."""
+        svd = self._svd_group()
+        return svd["residuals"][...] if svd is not None and "residuals" in svd else None
+
+    @property
+    def svd_attrs(self) -> SvdAttrs:
+        svd = self._svd_group()
+        return SvdAttrs.from_json(dict(svd.attrs) if svd is not None else {})
+
+    def write_svd(self, S, U, V, residuals=None, attrs: SvdAttrs | None = None) -> None:
         """Write (replace) ``svd/S`` (k,), ``svd/U`` (k, *out), ``svd/V`` (k, *in) and ``svd/residuals`` (k,).
 
-        ``residuals`` are the relative residuals ‖F v − σ u‖ / σ of the pairs; ``attrs`` go on the ``svd``
-        group (method, tolerance, timings ...).
+        ``residuals`` are the relative residuals ‖F v − σ u‖ / σ of the pairs; ``attrs`` (:class:`SvdAttrs`, or a
+        dict of its fields) go on the ``svd`` group (method, tolerance, timings ...).
         """
         S = np.asarray(S, dtype=np.float32).reshape(-1)
         k = S.shape[0]
         U = np.asarray(U, dtype=np.float32).reshape((k,) + self.out_shape)
         V = np.asarray(V, dtype=np.float32).reshape((k,) + self.in_shape)
+        meta = (attrs if isinstance(attrs, SvdAttrs) else SvdAttrs.from_json(attrs or {})).to_json()
+        check_portable(meta, "svd attributes")
         svd = self.group.require_group("svd")
         svd.attrs.clear()
-        svd.attrs.update(attrs or {})
+        svd.attrs.update(meta)
         _write_array(svd, "S", S, ("k",))
         _write_array(svd, "U", U, ("k",) + OUT_DIMS, chunks=(1,) + self.out_shape)
         _write_array(svd, "V", V, ("k",) + IN_DIMS, chunks=(1,) + self.in_shape)
@@ -223,12 +487,26 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
         raise StoreError(f"{path}: corrupt store ({err.__class__.__name__}: {err})") from None
 
 
-def _validate(group: zarr.Group, path: Path) -> None:
+def _check_version(group: zarr.Group, path: Path) -> int:
+    """The store's format version; ``StoreError`` (one line, saying what to do) for versions not read here."""
     version = group.attrs.get("format_version")
     if version is None:
         raise StoreError(f"{path}: not a linterp store (no format_version attribute)")
-    if version != FORMAT_VERSION:
-        raise StoreError(f"{path}: store format version {version}, this linterp reads version {FORMAT_VERSION}")
+    if version in READABLE_VERSIONS:
+        return version
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise StoreError(f"{path}: store format version {version} is newer than this linterp reads "
+                         f"({READABLE_VERSIONS[0]}–{FORMAT_VERSION}); upgrade linterp (pip install -U linterp)")
+    raise StoreError(f"{path}: store format version {version!r} is not one this linterp reads "
+                     f"({READABLE_VERSIONS[0]}–{FORMAT_VERSION}); recompute it with `linterp compute`")
+
+
+def _validate(group: zarr.Group, path: Path) -> None:
+    _check_version(group, path)
+    try:
+        StoreAttrs.from_json(dict(group.attrs))
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"{path}: corrupt store attributes ({str(err).splitlines()[0]})") from None
     try:
         arrays = {name: group[name] for name in ("x0", "y0", "residual", "F", "ledger")}
     except KeyError as err:
@@ -243,15 +521,25 @@ def _validate(group: zarr.Group, path: Path) -> None:
                              f"F implies {shape}")
 
 
+def _upgrade(group: zarr.Group) -> None:
+    """Rewrite the attributes of a format 1 store in the current format (in place; arrays are unchanged)."""
+    if group.attrs.get("format_version") != FORMAT_VERSION:
+        migrated = StoreAttrs.from_json(dict(group.attrs)).to_json()
+        group.attrs.clear()
+        group.attrs.update(migrated)
+
+
 def open_store(path, *, mode: str = "r", require_complete: bool = False) -> Store:
     """Open and validate a store; ``StoreError`` (one line) if it is missing, corrupt or foreign.
 
-    ``mode``: "r" (read only) or "r+" (to write attributes or the SVD). ``require_complete``: also refuse a
-    store whose computation has not finished.
+    ``mode``: "r" (read only) or "r+" (to write attributes or the SVD; a format 1 store is then upgraded in
+    place). ``require_complete``: also refuse a store whose computation has not finished.
     """
     path = Path(path)
     group = _open_group(path, mode)
     _validate(group, path)
+    if mode != "r":
+        _upgrade(group)
     store = Store(group, path)
     if require_complete and not store.complete:
         raise StoreError(f"{path}: the store is incomplete (rerun `linterp compute` with the same arguments)")
@@ -271,7 +559,7 @@ def create_store(path, *, identity: dict, attrs: dict, x0, y0, residual, shards:
 
     ``identity``: JSON dict that must equal the existing store's (model, weights sha256, image sha256, crop,
     tile, mode, ...); a store made from anything else is refused with ``StoreError``, never mixed.
-    ``attrs``: further group attributes. ``x0`` (C_in,H_in,W_in); ``y0``, ``residual`` (C_out,H_out,W_out)
+    ``attrs``: further group attributes (names and values of :class:`StoreAttrs`). ``x0`` (C_in,H_in,W_in); ``y0``, ``residual`` (C_out,H_out,W_out)
     (batched or vector forms are accepted, see ``_as_chw``). ``shards`` / ``chunks``: 6-tuples for F (shard =
     the region one task writes along its tiled axes). ``tasks``: the shape of the task grid (the ledger).
     """
@@ -283,18 +571,19 @@ def create_store(path, *, identity: dict, attrs: dict, x0, y0, residual, shards:
         found = group.attrs.get("identity")
         if found is None or group.attrs.get("format_version") is None:
             raise StoreError(f"{path}: exists and is not a linterp store; choose another --out")
-        if group.attrs.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{path}: store format version {group.attrs.get('format_version')}; "
-                             f"choose another --out")
+        _check_version(group, path)
         diff = identity_mismatch(found, identity)
         if diff:
             raise StoreError(f"{path}: the store was made from other inputs ({diff}); "
                              f"use another --out or delete it")
+        _upgrade(group)
     else:
+        first = StoreAttrs(identity=identity).to_json()
+        check_portable(first)
         group = zarr.open_group(path, mode="w", zarr_format=3)
         # identity first: a run killed during creation can then be resumed (arrays are recreated below)
-        group.attrs.update({"format_version": FORMAT_VERSION, "identity": identity, "complete": False})
-    group.attrs.update(attrs)
+        group.attrs.update(first)
+    Store(group, path).update_attrs(**attrs)
     fshape = y0.shape + x0.shape
     existing = {name for name in ("x0", "y0", "residual", "F", "ledger") if name in group}
     if "F" in existing and (tuple(group["F"].shape) != fshape or tuple(group["F"].shards or ()) != shards):

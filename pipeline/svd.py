@@ -196,6 +196,7 @@ def _truncated_svd(
     checkpoint=None,
     checkpoint_seconds: float = 30.0,
     step_width: int | None = None,
+    desc: str | None = None,
 ) -> SVDResult:
     """The top-k singular triplets of F (see the module docstring for the algorithms).
 
@@ -205,15 +206,15 @@ def _truncated_svd(
     max_iter: most power / Lanczos steps, counted in blocks of vectors (a Lanczos step of `step_width`
     vectors is step_width / block of one). max_basis: most basis vectors Lanczos keeps before a thick restart
     (default: as many as fit in BASIS_BYTES, at least 4 blocks). seed: the starting block's random seed.
-    progress: show a tqdm bar. checkpoint: a file (.npz) where the current Ritz vectors and their images
+    progress: report the steps (``pipeline.progress``). checkpoint: a file (.npz) where the current Ritz vectors and their images
     are saved every `checkpoint_seconds` and when a run stops unconverged (atomically); a run with the same
     problem and settings resumes from it (a thick restart on those vectors); it is deleted on convergence.
     step_width: new Lanczos directions per step (the residuals of the leading unconverged Ritz pairs);
-    default: the operator's ``step_width``, else the whole block.
+    default: the operator's ``step_width``, else the whole block. desc: the stage's name in progress reports.
     """
     import time
 
-    from tqdm.auto import tqdm
+    from pipeline.progress import progress as stage
 
     if method not in METHODS:
         raise SVDError(f"unknown SVD method '{method}' (choose from {', '.join(METHODS)})")
@@ -242,7 +243,7 @@ def _truncated_svd(
     saved_at = time.perf_counter()
     converged = False
     history: list[float] = []
-    bar = tqdm(total=limit, desc=f"svd k={k} ({method})", unit="step", disable=not progress)
+    bar = stage(limit, desc or f"svd k={k} ({method})", unit="steps", enabled=progress)
     step = 0
     try:
         while True:
@@ -252,7 +253,7 @@ def _truncated_svd(
             norms = np.linalg.norm(residual[:, :k], axis=0)
             top = max(theta[0], np.finfo(float).tiny)
             worst = float((norms / np.maximum(theta[:k], 1e-300)).max())
-            bar.set_postfix(residual=f"{worst:.1e}", passes=passes)
+            bar.note(residual=f"{worst:.1e}", passes=passes)
             converged = bool(np.all(norms <= np.maximum(tol * theta[:k], op.precision * top)))
             history.append(worst)
             if converged or step >= limit or q.shape[1] >= n or _stalled(history, STALL_STEPS * per_block):
@@ -438,37 +439,19 @@ def store_operator(store) -> Operator:
     return Operator(in_shape, out_shape, forward, transpose, normal, precision=1e-13)
 
 
-def model_from_store(store, trust_pickle: bool = False):
-    """The model a store was computed from, rebuilt from its attributes (model name, weights file + sha256).
-
-    Raises ``SVDError`` when the weights file is gone or has changed since the store was computed.
-    """
-    from pipeline.models import build
-    from pipeline.models.weights import file_sha256
-
-    attrs = store.attrs
-    name, weights, sha = attrs.get("model"), attrs.get("weights"), attrs.get("weights_sha256")
-    if not name:
-        raise SVDError(f"{store.path}: the store does not name its model (no 'model' attribute)")
-    if weights not in (None, "random"):
-        path = Path(weights)
-        if not path.is_file():
-            raise SVDError(f"{store.path}: its weights file {weights} is gone; use --from-store")
-        if sha and file_sha256(path) != sha:
-            raise SVDError(f"{store.path}: its weights file {weights} has changed since the store was computed")
-    return build(name, weights, trust_pickle=trust_pickle)
-
-
-def interpreter_from_store(store, trust_pickle: bool = False, rtol: float = 1e-4):
+def interpreter_from_store(store, trust_pickle: bool = False, rtol: float = 1e-4, weights=None):
     """``interpret(model, x0)`` for the store's model at the store's x0, checked against the stored f(x0).
 
-    Raises ``SVDError`` when the rebuilt network does not reproduce ``y0`` (to ``rtol`` of its largest value).
+    The model is rebuilt by ``pipeline.sources.model_from_store`` (``weights``: the weight file, when it is
+    neither the registry's default nor in the weight cache). Raises ``SVDError`` when the rebuilt network does
+    not reproduce ``y0`` (to ``rtol`` of its largest value).
     """
     import torch
 
     from pipeline.interpreter import interpret
+    from pipeline.sources import model_from_store
 
-    model = model_from_store(store, trust_pickle)
+    model = model_from_store(store, trust_pickle, weights)
     x0 = torch.as_tensor(store.x0)[None]
     with torch.no_grad():
         li = interpret(model, x0)
@@ -482,17 +465,18 @@ def interpreter_from_store(store, trust_pickle: bool = False, rtol: float = 1e-4
 
 def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", tol: float = 1e-6,
               batch: int = 16, max_iter: int = 500, seed: int = 0, trust_pickle: bool = False,
-              progress: bool = True) -> SVDResult:
+              weights=None, progress: bool = True) -> SVDResult:
     """Compute the top-k SVD of a store's F and write it into the store (``svd/S``, ``svd/U``, ``svd/V``,
     ``svd/residuals``); returns the result.
 
     source: "store" (the stored F; needs a complete store), "model" (the interpreter rebuilt from the
-    store's attributes) or "auto" (the store when it is complete, else the model). The written residual of
+    store's attributes; ``weights``: its weight file when the registry and the weight cache do not hold it) or
+    "auto" (the store when it is complete, else the model). The written residual of
     pair i is the full triplet residual sqrt(‖F vᵢ − sᵢuᵢ‖² + ‖Fᵀuᵢ − sᵢvᵢ‖²) / sᵢ, which bounds
     ‖F vᵢ − sᵢuᵢ‖ / sᵢ; both parts are also in the ``svd`` group's attributes. A killed run resumes from
     the checkpoint file ``CHECKPOINT`` inside the store folder (deleted when the SVD is written).
     """
-    from pipeline.store import open_store
+    from pipeline.store import SvdAttrs, open_store
 
     store = open_store(path, mode="r+")
     if source == "auto":
@@ -502,14 +486,14 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
             raise SVDError(f"{store.path}: the store is incomplete; finish `linterp compute` or use --from-model")
         op = store_operator(store)
     elif source == "model":
-        op = model_operator(interpreter_from_store(store, trust_pickle), batch=batch)
+        op = model_operator(interpreter_from_store(store, trust_pickle, weights=weights), batch=batch)
     else:
         raise SVDError(f"unknown source '{source}' (store, model or auto)")
     result = truncated_svd(op, k, method=method, tol=tol, max_iter=max_iter, seed=seed, progress=progress,
-                           checkpoint=store.path / CHECKPOINT)
+                           checkpoint=store.path / CHECKPOINT, desc=f"svd {store.path.name} k={k} ({method})")
     residuals = np.hypot(result.residual_forward, result.residual_transpose)
-    attrs = dict(result.info, source=source, sign_convention="largest-magnitude entry of each V[i] positive",
-                 residual_forward=result.residual_forward.tolist(),
-                 residual_transpose=result.residual_transpose.tolist())
+    attrs = SvdAttrs(**result.info, source=source, sign_convention="largest-magnitude entry of each V[i] positive",
+                     residual_forward=result.residual_forward.tolist(),
+                     residual_transpose=result.residual_transpose.tolist())
     store.write_svd(result.S, result.U, result.V, residuals, attrs)
     return result

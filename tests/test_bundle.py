@@ -201,4 +201,4 @@ def test_weights_file_replaces_the_official_download(tmp_path, monkeypatch):
     assert "stands in" not in readme and "stands in" not in index
     assert "without naming the variant" in index  # the bundle's own note stays
     store = open_store(tmp_path / "work" / "stores" / "edsr-baseline-x4.zarr")
-    assert store.attrs["verification"]["reconstruction_rel"] < 1e-5
+    assert store.attrs.verification["reconstruction_rel"] < 1e-5

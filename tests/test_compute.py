@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.compute import Source, compute, source_key, tile_columns
 from pipeline.interpreter import interpret
 from pipeline.models import build
-from pipeline.store import open_store
+from pipeline.store import FileRef, open_store
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -80,10 +80,12 @@ def test_bicubic_store_equals_the_analytic_kernel(tmp_path):
     assert store.F.shape == expected.shape == (3, 48, 64, 3, 12, 16)
     assert np.abs(store.F[...] - expected).max() <= 1e-6
     attrs = store.attrs
-    assert attrs["crop"] == [3, 2, 16, 12] and attrs["model"] == "bicubic-x4" and attrs["complete"]
-    assert attrs["identity"]["image_sha256"] == attrs["image_sha256"] and len(attrs["image_sha256"]) == 64
-    assert attrs["verification"]["reconstruction_max_abs"] <= 1e-5
-    assert attrs["verification"]["rows_max_abs"] <= 1e-6
+    assert attrs.crop == [3, 2, 16, 12] and attrs.model == "bicubic-x4" and attrs.complete
+    assert attrs.identity["image_sha256"] == attrs.image.sha256 and len(attrs.image.sha256) == 64
+    assert attrs.image.name == "rgb.png" and attrs.weights == FileRef(None, None)  # names, never paths
+    assert attrs.verification["reconstruction_max_abs"] <= 1e-5
+    assert attrs.verification["rows_max_abs"] <= 1e-6
+    assert attrs.timings["scheduler"] == "threads" and attrs.format_version == 2
     # the input is the crop in the model's units, and y0 = f(x0)
     rgb = iio.imread(image)[2:14, 3:19].astype(np.float32) / 255
     assert np.allclose(store.x0, rgb.transpose(2, 0, 1), atol=1e-7)
@@ -101,7 +103,7 @@ def test_edsr_store_equals_interpreter_columns(tmp_path):
     expected = all_columns(li, (3, 8, 8))
     assert np.abs(store.F[...] - expected).max() <= 1e-6 * np.abs(expected).max()
     assert np.allclose(store.residual, li.residual[0].numpy()) and np.allclose(store.y0, li.output[0].numpy())
-    assert store.attrs["mode"] == "columns"
+    assert store.attrs.mode == "columns"
 
 
 def test_windowed_columns_equal_full_image_columns():
@@ -139,7 +141,7 @@ def test_windowed_store_equals_interpreter(threaded):
     assert li.receptive_radius is not None and 4 + 2 * li.receptive_radius < 20
     expected = all_columns(li, (1, 20, 20))
     assert np.abs(store.F[...] - expected).max() <= 1e-6
-    assert store.attrs["verification"]["rows_max_abs"] <= 1e-6
+    assert store.attrs.verification["rows_max_abs"] <= 1e-6
 
 
 def test_process_and_distributed_schedulers_give_identical_stores(threaded, tmp_path):
@@ -154,8 +156,11 @@ def test_process_and_distributed_schedulers_give_identical_stores(threaded, tmp_
     for store in (procs, dist):
         assert np.array_equal(store.F[...], reference.F[...])
         assert np.array_equal(store.y0, reference.y0) and np.array_equal(store.residual, reference.residual)
-        assert store.attrs["identity"] == reference.attrs["identity"]
+        assert store.attrs.identity == reference.attrs.identity
         assert sorted(f for f in store.stored_shards()) == sorted(reference.stored_shards())
+    # the kind of scheduler is recorded, never the cluster's address
+    assert procs.attrs.timings["scheduler"] == "processes" and dist.attrs.timings["scheduler"] == "distributed"
+    assert "tcp://" not in (tmp_path / "dist.zarr" / "zarr.json").read_text()
 
 
 def test_sigkill_mid_run_resumes_to_an_identical_store(tmp_path):
@@ -189,7 +194,7 @@ def test_sigkill_mid_run_resumes_to_an_identical_store(tmp_path):
     a, b = open_store(killed, require_complete=True), open_store(tmp_path / "whole.zarr", require_complete=True)
     assert np.array_equal(a.F[...], b.F[...]) and np.array_equal(a.residual, b.residual)
     assert a.done_tasks() == b.done_tasks() == set(np.ndindex(5, 5))
-    assert a.attrs["timings"]["last_run_tasks"] == 25 - finished  # the finished tasks were not redone
+    assert a.attrs.timings["last_run_tasks"] == 25 - finished  # the finished tasks were not redone
     assert a.stored_shards() == b.stored_shards()
 
     # the same store with another crop, model or image is refused and left as it was
@@ -234,12 +239,12 @@ def test_classifier_rows(tmp_path):
     x0 = np.random.default_rng(3).random((1, 1, 32, 32)).astype(np.float32)
     src, identity = source("digits-vgg", x0)
     store = compute(tmp_path / "digits.zarr", src, identity=identity, tile=4, device="cpu", progress=False)
-    assert store.attrs["mode"] == "rows" and store.F.shape == (10, 1, 1, 1, 32, 32)
+    assert store.attrs.mode == "rows" and store.F.shape == (10, 1, 1, 1, 32, 32)
     li = interpret(build("digits-vgg", "random"), torch.from_numpy(x0))
     rows = li.transpose(torch.eye(10)).numpy()
     assert np.abs(store.F[:, 0, 0] - rows).max() <= 1e-6 * np.abs(rows).max()
     assert np.allclose(store.y0[:, 0, 0], li.output[0].numpy())
-    assert store.attrs["verification"]["reconstruction_rel"] < 1e-5
+    assert store.attrs.verification["reconstruction_rel"] < 1e-5
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from pipeline.export import render
 from pipeline.export.site import ExportError, channel_labels, export_site, with_sum
-from pipeline.store import StoreError, create_store, layout, open_store
+from pipeline.store import FileRef, StoreError, SvdAttrs, create_store, layout, open_store
 
 
 # ---- stores ----------------------------------------------------------------------------------------------
@@ -36,9 +36,9 @@ def linear_upscaler_store(path, *, mode="bicubic", c=3, h=16, w=16, scale=4, til
     shards, chunks, tasks = layout((c, h, w), (c, h * scale, w * scale), tile)
     name = f"{mode}-x{scale}"
     store = create_store(path, identity={"model": name, "image": image, "seed": seed},
-                         attrs={"model": name, "image": image, "image_sha256": f"{seed:064x}", "crop": None,
-                                "scale": scale, "weights": None, "weights_sha256": None,
-                                "verification": {"max_abs_error": 0.0}},
+                         attrs={"model": name, "image": FileRef(image, f"{seed:064x}"), "crop": None,
+                                "scale": scale, "weights": FileRef(None, None),
+                                "verification": {"status": "passed", "checks": [], "max_abs_error": 0.0}},
                          x0=x0, y0=y0, residual=np.zeros_like(y0), shards=shards, chunks=chunks, tasks=tasks)
     store.F[...] = dense
     store.update_attrs(complete=True)
@@ -165,7 +165,13 @@ def test_every_row_and_column_of_bicubic16_is_in_the_tiles(bicubic16, site16):
     manifest = (out / "data" / "manifest.js").read_text()
     assert manifest.startswith("LINTERP.manifest(")
     m = json.loads(manifest[len("LINTERP.manifest("):].rstrip().removesuffix(";").removesuffix(")"))
-    assert m["models"][0]["attrs"]["model"] == "bicubic-x4"
+    panel = m["models"][0]
+    assert panel["attrs"]["model"] == "bicubic-x4"
+    # the store's attributes as the viewer reads them (file names and digests), and the verification fields
+    assert panel["attrs"]["image"] == "noise" and panel["attrs"]["image_sha256"] == f"{0:064x}"
+    assert panel["attrs"]["weights"] is None and panel["attrs"]["format_version"] == 2
+    assert panel["verification_status"] == "passed" and panel["jacobian_exact"] is None
+    assert panel["approximations"] == [] and panel["geometry"] is None
     assert np.array_equal(np.array(m["lut"], np.uint8), render.diverging_lut())
     for name in ("index.html", "viewer.js", "viewer.css"):
         assert (out / name).is_file()
@@ -186,7 +192,7 @@ def test_images_residual_and_svd(tmp_path):
     U, S, Vt = np.linalg.svd(mat, full_matrices=False)
     k = 6
     store = open_store(store.path, mode="r+")
-    store.write_svd(S[:k], U[:, :k].T, Vt[:k], residuals=np.zeros(k), attrs={"method": "numpy"})
+    store.write_svd(S[:k], U[:, :k].T, Vt[:k], residuals=np.zeros(k), attrs=SvdAttrs(method="numpy", k=k))
     summary = export_site([store.path], tmp_path / "site", progress=False)
     sheets = read_sheets(tmp_path / "site" / "data" / "bilinear-x4")
     meta, img = sheets["img_out"]
@@ -210,7 +216,7 @@ def test_images_residual_and_svd(tmp_path):
             got = render.dequantise(render.unpack_entry(img, meta["cell"], nt, 1, i, *want.shape[1:]), scales)
             assert (np.abs(got - want) <= scales[:, None, None] / 254 + 1e-6).all()
     m = (tmp_path / "site" / "data" / "manifest.js").read_text()
-    assert '"svd":{"k":6' in m and summary["models"][0]["model"] == "bilinear-x4"
+    assert '"svd":{"k":6' in m and '"method":"numpy"' in m and summary["models"][0]["model"] == "bilinear-x4"
 
 
 def test_filters_that_are_all_zero(tmp_path):

@@ -6,7 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.store import (FORMAT_VERSION, INNER_VALUES, StoreError, create_store, layout, open_store)
+import zarr
+
+from pipeline.store import (FORMAT_VERSION, INNER_VALUES, FileRef, StoreAttrs, StoreError, SvdAttrs, create_store,
+                            layout, open_store)
 
 
 def make(path, identity=None, in_shape=(3, 8, 8), scale=2, tile=4, mode="columns"):
@@ -87,8 +90,6 @@ def test_resume_same_identity_and_refuse_other(tmp_path):
 
 
 def test_refuses_foreign_and_corrupt(tmp_path):
-    import zarr
-
     with pytest.raises(StoreError, match="no zarr.json"):
         open_store(tmp_path / "missing.zarr")
     zarr.open_group(tmp_path / "foreign.zarr", mode="w").attrs["x"] = 1
@@ -96,9 +97,19 @@ def test_refuses_foreign_and_corrupt(tmp_path):
         open_store(tmp_path / "foreign.zarr")
     with pytest.raises(StoreError, match="not a linterp store"):
         make(tmp_path / "foreign.zarr")  # never written into
-    make(tmp_path / "old.zarr").update_attrs(format_version=FORMAT_VERSION + 1)
-    with pytest.raises(StoreError, match="format version"):
+    make(tmp_path / "new.zarr").update_attrs(format_version=FORMAT_VERSION + 1)
+    with pytest.raises(StoreError, match=f"format version {FORMAT_VERSION + 1} is newer .*; upgrade linterp"):
+        open_store(tmp_path / "new.zarr")
+    make(tmp_path / "old.zarr").update_attrs(format_version=0)
+    with pytest.raises(StoreError, match="format version 0 is not one this linterp reads .*linterp compute"):
         open_store(tmp_path / "old.zarr")
+    make(tmp_path / "odd.zarr")
+    zarr.open_group(tmp_path / "odd.zarr", mode="r+").attrs["weights"] = ["edsr.pt"]
+    with pytest.raises(StoreError, match=r"corrupt store attributes \(expected \{'name', 'sha256'\}"):
+        open_store(tmp_path / "odd.zarr")
+    make(tmp_path / "newer.zarr")  # values from a newer vocabulary are read as they are
+    zarr.open_group(tmp_path / "newer.zarr", mode="r+").attrs["verification"] = {"status": "partial"}
+    assert open_store(tmp_path / "newer.zarr").attrs.verification["status"] == "partial"
     make(tmp_path / "bad.zarr")
     (tmp_path / "bad.zarr" / "zarr.json").write_text("{not json")
     with pytest.raises(StoreError, match="corrupt"):
@@ -112,7 +123,7 @@ def test_refuses_foreign_and_corrupt(tmp_path):
     with pytest.raises(StoreError, match="incomplete"):
         open_store(incomplete.path, require_complete=True)
     # every message is one line
-    for path in ("missing.zarr", "foreign.zarr", "old.zarr", "bad.zarr", "partial.zarr"):
+    for path in ("missing.zarr", "foreign.zarr", "new.zarr", "old.zarr", "odd.zarr", "bad.zarr", "partial.zarr"):
         with pytest.raises(StoreError) as info:
             open_store(tmp_path / path)
         assert "\n" not in str(info.value)
@@ -125,18 +136,95 @@ def test_svd_round_trip(tmp_path):
         store.svd()
     rng = np.random.default_rng(2)
     S, U, V = rng.random(4), rng.random((4, 3, 16, 16)), rng.random((4, 3, 8, 8))
-    store.write_svd(S, U, V, residuals=[1e-7] * 4, attrs={"method": "lobpcg"})
+    store.write_svd(S, U, V, residuals=[1e-7] * 4, attrs=SvdAttrs(method="lanczos", k=4, converged=True))
     again = open_store(tmp_path / "s.zarr")
     S2, U2, V2 = again.svd()
-    assert again.has_svd and S2.dtype == np.float32
+    assert again.has_svd and S2.dtype == np.float32 and again.svd_k == 4
     assert np.allclose(S2, S) and np.allclose(U2, U) and np.allclose(V2, V)
-    assert again.svd_attrs == {"method": "lobpcg"}
-    assert np.allclose(again.group["svd"]["residuals"][...], 1e-7)
+    assert np.array_equal(again.svd_values(), S2)
+    assert again.svd_attrs == SvdAttrs(method="lanczos", k=4, converged=True) and again.svd_attrs["k"] == 4
+    assert np.allclose(again.svd_residuals(), 1e-7)
+    # the accessors read what plain zarr sees
+    group = zarr.open_group(tmp_path / "s.zarr", mode="r")
+    assert np.allclose(group["svd/residuals"][...], 1e-7) and group["svd"].attrs["method"] == "lanczos"
     store.write_svd(S[:2], U[:2], V[:2])  # replaced, not mixed
-    assert open_store(tmp_path / "s.zarr").svd()[0].shape == (2,)
-    assert "residuals" not in open_store(tmp_path / "s.zarr").group["svd"]
+    again = open_store(tmp_path / "s.zarr")
+    assert again.svd()[0].shape == (2,) and again.svd_k == 2
+    assert again.svd_residuals() is None and again.svd_attrs == SvdAttrs()
+    assert make(tmp_path / "t.zarr").svd_k == 0 and make(tmp_path / "u.zarr").svd_values().shape == (0,)
 
 
 def test_vector_outputs_are_stored_as_channels(tmp_path):
     store = make(tmp_path / "c.zarr", in_shape=(1, 8, 8), tile=4, mode="rows")
     assert store.F.shape == (10, 1, 1, 1, 8, 8) and store.ledger.shape == (3, 1, 1)
+
+
+# ---- the attribute schema ----------------------------------------------------------------------------------
+
+def test_attributes_are_written_and_read_through_the_schema(tmp_path):
+    store = make(tmp_path / "s.zarr")
+    store.update_attrs(model="bicubic-x2", weights=FileRef(None, None), image={"name": "face.png", "sha256": "ab"},
+                       verification={"status": "passed", "checks": [], "reconstruction_rel": 1e-8},
+                       approximations=[{"op": "GELU", "where": "body.1", "kind": "secant"}], jacobian_exact=False)
+    attrs = open_store(store.path).attrs
+    assert isinstance(attrs, StoreAttrs) and attrs.format_version == FORMAT_VERSION == 2
+    assert attrs.model == "bicubic-x2" and attrs.scale == 2 and attrs.image == FileRef("face.png", "ab")
+    assert attrs.verification["status"] == "passed" and attrs.jacobian_exact is False
+    assert attrs["image"] == {"name": "face.png", "sha256": "ab"} and attrs.get("nothing") is None  # dict-style reads
+    # every schema field is in the group, as plain JSON that zarr alone reads
+    raw = dict(zarr.open_group(store.path, mode="r").attrs)
+    assert set(StoreAttrs.names()) <= set(raw) and raw["image"] == {"name": "face.png", "sha256": "ab"}
+    assert StoreAttrs.from_json(raw) == attrs
+    viewer = attrs.for_viewer()  # what the site's manifest shows: names and digests side by side
+    assert viewer["image"] == "face.png" and viewer["image_sha256"] == "ab" and viewer["weights"] is None
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"colour_space": "rgb"}, "colour_space: not store attributes"),
+    ({"image": {"name": "/home/me/face.png", "sha256": "ab"}}, "by its name, not a path"),
+    ({"weights": {"name": "C:\\weights\\edsr.pt", "sha256": "ab"}}, "by its name, not a path"),
+    ({"timings": {"scheduler": "tcp://10.0.0.5:8786"}}, "paths or addresses"),
+    ({"note": "/tmp/build/x"}, "paths or addresses"),
+    ({"geometry": {"host": "10.1.2.3:22"}}, "paths or addresses"),
+    ({"verification": {"status": "fine"}}, "status must be one of passed, failed, unverified"),
+    ({"approximations": [{"op": "x", "where": "y", "kind": "guess"}]}, "kind in secant"),
+])
+def test_schema_refuses_unknown_names_bad_values_and_machine_paths(tmp_path, values, message):
+    store = make(tmp_path / "s.zarr")
+    before = dict(store.group.attrs)
+    with pytest.raises(ValueError, match=message):
+        store.update_attrs(**values)
+    assert dict(open_store(store.path).group.attrs) == before  # nothing written
+
+
+def v1_store(path):
+    """A store as format 1 wrote it: paths for weights and image, figures without status, a cluster address."""
+    store = make(path, {"model": "m", "weights_sha256": "w" * 64, "crop": None})
+    group = zarr.open_group(path, mode="r+")
+    old = {k: v for k, v in group.attrs.items() if k in ("identity", "scale")}
+    group.attrs.clear()
+    group.attrs.update(old | {
+        "format_version": 1, "complete": True, "model": "m", "weights": "/home/someone/w/edsr.pt",
+        "weights_sha256": "w" * 64, "image": "/tmp/photos/face.png", "image_sha256": "i" * 64, "crop": None,
+        "verification": {"reconstruction_max_abs": 1e-6, "rows_max_abs": 0.0},
+        "timings": {"runs": 1, "scheduler": "tcp://10.0.0.5:8786"}, "mode": "columns", "tile": 4})
+    return store
+
+
+def test_format_1_stores_open_migrated_and_upgrade_when_written(tmp_path):
+    path = tmp_path / "v1.zarr"
+    v1_store(path)
+    attrs = open_store(path, require_complete=True).attrs  # read only: migrated in memory
+    assert attrs.weights == FileRef("edsr.pt", "w" * 64) and attrs.image == FileRef("face.png", "i" * 64)
+    assert attrs.verification == {"status": "unverified", "checks": [], "reconstruction_max_abs": 1e-6,
+                                  "rows_max_abs": 0.0}
+    assert attrs.timings["scheduler"] == "distributed" and attrs.complete and attrs.scale == 2
+    assert zarr.open_group(path, mode="r").attrs["format_version"] == 1  # untouched on disk
+    open_store(path, mode="r+")  # opened for writing: upgraded in place, arrays untouched
+    raw = dict(zarr.open_group(path, mode="r").attrs)
+    assert raw["format_version"] == 2 and raw["weights"] == {"name": "edsr.pt", "sha256": "w" * 64}
+    assert "weights_sha256" not in raw and "/home" not in json.dumps(raw) and "tcp://" not in json.dumps(raw)
+    # a compute run with the same inputs resumes a format 1 store (the identity keys are the same)
+    v1_store(tmp_path / "v1b.zarr").mark_done((1, 1))
+    resumed = make(tmp_path / "v1b.zarr", {"model": "m", "weights_sha256": "w" * 64, "crop": None})
+    assert resumed.done_tasks() == {(1, 1)} and resumed.attrs.format_version == 2

@@ -148,7 +148,7 @@ def test_store_svd_matches_numpy_both_sources(stores, name):
         S, U, V = stored.svd()
         np.testing.assert_allclose(S, res.S, rtol=1e-6)
         assert U.shape == (k, c_out, h_out, w_out) and V.shape == (k, c_in, h_in, w_in)
-        assert stored.svd_attrs["source"] == source and stored.svd_attrs["k"] == k
+        assert stored.svd_attrs.source == source and stored.svd_attrs.k == k
         results[source] = res
     a, b = results["store"], results["model"]
     np.testing.assert_allclose(a.S, b.S, rtol=1e-4)

@@ -49,14 +49,21 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
 
 
 def command_line(ctx: click.Context) -> str:
-    """The equivalent `linterp bundle` command of this call, for README.txt (options that were set, in order)."""
+    """The equivalent `linterp bundle` command of this call, for README.txt (options that were set, in order;
+    files and folders by their base names, a cluster without its address, so that the README does not tell where
+    the bundle was built)."""
     import shlex
+    from pathlib import Path
 
     words = ["linterp", "bundle", ctx.params["name"]]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if param.name == "name" or value in (None, False) or value == param.default:
             continue
+        if isinstance(param.type, click.Path):
+            value = Path(value).name
+        elif param.name == "scheduler" and "://" in value:  # a cluster's address: its scheme only
+            value = value.split("://", 1)[0] + "://HOST:PORT"
         flag = max(param.opts, key=len)
         words += [flag] if value is True else [flag, str(value)]
     return " ".join(shlex.quote(w) for w in words)

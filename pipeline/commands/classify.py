@@ -74,11 +74,10 @@ def _inputs(images, dataset, limit, model_spec, size, crop):
     def loader(f):
         return lambda: load_input(f, model_spec, size, crop)
 
-    def source(f):
-        st = f.stat()
-        return f"{f.resolve()} {st.st_size} {st.st_mtime_ns}"
+    from pipeline.models.weights import file_sha256
 
-    return [(f.name, loader(f), None, source(f)) for f in files]
+    # an input is identified by its content (never by where it lies: caches and reports hold no paths)
+    return [(f.name, loader(f), None, f"sha256 {file_sha256(f)}") for f in files]
 
 
 @click.command()
@@ -103,8 +102,9 @@ def _inputs(images, dataset, limit, model_spec, size, crop):
               help="Images with discussion / attack figures.")
 @click.option("--table", is_flag=True, help="Write Table 1 over all --model runs as OUT/table.{csv,md,html}.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps, size, top, vote_classes, figures,
-             table, out):
+             table, out, quiet):
     """Split each top-1 score into input term and per-layer bias contributions, and bring scores back to pixels.
 
     Writes OUT/results.json (one object per image: image, top1, score, input_term, residual, contributions,
@@ -118,6 +118,7 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
     from pipeline.images import ImageError
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.models.registry import build, spec
+    from pipeline.sources import weights_ref
 
     if bool(images) == bool(dataset):
         raise click.ClickException("give either --images or --dataset")
@@ -135,7 +136,8 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
                 raise click.ClickException(f"{name} is not a classifier (task '{model_spec.task}')")
             in_size, crop = _input_size(name, model_spec, size)
             inputs = _inputs(images, dataset, limit, model_spec, in_size, crop)
-            model = build(name, _weights(model_spec, weights), trust_pickle=trust_pickle)
+            ref, loadable = weights_ref(name, _weights(model_spec, weights))
+            model = build(name, loadable, trust_pickle=trust_pickle)
             n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size)).shape[-1]
             if n_classes > 100 and not vote_classes:
                 click.echo(f"{name}: pixels vote among all {n_classes} classes ({n_classes} transposes per image); "
@@ -144,7 +146,7 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
             results[name] = generate(
                 model, name, inputs, target, eps=list(eps), top=top, vote_classes=vote_classes, figures=figures,
                 class_names=_class_names(name, n_classes), value_range=model_spec.value_range,
-                settings={"weights": str(weights), "size": list(in_size), "crop": crop})
+                settings={"weights": ref.to_json(), "size": list(in_size), "crop": crop}, progress=not quiet)
         except (ImageError, UnsupportedOperation, ValueError, OSError) as err:
             raise click.ClickException(f"{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         click.echo(f"{name}: {len(results[name])} images -> {target / 'index.html'}")

@@ -33,59 +33,20 @@ def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device
     weights, image or crop is refused.
     """
     from pipeline import compute as comp
+    from pipeline.sources import model_source
     from pipeline.store import StoreError
 
     try:
-        source, identity, attrs = cli_source(name, weights, trust_pickle, image_path, crop_text)
+        source, identity, attrs = model_source(name, weights, trust_pickle, image_path, crop_text)
         store = comp.compute(out_path, source, identity=identity, attrs=attrs, tile=tile, mode=mode,
                              batch=batch or comp.DEFAULT_BATCH, scheduler=scheduler, workers=workers,
                              device=device, progress=not quiet)
     except (ValueError, StoreError, OSError) as err:  # ImageError, WeightsError, UnsupportedOperation, …
         message = str(err).strip().splitlines()
         raise click.ClickException(message[0] if message else type(err).__name__) from err
-    figures, timings = store.attrs["verification"], store.attrs["timings"]
-    click.echo(f"wrote {out_path}: F {tuple(store.F.shape)} ({store.attrs['mode']}, tile {store.attrs['tile']}), "
+    attrs = store.attrs
+    figures, timings = attrs.verification, attrs.timings
+    click.echo(f"wrote {out_path}: F {tuple(store.F.shape)} ({attrs.mode}, tile {attrs.tile}), "
                f"{timings['last_run_tasks']} tasks in {timings['last_run_seconds']:.1f} s; "
                f"reconstruction max error {figures['reconstruction_max_abs']:.3g}, "
                f"rows check {figures['rows_max_abs']:.3g}")
-
-
-def cli_source(name, weights, trust_pickle, image_path, crop_text):
-    """(Source, identity, attrs) for a registry model at an image file (or the default image) and crop."""
-    import functools
-    import hashlib
-    from pathlib import Path
-
-    import numpy as np
-
-    from pipeline import images
-    from pipeline.compute import Source, source_key
-    from pipeline.models import build, spec
-    from pipeline.models.registry import NO_PARAMETERS, default_weights_path
-    from pipeline.models.weights import file_sha256
-
-    model_spec = spec(name)
-    if image_path is None:
-        image_name, img = images.default_image()
-        image_sha = hashlib.sha256(img.tobytes()).hexdigest()
-    else:
-        image_name, img, image_sha = str(image_path), images.load_image(image_path), file_sha256(image_path)
-    box = images.parse_crop(crop_text) if crop_text else None
-    if box:
-        img = images.crop(img, box)
-    x0 = images.to_input(img, model_spec).numpy()
-    if weights is not None and str(weights) == "random":
-        weights_name, weights_sha = "random", "random"
-    elif weights is None and model_spec.weights == NO_PARAMETERS:
-        weights_name, weights_sha = None, None
-    else:
-        path = default_weights_path(model_spec) if weights is None else Path(weights).resolve()
-        weights_name, weights_sha = str(path), file_sha256(path)
-        weights = str(path)  # absolute, so that worker processes find it
-    identity = {"model": name, "weights_sha256": weights_sha, "image_sha256": image_sha,
-                "crop": list(box) if box else None, "x0_sha256": hashlib.sha256(x0.tobytes()).hexdigest()}
-    attrs = {"model": name, "task": model_spec.task, "scale": model_spec.scale, "colour": model_spec.colour,
-             "value_range": list(model_spec.value_range), "weights": weights_name, "weights_sha256": weights_sha,
-             "image": image_name, "image_sha256": image_sha, "crop": list(box) if box else None}
-    source = Source(functools.partial(build, name, weights, trust_pickle=trust_pickle), x0, source_key(identity))
-    return source, identity, attrs

@@ -13,7 +13,8 @@ import click
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the recipe's).")
 @click.option("--seed", type=int, default=None, help="Seed (default: the recipe's, 0).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
-def train(name, out, steps, seed, threads):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(name, out, steps, seed, threads, quiet):
     """Train the offline default NAME from a fixed seed on data from installed packages.
 
     A killed run resumes from OUT.ckpt when started again with the same NAME, --steps and --seed.
@@ -32,7 +33,7 @@ def train(name, out, steps, seed, threads):
     if threads:
         torch.set_num_threads(threads)
     out = out or WEIGHTS_DIR / f"{name}.pt"
-    result = run(rec, out, steps=steps, seed=seed)
+    result = run(rec, out, steps=steps, seed=seed, progress=not quiet)
     losses = result["losses"]
     tail = losses[-min(50, len(losses)):] if losses else []
     click.echo(f"{name}: {result['steps']} steps, {result['seconds']:.0f} s in this process, "

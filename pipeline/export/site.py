@@ -2,7 +2,7 @@
 
 Site layout (``OUT``)::
 
-    index.html  viewer.js  viewer.css        copied from site_template/
+    index.html  viewer.js  viewer.css        copied from the viewer template (``template_dir()``)
     data/manifest.js                         LINTERP.manifest({...}): models, shapes, attributes, colour table
     data/<model>/<sheet>.js                  LINTERP.sheet(name, {meta, png}): one 8-bit PNG sprite sheet
 
@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -36,7 +35,6 @@ import numpy as np
 from pipeline.export import render
 from pipeline.store import Store, StoreError, open_store
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "site_template"
 TEMPLATE_FILES = ("index.html", "viewer.js", "viewer.css")
 #: target number of pixels of one filter sheet (the viewer decodes one sheet per block it visits)
 SHEET_PIXELS = 1 << 21
@@ -44,6 +42,20 @@ SHEET_PIXELS = 1 << 21
 
 class ExportError(ValueError):
     """Stores that cannot be exported together, or a site folder that cannot be written (one line)."""
+
+
+def template_dir():
+    """The viewer template folder (``TEMPLATE_FILES``), found through ``importlib.resources``: an installed
+    linterp ships the repository's top-level ``site_template/`` as package data ``pipeline/site_template``; a
+    source checkout (run in place or installed editable) uses its own ``site_template/`` next to ``pipeline/``."""
+    from importlib.resources import files
+
+    import pipeline
+
+    for folder in (files(pipeline) / "site_template", Path(pipeline.__file__).resolve().parents[1] / "site_template"):
+        if all((folder / name).is_file() for name in TEMPLATE_FILES):
+            return folder
+    raise ExportError("the viewer template (site_template/) is missing from this installation; reinstall linterp")
 
 
 # ---- channels and kinds ---------------------------------------------------------------------------------
@@ -271,7 +283,7 @@ def model_ids(stores: list[Store]) -> list[str]:
     """Unique folder-safe ids from the stores' model names."""
     ids = []
     for st in stores:
-        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(st.attrs.get("model") or st.path.stem)).strip("-") or "model"
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(st.attrs.model or st.path.stem)).strip("-") or "model"
         name, n = base, 2
         while name in ids:
             name, n = f"{base}-{n}", n + 1
@@ -282,9 +294,9 @@ def model_ids(stores: list[Store]) -> list[str]:
 def _check_same_image(stores: list[Store]) -> None:
     first = stores[0]
     for st in stores[1:]:
-        for key in ("image_sha256", "crop"):
-            if st.attrs.get(key) != first.attrs.get(key):
-                raise ExportError(f"{st.path} shows another image than {first.path} ({key} differs); "
+        for what, key in (("image sha256", lambda a: a.image.sha256), ("crop", lambda a: a.crop)):
+            if key(st.attrs) != key(first.attrs):
+                raise ExportError(f"{st.path} shows another image than {first.path} ({what} differs); "
                                   f"export them as separate sites")
         if st.in_shape[1:] != first.in_shape[1:]:  # channels may differ (Y-only vs RGB models)
             raise ExportError(f"{st.path}: input size {st.in_shape[1:]} differs from {first.path}'s "
@@ -294,15 +306,16 @@ def _check_same_image(stores: list[Store]) -> None:
 def _svd_info(store: Store) -> dict | None:
     if not store.has_svd:
         return None
-    S, U, _ = store.svd()
-    per = max(1, SHEET_PIXELS // (U[0].size + U[0][0].size))
-    res = store.group["svd"]["residuals"][...].tolist() if "residuals" in store.group["svd"] else None
-    return {"k": int(S.shape[0]), "S": [float(v) for v in S], "residuals": res, "per_sheet": min(per, len(S)),
-            "attrs": store.svd_attrs}
+    S, residuals = store.svd_values(), store.svd_residuals()
+    out_size = int(np.prod(store.out_shape))
+    per = max(1, SHEET_PIXELS // (out_size + out_size // store.out_shape[0]))
+    return {"k": int(S.shape[0]), "S": [float(v) for v in S],
+            "residuals": None if residuals is None else residuals.tolist(), "per_sheet": min(per, len(S)),
+            "attrs": store.svd_attrs.to_json()}
 
 
 def _task_key(store: Store, what: str, plan: dict | None, normalise: str) -> str:
-    ident = json.dumps([store.attrs.get("identity"), store.has_svd and _svd_info(store)["S"], what, plan,
+    ident = json.dumps([store.attrs.identity, store.has_svd and _svd_info(store)["S"], what, plan,
                         normalise], sort_keys=True, default=str)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
@@ -310,30 +323,28 @@ def _task_key(store: Store, what: str, plan: dict | None, normalise: str) -> str
 SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
 
 
-def _run(tasks, scheduler: str, workers: int | None, progress: bool):
-    """Compute dask.delayed tasks with a local scheduler (dask progress bar) or a local ``distributed``
-    cluster (its own progress bar); returns their results in order."""
+def _run(tasks, scheduler: str, workers: int | None, progress: bool, desc: str):
+    """Compute dask.delayed tasks with a local scheduler or a local ``distributed`` cluster, reporting each
+    finished task through ``pipeline.progress`` under ``desc``; returns their results in order."""
     import dask
-    from dask.diagnostics import ProgressBar
+
+    from pipeline.progress import dask_progress, track_futures
 
     if not tasks:
         return []
     if scheduler == "distributed":
-        from distributed import Client, LocalCluster, progress as dist_progress
+        from distributed import Client, LocalCluster
 
         with LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             futures = client.compute(list(tasks))
-            if progress:
-                dist_progress(futures)
+            track_futures(futures, desc, unit="tasks", enabled=progress)
             return client.gather(futures)
     kwargs = {"scheduler": scheduler}
     if workers and scheduler != "synchronous":
         kwargs["num_workers"] = workers
-    if progress:
-        with ProgressBar(dt=0.5):
-            return list(dask.compute(*tasks, **kwargs))
-    return list(dask.compute(*tasks, **kwargs))
+    with dask_progress(desc, len(tasks), unit="tasks", enabled=progress):
+        return list(dask.compute(*tasks, **kwargs))
 
 
 def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str = "threads",
@@ -375,7 +386,8 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         if normalise == "global":
             for kind, plan in plans.items():
                 peaks = _run([dask.delayed(measure_task)(str(store.path), kind, plan, y, x, regions)
-                              for y, x in task_origins(plan)], scheduler, workers, progress)
+                              for y, x in task_origins(plan)], scheduler, workers, progress,
+                             f"export {mid}: {kind} scales")
                 fixed[kind] = np.max(peaks, axis=0)
                 plan["global_scales"] = fixed[kind].tolist()
         for kind, plan in plans.items():
@@ -386,8 +398,10 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         todo.append(dask.delayed(render_images)(str(store.path), str(folder), mid))
         todo_info.append((folder, "images", _task_key(store, "images", None, normalise)))
         attrs = store.attrs
-        models.append({"id": mid, "title": str(attrs.get("model") or mid), "store": store.path.name,
-                       "attrs": attrs, "in": list(store.in_shape), "out": list(store.out_shape),
+        models.append({"id": mid, "title": str(attrs.model or mid), "store": store.path.name,
+                       "attrs": attrs.for_viewer(), "verification_status": attrs.verification["status"],
+                       "jacobian_exact": attrs.jacobian_exact, "approximations": attrs.approximations,
+                       "geometry": attrs.geometry, "in": list(store.in_shape), "out": list(store.out_shape),
                        "kinds": plans, "svd": _svd_info(store),
                        "natural": {"x0": store.in_shape[0] in (1, 3), "y0": store.out_shape[0] in (1, 3)}})
         summaries.append({"model": mid, "filters": int(np.prod(store.in_shape) + np.prod(store.out_shape))})
@@ -403,10 +417,11 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         return result
 
     wrapped = [dask.delayed(finish)(t, info) for t, info in pending]
-    _run(wrapped, scheduler, workers, progress)
+    _run(wrapped, scheduler, workers, progress, f"export {out.name}")
 
+    template = template_dir()
     for name in TEMPLATE_FILES:
-        shutil.copyfile(TEMPLATE / name, out / name)
+        (out / name).write_bytes((template / name).read_bytes())
     manifest = {"format": 1, "models": models, "lut": render.diverging_lut().tolist(), "normalise": normalise,
                 "zero": render.ZERO, "levels": render.LEVELS}
     _write_atomic(data / "manifest.js",

@@ -71,7 +71,8 @@ def write_video(store: Store, out, *, frames: int = 120, fps: int = 12, zoom: in
     """Write the flashlight walk of ``store`` to ``out``; returns the path written (suffix .gif when an MP4
     was asked for and no encoder is installed, or ``fmt="gif"``)."""
     import imageio.v3 as iio
-    from tqdm import tqdm
+
+    from pipeline.progress import iterate
 
     out = Path(out)
     if fmt == "auto":
@@ -91,7 +92,7 @@ def write_video(store: Store, out, *, frames: int = 120, fps: int = 12, zoom: in
         left = _natural_rgb(store.x0)[ys][:, xs]
     path = walk_path(store.in_shape[1:], frames)
     images = []
-    for y, x in tqdm(path, desc="frames", disable=not progress):
+    for y, x in iterate(path, f"video {out.name}", unit="frames", enabled=progress):
         f = frame(store, y, x, lut, left)
         images.append(np.repeat(np.repeat(f, zoom, 0), zoom, 1) if zoom > 1 else f)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -97,10 +97,11 @@ def fetch(url: str, sha256: str | None = None, progress: bool = True) -> Path:
 
 
 def copy_with_progress(src, dst, total: int, label: str, progress: bool) -> None:
-    """Copy a binary stream in 1 MiB blocks, with a tqdm bar when ``progress``."""
-    from tqdm import tqdm
+    """Copy a binary stream in 1 MiB blocks, reporting bytes through ``pipeline.progress`` when ``progress``
+    (``total``: the expected size in bytes, 0 when unknown)."""
+    from pipeline.progress import progress as stage
 
-    with tqdm(total=total or None, unit="B", unit_scale=True, desc=label, disable=not progress) as bar:
+    with stage(total or None, f"download {label}", unit="B", enabled=progress) as bar:
         for block in iter(lambda: src.read(1 << 20), b""):
             dst.write(block)
             bar.update(len(block))

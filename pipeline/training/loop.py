@@ -1,4 +1,4 @@
-"""The training loop: seeded, resumable (a checkpoint next to the output file), with a tqdm progress bar.
+"""The training loop: seeded, resumable (a checkpoint next to the output file), reporting through pipeline.progress.
 
 Step k draws its batch from `np.random.default_rng([seed, k])`, so a run resumed from a checkpoint sees the
 same batches as an uninterrupted one, and the same seed reproduces the same steps.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from pipeline.progress import progress as stage
 from pipeline.training.recipes import Recipe
 
 
@@ -62,21 +62,21 @@ def train(recipe: Recipe, out: Path, steps: int | None = None, seed: int | None 
             start = state["step"]
     losses = []
     t0 = time.perf_counter()
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {recipe.name}",
-               disable=not progress, dynamic_ncols=True)
-    for k in bar:
-        torch.manual_seed(seed * 1_000_003 + k)  # dropout masks of step k
-        x, y = recipe.task.draw(np.random.default_rng([seed, k]))
-        loss = recipe.task.loss(model, x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4g}")
-        if (k + 1) % checkpoint_every == 0 and k + 1 < steps:
-            _save_atomic({"identity": identity, "step": k + 1, "model": model.state_dict(),
-                          "opt": opt.state_dict(), "sched": sched.state_dict()}, ckpt)
+    with stage(steps, f"train {recipe.name}", unit="steps", enabled=progress, initial=start) as bar:
+        for k in range(start, steps):
+            torch.manual_seed(seed * 1_000_003 + k)  # dropout masks of step k
+            x, y = recipe.task.draw(np.random.default_rng([seed, k]))
+            loss = recipe.task.loss(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update()
+            bar.note(loss=losses[-1])
+            if (k + 1) % checkpoint_every == 0 and k + 1 < steps:
+                _save_atomic({"identity": identity, "step": k + 1, "model": model.state_dict(),
+                              "opt": opt.state_dict(), "sched": sched.state_dict()}, ckpt)
     model.eval()
     _save_atomic({k: v.detach().float().contiguous() if v.is_floating_point() else v
                   for k, v in model.state_dict().items()}, out)
