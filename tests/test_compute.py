@@ -101,7 +101,8 @@ def test_edsr_store_equals_interpreter_columns(tmp_path):
     store = compute(tmp_path / "edsr.zarr", src, identity=identity, tile=4, device="cpu", progress=False)
     li = interpret(build("edsr-small-x4", "random"), torch.from_numpy(x0))
     expected = all_columns(li, (3, 8, 8))
-    assert np.abs(store.F[...] - expected).max() <= 1e-6 * np.abs(expected).max()
+    # the store's passes run in channels-last layout: other convolution kernels, float32 rounding apart
+    assert np.abs(store.F[...] - expected).max() <= 1e-5 * np.abs(expected).max()
     assert np.allclose(store.residual, li.residual[0].numpy()) and np.allclose(store.y0, li.output[0].numpy())
     assert store.attrs.mode == "columns"
 
@@ -121,7 +122,7 @@ def test_windowed_columns_equal_full_image_columns():
     full = li.forward(eye).numpy().reshape(3, 4, 4, 3, 4 * n, 4 * n)
     full = np.moveaxis(full, (3, 4, 5), (0, 1, 2))  # (C_out, H_out, W_out, C_in, 4, 4)
     inside = full[:, top:top + h, left:left + w]
-    assert np.abs(block - inside).max() <= 1e-6
+    assert np.abs(block - inside).max() <= 1e-5 * np.abs(inside).max()  # channels-last kernels: rounding apart
     assert np.abs(full).sum() == pytest.approx(np.abs(inside).sum(), rel=1e-6)  # nothing lost outside
 
 
