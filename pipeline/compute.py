@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .compact import Compaction, CompactionError, compact_block
 from .store import Store, create_store, layout, open_store
 
 #: Default columns (or rows) per forward (transpose) pass. Part of a store's identity: batch composition
@@ -308,17 +309,22 @@ def make_plan(li, in_shape, *, mode: str = "auto", tile: int | None = None,
     return Plan(mode, tile, int(batch), shards, chunks, tasks, in_shape, out_shape)
 
 
-def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, threads: int | None) -> float:
-    """Compute one task's part of F, write it (only this task's shards) and mark it done; returns seconds."""
+def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, threads: int | None,
+             compaction: Compaction = Compaction()) -> float:
+    """Compute one task's part of F, write it (only this task's shards; for compact stores, F truncated and rounded
+    as ``compaction`` says and the error figures of its columns) and mark it done; returns seconds."""
     start = time.perf_counter()
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     li = engine(source, device)
     store = open_store(path, mode="r+")
     if plan.mode == "columns":
-        top, left, h, w = plan.input_tile(index)
-        (r_top, r_left, r_h, r_w), block = tile_columns(
-            li, plan.in_shape, (top, left, h, w), batch=plan.batch, align=plan.shards[1:3])
+        box = top, left, h, w = plan.input_tile(index)
+        region, block = tile_columns(li, plan.in_shape, box, batch=plan.batch, align=plan.shards[1:3])
+        r_top, r_left, r_h, r_w = region
+        if compaction.active:
+            block, figures = compact_block(block, region, box, plan.in_shape, plan.out_shape, compaction)
+            store.write_errors(box, figures)
         store.F[:, r_top:r_top + r_h, r_left:r_left + r_w, :, top:top + h, left:left + w] = block
     else:
         block_c, y, x = index
@@ -387,15 +393,19 @@ def verify(store: Store, li, *, rows: int = 8, seed: int = 0) -> dict:
 
 def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, tile: int | None = None,
             mode: str = "auto", batch: int = DEFAULT_BATCH, scheduler="threads", workers: int | None = None,
-            device: str = "auto", progress: bool = True, verify_rows: int = 8) -> Store:
+            device: str = "auto", progress: bool = True, verify_rows: int = 8, dtype: str = "float32",
+            support_tol: float | None = None) -> Store:
     """Compute F(x0) of ``source`` into the store ``out`` (created, or resumed when it matches) and verify it.
 
     ``identity``: what must match to resume (model, weights sha256, image sha256, crop ...; mode, tile, batch
     and shapes are added); ``attrs``: further group attributes (``pipeline.store.StoreAttrs`` fields, e.g. from
     ``pipeline.sources.model_source``). ``scheduler``: "threads" (default),
     "processes", "tcp://HOST:PORT" or a ``distributed.Client``. ``workers``: local worker count (default:
-    one per core on CPU, one per GPU with CUDA). Returns the completed, verified store.
+    one per core on CPU, one per GPU with CUDA). ``dtype`` ("float32", "float16", "bfloat16") and ``support_tol``
+    (None or a fraction): a compact store (see ``pipeline.compact``; columns stores only); both are part of the
+    store's identity when set. Returns the completed, verified store.
     """
+    compaction = Compaction(dtype, support_tol)
     tune_malloc()
     device = resolve_device(device)
     if isinstance(scheduler, str) and not scheduler.startswith(REMOTE) and scheduler not in LOCAL:
@@ -411,13 +421,20 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     started = time.perf_counter()
     li = engine(source, device)
     plan = make_plan(li, source.x0.shape[1:], mode=mode, tile=tile, batch=batch)
+    if compaction.active and plan.mode != "columns":
+        raise CompactionError("--dtype float16/bfloat16 and --support-tol need a store computed by columns; this "
+                              "one is computed by rows (--mode columns, or the default float32 store)")
     ident = dict(identity, mode=plan.mode, tile=plan.tile, batch=plan.batch,
                  in_shape=list(plan.in_shape), out_shape=list(li.output.shape[1:]))
+    if compaction.active:  # a compact store holds other values: never resumed from, or into, an exact one
+        ident.update(dtype=compaction.dtype, support_tol=compaction.support_tol)
     meta = dict(attrs or {}, mode=plan.mode, tile=plan.tile, receptive_radius=li.receptive_radius,
-                output_shape=list(li.output.shape[1:]), versions=_versions())
+                output_shape=list(li.output.shape[1:]), versions=_versions(), dtype=compaction.dtype,
+                support_tol=compaction.support_tol)
     store = create_store(out, identity=ident, attrs=meta, x0=source.x0, y0=li.output.detach().cpu().numpy(),
                          residual=li.residual.detach().cpu().numpy(), shards=plan.shards,
-                         chunks=plan.chunks, tasks=plan.tasks)
+                         chunks=plan.chunks, tasks=plan.tasks, dtype=compaction.dtype,
+                         compact=compaction.active)
     done = store.done_tasks()
     todo = [ix for ix in np.ndindex(*plan.tasks) if ix not in done]
     if store.complete and not todo:
@@ -425,7 +442,7 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     from dask import delayed
 
     path = str(store.path)
-    calls = [delayed(run_task, pure=False)(source, device, path, plan, ix, threads,
+    calls = [delayed(run_task, pure=False)(source, device, path, plan, ix, threads, compaction,
                                            dask_key_name=f"task-{'-'.join(map(str, ix))}-{source.key[:12]}")
              for ix in todo]
     saved = torch.get_num_threads()

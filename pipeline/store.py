@@ -15,11 +15,15 @@ path           shape                                            meaning
 ``svd/U``      (k, C_out, H_out, W_out)                         eigen-outputs (left singular vectors)
 ``svd/V``      (k, C_in, H_in, W_in)                            eigen-inputs (right singular vectors)
 ``svd/residuals`` (k,)                                          relative residuals of the pairs
+``dropped_l1``, ``error_l1``, ``error_max``, ``column_max``, ``support_radius``
+               (C_in, H_in, W_in)                               compact stores only: the error of each column
+                                                                (see ``pipeline.compact``)
 =============  ===============================================  ============================================
 
 Networks whose output is a vector (classifiers, shape (N,)) are stored with output shape (N, 1, 1).
 
-``F`` is float32, zstd-compressed, sharded: one shard per (output tile, input tile) pair, which is exactly the
+``F`` is float32, zstd-compressed (compact stores: float16, or bfloat16 values in float32, blosc-compressed; see
+``f_encoding``), sharded: one shard per (output tile, input tile) pair, which is exactly the
 region one compute task writes, so no two tasks ever touch the same file. Inside a shard the inner chunks are
 small spatial tiles in both domains; chunks that are all zero are not stored (fill value 0). Every array has
 ``dimension_names`` so that xarray, dask and napari read the store as it is.
@@ -42,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 
 #: Version of the layout and attribute schema described here. Format 1 (weights and image recorded as paths, the
 #: verification figures without a status) is still read; other versions are refused.
@@ -53,7 +57,12 @@ IN_DIMS = ("c_in", "y_in", "x_in")
 OUT_DIMS = ("c_out", "y_out", "x_out")
 F_DIMS = OUT_DIMS + IN_DIMS
 _CODEC = ZstdCodec(level=3)
+#: Compressor of compact F (float16, or bfloat16 values in float32): blosc's bit shuffle gathers the zero low bits
+#: and the similar exponents before zstd (0.86–0.88 of zstd alone on an edsr-small tile, benchmarks/bench_compute.py).
+_COMPACT_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 _CONFIG = {"write_empty_chunks": False}
+#: The per-column error arrays of compact stores (names as in ``pipeline.compact``).
+ERROR_ARRAYS = ("dropped_l1", "error_l1", "error_max", "column_max", "support_radius")
 #: Most values in one inner chunk of F (64 Ki float32 = 256 KiB before compression).
 INNER_VALUES = 2**16
 
@@ -158,7 +167,9 @@ class StoreAttrs(_Attributes):
     ``identity`` (what must match for a compute run to resume into the store: model, weights / image / x0 sha256,
     crop, mode, tile, batch, shapes). How: ``mode`` ("columns" / "rows"), ``tile`` (input tile side, pixels),
     ``receptive_radius`` (input pixels, None = global), ``output_shape`` (as the network returns it), ``dtype``
-    of F ("float32", later "float16" / "bfloat16"), ``support_tol`` (None: F stored exactly). Results:
+    of F ("float32", "float16" or "bfloat16"), ``support_tol`` (None: every column's whole support is kept; a
+    fraction T: each column keeps the smallest window around its pixel holding all but T of its L1 mass; see
+    ``pipeline.compact``). Results:
     ``complete`` (finished and verified), ``verification`` ({"status": one of ``VERIFICATION_STATUSES``,
     "checks": [{"name", "value", "tolerance", "passed", "detail"}, …], plus free figures such as
     "reconstruction_rel"}), ``jacobian_exact`` (F is the Jacobian of f at x0; None = not yet known),
@@ -305,7 +316,8 @@ def _as_chw(a: np.ndarray) -> np.ndarray:
 class Store:
     """An opened linterp store (see the module docstring for the layout).
 
-    Arrays are float32; ``F`` is the lazily read zarr array, the others are read once into numpy.
+    Arrays are float32 (``F`` of a compact store: see ``f_encoding``; its rows and columns are read as float32);
+    ``F`` is the lazily read zarr array, the others are read once into numpy.
     """
 
     def __init__(self, group: zarr.Group, path: Path):
@@ -382,11 +394,31 @@ class Store:
 
     def column(self, c: int, y: int, x: int) -> np.ndarray:
         """Column ``F[..., c, y, x]``: the response to a unit impulse at input (c, y, x); (C_out, H_out, W_out)."""
-        return self.F[:, :, :, c, y, x]
+        return np.asarray(self.F[:, :, :, c, y, x], dtype=np.float32)
 
     def row(self, c: int, y: int, x: int) -> np.ndarray:
         """Row ``F[c, y, x]``: the filter of output pixel (c, y, x) over the input; (C_in, H_in, W_in)."""
-        return self.F[c, y, x]
+        return np.asarray(self.F[c, y, x], dtype=np.float32)
+
+    # ---- compact stores ---------------------------------------------------------------------------
+    @property
+    def compact(self) -> bool:
+        """True when F is stored in a lower precision or on a truncated support (see ``pipeline.compact``)."""
+        return "error_max" in self.group
+
+    def errors(self) -> dict[str, np.ndarray] | None:
+        """The per-column error arrays of a compact store (``pipeline.compact.ERROR_ARRAYS``, each (C_in, H_in,
+        W_in)), or None for an exact store."""
+        if not self.compact:
+            return None
+        return {name: self.group[name][...] for name in ERROR_ARRAYS}
+
+    def write_errors(self, box: tuple[int, int, int, int], figures: dict[str, np.ndarray]) -> None:
+        """Write the error figures (each (C_in, h, w)) of the input tile ``box`` = (top, left, h, w): exactly the
+        chunk of that tile, so compute tasks never share one."""
+        top, left, h, w = box
+        for name in ERROR_ARRAYS:
+            self.group[name][:, top:top + h, left:left + w] = figures[name]
 
     # ---- ledger -----------------------------------------------------------------------------------
     @cached_property
@@ -515,6 +547,12 @@ def _validate(group: zarr.Group, path: Path) -> None:
         raise StoreError(f"{path}: corrupt store ({err.__class__.__name__}: {err})") from None
     fshape = tuple(arrays["F"].shape)
     expect = {"x0": fshape[3:], "y0": fshape[:3], "residual": fshape[:3]}
+    if "error_max" in group:  # a compact store: every error array, over the input pixels
+        try:
+            arrays.update({name: group[name] for name in ERROR_ARRAYS})
+        except KeyError as err:
+            raise StoreError(f"{path}: corrupt store: array {err} is missing") from None
+        expect.update({name: fshape[3:] for name in ERROR_ARRAYS})
     for name, shape in expect.items():
         if tuple(arrays[name].shape) != shape:
             raise StoreError(f"{path}: corrupt store: {name} has shape {tuple(arrays[name].shape)}, "
@@ -553,8 +591,20 @@ def identity_mismatch(found: dict, wanted: dict) -> str | None:
     return "; ".join(diffs) or None
 
 
+def f_encoding(dtype: str) -> tuple[str, object]:
+    """(zarr data type, compressor) of F for a store's precision ``dtype`` (``StoreAttrs.dtype``): float32 and
+    zstd (exact); float16 and blosc; bfloat16 values (low 16 bits zero) in float32 and blosc, since zarr v3 has no
+    bfloat16 type and a float32 array stays readable by every zarr reader."""
+    encodings = {"float32": ("float32", _CODEC), "float16": ("float16", _COMPACT_CODEC),
+                 "bfloat16": ("float32", _COMPACT_CODEC)}
+    if dtype not in encodings:
+        raise StoreError(f"unknown dtype {dtype!r} for F ({', '.join(encodings)})")
+    return encodings[dtype]
+
+
 def create_store(path, *, identity: dict, attrs: dict, x0, y0, residual, shards: tuple[int, ...],
-                 chunks: tuple[int, ...], tasks: tuple[int, ...]) -> Store:
+                 chunks: tuple[int, ...], tasks: tuple[int, ...], dtype: str = "float32",
+                 compact: bool = False) -> Store:
     """Create a store, or reopen the one at ``path`` to resume it if it was made from the same inputs.
 
     ``identity``: JSON dict that must equal the existing store's (model, weights sha256, image sha256, crop,
@@ -562,6 +612,8 @@ def create_store(path, *, identity: dict, attrs: dict, x0, y0, residual, shards:
     ``attrs``: further group attributes (names and values of :class:`StoreAttrs`). ``x0`` (C_in,H_in,W_in); ``y0``, ``residual`` (C_out,H_out,W_out)
     (batched or vector forms are accepted, see ``_as_chw``). ``shards`` / ``chunks``: 6-tuples for F (shard =
     the region one task writes along its tiled axes). ``tasks``: the shape of the task grid (the ledger).
+    ``dtype``: F's precision (see ``f_encoding``); ``compact``: also create the per-column error arrays
+    (``pipeline.compact.ERROR_ARRAYS``), chunked by input tile like the tasks.
     """
     path = Path(path)
     identity = json.loads(json.dumps(identity))  # normalise tuples to lists, as stored
@@ -592,8 +644,14 @@ def create_store(path, *, identity: dict, attrs: dict, x0, y0, residual, shards:
     for name, data, dims in (("x0", x0, IN_DIMS), ("y0", y0, OUT_DIMS), ("residual", residual, OUT_DIMS)):
         _write_array(group, name, data, dims)  # small and deterministic: rewriting on resume is harmless
     if "F" not in existing:
-        group.create_array("F", shape=fshape, dtype="float32", chunks=chunks, shards=shards,
-                           compressors=_CODEC, fill_value=0.0, dimension_names=F_DIMS, config=_CONFIG)
+        storage, codec = f_encoding(dtype)
+        group.create_array("F", shape=fshape, dtype=storage, chunks=chunks, shards=shards,
+                           compressors=codec, fill_value=0.0, dimension_names=F_DIMS, config=_CONFIG)
+    for name in ERROR_ARRAYS if compact else ():
+        if name not in group:
+            group.create_array(name, shape=x0.shape, dtype="int32" if name == "support_radius" else "float32",
+                               chunks=(x0.shape[0],) + tuple(shards[4:6]), compressors=_CODEC, fill_value=0,
+                               dimension_names=IN_DIMS)
     if "ledger" not in existing:
         group.create_array("ledger", shape=tasks, dtype="uint8", chunks=(1,) * len(tasks), fill_value=0,
                            compressors=None, dimension_names=tuple(f"task_{i}" for i in range(len(tasks))),

@@ -24,9 +24,15 @@ import click
 @click.option("--mode", type=click.Choice(["auto", "columns", "rows"]), default="auto", show_default=True,
               help="Compute columns (forward) or rows (transpose); auto picks the cheaper side.")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Columns or rows per pass (default 16).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True, help="Precision of the stored F (float16/bfloat16: a compact store whose error per "
+                                      "column is stored; see docs/compact.md).")
+@click.option("--support-tol", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Keep, per column, the smallest window around its pixel that holds all but this fraction of the "
+                   "column's L1 mass (e.g. 1e-6); the dropped mass is stored. Default: the whole support.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device, scheduler, workers, tile, mode,
-            batch, quiet):
+            batch, dtype, support_tol, quiet):
     """Compute every row and column of F(x0) into a chunked, compressed Zarr store, then verify it.
 
     Rerunning the same command after an interruption resumes the store; a store made from another model,
@@ -40,7 +46,7 @@ def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device
         source, identity, attrs = model_source(name, weights, trust_pickle, image_path, crop_text)
         store = comp.compute(out_path, source, identity=identity, attrs=attrs, tile=tile, mode=mode,
                              batch=batch or comp.DEFAULT_BATCH, scheduler=scheduler, workers=workers,
-                             device=device, progress=not quiet)
+                             device=device, progress=not quiet, dtype=dtype, support_tol=support_tol)
     except (ValueError, StoreError, OSError) as err:  # ImageError, WeightsError, UnsupportedOperation, …
         message = str(err).strip().splitlines()
         raise click.ClickException(message[0] if message else type(err).__name__) from err
@@ -50,3 +56,15 @@ def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device
                f"{timings['last_run_tasks']} tasks in {timings['last_run_seconds']:.1f} s; "
                f"reconstruction max error {figures['reconstruction_max_abs']:.3g}, "
                f"rows check {figures['rows_max_abs']:.3g}")
+    if store.compact:
+        click.echo(f"compact store ({attrs.dtype}, support tol {attrs.support_tol}): {compact_summary(store)}")
+
+
+def compact_summary(store) -> str:
+    """One line on a compact store's stored error figures (see pipeline.compact.error_summary)."""
+    from pipeline.compact import error_summary
+
+    s = error_summary(store)
+    return (f"every entry within {s['error_max']:.3g} of the exact F (at most {s['bound_rel']:.3g} of its column's "
+            f"largest entry); dropped L1 mass up to {s['dropped_l1']:.3g}; kept radius "
+            f"{s['radius_min']}–{s['radius_max']} output pixels")

@@ -1,0 +1,205 @@
+"""Compact stores (opt-in): F kept in a lower precision and/or on a truncated support, with the error of every
+column measured when it is written, so that every row and column read back carries a bound.
+
+Two options (``Compaction``), both off by default (F exact in float32, losslessly compressed):
+
+- ``dtype``: "float16" stores F as zarr's float16 (half the bytes before compression; values rounded to
+  nearest, ties to even; F must stay within float16's range, ±65504); "bfloat16" rounds F to bfloat16 (8 bits
+  of mantissa) and stores the rounded values in a float32 array whose low 16 bits are zero, compressed by
+  blosc with byte shuffling (zarr v3 has no bfloat16 type: this keeps the store readable as float32 by every
+  zarr reader, at about the size of a bfloat16 array).
+- ``support_tol`` T: per column, the smallest window around its pixel that holds all but a fraction T of the
+  column's L1 mass is kept and the entries outside it are set to zero. The window of input pixel (y, x) is the
+  output block of that pixel, [⌊y·s_y⌋, ⌈(y+1)·s_y⌉) × [⌊x·s_x⌋, ⌈(x+1)·s_x⌉) with s = output / input size,
+  grown by a radius ρ ≥ 0 (output pixels, all channels), clipped to the output.
+
+Per-column figures (arrays over the input pixels, shape (C_in, H_in, W_in), dimension names c_in, y_in,
+x_in), written next to F by every compute task for its own input tile:
+
+==================  =========  ================================================================================
+array               dtype      meaning (column j = F[..., c, y, x], F the float32 F the network computed)
+==================  =========  ================================================================================
+``dropped_l1``      float32    L1 mass of the entries the support window dropped (0 without ``support_tol``)
+``error_l1``        float32    ‖F̃_j − F_j‖₁, F̃ the stored column: dropped mass plus rounding, rounded up
+``error_max``       float32    ‖F̃_j − F_j‖_∞, rounded up: every entry read back is within this of F
+``column_max``      float32    ‖F_j‖_∞, the column's largest magnitude (the scale of its error)
+``support_radius``  int32      ρ of the kept window (the radius that holds all of the column without T)
+==================  =========  ================================================================================
+
+So for any vector w: |F̃w − Fw| ≤ Σ_j |w_j|·error_max_j entrywise, and |F̃ᵀu − Fᵀu|_j ≤ error_l1_j·max|u|; a row
+read back is within max_j error_max_j of the exact row entry by entry. Every figure is measured in float64
+from the float32 F before it is discarded (the difference of a float32 value and its float16 / bfloat16
+rounding is exact in float32).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .store import ERROR_ARRAYS  # noqa: F401 - the per-column error arrays of a compact store, as above
+
+#: Precisions of F (``StoreAttrs.dtype``).
+DTYPES = ("float32", "float16", "bfloat16")
+#: Half the spacing of representable numbers relative to a value (round to nearest): the relative rounding
+#: error of each precision for normal numbers.
+UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class CompactionError(ValueError):
+    """F cannot be stored as asked (e.g. beyond float16's range), or the options are not valid (one line)."""
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """How F is stored: ``dtype`` (one of ``DTYPES``) and ``support_tol`` (None, or a fraction in [0, 1))."""
+
+    dtype: str = "float32"
+    support_tol: float | None = None
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise CompactionError(f"unknown dtype {self.dtype!r} for F ({', '.join(DTYPES)})")
+        if self.support_tol is not None:
+            tol = float(self.support_tol)
+            if not (0.0 <= tol < 1.0) or math.isnan(tol):
+                raise CompactionError(f"--support-tol must be a fraction in [0, 1), not {self.support_tol!r}")
+            object.__setattr__(self, "support_tol", tol)
+
+    @property
+    def active(self) -> bool:
+        """False for the default (exact float32): no rounding, no truncation, no error arrays."""
+        return self.dtype != "float32" or self.support_tol is not None
+
+
+def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 ``values`` rounded to ``dtype`` (nearest, ties to even), in the dtype F is stored in: float16 for
+    "float16", float32 (low 16 bits zero) for "bfloat16" and "float32" (unchanged). ``CompactionError`` where a
+    value does not fit (float16 beyond ±65504)."""
+    values = np.asarray(values, dtype=np.float32)
+    if dtype == "float32":
+        return values
+    if dtype == "float16":
+        peak = float(np.abs(values).max(initial=0.0))
+        if peak > FLOAT16_MAX:
+            raise CompactionError(f"F has entries of magnitude {peak:.4g}, beyond float16's range "
+                                  f"(±{FLOAT16_MAX:g}): use --dtype bfloat16 or float32")
+        return values.astype(np.float16)
+    if dtype == "bfloat16":
+        bits = values.view(np.uint32)
+        rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) & np.uint32(0xFFFF0000)
+        return rounded.view(np.float32)
+    raise CompactionError(f"unknown dtype {dtype!r} for F ({', '.join(DTYPES)})")
+
+
+def pixel_blocks(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, stop) of the output block of each input pixel along one axis: [⌊i·s⌋, ⌈(i+1)·s⌉), s = n_out / n_in."""
+    i = np.arange(n_in)
+    return (i * n_out) // n_in, -((-(i + 1) * n_out) // n_in)
+
+
+def _distances(start: int, n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(n, len(lo)) int: distance of output pixel start + k from the block [lo_i, hi_i) (0 inside it)."""
+    pos = np.arange(start, start + n)[:, None]
+    return np.maximum(0, np.maximum(lo[None] - pos, pos - (hi[None] - 1)))
+
+
+def support_radii(mass: np.ndarray, dy: np.ndarray, dx: np.ndarray, tol: float) -> np.ndarray:
+    """The kept radius of each column: the smallest ρ whose window holds all but ``tol`` of the column's mass.
+
+    ``mass``: (R_h, R_w, n) float64, the L1 mass (summed over output channels) of n columns over an output
+    region; ``dy`` (R_h, n), ``dx`` (R_w, n): distances of the region's rows / columns from each column's block.
+    Returns (n,) int64. Summed-area tables give the mass inside every window at once.
+    """
+    r_h, r_w, n = mass.shape
+    table = np.zeros((r_h + 1, r_w + 1, n))
+    np.cumsum(np.cumsum(mass, axis=0), axis=1, out=table[1:, 1:])
+    total = table[-1, -1]
+    # the block of each column inside the region (its rows / columns at distance 0), as index ranges
+    rows_in, cols_in = dy == 0, dx == 0
+    y0 = np.where(rows_in.any(0), rows_in.argmax(0), 0)
+    y1 = np.where(rows_in.any(0), r_h - rows_in[::-1].argmax(0), 0)
+    x0 = np.where(cols_in.any(0), cols_in.argmax(0), 0)
+    x1 = np.where(cols_in.any(0), r_w - cols_in[::-1].argmax(0), 0)
+    limit = int(max(dy.max(initial=0), dx.max(initial=0)))
+    radii = np.full(n, limit, dtype=np.int64)
+    open_ = np.ones(n, dtype=bool)
+    cols = np.arange(n)
+    for rho in range(limit + 1):
+        a, b = np.clip(y0 - rho, 0, r_h), np.clip(y1 + rho, 0, r_h)
+        c, d = np.clip(x0 - rho, 0, r_w), np.clip(x1 + rho, 0, r_w)
+        inside = table[b, d, cols] - table[a, d, cols] - table[b, c, cols] + table[a, c, cols]
+        done = open_ & (total - inside <= tol * total)
+        radii[done] = rho
+        open_ &= ~done
+        if not open_.any():
+            break
+    return radii
+
+
+def compact_block(block: np.ndarray, region: tuple[int, int, int, int], box: tuple[int, int, int, int],
+                  in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
+                  compaction: Compaction) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Truncate and round the columns of one input tile; returns (stored block, figures).
+
+    ``block`` float32 (C_out, R_h, R_w, C_in, h, w): the columns of the input tile ``box`` = (top, left, h, w)
+    over the output ``region`` = (top, left, R_h, R_w), holding every non-zero of these columns (as
+    ``pipeline.compute.tile_columns`` returns them). The stored block has F's storage dtype (see ``round_to``);
+    figures: the ``ERROR_ARRAYS`` of these columns, each of shape (C_in, h, w).
+    """
+    c_out, r_h, r_w, c_in, h, w = block.shape
+    top, left = box[:2]
+    (r_top, r_left), (_, h_in, w_in), (_, h_out, w_out) = region[:2], in_shape, out_shape
+    lo_y, hi_y = (a[top:top + h] for a in pixel_blocks(h_in, h_out))
+    lo_x, hi_x = (a[left:left + w] for a in pixel_blocks(w_in, w_out))
+    dy = _distances(r_top, r_h, lo_y, hi_y)      # (R_h, h)
+    dx = _distances(r_left, r_w, lo_x, hi_x)     # (R_w, w)
+    mass = np.abs(block).sum(axis=0, dtype=np.float64).reshape(r_h, r_w, c_in * h * w)
+    # distances per column, in the block's (c, y, x) column order
+    dyc = np.broadcast_to(dy[:, None, :, None], (r_h, c_in, h, w)).reshape(r_h, -1)
+    dxc = np.broadcast_to(dx[:, None, None, :], (r_w, c_in, h, w)).reshape(r_w, -1)
+    tol = compaction.support_tol
+    radii = support_radii(mass, dyc, dxc, 0.0 if tol is None else tol).reshape(c_in, h, w)
+    kept = block
+    dropped = np.zeros((c_in, h, w))
+    if tol is not None:
+        # outside[oy, ox, c, y, x]: the entry lies outside the kept window of column (c, y, x)
+        outside = np.maximum(dy[:, None, None, :, None], dx[None, :, None, None, :]) > radii[None, None]
+        dropped = (mass.reshape(r_h, r_w, c_in, h, w) * outside).sum(axis=(0, 1))
+        kept = np.where(outside[None], np.float32(0), block)
+    stored = round_to(kept, compaction.dtype)
+    error = stored.astype(np.float32) - block  # exact in float32 (dropped entries and rounding residues)
+    figures = {"dropped_l1": dropped,
+               "error_l1": np.abs(error).sum(axis=(0, 1, 2), dtype=np.float64),
+               "error_max": np.abs(error).max(axis=(0, 1, 2), initial=0.0).astype(np.float64),
+               "column_max": np.abs(block).max(axis=(0, 1, 2), initial=0.0),
+               "support_radius": radii.astype(np.int32)}
+    for name in ("dropped_l1", "error_l1", "error_max"):
+        figures[name] = round_up(figures[name])
+    return stored, figures
+
+
+def round_up(values: np.ndarray) -> np.ndarray:
+    """float64 -> the nearest float32 at or above each value (so that a stored bound stays a bound)."""
+    values = np.asarray(values, dtype=np.float64)
+    down = values.astype(np.float32)
+    return np.where(down.astype(np.float64) < values, np.nextafter(down, np.float32(np.inf)), down)
+
+
+def relative_bound(errors: dict[str, np.ndarray]) -> np.ndarray:
+    """error_max / column_max per column (C_in, H_in, W_in): the bound of every entry of a column as a fraction
+    of the column's largest entry (0 for all-zero columns, whose stored error is 0 too)."""
+    scale = errors["column_max"].astype(np.float64)
+    return np.where(scale > 0, errors["error_max"] / np.where(scale > 0, scale, 1.0), errors["error_max"])
+
+
+def error_summary(store) -> dict:
+    """The figures of a compact store's error arrays: the largest ``error_max`` (absolute), ``bound_rel`` (the
+    largest ``relative_bound``), the largest ``dropped_l1`` and ``error_l1``, the range of ``support_radius``."""
+    errors = store.errors()
+    radius = errors["support_radius"]
+    return {"error_max": float(errors["error_max"].max()), "bound_rel": float(relative_bound(errors).max()),
+            "dropped_l1": float(errors["dropped_l1"].max()), "error_l1": float(errors["error_l1"].max()),
+            "radius_min": int(radius.min()), "radius_max": int(radius.max())}
