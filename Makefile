@@ -2,6 +2,7 @@
 #   make demo                      compute + SVD + one site for 4 models on the default image; prints index.html
 #   make dist/EDSR4x.zip           a paper bundle (official weights; offline: WEIGHTS=PATH or DEFAULTS=1)
 #   variables: IMAGE=photo.png CROP=X,Y,W,H|full WEIGHTS=file.pt DEFAULTS=1 STORE=1 DEVICE=cuda
+#              DTYPE=float16|bfloat16 SUPPORT_TOL=1e-6 (compact stores, see docs/compact.md)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,7 +14,8 @@ ZIPS    := $(BUNDLES:%=dist/%.zip)
 BENCHES := $(wildcard benchmarks/bench_interpreter.py benchmarks/bench_compute.py benchmarks/bench_svd.py)
 BUNDLE_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(CROP),--crop '$(CROP)') \
               $(if $(WEIGHTS),--weights '$(WEIGHTS)') $(if $(DEFAULTS),--defaults) $(if $(STORE),--store) \
-              $(if $(DEVICE),--device $(DEVICE))
+              $(if $(DEVICE),--device $(DEVICE)) $(if $(DTYPE),--dtype $(DTYPE)) \
+              $(if $(SUPPORT_TOL),--support-tol $(SUPPORT_TOL))
 
 .PHONY: demo test bench venv clean dist $(ZIPS)
 

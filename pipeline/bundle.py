@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.compact import Compaction
+
 
 class BundleError(ValueError):
     """A bundle cannot be built; the message is one line."""
@@ -147,13 +149,16 @@ def _reason(err: Exception) -> str:
     return text
 
 
-def work_key(bundle: Bundle, parts: list[Part], image: str | None, crop: str | None) -> str:
+def work_key(bundle: Bundle, parts: list[Part], image: str | None, crop: str | None,
+             compaction: Compaction = Compaction()) -> str:
     """12 hex digits naming a bundle's inputs: the work folder of the same inputs is reused."""
     from pipeline.models.weights import file_sha256
 
     inputs = {"bundle": bundle.name, "models": [p.model for p in parts],
               "weights": [file_sha256(p.weights) if p.weights else None for p in parts],
               "image": file_sha256(image) if image else None, "crop": crop}
+    if compaction.active:  # compact stores live in their own work folder
+        inputs.update(dtype=compaction.dtype, support_tol=compaction.support_tol)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -175,8 +180,9 @@ def _matches(store_path: Path, identity: dict) -> bool:
 def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None, k: int,
                 trust_pickle: bool = False, device: str = "auto", scheduler: str = "threads",
                 workers: int | None = None, progress: bool = True, note: str | None = None,
-                echo=print) -> Path:
-    """Compute (or reuse) the store of one model at the image and its top-k SVD; returns the store's path."""
+                compaction: Compaction = Compaction(), echo=print) -> Path:
+    """Compute (or reuse) the store of one model at the image and its top-k SVD; returns the store's path.
+    ``compaction``: a compact store (see ``pipeline.compact``; stores computed by columns only)."""
     from pipeline import compute as comp
     from pipeline.sources import model_source
     from pipeline.svd import svd_store
@@ -186,12 +192,16 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
     source, identity, attrs = model_source(part.model, part.weights, trust_pickle, image, crop)
     if note:
         attrs = dict(attrs, note=note)
+    compact = {}
+    if compaction.active:
+        compact = dict(dtype=compaction.dtype, support_tol=compaction.support_tol)
+        identity = dict(identity, **compact)
     if _matches(path, identity):
         echo(f"{part.model}: reusing the complete store {path}")
     else:
         echo(f"{part.model}: computing F(x0) into {path}")
-        comp.compute(path, source, identity=identity, attrs=attrs, scheduler=scheduler, workers=workers,
-                     device=device, progress=progress)
+        comp.compute(path, source, identity={k: v for k, v in identity.items() if k not in compact}, attrs=attrs,
+                     scheduler=scheduler, workers=workers, device=device, progress=progress, **compact)
     store = open_store(path)
     if store.svd_k >= k:
         echo(f"{part.model}: reusing its SVD ({store.svd_k} pairs)")
@@ -214,19 +224,22 @@ def stand_in_note(bundle: Bundle, part: Part) -> str | None:
 def build(name: str, out, *, image: str | None = None, crop: str | None = None, weights: str | None = None,
           defaults: bool = False, store: bool = False, work: str | os.PathLike | None = None,
           trust_pickle: bool = False, device: str = "auto", scheduler: str = "threads",
-          workers: int | None = None, progress: bool = True, command: str | None = None, echo=print) -> Path:
+          workers: int | None = None, progress: bool = True, command: str | None = None,
+          dtype: str = "float32", support_tol: float | None = None, echo=print) -> Path:
     """Build bundle ``name``; returns the path of the site's index.html (folder output) or of the archive.
 
     ``out``: a folder (the site goes to ``out/site``, stores to ``out/stores``) or a ``.zip`` file (work files
     then go to ``work``, default ``out/bundles/<name>-<key>`` in the current folder). ``image``: an image file
     (default: the built-in astronaut face); ``crop``: "X,Y,W,H", "full" for the whole image, or None for the
     bundle's default (on the default image; a given image is used whole). ``store``: put the stores into the zip.
+    ``dtype`` / ``support_tol``: compact stores (``linterp compute --dtype / --support-tol``).
     """
     from pipeline.export.site import export_site
     from pipeline.images import parse_crop
     from pipeline.models import build as build_model
 
     bundle = get_bundle(name)
+    compaction = Compaction(dtype, support_tol)
     if crop is None:
         crop = bundle.crop if image is None else None
     elif crop.strip().lower() in ("full", "none", ""):
@@ -242,13 +255,14 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     parts = resolve_parts(bundle, weights=weights, defaults=defaults)
     for part in parts:  # wrong keys, pickles, unreadable files: fail in one line before any work starts
         build_model(part.model, part.weights, trust_pickle=trust_pickle)
-    key = work_key(bundle, parts, image, crop)
+    key = work_key(bundle, parts, image, crop, compaction)
     folder = Path(work) if work else (Path("out") / "bundles" / f"{bundle.name}-{key}" if archive else out)
     stores = []
     for part in parts:
         stores.append(build_store(part, folder / "stores", image=image, crop=crop, k=bundle.k,
                                   trust_pickle=trust_pickle, device=device, scheduler=scheduler, workers=workers,
-                                  progress=progress, note=stand_in_note(bundle, part), echo=echo))
+                                  progress=progress, note=stand_in_note(bundle, part), compaction=compaction,
+                                  echo=echo))
     site = folder / "site"
     echo(f"exporting the site {site}")
     export_site(stores, site, progress=progress)
@@ -307,6 +321,10 @@ def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image:
         lines.append(f"    F {tuple(store.F.shape)}, reconstruction max error "
                      f"{figures.get('reconstruction_max_abs', float('nan')):.3g}, "
                      f"rows check {figures.get('rows_max_abs', float('nan')):.3g}")
+        if store.compact:
+            from pipeline.compact import summary_line
+
+            lines.append(f"    {summary_line(store)}")
         if store.has_svd:
             info, residuals = store.svd_attrs, store.svd_residuals()
             worst = f"{float(np.max(residuals)):.2e}" if residuals is not None else "not recorded"

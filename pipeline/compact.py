@@ -203,3 +203,12 @@ def error_summary(store) -> dict:
     return {"error_max": float(errors["error_max"].max()), "bound_rel": float(relative_bound(errors).max()),
             "dropped_l1": float(errors["dropped_l1"].max()), "error_l1": float(errors["error_l1"].max()),
             "radius_min": int(radius.min()), "radius_max": int(radius.max())}
+
+
+def summary_line(store) -> str:
+    """One line on a compact store: its precision, tolerance and stored error figures (``error_summary``)."""
+    s = error_summary(store)
+    attrs = store.attrs
+    return (f"compact store ({attrs.dtype}, support tol {attrs.support_tol}): every entry within {s['error_max']:.3g} "
+            f"of the exact F, at most {s['bound_rel']:.3g} of its column's largest entry; dropped L1 mass up to "
+            f"{s['dropped_l1']:.3g}; kept radius {s['radius_min']}–{s['radius_max']} output pixels")

@@ -202,3 +202,24 @@ def test_weights_file_replaces_the_official_download(tmp_path, monkeypatch):
     assert "without naming the variant" in index  # the bundle's own note stays
     store = open_store(tmp_path / "work" / "stores" / "edsr-baseline-x4.zarr")
     assert store.attrs.verification["reconstruction_rel"] < 1e-5
+
+
+def test_compact_bundle_keeps_its_own_store_and_says_so(tmp_path, stand_ins, monkeypatch):
+    """DEFAULTS=1 EDSR4x with DTYPE=float16 SUPPORT_TOL=1e-3: a compact store (apart from the exact one of the same
+    inputs), its error figures in README.txt, and a site built from it."""
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", stand_ins)
+    monkeypatch.setitem(registry.TRAINED_SHA256, "edsr-small-x4", file_sha256(stand_ins / "edsr-small-x4.pt"))
+    monkeypatch.chdir(tmp_path)
+    args = ["EDSR4x", "--defaults", "--crop", CROP, "--dtype", "float16", "--support-tol", "1e-3"]
+    result = run(args + ["--out", "dist/EDSR4x.zip"])
+    assert result.exit_code == 0, result.output
+    work = next((tmp_path / "out" / "bundles").glob("EDSR4x-*"))
+    store = open_store(work / "stores" / "edsr-small-x4.zarr", require_complete=True)
+    assert store.compact and store.attrs.dtype == "float16" and store.attrs.support_tol == 1e-3
+    with zipfile.ZipFile(tmp_path / "dist" / "EDSR4x.zip") as zf:
+        readme = zf.read("EDSR4x/README.txt").decode()
+    assert "compact store (float16, support tol 0.001): every entry within" in readme
+    assert "--dtype float16 --support-tol 0.001" in readme
+    exact = run(["EDSR4x", "--defaults", "--crop", CROP, "--out", "dist/exact.zip"])
+    assert exact.exit_code == 0, exact.output
+    assert len(list((tmp_path / "out" / "bundles").glob("EDSR4x-*"))) == 2  # the exact store has its own folder

@@ -24,9 +24,14 @@ import click
 @click.option("--scheduler", default="threads", show_default=True,
               help="threads, processes, or a dask.distributed scheduler address (tcp://HOST:PORT).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local workers (default: one per core).")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True, help="Precision of the stored F (see `linterp compute --dtype`).")
+@click.option("--support-tol", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Keep each column's smallest window holding all but this fraction of its L1 mass "
+                   "(see `linterp compute --support-tol`).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pickle, device, scheduler, workers,
-           quiet):
+           dtype, support_tol, quiet):
     """Build bundle NAME: compute F(x0) for its models, their SVD, one combined site and (for .zip) an archive.
 
     NAME is demo, Bicubic4x, 4L-PixelShuffle, EDSR4x, CycleGAN-VanGogh, CycleGAN-Ukiyoe or CycleGAN-Photo2Label.
@@ -39,7 +44,8 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
         result = bundles.build(name, out, image=image, crop=crop, weights=weights, defaults=defaults,
                                store=with_store, work=work, trust_pickle=trust_pickle, device=device,
                                scheduler=scheduler, workers=workers, progress=not quiet,
-                               command=command_line(click.get_current_context()), echo=lambda m: click.echo(m, err=True))
+                               command=command_line(click.get_current_context()), dtype=dtype,
+                               support_tol=support_tol, echo=lambda m: click.echo(m, err=True))
     except (ValueError, StoreError, OSError) as err:  # BundleError, ImageError, WeightsError, ExportError, …
         message = str(err).strip().splitlines()
         raise click.ClickException(message[0] if message else type(err).__name__) from err

@@ -57,14 +57,6 @@ def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device
                f"reconstruction max error {figures['reconstruction_max_abs']:.3g}, "
                f"rows check {figures['rows_max_abs']:.3g}")
     if store.compact:
-        click.echo(f"compact store ({attrs.dtype}, support tol {attrs.support_tol}): {compact_summary(store)}")
+        from pipeline.compact import summary_line
 
-
-def compact_summary(store) -> str:
-    """One line on a compact store's stored error figures (see pipeline.compact.error_summary)."""
-    from pipeline.compact import error_summary
-
-    s = error_summary(store)
-    return (f"every entry within {s['error_max']:.3g} of the exact F (at most {s['bound_rel']:.3g} of its column's "
-            f"largest entry); dropped L1 mass up to {s['dropped_l1']:.3g}; kept radius "
-            f"{s['radius_min']}–{s['radius_max']} output pixels")
+        click.echo(summary_line(store))
