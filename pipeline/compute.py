@@ -36,6 +36,8 @@ from .store import Store, create_store, layout, open_store
 #: Default columns (or rows) per forward (transpose) pass. Part of a store's identity: batch composition
 #: changes the last bits of convolution results, and a resumed store must equal an uninterrupted run.
 DEFAULT_BATCH = 16
+#: Side (input pixels) of the squares of a task's tile whose columns share one window (see ``tile_columns``).
+WINDOW_TILE = 2
 #: Bytes of F one task may hold in memory before writing it; bounds the default tile size.
 TASK_BYTES = 512 * 2**20
 #: Local dask schedulers ("sync" runs tasks one by one in this thread, for debugging and profiling).
@@ -221,6 +223,13 @@ def column_pass(li, box: tuple[int, int, int, int]):
     return win.forward, tuple(win.in_box), tuple(win.out_box)
 
 
+def sub_tiles(box: tuple[int, int, int, int], side: int) -> list[tuple[int, int, int, int]]:
+    """The tile ``box`` = (top, left, h, w) cut into squares of ``side`` pixels (smaller at its far edges)."""
+    top, left, h, w = box
+    return [(y, x, min(side, top + h - y), min(side, left + w - x))
+            for y in range(top, top + h, side) for x in range(left, left + w, side)]
+
+
 def tile_columns(li, in_shape: tuple[int, int, int], box: tuple[int, int, int, int], *,
                  batch: int = DEFAULT_BATCH,
                  align: tuple[int, int] = (1, 1)) -> tuple[tuple[int, int, int, int], np.ndarray]:
@@ -230,29 +239,35 @@ def tile_columns(li, in_shape: tuple[int, int, int], box: tuple[int, int, int, i
     (the store's shard size) and covering every non-zero of these columns; ``block`` float32 of shape
     (C_out, height, width, C_in, h, w) with ``block[..., c, y, x]`` = column (c, top + y, left + x) there.
 
-    The impulses of a batch are consecutive columns in (c, y, x) order, so each batch lands in the block with
-    one strided copy (the block's last three axes, flattened).
+    Networks with a finite receptive radius compute the columns of each ``WINDOW_TILE``-pixel square of the tile
+    on that square's own window (tile + radius on every side: the smaller the square, the smaller the window;
+    1.25× fewer pixel-passes than windows of 8-pixel tiles for edsr-small-x4 on 96×96).
     """
     top, left, h, w = box
-    c_in, h_in, w_in = in_shape
+    c_in = in_shape[0]
     c_out, h_out, w_out = out_shape3(li)
-    forward, in_box, out_box = column_pass(li, box)
-    r_top, r_bottom = _aligned(out_box[0], out_box[0] + out_box[2], align[0], h_out)
-    r_left, r_right = _aligned(out_box[1], out_box[1] + out_box[3], align[1], w_out)
+    windowed = li.receptive_radius is not None and li.output.dim() == 4
+    passes = [(sub,) + column_pass(li, sub) for sub in (sub_tiles(box, WINDOW_TILE) if windowed else [box])]
+    r_top, r_bottom = _aligned(min(p[3][0] for p in passes), max(p[3][0] + p[3][2] for p in passes), align[0], h_out)
+    r_left, r_right = _aligned(min(p[3][1] for p in passes), max(p[3][1] + p[3][3] for p in passes), align[1], w_out)
     block = np.zeros((c_out, r_bottom - r_top, r_right - r_left, c_in, h, w), dtype=np.float32)
-    oy, ox = out_box[0] - r_top, out_box[1] - r_left
-    flat = block.reshape(block.shape[:3] + (c_in * h * w,))[:, oy:oy + out_box[2], ox:ox + out_box[3]]
+    flat = block.reshape(block.shape[:3] + (c_in * h * w,))  # columns in (c, y, x) order: a view
     device = li.output.device
-    n = c_in * h * w
-    for start in range(0, n, batch):
-        stop = min(n, start + batch)
-        v = torch.zeros((stop - start, c_in, in_box[2], in_box[3]), device=device, dtype=li.x0.dtype)
-        for b, j in enumerate(range(start, stop)):
-            c, y, x = np.unravel_index(j, (c_in, h, w))
-            v[b, c, top + y - in_box[0], left + x - in_box[1]] = 1.0
-        out = forward(v.contiguous(memory_format=torch.channels_last))
-        out = out.reshape(stop - start, c_out, out_box[2], out_box[3])
-        flat[..., start:stop] = out.permute(1, 2, 3, 0).float().cpu().numpy()
+    for (s_top, s_left, s_h, s_w), forward, in_box, out_box in passes:
+        cols = [(c, y, x) for c in range(c_in) for y in range(s_top, s_top + s_h) for x in range(s_left, s_left + s_w)]
+        oy, ox = out_box[0] - r_top, out_box[1] - r_left
+        for start in range(0, len(cols), batch):
+            part = cols[start:start + batch]
+            v = torch.zeros((len(part), c_in, in_box[2], in_box[3]), device=device, dtype=li.x0.dtype)
+            for b, (c, y, x) in enumerate(part):
+                v[b, c, y - in_box[0], x - in_box[1]] = 1.0
+            out = forward(v.contiguous(memory_format=torch.channels_last))
+            out = out.reshape(len(part), c_out, out_box[2], out_box[3]).permute(1, 2, 3, 0).float().cpu().numpy()
+            index = [(c * h + y - top) * w + x - left for c, y, x in part]
+            if index == list(range(index[0], index[0] + len(index))):  # consecutive columns: one strided copy
+                flat[:, oy:oy + out_box[2], ox:ox + out_box[3], index[0]:index[0] + len(index)] = out
+            else:
+                flat[:, oy:oy + out_box[2], ox:ox + out_box[3], index] = out
     return (r_top, r_left, r_bottom - r_top, r_right - r_left), block
 
 
