@@ -30,7 +30,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Filled in by the training work when a file is committed; None = no file yet (build(name) then fails clearly).
 TRAINED_SHA256: dict[str, str | None] = {
     "pixelshuffle-x4": "b5d6b7e60d5175a9639f69102c6f139f918812217b7ebf9314f005cacffb4d0e",
-    "edsr-small-x4": "b302b3835aa85a532c72cb438c4ccc7c618aba35cd6523c89a76b70b681c926a",
+    "edsr-small-x4": "81db36b5d34ddd72f3af34329bc69bbd5000c3998f3f90c897bc4c73a078468e",
     "i2i-small": "885bd8bd3581c0df93cbe8fde2dda763e17d931428863d564585fc4e2ed4f490",
     "digits-vgg": "e2c60696697b2635b1d8fc713116e3a47f0e0cebd123b886108f1cd20aead7ee",
     "digits-vgg-bn": "9cc2932c5cdaa428b9d4a002c11a26be65ed99c0847825632c10e60825ef18c9",

@@ -1,6 +1,6 @@
 """Held-out quality of the offline defaults, in the units the model cards quote.
 
-- super-resolution: PSNR on Y in [0, 1] (peak 1), `scale` border pixels excluded, per held-out photo,
+- super-resolution: PSNR on Y in [0, 1] (peak 1), `SR_BORDER` = 8 border pixels excluded, per held-out photo,
   against bicubic upscaling of the same LR image (`data.bicubic_up`);
 - mosaic: mean L1 to the mosaic targets, against the identity mapping's and the colour normalisation's
   (`data.normalise`, no flattening), in [-1, 1] units;
@@ -15,6 +15,10 @@ from torch import nn
 
 from pipeline.training import data
 from pipeline.training.tasks import Digits, Mosaic, SuperResolution, Translation
+
+
+#: Pixels cut off each side of a super-resolved image before its PSNR is measured.
+SR_BORDER = 8
 
 
 @dataclass
@@ -37,19 +41,20 @@ def psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> float:
 def evaluate_sr(model: nn.Module, task: SuperResolution, photos=data.HELD_OUT_PHOTOS) -> Report:
     """PSNR_Y of model and bicubic on each photo; metrics 'psnr', 'psnr_bicubic', 'gain' are means in dB."""
     rep = Report()
-    rep.lines.append(f"{'photo':<12} {'size (HR)':>11} {'model dB':>9} {'bicubic dB':>10} {'gain dB':>8}")
+    width = max(len("photo"), *(len(name) for name in photos))
+    rep.lines.append(f"{'photo':<{width}} {'size (HR)':>11} {'model dB':>9} {'bicubic dB':>10} {'gain dB':>8}")
     ours, base = [], []
     for name in photos:
         lr, hr = data.sr_pair(name, task.scale)
         y_hr = data.luma(hr)
         y_model = task.to_y(model(task.to_model(lr)))
         y_bic = data.bicubic_up(data.luma(lr), task.scale)
-        ours.append(psnr(y_model, y_hr, task.scale))
-        base.append(psnr(y_bic, y_hr, task.scale))
+        ours.append(psnr(y_model, y_hr, SR_BORDER))
+        base.append(psnr(y_bic, y_hr, SR_BORDER))
         size = f"{hr.shape[-2]}x{hr.shape[-1]}"
-        rep.lines.append(f"{name:<12} {size:>11} {ours[-1]:9.3f} {base[-1]:10.3f} {ours[-1] - base[-1]:+8.3f}")
+        rep.lines.append(f"{name:<{width}} {size:>11} {ours[-1]:9.3f} {base[-1]:10.3f} {ours[-1] - base[-1]:+8.3f}")
     m, b = sum(ours) / len(ours), sum(base) / len(base)
-    rep.lines.append(f"{'mean':<12} {'':>11} {m:9.3f} {b:10.3f} {m - b:+8.3f}")
+    rep.lines.append(f"{'mean':<{width}} {'':>11} {m:9.3f} {b:10.3f} {m - b:+8.3f}")
     rep.metrics.update(psnr=m, psnr_bicubic=b, gain=m - b)
     return rep
 
