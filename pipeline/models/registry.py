@@ -72,6 +72,8 @@ class ModelSpec:
     ``value_range``: the (lo, hi) that pixel values 0 and 255 map to, for the input and for image outputs.
     ``min_size`` / ``multiple`` / ``fixed_size``: constraints on the input height and width in pixels.
     ``weights``: default weights source: an official URL, ``PROJECT``, ``NO_PARAMETERS``, or None (none published).
+    ``preprocess``: how a classifier's image files become inputs (``pipeline.preprocess``): 'photo' (resize and
+    centre crop) or 'drawing' (a light figure on a dark plain background: polarity, letterbox fit, levels).
     """
 
     name: str
@@ -85,6 +87,7 @@ class ModelSpec:
     min_size: int = 1
     multiple: int = 1
     fixed_size: tuple[int, int] | None = None
+    preprocess: str = "photo"
 
     @property
     def in_channels(self) -> int:
@@ -138,7 +141,7 @@ def _specs() -> list[ModelSpec]:
         specs.append(ModelSpec(name, "classify", 1, "gray", (0.0, 1.0),
                                f"small VGG{' with batch norm' if bn else ''} for scikit-learn digits, 32×32 gray in "
                                f"[0, 1], trained by linterp", functools.partial(DigitsVGG, bn), weights=PROJECT,
-                               fixed_size=(32, 32)))
+                               fixed_size=(32, 32), preprocess="drawing"))
     return specs
 
 
