@@ -41,8 +41,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("edsr-small-x4", SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=48, batch=8),
            steps=5000, lr=6e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
     Recipe("i2i-small", Mosaic(patch=64, batch=8), steps=1000, lr=1e-3, target=("reduction", 0.3)),
-    Recipe("digits-vgg", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
-    Recipe("digits-vgg-bn", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
+    Recipe("digits-vgg", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
+    Recipe("digits-vgg-bn", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
 )}
 
 
