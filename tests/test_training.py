@@ -204,7 +204,7 @@ class CrashingTask:
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
-    task = Digits(batch=8)
+    task = Digits(batch=8, augment=True)  # the recipes' task: augmentation draws from the step's generator too
     whole = train(tiny_recipe("digits-vgg", task, steps=6), tmp_path / "whole.pt", progress=False)
     out = tmp_path / "resumed.pt"
     with pytest.raises(KeyboardInterrupt):

@@ -32,8 +32,8 @@ TRAINED_SHA256: dict[str, str | None] = {
     "pixelshuffle-x4": "b5d6b7e60d5175a9639f69102c6f139f918812217b7ebf9314f005cacffb4d0e",
     "edsr-small-x4": "b302b3835aa85a532c72cb438c4ccc7c618aba35cd6523c89a76b70b681c926a",
     "i2i-small": "885bd8bd3581c0df93cbe8fde2dda763e17d931428863d564585fc4e2ed4f490",
-    "digits-vgg": "e2c60696697b2635b1d8fc713116e3a47f0e0cebd123b886108f1cd20aead7ee",
-    "digits-vgg-bn": "9cc2932c5cdaa428b9d4a002c11a26be65ed99c0847825632c10e60825ef18c9",
+    "digits-vgg": "06f2ed484a9d796cbbd828f97e54b711dbd7340682f2c6460d2be07dd18ed52e",
+    "digits-vgg-bn": "9d3af9065c41ee88f1f13c477ee8f282792c2f49bf39e4344b78ddbfe893262c",
 }
 # ---------------------------------------------------------------------------------------------------------------
 
