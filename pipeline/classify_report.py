@@ -107,8 +107,7 @@ def contribution_figure(path: Path, conditions: dict[str, list[dict]], title: st
         mean, std = shares.mean(0), shares.std(0)
         x = np.arange(len(names))
         ax.bar(x, mean, color="tab:blue", alpha=0.8, width=0.8)
-        ax.fill_between(x, mean - std, mean + std, step="mid", color="tab:orange", alpha=0.3, linewidth=0,
-                        label="± std")
+        ax.bar(x, 2 * std, bottom=mean - std, color="tab:orange", alpha=0.3, width=0.8, linewidth=0, label="± std")
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_ylabel("share of top-1 score")
         ax.set_title(f"{label} (n = {len(recs)})", fontsize=9)

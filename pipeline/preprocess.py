@@ -70,7 +70,7 @@ def classifier_inputs(batch: np.ndarray, spec, size: tuple[int, int] | None = No
     ``size`` / ``crop_ratio``: the input size and the photo crop ratio (default: ``input_size(spec.name, spec)``).
     Each record says what was done: ``method``, ``source_size`` [H, W], ``source_channels``, ``input_size``
     [h, w], and per method ``resized`` [h', w'] and ``crop`` [top, left] (photo) or ``polarity``
-    ("kept"/"inverted"), ``background`` b, ``peak`` p, ``fitted`` [h', w'] (drawing).
+    ("kept"/"inverted"), ``background`` b (after the polarity step), ``peak`` p, ``fitted`` [h', w'] (drawing).
     """
     if polarity not in POLARITIES:
         raise PreprocessError(f"polarity must be one of {', '.join(POLARITIES)}, got '{polarity}'")

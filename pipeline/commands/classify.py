@@ -92,9 +92,10 @@ def _inputs(images, dataset, limit, model_spec, size, crop, polarity):
 @click.option("--polarity", type=click.Choice(["auto", "keep", "invert"]), default="auto", show_default=True,
               help="Digits models: invert images whose border is light (auto), never, or always.")
 @click.option("--table", is_flag=True, help="Write Table 1 over all --model runs as OUT/table.{csv,md,html}.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps, size, top, vote_classes, figures,
-             group, polarity, table, out):
+             group, polarity, table, threads, out):
     """Split each top-1 score into input term and per-layer bias contributions, and bring scores back to pixels.
 
     Writes OUT/results.json (one object per image: image, top1, score, input_term, residual, contributions,
@@ -110,6 +111,8 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
     from pipeline.models.registry import build, spec
     from pipeline.preprocess import input_size
 
+    if threads:
+        torch.set_num_threads(threads)
     if bool(images) == bool(dataset):
         raise click.ClickException("give either --images or --dataset")
     if weights is not None and len(models) > 1:
