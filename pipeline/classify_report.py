@@ -348,7 +348,7 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
     settings = dict(settings or {}, model=model_name, eps=list(map(float, eps)), top=top,
                     vote_classes=vote_classes, value_range=list(value_range), group=group)
     records, shown = [], []
-    for i, (name, x0, label, source) in enumerate(iterate(inputs, f"classify {model_name}", unit="image",
+    for i, (name, x0, label, source) in enumerate(iterate(inputs, f"classify {model_name}", unit="images",
                                                           enabled=progress)):
         stem = cache / f"{i:05d}-{_safe(name)}"
         image_settings = settings | {"source": source}

@@ -156,7 +156,7 @@ def evaluate_digits(model: nn.Module, task: Digits, limit: int | None = None, sp
     groups: dict[str, list[tuple[str, float]]] = {}
     renderings = len(render.MODES) * len(EVAL_SHIFTS) ** 2 + 4
     for group, name, files in iterate(digit_files(x8), f"digits as files ({split})", total=renderings,
-                                      unit="rendering", enabled=progress):
+                                      unit="renderings", enabled=progress):
         groups.setdefault(group, []).append((name, file_accuracy(model, files, y)))
     rep.lines.append(f"{split} digits as image files, preprocessed as `linterp classify --images` does:")
     rep.lines.append(f"  {'rendering':<27} {'accuracy':>9} {'worst':>8}  worst rendering")
