@@ -47,21 +47,31 @@ def model_and_image_options(command):
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Output image (PNG) for super-resolution and image-to-image models.")
 @click.option("--top", default=5, show_default=True, help="How many classes a classifier prints.")
-def run(name, weights, trust_pickle, image_path, crop_text, out_path, top):
-    """Apply a model to an image: an image out for SR / image-to-image models, the top classes for classifiers."""
+@click.option("--polarity", type=click.Choice(["auto", "keep", "invert"]), default="auto", show_default=True,
+              help="Digits models: invert images whose border is light (auto), never, or always.")
+def run(name, weights, trust_pickle, image_path, crop_text, out_path, top, polarity):
+    """Apply a model to an image: an image out for SR / image-to-image models, the top classes for classifiers.
+
+    Classifiers take images of any size and colour, prepared as `linterp classify` prepares them (the line on
+    stderr says how)."""
     import torch
 
-    from pipeline import images
+    from pipeline import images, preprocess
     from pipeline.models import UnknownModelError, WeightsError, build, class_names, spec
 
     try:
         model_spec = spec(name)
-        if model_spec.task != "classify" and not out_path:
+        classifier = model_spec.task == "classify"
+        if not classifier and not out_path:
             raise click.UsageError(f"{name} produces an image: pass --out OUT.png")
-        img = images.default_image()[1] if image_path is None else images.load_image(image_path)
+        img = images.default_image()[1] if image_path is None else images.load_image(image_path, classifier)
         if crop_text:
             img = images.crop(img, images.parse_crop(crop_text))
-        x0 = images.to_input(img, model_spec)
+        if classifier:
+            x0, record = preprocess.classifier_input(img, model_spec, polarity=polarity)
+            click.echo(preprocess.describe(record), err=True)
+        else:
+            x0 = images.to_input(img, model_spec)
         model = build(name, weights, trust_pickle=trust_pickle)
     except (UnknownModelError, WeightsError, images.ImageError) as err:
         raise click.ClickException(str(err)) from err
