@@ -17,7 +17,7 @@ from pipeline.cli import main
 from pipeline.export import render
 from pipeline.export.site import with_sum
 from pipeline.export.video import VideoError, encode, story, walk, write_video
-from pipeline.export.video.frames import Layout, View
+from pipeline.export.video.frames import SUBTITLE_BAND, Layout
 from pipeline.export.video.subtitles import Cue, check
 from pipeline.store import open_store
 from test_export import linear_upscaler_store
@@ -66,7 +66,7 @@ def muxed_cues(path) -> list[Cue]:
 def walk_mp4(pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("video") / "walk.mp4"
     summary = write_video([s.path for s, _ in pair], out, duration=10.0, fps=FPS, zoom=ZOOM, lossless=True,
-                          subtitles_out=out.with_suffix(".srt"), progress=False)
+                          subtitles_out=out.with_suffix(".srt"), still=out.with_suffix(".png"), progress=False)
     return out, summary
 
 
@@ -140,6 +140,11 @@ def test_lossless_frames_equal_the_site_colour_map_of_the_columns_and_rows(pair,
             values = render.dequantise(render.decode_colours(shown[::zoom, ::zoom]), scale)
             assert np.abs(values - plane).max() <= scale / 254 + 1e-6
     assert checked == {"columns": 3, "rows": 3}
+    walked = [i for i, v in enumerate(told.views) if v.part == "columns"]
+    still = render.png_decode(out.with_suffix(".png").read_bytes())  # --still: the middle of the columns' walk,
+    band = summary["size"][0] - SUBTITLE_BAND  # with its subtitle drawn in below the panels
+    assert np.array_equal(still[:band], frames[walked[len(walked) // 2]][:band])
+    assert (still[band:] != frames[0][band:]).any() and (frames[:, band:] == frames[0, band:]).all()
 
 
 def test_eigen_frames_show_the_stored_singular_vectors(tmp_path):
@@ -223,10 +228,11 @@ def test_residual_share_and_geometry_sentences(tmp_path):
         "samples": 64, "diagonal_share": 0.41, "reach90": 2.5, "global_share": 0.03, "global_radius": 8,
         "flat_edge_ratio": 0.06})
     told = story.tell([open_store(store.path)], duration=120, fps=2)
-    text = " ".join(c.text for c in told.cues)
-    for said in ("right for: bicubic-x4 1.5\u00a0% (chance 1.6\u00a0%)", "adaptivity, 0 = one filter everywhere): "
-                 "bicubic-x4 0.00", "own pixel: bicubic-x4 41\u00a0%", "90\u00a0% of a column's mass: bicubic-x4 2.5 px",
-                 "farther than 8 px: bicubic-x4 3.0\u00a0%", "carry bicubic-x4 6.0\u00a0% of the mass"):
+    text = " ".join(c.text for c in told.cues).replace("\u00a0", " ")  # percentages are kept on one line
+    for said in ("right for: bicubic-x4 1.5 % (chance 1.6 %)",
+                 "adaptivity, 0 = one filter everywhere): bicubic-x4 0.00", "own pixel: bicubic-x4 41 %",
+                 "90 % of a column's mass: bicubic-x4 2.5 px", "farther than 8 px: bicubic-x4 3.0 %",
+                 "carry bicubic-x4 6.0 % of the mass"):
         assert said in text
 
 

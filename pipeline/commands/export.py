@@ -52,12 +52,14 @@ def export(stores, out, normalise, scheduler, workers, progress):
 @click.option("--lossless", is_flag=True, help="MP4 in lossless RGB H.264 (libx264rgb -qp 0): exact colours")
 @click.option("--subtitles", "subtitles_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also write the subtitles to this .vtt or .srt file")
+@click.option("--still", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write one frame (the middle of the walk of columns) to this PNG file")
 @click.option("--trust-pickle", is_flag=True, help="--film: allow weight files that hold pickled Python objects")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="--film: where missing stores are computed")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossless, subtitles_out, trust_pickle,
-          device, quiet):
+def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossless, subtitles_out, still,
+          trust_pickle, device, quiet):
     """A video of STORES (one image, one panel per model): columns and rows along a walk over an edge, a flat
     area and a texture, then the eigen-images, with subtitles that give the measured figures.
 
@@ -77,7 +79,8 @@ def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossles
                                                trust_pickle=trust_pickle, device=device, progress=not quiet,
                                                echo=lambda m: click.echo(m, err=True))
         summary = write_video(stores, out, duration=duration, fps=fps, zoom=zoom, lossless=lossless,
-                              subtitles_out=subtitles_out, names=names, notes=tuple(notes), progress=not quiet)
+                              subtitles_out=subtitles_out, still=still, names=names, notes=tuple(notes),
+                              progress=not quiet)
     except (StoreError, ValueError, OSError) as err:  # VideoError, BundleError, EncoderError, ExportError, …
         message = str(err).strip().splitlines()
         raise click.ClickException(message[0] if message else type(err).__name__) from None

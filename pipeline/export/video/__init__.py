@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.export import render
 from pipeline.export.site import check_same_image
 from pipeline.export.video import encode, subtitles
 from pipeline.export.video.frames import Layout, Renderer
@@ -35,13 +36,14 @@ class VideoError(ValueError):
 
 
 def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None = None, zoom: int | None = None,
-                lossless: bool = False, subtitles_out=None, names: list[str] | None = None,
+                lossless: bool = False, subtitles_out=None, still=None, names: list[str] | None = None,
                 notes: tuple[str, ...] = (), progress: bool = True) -> dict:
     """Write the video of ``store_paths`` (complete stores of one image) to ``out``.
 
     ``duration`` seconds at ``fps`` frames per second (default 30 for MP4, 10 for GIF); ``zoom``: screen pixels
     per output pixel (default: frames about 1280 px wide); ``lossless``: ``libx264rgb -qp 0`` (exact RGB);
-    ``subtitles_out``: also write the cues to this .vtt / .srt file; ``names``: the models' names in the
+    ``subtitles_out``: also write the cues to this .vtt / .srt file; ``still``: also write one frame (the middle
+    of the walk of columns, with its exact colours and its subtitle drawn in) to this PNG file; ``names``: the models' names in the
     subtitles and over the panels (with the model's registry name when it differs); ``notes``: sentences for
     the first cue. Returns {"path", "frames", "duration", "size" (H, W), "cues",
     "seconds"}.
@@ -72,7 +74,7 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
     renderer = Renderer(stores, layout, titles)
 
     def frames():
-        with progress_bar(len(story.views), "video frames", unit="frame", enabled=progress) as bar:
+        with progress_bar(len(story.views), "video frames", unit="frames", enabled=progress) as bar:
             for view, heading in zip(story.views, story.headings):
                 yield renderer.render(view, heading)
                 bar.update()
@@ -85,5 +87,13 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
         count = encode.write_mp4(out, frames(), layout.size, fps, subtitles.webvtt(story.cues), lossless=lossless)
     if subtitles_out is not None:
         subtitles.write(subtitles_out, story.cues)
+    if still is not None:
+        walked = [i for i, v in enumerate(story.views) if v.part == "columns"] or [0]
+        i = walked[len(walked) // 2]
+        cue = next(c for c in story.cues if c.start <= i / fps < c.end)
+        lines = subtitles.wrap(cue.text).split("\n")
+        frame = renderer.caption(renderer.render(story.views[i], story.headings[i]), lines)
+        Path(still).parent.mkdir(parents=True, exist_ok=True)
+        Path(still).write_bytes(render.png_bytes(frame))
     return {"path": out, "frames": count, "duration": story.duration, "size": layout.size,
             "cues": len(story.cues), "seconds": time.perf_counter() - t0}

@@ -30,7 +30,7 @@ from pipeline.store import Store
 
 #: kinds of view, in the order a video shows them
 PARTS = ("outputs", "columns", "rows", "eigen-inputs", "eigen-outputs")
-MARGIN, TITLE, LABEL, LEGEND, SUBTITLE_BAND = 16, 36, 28, 38, 80
+MARGIN, TITLE, LABEL, LEGEND, SUBTITLE_BAND = 16, 36, 28, 44, 80
 CURSOR = (255, 176, 0)
 TEXT, MUTED, BACKGROUND = (235, 235, 235), (160, 160, 160), (18, 18, 18)
 MAX_WIDTH = 1280
@@ -257,6 +257,15 @@ class Renderer:
             draw_text(frame, what, legend + 22, left + pw // 2, TEXT, 12, "centre", max_width=pw)
             if box is not None:
                 self._ticks(frame, top, left, box)
+        return frame
+
+    def caption(self, frame: np.ndarray, lines: list[str]) -> np.ndarray:
+        """``frame`` with subtitle ``lines`` drawn into its subtitle band, as a player shows them (for stills)."""
+        frame = frame.copy()
+        y = self.layout.size[0] - SUBTITLE_BAND + 8
+        for line in lines[:3]:
+            draw_text(frame, line, y, self.layout.size[1] // 2, TEXT, 16, "centre")
+            y += 22
         return frame
 
     @staticmethod
