@@ -194,6 +194,10 @@ def test_gif_still_works(pair, tmp_path):
 
 
 # ---- the walk and the subtitles' figures -----------------------------------------------------------------------
+def length(seg: walk.Segment) -> float:
+    return float(np.linalg.norm(np.diff(seg.points, axis=0), axis=1).sum())
+
+
 def test_walk_follows_the_edge_crosses_the_flat_area_and_circles_the_texture():
     img = np.zeros((1, 48, 48))
     img[:, :, 24:] = 1.0  # a vertical edge between columns 23 and 24
@@ -203,7 +207,7 @@ def test_walk_follows_the_edge_crosses_the_flat_area_and_circles_the_texture():
     assert kinds[0] == "edge" and sorted(kinds[2::2]) == ["flat", "texture"] and set(kinds[1::2]) == {"move"}
     seg = {s.kind: s for s in segments}
     edge_x = seg["edge"].points[:, 1]
-    assert seg["edge"].length >= 20 and np.all(np.abs(edge_x - 24) <= 1)
+    assert length(seg["edge"]) >= 20 and np.all(np.abs(edge_x - 24) <= 1)
     flat = seg["flat"].points
     in_texture = (flat[:, 0] >= 3) & (flat[:, 0] <= 21) & (flat[:, 1] >= 29)
     assert seg["flat"].figures["local_std"] < 1e-6 and np.all(np.abs(flat[:, 1] - 24) > 2) and not in_texture.any()
@@ -211,7 +215,7 @@ def test_walk_follows_the_edge_crosses_the_flat_area_and_circles_the_texture():
     assert 4 <= centre[0] <= 20 and 30 <= centre[1] <= 46 and seg["texture"].figures["coherence"] < 0.5
     pos, owner = walk.pace(segments, 200)
     steps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
-    step = sum(s.length for s in segments) / 199  # equal arc length per frame: a steady pace, joins included
+    step = sum(length(s) for s in segments) / 199  # equal arc length per frame: a steady pace, joins included
     assert steps.max() <= step * (1 + 1e-9) and np.mean(np.abs(steps - step) < 0.02 * step) > 0.9
     assert np.all(np.diff(owner) >= 0) and set(owner) == set(range(len(segments)))
 
@@ -260,6 +264,24 @@ def test_missing_or_broken_ffmpeg_is_one_line(pair, tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(lacking))
     with pytest.raises(encode.EncoderError, match="lacks the encoder.*libx264"):
         encode.ffmpeg_exe()
+
+
+def test_an_interrupted_encode_leaves_the_old_file_and_no_partial_one(tmp_path):
+    out = tmp_path / "walk.mp4"
+    out.write_bytes(b"the previous video")
+
+    def frames():
+        for i in range(5):
+            yield np.full((16, 16, 3), 40 * i, np.uint8)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode.write_mp4(out, frames(), (16, 16), 10, None)
+    assert out.read_bytes() == b"the previous video" and sorted(p.name for p in tmp_path.iterdir()) == ["walk.mp4"]
+    with pytest.raises(ValueError, match="frame 0 is"):  # a frame of the wrong size: one line, nothing written
+        encode.write_gif(tmp_path / "w.gif", [np.zeros((8, 8, 3), np.uint8)], (16, 16), 10,
+                         [np.zeros((16, 16, 3), np.uint8)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["walk.mp4"]
 
 
 def test_bad_inputs_are_one_line(pair, tmp_path):

@@ -42,10 +42,10 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
 
     ``duration`` seconds at ``fps`` frames per second (default 30 for MP4, 10 for GIF); ``zoom``: screen pixels
     per output pixel (default: frames about 1280 px wide); ``lossless``: ``libx264rgb -qp 0`` (exact RGB);
-    ``subtitles_out``: also write the cues to this .vtt / .srt file; ``still``: also write one frame (the middle
-    of the walk of columns, with its exact colours and its subtitle drawn in) to this PNG file; ``names``: the models' names in the
-    subtitles and over the panels (with the model's registry name when it differs); ``notes``: sentences for
-    the first cue. Returns {"path", "frames", "duration", "size" (H, W), "cues",
+    ``subtitles_out``: also write the cues to this .vtt / .srt file; ``still``: also write one frame (the
+    middle of the walk of columns, with its exact colours and its subtitle drawn in) to this PNG file;
+    ``names``: the models' names in the subtitles and over the panels (with the model's registry name when it
+    differs); ``notes``: sentences for the first cue. Returns {"path", "frames", "duration", "size" (H, W), "cues",
     "seconds"}.
     """
     t0 = time.perf_counter()

@@ -116,8 +116,7 @@ def write_mp4(out: Path, frames: Iterable[np.ndarray], size: tuple[int, int], fp
             cmd += ["-i", str(subs), "-map", "0:v:0", "-map", "1:s:0", "-c:s", "mov_text",
                     "-metadata:s:s:0", f"language={language}", "-disposition:s:0", "default"]
         cmd += video + ["-movflags", "+faststart", "-f", "mp4", str(part)]
-        count = _pipe(cmd, frames, size)
-    os.replace(part, out)
+        count = _finish(part, out, lambda: _pipe(cmd, frames, size))
     return count
 
 
@@ -133,9 +132,21 @@ def write_gif(out: Path, frames: Iterable[np.ndarray], size: tuple[int, int], fp
         _pipe([exe, "-hide_banner", "-loglevel", "error", "-y"] + _raw_input(size, fps)
               + ["-vf", "palettegen=max_colors=256:stats_mode=full", "-update", "1", str(palette)],
               palette_frames, size)
-        count = _pipe([exe, "-hide_banner", "-loglevel", "error", "-y"] + _raw_input(size, fps)
-                      + ["-i", str(palette), "-lavfi", "[0:v][1:v]paletteuse=dither=none", "-loop", "0",
-                         "-f", "gif", str(part)], frames, size)
+        cmd = ([exe, "-hide_banner", "-loglevel", "error", "-y"] + _raw_input(size, fps)
+               + ["-i", str(palette), "-lavfi", "[0:v][1:v]paletteuse=dither=none", "-loop", "0", "-f", "gif",
+                  str(part)])
+        count = _finish(part, out, lambda: _pipe(cmd, frames, size))
+    return count
+
+
+def _finish(part: Path, out: Path, encode) -> int:
+    """Run ``encode`` (which writes ``part``), then rename ``part`` to ``out``; on any failure or interruption
+    the partial file is removed and ``out`` is left as it was."""
+    try:
+        count = encode()
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     os.replace(part, out)
     return count
 

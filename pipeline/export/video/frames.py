@@ -28,8 +28,6 @@ from pipeline.export.site import read_source_chunk
 from pipeline.export.video.walk import to_pixels
 from pipeline.store import Store
 
-#: kinds of view, in the order a video shows them
-PARTS = ("outputs", "columns", "rows", "eigen-inputs", "eigen-outputs")
 MARGIN, TITLE, LABEL, LEGEND, SUBTITLE_BAND = 16, 36, 28, 44, 80
 CURSOR = (255, 176, 0)
 TEXT, MUTED, BACKGROUND = (235, 235, 235), (160, 160, 160), (18, 18, 18)
@@ -38,8 +36,9 @@ MAX_WIDTH = 1280
 
 @dataclass(frozen=True)
 class View:
-    """What one frame shows: ``part`` (one of :data:`PARTS`), the cursor ``position`` (y, x) in input pixels
-    (continuous; None: no cursor) and the eigen index ``k`` (0-based) for the eigen parts."""
+    """What one frame shows: ``part`` ("outputs", "columns", "rows", "eigen-inputs" or "eigen-outputs"), the
+    cursor ``position`` (y, x) in input pixels (continuous; None: no cursor) and the eigen index ``k`` (0-based)
+    for the eigen parts."""
 
     part: str
     position: tuple[float, float] | None = None

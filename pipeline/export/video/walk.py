@@ -33,10 +33,6 @@ class Segment:
     points: np.ndarray
     figures: dict = field(default_factory=dict)
 
-    @property
-    def length(self) -> float:
-        return float(np.linalg.norm(np.diff(self.points, axis=0), axis=1).sum()) if len(self.points) > 1 else 0.0
-
 
 def grey(image: np.ndarray) -> np.ndarray:
     """(C, H, W) -> (H, W) float64: the channel mean, scaled to 0..1 over the image's range."""
