@@ -41,6 +41,21 @@ def reusable_stores(root: Path = Path("out")) -> tuple[Path, ...]:
     return tuple(sorted(root.glob("*/stores/*.zarr")) + sorted(root.glob("bundles/*/stores/*.zarr")))
 
 
+def _parts(film: Film, bundle: bundles.Bundle, defaults: bool) -> list[bundles.Part]:
+    """The bundle's parts; an official file that cannot be fetched gives one line that fits a film (a film takes
+    no WEIGHTS=PATH: the file goes into the weights cache, where the bundle finds it too)."""
+    from pipeline.models.weights import cache_dir
+
+    try:
+        return bundles.resolve_parts(bundle, defaults=defaults)
+    except bundles.BundleError as err:
+        head, found, _ = str(err).partition("; download that file")
+        if not found:
+            raise
+        raise bundles.BundleError(f"{film.name}: {head}; download that file into {cache_dir()} (the weights cache), "
+                                  f"or use DEFAULTS=1 (--defaults) for the project's stand-ins") from err
+
+
 def film_stores(name: str, *, defaults: bool = False, image: str | None = None, crop: str | None = None,
                 trust_pickle: bool = False, device: str = "auto", scheduler: str = "threads",
                 workers: int | None = None, progress: bool = True, echo=print):
@@ -51,14 +66,17 @@ def film_stores(name: str, *, defaults: bool = False, image: str | None = None, 
     from pipeline.models import build as build_model
 
     film = get_film(name)
-    reuse = reusable_stores()
-    paths, names, notes = [], [], []
-    for bundle_name, paper_name in zip(film.bundles, film.names):
+    plans = []
+    for bundle_name in film.bundles:  # resolve every model first: a missing file fails in one line before any work
         bundle = bundles.get_bundle(bundle_name)
         used_crop = bundles.resolve_crop(bundle, image, crop)
-        parts = bundles.resolve_parts(bundle, defaults=defaults)
-        for part in parts:  # wrong keys, pickles, unreadable files: one line before any work starts
+        parts = _parts(film, bundle, defaults)
+        for part in parts:  # wrong keys, pickles, unreadable files
             build_model(part.model, part.weights, trust_pickle=trust_pickle)
+        plans.append((bundle, used_crop, parts))
+    reuse = reusable_stores()
+    paths, names, notes = [], [], []
+    for (bundle, used_crop, parts), paper_name in zip(plans, film.names):
         folder = bundles.work_folder(bundle, parts, image, used_crop) / "stores"
         for part in parts:
             paths.append(bundles.build_store(part, folder, image=image, crop=used_crop, k=bundle.k,

@@ -325,3 +325,18 @@ def test_film_builds_its_bundles_stores_then_reuses_them_from_anywhere_under_out
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
     assert again.output.count("reusing the complete store out/demo/stores/") == 3 and "computing" not in again.output
+
+
+def test_film_without_official_weights_offline_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LINTERP_CACHE", str(tmp_path / "cache"))
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # no network: a closed local port
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    res = CliRunner().invoke(main, ["video", "--film", "FilterMatrix_SR", "--out", "x.mp4", "--quiet"])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "edsr_baseline_x4-6b446fab.pt" in lines[0] and str(tmp_path / "cache") in lines[0]
+    assert "DEFAULTS=1" in lines[0] and "WEIGHTS" not in lines[0] and not (tmp_path / "x.mp4").exists()
