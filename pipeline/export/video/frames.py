@@ -181,6 +181,7 @@ class Renderer:
         self.plan_shape = stores[0].in_shape[1:]
         self.input_rgb = self._resize(_natural_rgb(stores[0].x0))
         self.svd = [s.svd() if s.has_svd else None for s in stores]
+        self._last = None  # (key, frame) of the last frame rendered
         bar = self.lut[np.linspace(1, 255, layout.panel[1]).round().astype(int)]
         self.bar = np.repeat(bar[None], 8, axis=0)
 
@@ -202,16 +203,23 @@ class Renderer:
             draw_text(frame, label, top - LABEL + 2, left, TEXT, 15, max_width=pw)
         return frame
 
-    def plane(self, i: int, view: View) -> tuple[np.ndarray, str] | None:
-        """What store ``i``'s panel shows: (values (h, w) float32, what) for signed planes, or None when the
-        store has nothing to show for this view (no SVD, or fewer pairs)."""
+    def pixel(self, i: int, view: View) -> tuple[int, int] | None:
+        """The source pixel (y, x) of store ``i`` under the cursor: an input pixel for columns, an output pixel
+        for rows; None for the other parts."""
+        if view.part not in ("columns", "rows"):
+            return None
         store = self.stores[i]
+        grid = store.in_shape[1:] if view.part == "columns" else store.out_shape[1:]
+        y, x = to_pixels(np.array([view.position]), self.plan_shape, grid)[0]
+        return int(y), int(x)
+
+    def plane(self, i: int, view: View, pixel: tuple[int, int] | None) -> tuple[np.ndarray, str] | None:
+        """What store ``i``'s panel shows at ``pixel`` (see :meth:`pixel`): (values (h, w) float32, what) for
+        signed planes, or None when the store has nothing to show for this view (no SVD, or fewer pairs)."""
         if view.part == "columns":
-            y, x = to_pixels(np.array([view.position]), self.plan_shape, store.in_shape[1:])[0]
-            return self.readers[i].filter("col", int(y), int(x)), f"column of ({y}, {x})"
+            return self.readers[i].filter("col", *pixel), f"column of {pixel}"
         if view.part == "rows":
-            y, x = to_pixels(np.array([view.position]), self.plan_shape, store.out_shape[1:])[0]
-            return self.readers[i].filter("row", int(y), int(x)), f"row of ({y}, {x})"
+            return self.readers[i].filter("row", *pixel), f"row of {pixel}"
         svd = self.svd[i]
         if svd is None or view.k >= svd[0].shape[0]:
             return None
@@ -221,28 +229,35 @@ class Renderer:
         return sigma_plane(vec), f"{name}{view.k + 1}, σ{view.k + 1} = {_fmt(float(S[view.k]))}"
 
     def render(self, view: View, heading: str = "") -> np.ndarray:
-        """One frame (H, W, 3) uint8 of ``view``; ``heading`` is the title bar's text."""
+        """One frame (H, W, 3) uint8 of ``view``; ``heading`` is the title bar's text. Consecutive views that
+        show the same pixels give the same (read-only) array, rendered once: the walk lingers on each pixel
+        for a few frames at a steady pace."""
         lay = self.layout
         ph, pw = lay.panel
-        frame = self._background(view.part).copy()
-        draw_text(frame, heading, 10, MARGIN, TEXT, 17, max_width=lay.size[1] - 2 * MARGIN)
-        top, left = lay.panels[0]
-        frame[top:top + ph, left:left + pw] = self.input_rgb
         box = None
         if view.position is not None:
             grid = self.plan_shape if view.part == "columns" else max(
                 (s.out_shape[1:] for s in self.stores), key=lambda hw: hw[0] * hw[1])
             y, x = to_pixels(np.array([view.position]), self.plan_shape, grid)[0]
             box = (y * ph // grid[0], x * pw // grid[1], (y + 1) * ph // grid[0], (x + 1) * pw // grid[1])
+        pixels = [self.pixel(i, view) for i in range(len(self.stores))]
+        key = (view.part, view.k, heading, box, tuple(pixels))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        frame = self._background(view.part).copy()
+        draw_text(frame, heading, 10, MARGIN, TEXT, 17, max_width=lay.size[1] - 2 * MARGIN)
+        top, left = lay.panels[0]
+        frame[top:top + ph, left:left + pw] = self.input_rgb
+        if box is not None:
             self._cursor(frame, top, left, box)
-        for i in range(len(self.stores)):
+        for i, pixel in enumerate(pixels):
             top, left = lay.panels[i + 1]
             legend = top + ph + 4
             if view.part == "outputs":
                 frame[top:top + ph, left:left + pw] = self._resize(_natural_rgb(self.stores[i].y0))
                 draw_text(frame, "f(x0), natural colours", legend + 12, left, MUTED, 13, max_width=pw)
                 continue
-            shown = self.plane(i, view)
+            shown = self.plane(i, view, pixel)
             if shown is None:
                 draw_text(frame, "no SVD in this store", top + ph // 2 - 8, left + pw // 2, MUTED, 14, "centre")
                 continue
@@ -256,6 +271,8 @@ class Renderer:
             draw_text(frame, what, legend + 22, left + pw // 2, TEXT, 12, "centre", max_width=pw)
             if box is not None:
                 self._ticks(frame, top, left, box)
+        frame.flags.writeable = False
+        self._last = (key, frame)
         return frame
 
     def caption(self, frame: np.ndarray, lines: list[str]) -> np.ndarray:
