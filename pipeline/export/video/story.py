@@ -198,6 +198,67 @@ def fit(sentences: list[tuple[int, str]], seconds: float, cps: float = READING_C
     return " ".join(sentences[i][1] for i in sorted(keep))
 
 
+def _outputs(stores: list[Store], names: list[str], notes: tuple[str, ...], n: int):
+    """The first part, ``n`` frames of the models' outputs: (views, headings, pieces)."""
+    h_in, w_in = stores[0].in_shape[1:]
+    shares = by_model(names, [residual_share(s.y0, s.residual) for s in stores], _pct)
+    said = [(1, f"{len(stores)} model{'s' * (len(stores) > 1)} on one {h_in}×{w_in} input: {', '.join(names)}."),
+            (0, f"Residual r's share of the output: {shares}."),
+            (3, "At this input each network is exactly y = F·x + r.")] + [(2, note) for note in notes]
+    return [View("outputs")] * n, ["f(x0): what each model makes of the input on the left"] * n, [[0, n, said]]
+
+
+def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.Segment], n: int):
+    """``n`` frames of the walk over the columns (``part`` "columns") or rows ("rows"): (views, headings,
+    pieces), one piece per stretch of the walk."""
+    plan_shape = stores[0].in_shape[1:]
+    finest = max((s.out_shape[1:] for s in stores), key=lambda hw: hw[0] * hw[1])
+    grid, domain = (plan_shape, "input") if part == "columns" else (finest, "output")
+    pos, owner = walk.pace(segments, n)
+    views = [View(part, (float(p[0]), float(p[1]))) for p in pos]
+    headings = [f"Columns of F: what input pixel ({y}, {x}) adds to each output" if part == "columns"
+                else f"Rows of F: which input pixels make output pixel ({y}, {x})"
+                for y, x in walk.to_pixels(pos, plan_shape, grid)]
+    geometry = geometry_sentences(names, _geometry(stores))
+    pieces = []
+    for i, (a, b, seg_index) in enumerate(_stretches(owner, segments)):
+        seg = segments[seg_index]
+        said = [(1, where(seg, plan_shape, grid, domain)), (3, image_figures(seg))]
+        if part == "columns":
+            if i == 0:
+                said.insert(0, (2, "Columns of F: what the input pixel under the cursor adds to the output "
+                                   "(red +, blue −, each at ± its largest value)."))
+            said += [(0, sentence) for sentence in geometry.get(seg.kind, [])]
+        else:
+            if i == 0:
+                said.insert(0, (2, "Rows of F: which input pixels make the output pixel under the cursor."))
+            there = by_model(names, [residual_share(s.y0, s.residual, walk.to_pixels(
+                pos[a:b], plan_shape, s.out_shape[1:])) for s in stores], _pct)
+            said.append((0, f"Residual's share {HERE[seg.kind]}: {there}."))
+        pieces.append([a, b, said])
+    return views, headings, pieces
+
+
+def _eigen(names: list[str], spectra: list[np.ndarray], pairs: int, n: int):
+    """``n`` frames of the top ``pairs`` eigen-pairs (v_k, then u_k): (views, headings, pieces), one piece per
+    pair; ``spectra``: each store's singular values."""
+    views, headings, pieces = [], [], []
+    for k, m in enumerate(_split(n, [1.0] * pairs)):
+        first = len(views)
+        for i in range(m):
+            inputs = i < (m + 1) // 2
+            views.append(View("eigen-inputs" if inputs else "eigen-outputs", None, k))
+            headings.append(f"SVD of F: eigen-input v{k + 1}" + (", the input F amplifies most" if k == 0 else "")
+                            if inputs else f"SVD of F: eigen-output u{k + 1} = F v{k + 1} / σ{k + 1}")
+        sigma = by_model(names, [float(S[k]) if len(S) > k else None for S in spectra])
+        said = [(1, f"Eigen-pair {k + 1}: the eigen-input v{k + 1}, then the eigen-output u{k + 1} "
+                    f"= F v{k + 1} / σ{k + 1}."), (0, f"σ{k + 1}: {sigma}.")]
+        if k == 0:
+            said.append((2, "The SVD F = Σ σ u vᵀ sorts inputs by how much F amplifies them."))
+        pieces.append([first, len(views), said])
+    return views, headings, pieces
+
+
 def tell(stores: list[Store], *, duration: float, fps: float, names: list[str] | None = None,
          notes: tuple[str, ...] = ()) -> Story:
     """The story of ``stores`` (one image) in ``duration`` seconds at ``fps``; ``names`` are the models' names
@@ -206,65 +267,17 @@ def tell(stores: list[Store], *, duration: float, fps: float, names: list[str] |
     total = max(1, int(round(duration * fps)))
     spectra = [s.svd()[0] if s.has_svd else np.zeros(0) for s in stores]  # singular values (k,) per store
     pairs = min(EIGEN_PAIRS, max(len(S) for S in spectra))
-    parts = ["outputs", "columns", "rows"] + (["eigen"] if pairs else [])
-    counts = dict(zip(parts, _split(total, [0.10, 0.40, 0.25, 0.25][:len(parts)])))
+    counts = _split(total, [0.10, 0.40, 0.25] + ([0.25] if pairs else []))
     segments = walk.plan(stores[0].x0)
-    plan_shape = stores[0].in_shape[1:]
-    finest = max((s.out_shape[1:] for s in stores), key=lambda hw: hw[0] * hw[1])
-    views, headings, pieces = [], [], []
-
-    first = len(views)
-    for _ in range(counts["outputs"]):
-        views.append(View("outputs"))
-        headings.append("f(x0): what each model makes of the input on the left")
-    shares = by_model(names, [residual_share(s.y0, s.residual) for s in stores], _pct)
-    h_in, w_in = plan_shape
-    pieces.append([first, len(views), [(1, f"{len(stores)} model{'s' * (len(stores) > 1)} on one {h_in}×{w_in} "
-                                           f"input: {', '.join(names)}."),
-                                       (0, f"Residual r's share of the output: {shares}."),
-                                       (3, "At this input each network is exactly y = F·x + r.")]
-                   + [(2, note) for note in notes]])
-
-    geometry = geometry_sentences(names, _geometry(stores))
-    for part in ("columns", "rows"):
-        grid, domain = (plan_shape, "input") if part == "columns" else (finest, "output")
-        pos, owner = walk.pace(segments, counts[part])
-        first = len(views)
-        for (y, x), p in zip(walk.to_pixels(pos, plan_shape, grid), pos):
-            views.append(View(part, (float(p[0]), float(p[1]))))
-            headings.append(f"Columns of F: what input pixel ({y}, {x}) adds to each output" if part == "columns"
-                            else f"Rows of F: which input pixels make output pixel ({y}, {x})")
-        for n, (a, b, seg_index) in enumerate(_stretches(owner, segments)):
-            seg = segments[seg_index]
-            said = [(1, where(seg, plan_shape, grid, domain)), (3, image_figures(seg))]
-            if part == "columns":
-                if n == 0:
-                    said.insert(0, (2, "Columns of F: what the input pixel under the cursor adds to the output "
-                                       "(red +, blue −, each at ± its largest value)."))
-                said += [(0, sentence) for sentence in geometry.get(seg.kind, [])]
-            else:
-                if n == 0:
-                    said.insert(0, (2, "Rows of F: which input pixels make the output pixel under the cursor."))
-                there = by_model(names, [residual_share(s.y0, s.residual, walk.to_pixels(
-                    pos[a:b], plan_shape, s.out_shape[1:])) for s in stores], _pct)
-                said.append((0, f"Residual's share {HERE[seg.kind]}: {there}."))
-            pieces.append([first + a, first + b, said])
-
+    parts = [_outputs(stores, names, notes, counts[0]), _walk("columns", stores, names, segments, counts[1]),
+             _walk("rows", stores, names, segments, counts[2])]
     if pairs:
-        for k, n in enumerate(_split(counts["eigen"], [1.0] * pairs)):
-            first = len(views)
-            for i in range(n):
-                inputs = i < (n + 1) // 2
-                views.append(View("eigen-inputs" if inputs else "eigen-outputs", None, k))
-                headings.append(f"SVD of F: eigen-input v{k + 1}" + (", the input F amplifies most" if k == 0 else "")
-                                if inputs else f"SVD of F: eigen-output u{k + 1} = F v{k + 1} / σ{k + 1}")
-            sigma = by_model(names, [float(S[k]) if len(S) > k else None for S in spectra])
-            said = [(1, f"Eigen-pair {k + 1}: the eigen-input v{k + 1}, then the eigen-output u{k + 1} "
-                        f"= F v{k + 1} / σ{k + 1}."), (0, f"σ{k + 1}: {sigma}.")]
-            if k == 0:
-                said.append((2, "The SVD F = Σ σ u vᵀ sorts inputs by how much F amplifies them."))
-            pieces.append([first, len(views), said])
-
+        parts.append(_eigen(names, spectra, pairs, counts[3]))
+    views, headings, pieces = [], [], []
+    for part_views, part_headings, part_pieces in parts:
+        pieces += [[a + len(views), b + len(views), said] for a, b, said in part_pieces]
+        views += part_views
+        headings += part_headings
     pieces = _merge_short([p for p in pieces if p[1] > p[0]], max(1, int(round(MIN_CUE * fps))))
     cues = [Cue(a / fps, b / fps, fit(said, (b - a) / fps)) for a, b, said in pieces]
     return Story(views, headings, cues, fps)
