@@ -235,8 +235,8 @@ def test_residual_share_and_geometry_sentences(tmp_path):
     text = " ".join(c.text for c in told.cues).replace("\u00a0", " ")  # percentages are kept on one line
     for said in ("right for: bicubic-x4 1.5 % (chance 1.6 %)",
                  "adaptivity, 0 = one filter everywhere): bicubic-x4 0.00", "own pixel: bicubic-x4 41 %",
-                 "90 % of a column's mass: bicubic-x4 2.5 px", "farther than 8 px: bicubic-x4 3.0 %",
-                 "carry bicubic-x4 6.0 % of the mass"):
+                 "90 % of a column's mass, in input pixels: bicubic-x4 2.5",
+                 "farther than 8 input pixels: bicubic-x4 3.0 %", "carry bicubic-x4 6.0 % of the mass"):
         assert said in text
 
 

@@ -107,13 +107,13 @@ def geometry_sentences(names: list[str], geometry: list[dict]) -> dict[str, list
     diag = by_model(names, col("diagonal_share"), _pct)
     if diag:
         said["edge"].append(f"Share of a column's mass on its own pixel: {diag}.")
-    reach = by_model(names, col("reach90"), lambda v: f"{v:.3g} px")
+    reach = by_model(names, col("reach90"), lambda v: f"{v:.3g}")
     if reach:
-        said["texture"].append(f"Radius holding 90\u00a0% of a column's mass: {reach}.")
+        said["texture"].append(f"Radius holding 90\u00a0% of a column's mass, in input pixels: {reach}.")
     far = by_model(names, col("global_share"), _pct)
     if far:
         radii = sorted({r for r in col("global_radius") if r is not None})
-        where = f"farther than {radii[0]:g} px" if len(radii) == 1 else "far from its pixel"
+        where = f"farther than {radii[0]:g} input pixels" if len(radii) == 1 else "far from its pixel"
         said["texture"].append(f"Mass of a column {where}: {far}.")
     flat = by_model(names, col("flat_edge_ratio"), _pct)
     if flat:
