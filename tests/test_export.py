@@ -38,7 +38,7 @@ def linear_upscaler_store(path, *, mode="bicubic", c=3, h=16, w=16, scale=4, til
     store = create_store(path, identity={"model": name, "image": image, "seed": seed},
                          attrs={"model": name, "image": image, "image_sha256": f"{seed:064x}", "crop": None,
                                 "scale": scale, "weights": None, "weights_sha256": None,
-                                "verification": {"max_abs_error": 0.0}},
+                                "verification": {"status": "passed", "checks": []}},
                          x0=x0, y0=y0, residual=np.zeros_like(y0), shards=shards, chunks=chunks, tasks=tasks)
     store.F[...] = dense
     store.update_attrs(complete=True)

@@ -291,6 +291,16 @@ def _check_same_image(stores: list[Store]) -> None:
                               f"{first.in_shape[1:]}")
 
 
+def verification_fields(store: Store) -> dict:
+    """A panel's ``verification_status`` ("passed" / "failed" / "unverified"), ``jacobian_exact`` (bool, or
+    None when the store does not say) and ``approximations`` ([{op, where, kind}])."""
+    from pipeline.verify import status
+
+    attrs = store.attrs
+    return {"verification_status": status(store), "jacobian_exact": attrs.get("jacobian_exact"),
+            "approximations": list(attrs.get("approximations") or [])}
+
+
 def _svd_info(store: Store) -> dict | None:
     if not store.has_svd:
         return None
@@ -337,12 +347,14 @@ def _run(tasks, scheduler: str, workers: int | None, progress: bool):
 
 
 def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str = "threads",
-                workers: int | None = None, progress: bool = True, sheet_pixels: int = SHEET_PIXELS) -> dict:
+                workers: int | None = None, progress: bool = True, sheet_pixels: int = SHEET_PIXELS,
+                allow_unverified: bool = False) -> dict:
     """Render the stores (one image, one panel per model) into the static site folder ``out``.
 
     ``normalise``: "filter" (each plane at its own ±max) or "global" (one scale per kind, source and target
     channel over all pixels). ``scheduler``: "threads", "processes", "synchronous" (local dask schedulers) or
-    "distributed" (a local ``distributed`` cluster of ``workers`` processes).
+    "distributed" (a local ``distributed`` cluster of ``workers`` processes). Unfinished stores are refused,
+    and so are failed or unverified ones unless ``allow_unverified`` (their panels then carry a warning).
     Returns a summary: seconds, filters, files, bytes and per-model details.
     """
     import dask
@@ -352,9 +364,13 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     if scheduler not in SCHEDULERS:
         raise ExportError(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {scheduler!r}")
     t_start = time.perf_counter()
-    stores = [open_store(p, require_complete=True) for p in store_paths]
+    from pipeline.verify import require_exportable
+
+    stores = [open_store(p) for p in store_paths]
     if not stores:
         raise ExportError("no store given")
+    for store in stores:
+        require_exportable(store, allow_unverified)
     _check_same_image(stores)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -362,7 +378,12 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     if out.is_dir() and any(out.iterdir()) and not (out / "data").is_dir():
         raise ExportError(f"{out} is not empty and is not a linterp site; choose another --out")
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        _write_atomic(data / ".write-test", "")
+        (data / ".write-test").unlink()
+    except OSError as err:
+        raise ExportError(f"{out}: cannot write the site there ({err.strerror or type(err).__name__})") from None
 
     models, summaries = [], []
     todo, todo_info = [], []
@@ -388,6 +409,7 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         attrs = store.attrs
         models.append({"id": mid, "title": str(attrs.get("model") or mid), "store": store.path.name,
                        "attrs": attrs, "in": list(store.in_shape), "out": list(store.out_shape),
+                       **verification_fields(store),
                        "kinds": plans, "svd": _svd_info(store),
                        "natural": {"x0": store.in_shape[0] in (1, 3), "y0": store.out_shape[0] in (1, 3)}})
         summaries.append({"model": mid, "filters": int(np.prod(store.in_shape) + np.prod(store.out_shape))})
