@@ -21,7 +21,11 @@ from bench_compute import table  # benchmarks/ is on sys.path when a script here
 MODELS = ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-small")
 
 
-def measure(name: str, crop: str, folder: str) -> list:
+#: checks whose figures are printed (rows stores have "columns" instead of "rows")
+CHECKS = ("reconstruction", "model", "probe", "rows", "columns", "jacobian", "windows")
+
+
+def measure(name: str, crop: str, folder: str) -> tuple[list, list]:
     from pipeline.commands.compute import cli_source
     from pipeline.compute import compute
     from pipeline.store import open_store
@@ -37,9 +41,11 @@ def measure(name: str, crop: str, folder: str) -> list:
     compute_s = timings["last_run_seconds"]
     worst = max((c.value / c.tolerance for c in report.checks if c.value is not None and c.tolerance), default=0)
     phases = report.figures["phases"]
+    values = {c.name: c.value for c in report.checks}
+    figures = [name] + [values.get(k) if values.get(k) is not None else "-" for k in CHECKS]
     return [name, str(tuple(store.F.shape[3:])), compute_s, timings["verify_seconds"], again,
             again / compute_s, phases["read_s"], phases.get("interpret_s", 0), phases.get("passes_s", 0),
-            report.status, worst]
+            report.status, worst], figures
 
 
 def main() -> None:
@@ -55,14 +61,18 @@ def main() -> None:
     tune_malloc()
     print(f"bench_verify: torch {torch.__version__}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch "
           f"threads, load average {os.getloadavg()[0]:.1f} at start")
-    rows = []
+    rows, figures = [], []
     with tempfile.TemporaryDirectory(prefix="bench_verify_") as folder:
         for name in args.models:
-            rows.append(measure(name, args.crop, folder))
+            row, checks = measure(name, args.crop, folder)
+            rows.append(row)
+            figures.append(checks)
             print(f"  {name}: done", flush=True)
     print(f"\n## verify (default samples) against compute, crop {args.crop}")
     print(table(rows, ["model", "input", "compute s", "gate s", "verify s", "verify/compute", "read s",
                        "interpret s", "passes s", "status", "worst/tol"]))
+    print("\n## check figures (relative max errors; '-': not applicable)")
+    print(table(figures, ["model", *CHECKS]))
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 

@@ -301,7 +301,8 @@ def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image:
                      f"  sha256 {attrs.get('weights_sha256') or '-'}")
         store = open_store(path)
         figures = attrs.get("verification") or {}
-        lines.append(f"    F {tuple(store.F.shape)}, reconstruction max error "
+        lines.append(f"    F {tuple(store.F.shape)}, verification {figures.get('status', 'unverified')}: "
+                     f"reconstruction max error "
                      f"{figures.get('reconstruction_max_abs', float('nan')):.3g}, "
                      f"rows check {figures.get('rows_max_abs', float('nan')):.3g}")
         if store.has_svd:

@@ -79,6 +79,14 @@ def tune_malloc() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 2**30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def full_precision(device: str) -> None:
+    """On CUDA, turn TensorFloat-32 off for convolutions and matmuls (torch's default lets cuDNN use it, which
+    keeps 10 mantissa bits: F would be accurate to about 1e-3 and fail verification)."""
+    if str(device).startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def resolve_device(device: str) -> str:
     """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
     if device == "auto":
@@ -104,6 +112,7 @@ def engine(source: Source, device: str = "cpu"):
     from .interpreter import interpret
 
     dev = _thread_device(device)
+    full_precision(dev)
     key = (source.key, dev)
     with _ENGINES_LOCK:
         li = _ENGINES.get(key)

@@ -377,7 +377,7 @@ def _windowed(store: Store) -> bool:
 
 
 def _model_checks(sub: _Subject, model, li, Fv, FTu, v, u, *, samples: int, rng: np.random.Generator,
-                  tolerances: dict, device: str) -> tuple[list[Check], dict]:
+                  tolerances: dict) -> tuple[list[Check], dict]:
     """The checks that need the model: model, probe, rows (columns), jacobian and windows.
 
     Network passes are batched: one forward pass (the probe v and the sampled columns), one transpose pass
@@ -552,7 +552,7 @@ def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = Non
     else:
         sub = _Subject(store, mode, inp_done, out_done)
         more, extra = _model_checks(sub, model, li, Fx0v[..., 1], FTu, v, u, samples=samples, rng=rng,
-                                    tolerances=tolerances, device=device)
+                                    tolerances=tolerances)
         checks += more
         figures.update(extra, jacobian_exact=li.jacobian_exact)
         phases["passes_s"] = time.perf_counter() - mark - phases["interpret_s"]
@@ -568,8 +568,10 @@ def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = Non
 
 def _fresh(store: Store, build, device: str, trust_pickle: bool):
     """(model, interpreter) built anew from ``build`` or from the store's attributes, at the store's x0."""
+    from .compute import full_precision
     from .interpreter import interpret
 
+    full_precision(device)
     if build is None:
         from .svd import model_from_store
 
@@ -623,7 +625,7 @@ def require_exportable(store: Store, allow_unverified: bool = False) -> None:
     ``allow_unverified``."""
     from .store import StoreError
 
-    if not store.finished:
+    if not (store.complete or store.finished):  # complete implies finished
         raise StoreError(f"{store.path}: the store is incomplete (rerun `linterp compute` with the same arguments)")
     state = status(store)
     if state != "passed" and not allow_unverified:

@@ -90,6 +90,29 @@ class FrozenIndex(nn.Module):
         return self.a(x)[..., order]
 
 
+class AlignCorners(nn.Module):
+    """Bilinear ×2 with align_corners=True: the sampling grid depends on the map's size, so cropping changes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x):
+        up = nn.functional.interpolate(torch.relu(self.a(x)), scale_factor=2, mode="bilinear", align_corners=True)
+        return self.b(up)
+
+
+class FixedSize(nn.Module):
+    """Interpolation to a fixed size: windows would change the output size."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(nn.functional.interpolate(torch.relu(self.a(x)), size=(64, 64), mode="bilinear"))
+
+
 def _x0(n: int = 32) -> torch.Tensor:
     """Bright (1) everywhere except a dark centre square: gates shut around the centre, open elsewhere."""
     torch.manual_seed(0)
@@ -169,3 +192,14 @@ def test_probes_cover_every_phase_at_centre_corners_and_edges():
     assert len(probes) == 9 * 8 and len(set(probes)) == len(probes)
     for by, bx in [(0, 0), (6, 8), (10, 12), (0, 12), (10, 0)]:
         assert {(by + i, bx + j) for i in range(2) for j in range(4)} <= set(probes)
+
+
+@pytest.mark.parametrize("model_cls", [AlignCorners, FixedSize])
+def test_operations_that_do_not_commute_with_cropping_use_the_whole_image(model_cls):
+    torch.manual_seed(1)
+    li = interpret(model_cls().eval(), _x0())
+    assert li.receptive_radius is not None  # local, but its windows would not give the same columns
+    assert li.window((12, 12, 4, 4)).in_box == (0, 0, 32, 32)
+    (r_top, r_left, r_h, r_w), block = tile_columns(li, (3, 32, 32), (12, 12, 4, 4), batch=48)
+    full = np.moveaxis(dense_columns(li)[:, 12:16, 12:16], (0, 1, 2), (3, 4, 5))
+    assert np.abs(block - full[:, r_top:r_top + r_h, r_left:r_left + r_w]).max() <= 1e-6

@@ -213,11 +213,11 @@ def make_window(li, box) -> Window | None:
     oh, ow = out.shape[2:]
     oy0, ox0, ohh, oww = boxes[(oh, ow)]
     window = Window(li, (y0, x0, y1 - y0, x1 - x0), (oy0, ox0, ohh, oww), sites, statics)
-    checked = li.__dict__.setdefault("_checked_window_sizes", set())
-    if (y1 - y0, x1 - x0) not in checked:  # sizes follow from the window's size alone
-        _check_shapes(window, boxes)
-        checked.add((y1 - y0, x1 - x0))
-    return window
+    fits = li.__dict__.setdefault("_window_sizes_fit", {})
+    size = (y1 - y0, x1 - x0)
+    if size not in fits:  # sizes follow from the window's size alone
+        fits[size] = _shapes_fit(window, boxes) and _reproduces(window, top, left)
+    return window if fits[size] else _full(li)  # operations that do not commute with cropping: the whole image
 
 
 def _full(li) -> Window:
@@ -226,8 +226,26 @@ def _full(li) -> Window:
     return Window(li, (0, 0, H, W), (0, 0, oh, ow), li.sites, li.static)
 
 
-def _check_shapes(window: Window, boxes: dict):
-    """Every feature map of the window must have the size of its cropped box (else the network has
+def _reproduces(window: Window, top: int, left: int, rtol: float = 1e-5) -> bool:
+    """Whether the window gives the whole image's column of input pixel (0, top, left), inside its output box
+    and (zero) outside it. Operations that keep sizes but do not commute with cropping (interpolation with
+    align_corners=True, whose sampling grid depends on the map's size) fail it."""
+    li = window.li
+    e = torch.zeros((1, *li.x0.shape[1:]), dtype=li.x0.dtype, device=li.x0.device)
+    e[0, 0, top, left] = 1.0
+    iy, ix, ih, iw = window.in_box
+    oy, ox, oh, ow = window.out_box
+    with torch.no_grad():
+        full = li._forward(e)
+        part = li._forward(e[:, :, iy:iy + ih, ix:ix + iw], sites=window.sites, statics=window.statics)
+    scale = float(full.abs().max())
+    inside = full[:, :, oy:oy + oh, ox:ox + ow]
+    outside = full.abs().sum() - inside.abs().sum()
+    return bool((part - inside).abs().max() <= rtol * scale and outside <= rtol * scale)
+
+
+def _shapes_fit(window: Window, boxes: dict) -> bool:
+    """Whether every feature map of the window has the size of its cropped box (not so when the network has
     operations, e.g. fixed output sizes, that do not commute with cropping)."""
     li = window.li
     bad = []
@@ -240,7 +258,9 @@ def _check_shapes(window: Window, boxes: dict):
 
     v = torch.zeros((1, li.x0.shape[1], window.in_box[2], window.in_box[3]), dtype=li.x0.dtype,
                     device=li.x0.device)
-    with torch.no_grad():
-        li._forward(v, sites=window.sites, statics=window.statics, observe=observe)
-    if bad:
-        raise InputError(f"the network cannot be cropped to windows ({bad[0]})")
+    try:
+        with torch.no_grad():
+            li._forward(v, sites=window.sites, statics=window.statics, observe=observe)
+    except RuntimeError:  # sizes that do not broadcast or concatenate inside the window
+        return False
+    return not bad
