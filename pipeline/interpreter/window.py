@@ -67,8 +67,9 @@ def alignment(geometry) -> tuple[int, int]:
     return ay, ax
 
 
-#: probes per support pass (each probe is one full-image pass of the frozen network)
-PROBE_BATCH = 16
+#: probes per support pass (each probe costs one full-image pass of the frozen network; a batch holds their
+#: feature maps at once, so it stays small for large images)
+PROBE_BATCH = 4
 
 
 def probe_pixels(H: int, W: int, ay: int, ax: int) -> list[tuple[int, int]]:
