@@ -33,6 +33,7 @@ def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device
     weights, image or crop is refused.
     """
     from pipeline import compute as comp
+    from pipeline.commands.errors import click_error
     from pipeline.sources import model_source
     from pipeline.store import StoreError
 
@@ -42,11 +43,10 @@ def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device
                              batch=batch or comp.DEFAULT_BATCH, scheduler=scheduler, workers=workers,
                              device=device, progress=not quiet)
     except (ValueError, StoreError, OSError) as err:  # ImageError, WeightsError, UnsupportedOperation, …
-        message = str(err).strip().splitlines()
-        raise click.ClickException(message[0] if message else type(err).__name__) from err
+        raise click_error(err) from err
     attrs = store.attrs
     figures, timings = attrs.verification, attrs.timings
+    checks = ", ".join(f"{c['name']} {c['value']:.2g}" for c in figures.get("checks", []) if c["value"] is not None)
     click.echo(f"wrote {out_path}: F {tuple(store.F.shape)} ({attrs.mode}, tile {attrs.tile}), "
                f"{timings['last_run_tasks']} tasks in {timings['last_run_seconds']:.1f} s; "
-               f"reconstruction max error {figures['reconstruction_max_abs']:.3g}, "
-               f"rows check {figures['rows_max_abs']:.3g}")
+               f"verification {figures.get('status', 'unverified')} ({checks})")
