@@ -388,7 +388,7 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         attrs = store.attrs
         models.append({"id": mid, "title": str(attrs.get("model") or mid), "store": store.path.name,
                        "attrs": attrs, "in": list(store.in_shape), "out": list(store.out_shape),
-                       "kinds": plans, "svd": _svd_info(store),
+                       "kinds": plans, "svd": _svd_info(store), "geometry": attrs.get("geometry"),
                        "natural": {"x0": store.in_shape[0] in (1, 3), "y0": store.out_shape[0] in (1, 3)}})
         summaries.append({"model": mid, "filters": int(np.prod(store.in_shape) + np.prod(store.out_shape))})
 
