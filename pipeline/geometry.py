@@ -352,23 +352,23 @@ def measure(columns: ColumnSource, in_shape, y0: np.ndarray, *, samples: int = S
 
 
 def store_columns(store, *, read_bytes: int = READ_BYTES) -> ColumnSource:
-    """Columns from a store's F, read a block of input pixels at a time (F's inner chunks of the input side:
-    all sampled pixels of one chunk come from one read). A chunk whose dense block would exceed
-    ``read_bytes`` is read pixel by pixel."""
+    """Columns from a store's F, read one of F's inner chunks of the input side at a time: the sampled pixels
+    of a chunk come from one read of their bounding box (every stored chunk it touches is decompressed once).
+    A box whose dense block would exceed ``read_bytes`` is read pixel by pixel."""
     F = store.F
-    c_out, h_out, w_out, c_in, h, w = F.shape
+    c_out, h_out, w_out, c_in = F.shape[:4]
     cy, cx = F.chunks[4], F.chunks[5]
 
     def read(pixels):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (y, x) in enumerate(pixels):
             groups.setdefault((y // cy, x // cx), []).append(i)
-        for (gy, gx), idx in groups.items():
+        for idx in groups.values():
             idx = np.array(idx)
             ys, xs = pixels[idx, 0], pixels[idx, 1]
-            y_lo, x_lo = gy * cy, gx * cx
-            if 4 * c_out * h_out * w_out * c_in * min(cy, h - y_lo) * min(cx, w - x_lo) <= read_bytes:
-                block = F[:, :, :, :, y_lo:y_lo + cy, x_lo:x_lo + cx]
+            y_lo, x_lo, y_hi, x_hi = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+            if 4 * c_out * h_out * w_out * c_in * (y_hi - y_lo) * (x_hi - x_lo) <= read_bytes:
+                block = F[:, :, :, :, y_lo:y_hi, x_lo:x_hi]
                 yield idx, block[..., ys - y_lo, xs - x_lo]
             else:
                 for i, y, x in zip(idx, ys, xs):

@@ -62,13 +62,13 @@ def _num(value, digits=3) -> str:
 
 def table(results: list[dict]) -> str:
     """The figures of several stores as an aligned text table (one row per store)."""
-    rows = [("store", "model", "adaptivity", "flashlight top-1 (chance)", "MRR (chance)", "control top-1", "p",
+    rows = [("store", "model", "n", "adaptivity", "flashlight top-1 (chance)", "MRR (chance)", "control top-1", "p",
              "diagonal", "reach90", "global", "flat/edge", "seconds")]
     for r in results:
         cost = f"{r['seconds']:.1f}"
         if r.get("compute_seconds"):
             cost += f" ({100 * r['seconds'] / r['compute_seconds']:.0f} % of compute)"
-        rows.append((r["store"], str(r["model"]), _num(r["adaptivity"]),
+        rows.append((r["store"], str(r["model"]), str(r["samples"]), _num(r["adaptivity"]),
                      f"{_num(r['flashlight_top1'])} ({_num(r['flashlight_chance'])})",
                      f"{_num(r['flashlight_mrr'])} ({_num(r['flashlight_mrr_chance'])})",
                      _num(r["flashlight_control_top1"]), _num(r["flashlight_p"]), _num(r["diagonal_share"]),
@@ -76,7 +76,6 @@ def table(results: list[dict]) -> str:
                      _num(r["flat_edge_ratio"]), cost))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    n = results[0]["samples"] if results else 0
-    lines.append(f"{n} sampled pixels per store (--samples); flashlight: location recovered from the column among "
-                 f"the sampled pixels, control = the same with locations shuffled; see docs/geometry.md")
+    lines.append("n: sampled pixels (the flashlight's candidates); flashlight: the location of a pixel recovered from "
+                 "its column among them; control: the same with the locations shuffled; see docs/geometry.md")
     return "\n".join(lines)
