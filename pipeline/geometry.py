@@ -354,12 +354,24 @@ def measure(columns: ColumnSource, in_shape, y0: np.ndarray, *, samples: int = S
 def store_columns(store, *, read_bytes: int = READ_BYTES) -> ColumnSource:
     """Columns from a store's F, read one of F's inner chunks of the input side at a time: the sampled pixels
     of a chunk come from one read of their bounding box (every stored chunk it touches is decompressed once).
-    A box whose dense block would exceed ``read_bytes`` is read pixel by pixel."""
+    A box whose dense block would exceed ``read_bytes`` is read pixel by pixel. Stores of rows (chunks that
+    hold whole rows of F) are read once, a block of output rows at a time."""
     F = store.F
-    c_out, h_out, w_out, c_in = F.shape[:4]
+    c_out, h_out, w_out, c_in, h, w = F.shape
     cy, cx = F.chunks[4], F.chunks[5]
 
+    def read_rows(pixels):
+        columns = np.zeros((c_out, h_out, w_out, c_in, len(pixels)), dtype=np.float32)
+        for c in range(0, c_out, F.chunks[0]):
+            for r in range(0, h_out, F.chunks[1]):
+                rows = F[c:c + F.chunks[0], r:r + F.chunks[1]]
+                columns[c:c + F.chunks[0], r:r + F.chunks[1]] = rows[..., pixels[:, 0], pixels[:, 1]]
+        yield np.arange(len(pixels)), columns
+
     def read(pixels):
+        if cy >= h and cx >= w:
+            yield from read_rows(pixels)
+            return
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (y, x) in enumerate(pixels):
             groups.setdefault((y // cy, x // cx), []).append(i)

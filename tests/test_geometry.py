@@ -30,11 +30,11 @@ pytestmark = pytest.mark.timeout(300)
 
 # ---- stores ---------------------------------------------------------------------------------------------
 
-def dense_store(path, F, y0, *, model="synthetic", tile=8):
+def dense_store(path, F, y0, *, model="synthetic", tile=8, mode="columns"):
     """A complete store holding the dense matrix F (C_out, H_out, W_out, C_in, H, W) and output y0."""
     F = np.asarray(F, dtype=np.float32)
     in_shape, out_shape = F.shape[3:], F.shape[:3]
-    shards, chunks, tasks = layout(in_shape, out_shape, tile)
+    shards, chunks, tasks = layout(in_shape, out_shape, tile, mode)
     y0 = np.asarray(y0, dtype=np.float32)
     store = create_store(path, identity={"model": model}, attrs={"model": model}, x0=np.zeros(in_shape),
                          y0=y0, residual=np.zeros_like(y0), shards=shards, chunks=chunks, tasks=tasks)
@@ -206,6 +206,15 @@ def test_identity_map_has_diagonal_share_one_and_reach_zero(tmp_path):
     g = geo.measure_store(dense_store(tmp_path / "identity.zarr", F, y0), samples=50)
     assert g["diagonal_share"] == 1.0 and g["reach90"] == 0.0 and g["global_share"] == 0.0
     assert g["adaptivity"] == 0.0 and g["flashlight_top1"] == pytest.approx(g["flashlight_chance"])
+
+
+def test_a_store_of_rows_gives_the_figures_of_a_store_of_columns(tmp_path):
+    """F stored as rows (one chunk per output pixel: classifier-style layout) is read once, row block by block."""
+    rng = np.random.default_rng(4)
+    F = rng.random((1, 12, 12, 1, 12, 12)) * (rng.random((1, 12, 12, 1, 12, 12)) < 0.2)
+    y0 = rng.random((1, 12, 12))
+    by_rows = geo.measure_store(dense_store(tmp_path / "rows.zarr", F, y0, mode="rows"), samples=20, radius=2)
+    assert_same_figures(geo.measure_store(dense_store(tmp_path / "cols.zarr", F, y0), samples=20, radius=2), by_rows)
 
 
 def test_instance_normalised_identity_is_diagonal_and_store_equals_interpreter(tmp_path):
