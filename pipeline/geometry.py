@@ -239,8 +239,9 @@ def flashlight(windows: np.ndarray, descs: dict[str, np.ndarray], *, seed: int =
     descriptor that ranks best (MRR) on the other fold (``cross_validated``), so the choice adds no bias.
 
     Returns top-1 / MRR (with standard errors over the queries), chance levels, the descriptors chosen, the
-    shuffled control (the whole procedure with the locations permuted: mean over ``permutations``), the
-    permutation p-value of the MRR, and each descriptor's in-sample figures (not cross-validated).
+    shuffled control (the whole procedure with the locations permuted: mean and standard error over
+    ``permutations``), the permutation p-value of the MRR, and each descriptor's in-sample figures (not
+    cross-validated).
     """
     n = len(windows)
     flat = windows.reshape(n, -1).astype(np.float64)
@@ -265,7 +266,9 @@ def flashlight(windows: np.ndarray, descs: dict[str, np.ndarray], *, seed: int =
             "flashlight_mrr_chance": float(np.mean(1.0 / np.arange(1, n + 1))),
             "flashlight_descriptors": [names[k] for k in chosen],
             "flashlight_control_top1": float(control[:, 0].mean()),
+            "flashlight_control_top1_se": float(control[:, 0].std(ddof=1) / np.sqrt(permutations)),
             "flashlight_control_mrr": float(control[:, 1].mean()),
+            "flashlight_control_mrr_se": float(control[:, 1].std(ddof=1) / np.sqrt(permutations)),
             "flashlight_p": float((1 + np.sum(control[:, 1] >= mrr)) / (1 + permutations)),
             "flashlight_noise_columns": int(noise.sum()),
             "flashlight_by_descriptor": {name: {"top1": float(per_credit[i].mean()), "mrr": float(per_rr[i].mean())}
@@ -353,12 +356,20 @@ def measure(columns: ColumnSource, in_shape, y0: np.ndarray, *, samples: int = S
 
 def store_columns(store, *, read_bytes: int = READ_BYTES) -> ColumnSource:
     """Columns from a store's F, read one of F's inner chunks of the input side at a time: the sampled pixels
-    of a chunk come from one read of their bounding box (every stored chunk it touches is decompressed once).
-    A box whose dense block would exceed ``read_bytes`` is read pixel by pixel. Stores of rows (chunks that
-    hold whole rows of F) are read once, a block of output rows at a time."""
+    of a chunk come from one read of their bounding box, over the output region of the shards stored for that
+    input tile (F is zero elsewhere), so every stored chunk it touches is decompressed once. A box whose dense
+    block would exceed ``read_bytes`` is read pixel by pixel. Stores of rows (chunks that hold whole rows of F)
+    are read once, a block of output rows at a time."""
     F = store.F
     c_out, h_out, w_out, c_in, h, w = F.shape
     cy, cx = F.chunks[4], F.chunks[5]
+    sy, sx = (F.shards or F.chunks)[4:]
+    reach: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # input shard -> output box of its shards
+    for region in store.stored_shards():
+        key = (region[4].start, region[5].start)
+        top, bottom, left, right = reach.get(key, (h_out, 0, w_out, 0))
+        reach[key] = (min(top, region[1].start), max(bottom, region[1].stop), min(left, region[2].start),
+                      max(right, region[2].stop))
 
     def read_rows(pixels):
         columns = np.zeros((c_out, h_out, w_out, c_in, len(pixels)), dtype=np.float32)
@@ -367,6 +378,14 @@ def store_columns(store, *, read_bytes: int = READ_BYTES) -> ColumnSource:
                 rows = F[c:c + F.chunks[0], r:r + F.chunks[1]]
                 columns[c:c + F.chunks[0], r:r + F.chunks[1]] = rows[..., pixels[:, 0], pixels[:, 1]]
         yield np.arange(len(pixels)), columns
+
+    def read_box(top, bottom, left, right, ys, xs):
+        columns = np.zeros((c_out, h_out, w_out, c_in, len(ys)), dtype=np.float32)
+        if bottom > top and right > left:  # else no shard of this tile is stored: its columns are zero
+            y_lo, x_lo, y_hi, x_hi = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+            block = F[:, top:bottom, left:right, :, y_lo:y_hi, x_lo:x_hi]
+            columns[:, top:bottom, left:right] = block[..., ys - y_lo, xs - x_lo]
+        return columns
 
     def read(pixels):
         if cy >= h and cx >= w:
@@ -378,13 +397,13 @@ def store_columns(store, *, read_bytes: int = READ_BYTES) -> ColumnSource:
         for idx in groups.values():
             idx = np.array(idx)
             ys, xs = pixels[idx, 0], pixels[idx, 1]
-            y_lo, x_lo, y_hi, x_hi = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
-            if 4 * c_out * h_out * w_out * c_in * (y_hi - y_lo) * (x_hi - x_lo) <= read_bytes:
-                block = F[:, :, :, :, y_lo:y_hi, x_lo:x_hi]
-                yield idx, block[..., ys - y_lo, xs - x_lo]
+            box = reach.get((ys[0] // sy * sy, xs[0] // sx * sx), (0, 0, 0, 0))
+            box_size = (box[1] - box[0]) * (box[3] - box[2]) * (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+            if 4 * c_out * c_in * box_size <= read_bytes:
+                yield idx, read_box(*box, ys, xs)
             else:
-                for i, y, x in zip(idx, ys, xs):
-                    yield np.array([i]), F[:, :, :, :, y, x][..., None]
+                for k, i in enumerate(idx):
+                    yield np.array([i]), read_box(*box, ys[k:k + 1], xs[k:k + 1])
 
     return read
 

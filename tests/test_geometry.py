@@ -85,10 +85,11 @@ def gaussian(shape, y, x, scale, sigma=1.0):
 
 
 def at_chance(figures, k=3.0):
-    """The shuffled control (mean over permutations) is within k standard errors of chance."""
-    c, n = figures["flashlight_chance"], figures["flashlight_candidates"]
-    se = np.sqrt(c * (1 - c) / n / geo.PERMUTATIONS)
-    return abs(figures["flashlight_control_top1"] - c) <= k * se
+    """The shuffled control (mean over permutations) is within k of its standard errors of chance."""
+    return (abs(figures["flashlight_control_top1"] - figures["flashlight_chance"])
+            <= k * figures["flashlight_control_top1_se"]
+            and abs(figures["flashlight_control_mrr"] - figures["flashlight_mrr_chance"])
+            <= k * figures["flashlight_control_mrr_se"])
 
 
 @pytest.fixture(scope="module")
