@@ -69,24 +69,28 @@ class Page:
     def hover(self, panel: int, dom: str, y: int, x: int, click: bool = False):
         """Move the mouse to the centre of pixel (y, x) of a panel's input ('in') or output ('out') canvas."""
         before = self.rendered()
-        sel = f"section.panel:nth-of-type({panel + 1}) figure.view.{dom} canvas.overlay"
-        box = self.page.locator(sel).bounding_box()
-        z = self.page.evaluate(f"LINTERP.shown({panel}, '{dom}').zoom")
-        px, py = box["x"] + (x + 0.5) * z, box["y"] + (y + 0.5) * z
-        (self.page.mouse.click if click else self.page.mouse.move)(px, py)
+        point = self.page.evaluate(f"LINTERP.clientPoint({panel}, '{dom}', {y}, {x})")
+        assert point is not None, f"pixel ({y}, {x}) of {dom} is not in view"
+        (self.page.mouse.click if click else self.page.mouse.move)(point["x"], point["y"])
         return before
 
-    def shown_values(self, panel: int, dom: str) -> np.ndarray:
-        """The signed values drawn on a canvas, decoded from its colours at the pixel centres: (H, W)."""
+    def shown_values(self, panel: int, dom: str) -> tuple[np.ndarray, float]:
+        """The signed values drawn on a canvas, decoded from its colours at the pixel centres: (H, W) when the
+        whole image is in view, else the part in view (see ``window``)."""
         info = self.page.evaluate(f"LINTERP.shown({panel}, '{dom}')")
         rgb = np.array(self.page.evaluate(f"""(() => {{
             const c = document.querySelector('section.panel:nth-of-type({panel + 1}) figure.view.{dom} canvas.image');
             const z = {info['zoom']}, d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, out = [];
-            for (let y = 0; y < {info['h']}; y++) for (let x = 0; x < {info['w']}; x++) {{
+            for (let y = 0; y < {info['vh']}; y++) for (let x = 0; x < {info['vw']}; x++) {{
                 const i = 4 * ((y * z + (z >> 1)) * c.width + x * z + (z >> 1)); out.push([d[i], d[i + 1], d[i + 2]]);
             }}
-            return out; }})()"""), np.uint8).reshape(info["h"], info["w"], 3)
+            return out; }})()"""), np.uint8).reshape(info["vh"], info["vw"], 3)
         return render.dequantise(render.decode_colours(rgb), info["scale"]), info["scale"]
+
+    def window(self, panel: int, dom: str) -> tuple[slice, slice]:
+        """The image pixels in view on a canvas: (rows, columns) slices."""
+        info = self.page.evaluate(f"LINTERP.shown({panel}, '{dom}')")
+        return slice(info["oy"], info["oy"] + info["vh"]), slice(info["ox"], info["ox"] + info["vw"])
 
     def clean(self):
         errors = [m for m in self.messages if m[0] in ("error", "pageerror")]
@@ -159,7 +163,7 @@ def test_pin_keys_and_link(browser, site):
     got, scale = again.shown_values(0, "in")
     assert (np.abs(got - fa[0, 18, 22, 0]) <= scale / 254 + 1e-6).all()
     # y0, F·x0 and residual toggles
-    for key, image in (("l", a.y0 - a.residual), ("r", a.residual)):
+    for key, image in (("l", np.tensordot(fa, a.x0, axes=3)), ("r", a.residual)):
         again.page.keyboard.press(key)
         again.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
         got, scale = again.shown_values(0, "out")

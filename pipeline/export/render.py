@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +42,11 @@ def diverging_lut() -> np.ndarray:
     lab[t == 0] = centre
     rgb = lab2rgb(lab[None])[0]
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def with_sum(planes: np.ndarray) -> np.ndarray:
+    """(c, ...) -> (c + 1, ...) with the channel sum appended, or unchanged when c == 1."""
+    return planes if planes.shape[0] == 1 else np.concatenate([planes, planes.sum(0, keepdims=True)])
 
 
 def plane_scales(planes: np.ndarray) -> np.ndarray:
@@ -155,6 +162,20 @@ def sheet_script(name: str, meta: dict, png: bytes) -> str:
     """
     body = json.dumps({**meta, "png": base64.b64encode(png).decode("ascii")}, separators=(",", ":"))
     return f"LINTERP.sheet({json.dumps(name)},{body});\n"
+
+
+def write_atomic(path: Path, text: str) -> int:
+    """Write ``text`` to ``path`` through a temporary file (a killed writer leaves no partial file); returns the
+    bytes written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return len(text.encode("utf-8"))
+
+
+def write_sheet(folder: Path, name: str, meta: dict, image: np.ndarray) -> int:
+    """Write the sheet ``name`` ("<model>/<sheet>") of a uint8 image as ``folder/<sheet>.js``; returns bytes."""
+    return write_atomic(Path(folder) / f"{name.rsplit('/', 1)[-1]}.js", sheet_script(name, meta, png_bytes(image)))
 
 
 def parse_sheet_script(text: str) -> tuple[str, dict, np.ndarray]:
