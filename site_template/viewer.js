@@ -31,7 +31,7 @@
   let panels = [];
   let eventTime = null;
   let renderToken = 0;
-  let drag = null;
+  let drag = null, dragged = false; // a pan by dragging in progress; a drag just ended
 
   L.manifest = function (m) { M = m; };
 
@@ -684,7 +684,7 @@
       p.views[dom] = {canvas: canvas, overlay: overlay, lens: lens, wrap: wrap, caption: caption, zoom: 1, key: null};
       overlay.addEventListener("mousemove", function (e) { if (!drag || !drag.moved) onPointer(p, dom, e, false); });
       overlay.addEventListener("mousedown", function (e) { if (e.button === 0) { drag = {x: e.clientX, y: e.clientY, cy: state.cy, cx: state.cx, p: p, dom: dom, moved: false}; e.preventDefault(); } });
-      overlay.addEventListener("click", function (e) { if (drag && drag.moved) { drag = null; return; } drag = null; onPointer(p, dom, e, true); });
+      overlay.addEventListener("click", function (e) { if (!dragged) onPointer(p, dom, e, true); });
       overlay.addEventListener("wheel", function (e) { onWheel(p, dom, e); }, {passive: false});
       overlay.addEventListener("mouseleave", function () { state.hover = null; panels.forEach(function (q) { drawOverlay(q); readout(q); }); });
     }
@@ -741,7 +741,7 @@
   }
   function onDrag(e) {
     if (!drag) return;
-    if (!(e.buttons & 1)) { drag = drag.moved ? drag : null; return; }
+    if (!(e.buttons & 1)) { drag = null; return; }
     const dy = e.clientY - drag.y, dx = e.clientX - drag.x;
     if (!drag.moved && Math.abs(dx) + Math.abs(dy) < 4) return;
     drag.moved = true;
@@ -810,7 +810,10 @@
     document.getElementById("lens").addEventListener("click", function () { state.lens = !state.lens; render(); });
     document.addEventListener("keydown", onKey);
     window.addEventListener("mousemove", onDrag);
-    window.addEventListener("mouseup", function () { if (drag && !drag.moved) drag = null; });
+    window.addEventListener("mouseup", function () { // a drag ends without the click that follows it
+      if (drag && drag.moved) { dragged = true; setTimeout(function () { dragged = false; }, 0); }
+      drag = null;
+    });
     window.addEventListener("resize", function () { panels.forEach(sizeViews); render(); });
     window.addEventListener("hashchange", function () { readHash(); panels.forEach(sizeViews); render(); });
     panels.forEach(sizeViews);

@@ -200,3 +200,84 @@ def test_mixed_channels_and_eigen_images(browser, tmp_path):
         assert (np.abs(got - vec) <= scale / 254 + 1e-6).all()
     assert page.page.locator("section.panel:nth-of-type(2) .svd h3").inner_text().startswith("SVD · 5")
     page.clean()
+
+
+def rewrite_manifest(site: Path, **per_model):
+    """Set manifest fields of the models of an exported site: ``per_model[field] = [value of model 0, ...]``
+    (what the export writes from store attributes that today's test stores do not have)."""
+    import json
+
+    path = site / "data" / "manifest.js"
+    text = path.read_text()
+    m = json.loads(text[len("LINTERP.manifest("):].rstrip().removesuffix(";").removesuffix(")"))
+    for key, values in per_model.items():
+        for model, value in zip(m["models"], values):
+            model[key] = value
+    path.write_text("LINTERP.manifest(" + json.dumps(m) + ");\n")
+
+
+def test_banner_and_approximations_in_words(browser, tmp_path):
+    """A panel whose store has not passed verification carries a warning; the info panel says whether F is the
+    Jacobian, lists the approximations in words and shows the geometry figures; a store that says nothing shows
+    nothing about them."""
+    a, _ = linear_upscaler_store(tmp_path / "a.zarr", mode="bicubic", c=1, h=8, w=8, tile=4)
+    b, _ = linear_upscaler_store(tmp_path / "b.zarr", mode="bilinear", c=1, h=8, w=8, tile=4)
+    c, _ = linear_upscaler_store(tmp_path / "c.zarr", mode="nearest", c=1, h=8, w=8, tile=4)
+    export_site([a.path, b.path, c.path], tmp_path / "site", progress=False)
+    page = Page(browser, tmp_path / "site")  # as exported: no store has a verification status yet
+    assert page.page.locator(".panel-warning").count() == 3
+    assert "Unverified" in page.page.locator("section.panel:nth-of-type(1) .panel-warning").inner_text()
+    assert page.page.locator("dd.jacobian").count() == 0 and page.page.locator("dl.geometry").count() == 0
+    approximations = ([{"op": "InstanceNorm2d", "where": f"model.{i}", "kind": "frozen-statistics"} for i in range(18)]
+                      + [{"op": "tanh", "where": "model.27", "kind": "secant"}])
+    geometry = {"adaptivity": 0.125, "flashlight_top1": 0.31, "flashlight_mrr": 0.42, "flashlight_chance": 0.0104,
+                "samples": 256, "diagonal_share": 0.2, "reach90": 3.5}
+    checks = [{"name": "reconstruction", "value": 0.1, "tolerance": 1e-4, "passed": False, "detail": ""},
+              {"name": "rows", "value": 0.0, "tolerance": 1e-4, "passed": True, "detail": ""}]
+    rewrite_manifest(tmp_path / "site", verification_status=["passed", "unverified", "failed"],
+                     jacobian_exact=[True, False, None], approximations=[[], approximations, None],
+                     geometry=[None, geometry, None])
+    rewrite_manifest(tmp_path / "site", attrs=[a.attrs, b.attrs, dict(c.attrs, verification={"checks": checks})])
+    page = Page(browser, tmp_path / "site")
+    panel = [page.page.locator(f"section.panel:nth-of-type({i})") for i in (1, 2, 3)]
+    assert panel[0].locator(".panel-warning").count() == 0
+    assert "Unverified" in panel[1].locator(".panel-warning").inner_text()
+    assert panel[2].locator(".panel-warning").inner_text().startswith("Verification failed (reconstruction)")
+    assert panel[0].locator("dd.jacobian").inner_text() == "F is the Jacobian at x₀"
+    assert panel[1].locator("dd.jacobian").inner_text() == (
+        "F is a linear interpreter, not the Jacobian: 18 instance norms with frozen statistics, 1 tanh secant")
+    assert panel[2].locator("dd.jacobian").count() == 0
+    geo = panel[1].locator("dl.geometry").inner_text()
+    for text in ("adaptivity", "0.125", "flashlight top-1", "0.310", "flashlight chance", "0.0104", "reach 90 %", "3.50"):
+        assert text in geo, (text, geo)
+    assert panel[0].locator("dl.geometry").count() == 0
+    assert [panel[i].locator("dd.verification").inner_text() for i in range(3)] == ["passed", "unverified", "failed"]
+    page.clean()
+
+
+def test_fx0_panel_shows_what_the_stored_F_gives(browser, tmp_path):
+    """With one shard of F altered after compute, the F·x0 panel shows the altered contraction, not y0 − r."""
+    store, dense = linear_upscaler_store(tmp_path / "s.zarr", mode="bicubic", c=1, h=8, w=8, tile=4)
+    region = store.stored_shards()[2]
+    store.F[region] = store.F[region] * -1.0
+    dense[region] *= -1.0
+    export_site([store.path], tmp_path / "site", progress=False)
+    page = Page(browser, tmp_path / "site", "#m=col&y=1&x=1&show=fx0")
+    got, scale = page.shown_values(0, "out")
+    want = np.tensordot(dense, store.x0, axes=3)[0]
+    assert (np.abs(got - want) <= scale / 254 + 1e-6).all()
+    assert np.abs(got - (store.y0 - store.residual)[0]).max() > 20 * scale / 254
+    page.clean()
+
+
+def test_views_of_two_models_pan_and_zoom_together(browser, site):
+    folder, (a, fa), (b, fb) = site
+    page = Page(browser, folder, "#m=col&y=5&x=11&pin=1&z=20&cy=0.3&cx=0.6")
+    views = [page.page.evaluate(f"LINTERP.shown({i}, 'out')") for i in (0, 1)]
+    assert views[0]["zoom"] == views[1]["zoom"] == 20
+    assert (views[0]["oy"], views[0]["ox"]) == (views[1]["oy"], views[1]["ox"]) and views[0]["vw"] < 64
+    for panel, dense in ((0, fa), (1, fb)):
+        rows, cols = page.window(panel, "out")
+        got, scale = page.shown_values(panel, "out")
+        assert (np.abs(got - dense[0, rows, cols, 0, 5, 11]) <= scale / 254 + 1e-6).all()
+    page.clean()

@@ -18,6 +18,8 @@ import numpy as np
 
 ZERO = 128
 LEVELS = 127
+#: zlib level of the sheets: 4 encodes about twice as fast as 6 for 3 % larger sheets (measured on EDSR filters)
+PNG_LEVEL = 4
 
 
 def diverging_lut() -> np.ndarray:
@@ -144,7 +146,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     """Lossless PNG of a (h, w) grey or (h, w, 3) RGB uint8 image."""
     import imageio.v3 as iio
 
-    return iio.imwrite("<bytes>", image, extension=".png", compress_level=6)
+    return iio.imwrite("<bytes>", image, extension=".png", compress_level=PNG_LEVEL)
 
 
 def png_decode(data: bytes) -> np.ndarray:

@@ -64,29 +64,37 @@ def kind_axes(kind: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     return ((3, 4, 5), (0, 1, 2)) if kind == "col" else ((0, 1, 2), (3, 4, 5))
 
 
+def shard_index(regions, kind: str) -> dict:
+    """Stored shards of F (``Store.stored_shards()``) grouped by their place in a kind's source domain:
+    {(y start, x start): [region, ...]}, so a read finds the shards of its source pixels without a search."""
+    src, _ = kind_axes(kind)
+    index = {}
+    for region in regions:
+        index.setdefault((region[src[1]].start, region[src[2]].start), []).append(region)
+    return index
+
+
 def read_source_chunk(F, kind: str, sy: int, sx: int, h: int, w: int, regions=None):
     """Filters of the source pixels [sy:sy+h, sx:sx+w] over the destination domain.
 
     Returns (block, (oy, ox)): float32 block (C_src, h, w, C_dst, bh, bw) holding the destination pixels
-    [oy:oy+bh, ox:ox+bw]; F is zero outside them. ``regions``: the stored shards of F
-    (``Store.stored_shards()``); when given, only those overlapping the request are read and the block spans
-    just their destination extent (the rest of F is zero), else the whole destination domain is read.
+    [oy:oy+bh, ox:ox+bw]; F is zero outside them. ``regions``: the stored shards of F, as
+    ``Store.stored_shards()`` or its :func:`shard_index` for this kind; when given, the block spans just the
+    destination extent of the stored shards of these source pixels (the rest of F is zero), read in one call;
+    else the whole destination domain is read.
     """
     src, dst = kind_axes(kind)
     want = [(0, n) for n in F.shape]
     want[src[1]], want[src[2]] = (sy, sy + h), (sx, sx + w)
     if regions is not None:
-        hits = [region for region in regions
-                if all(max(r.start, a) < min(r.stop, b) for r, (a, b) in zip(region, want))]
+        index = regions if isinstance(regions, dict) else shard_index(regions, kind)
+        grid = F.shards or F.chunks
+        gy, gx = grid[src[1]], grid[src[2]]
+        hits = [region for y in range(sy // gy * gy, sy + h, gy) for x in range(sx // gx * gx, sx + w, gx)
+                for region in index.get((y, x), ())]
         for ax in dst[1:]:
             want[ax] = (min((r[ax].start for r in hits), default=0), max((r[ax].stop for r in hits), default=0))
-        block = np.zeros([b - a for a, b in want], np.float32)
-        for region in hits:
-            sel = [(max(r.start, a), min(r.stop, b)) for r, (a, b) in zip(region, want)]
-            block[tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(sel, want))] = \
-                F[tuple(slice(lo, hi) for lo, hi in sel)]
-    else:
-        block = F[tuple(slice(a, b) for a, b in want)]
+    block = F[tuple(slice(a, b) for a, b in want)]
     if kind == "col":
         block = np.moveaxis(block, (3, 4, 5), (0, 1, 2))
     return block, (want[dst[1]][0], want[dst[2]][0])
@@ -121,7 +129,7 @@ def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict
     c_src, h_src, w_src = (F.shape[a] for a in src)
     c_dst = F.shape[dst[0]]
     ch_y, ch_x = F.chunks[src[1]], F.chunks[src[2]]
-    regions, cell = store.stored_shards(), 1
+    regions, cell = shard_index(store.stored_shards(), kind), 1
     for fy, fx in ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75)):  # the largest filters of three probe chunks
         sy, sx = int(h_src * fy) // ch_y * ch_y, int(w_src * fx) // ch_x * ch_x
         probe, offset = read_source_chunk(F, kind, sy, sx, min(ch_y, h_src - sy), min(ch_x, w_src - sx), regions)
@@ -150,11 +158,11 @@ def task_origins(plan: dict) -> list[tuple[int, int]]:
 def _iter_chunks(store: Store, kind: str, plan: dict, y0: int, x0: int, regions=None):
     """Yield (cy, cx, block, offset) for the source chunks of the task region at (y0, x0): ``block`` holds the
     filters of source pixels [cy:cy+h, cx:cx+w] (see :func:`read_source_chunk`); each chunk of F is read once.
-    ``regions``: ``store.stored_shards()``, if known."""
+    ``regions``: the :func:`shard_index` of ``store.stored_shards()`` for this kind, if known."""
     _, h_src, w_src = plan["src_shape"]
     ty, tx = plan["task"]
     ch_y, ch_x = plan["chunk"]
-    regions = store.stored_shards() if regions is None else regions
+    regions = shard_index(store.stored_shards(), kind) if regions is None else regions
     for cy in range(y0, min(y0 + ty, h_src), ch_y):
         for cx in range(x0, min(x0 + tx, w_src), ch_x):
             hy, hx = min(ch_y, h_src - cy), min(ch_x, w_src - cx)
@@ -200,7 +208,7 @@ def render_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder
     """Write the sheets of the blocks in one task region (one sheet per block and source channel).
 
     ``fixed_scales``: None for per-filter normalisation, or (n_sources, nt) global scales. ``regions``:
-    the stored shards of F (listed once per export rather than once per task). ``fx0_piece`` (rows only): a
+    the :func:`shard_index` of the stored shards of F (listed once per export rather than once per task). ``fx0_piece`` (rows only): a
     ``.npz`` path where the task saves F·x0 at its output pixels, contracted from the rows it reads
     (``origin`` (y, x) and ``values`` (C_out, h, w)), so F·x0 costs no extra read of F.
     Returns {'filters', 'bytes', 'files'}.
@@ -463,11 +471,12 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         done.mkdir(parents=True, exist_ok=True)
         attrs, svd = store.attrs, _svd_info(store)
         plans = {kind: plan_kind(store, kind, sheet_pixels) for kind in ("col", "row")}
-        regions = dask.delayed(store.stored_shards(), pure=True)  # one graph node shared by the tasks
+        stored = store.stored_shards()
+        regions = {kind: dask.delayed(shard_index(stored, kind), pure=True) for kind in plans}  # one node per kind
         fixed = {kind: None for kind in plans}
         if normalise == "global":
             for kind, plan in plans.items():
-                peaks = _run([dask.delayed(measure_task)(str(store.path), kind, plan, y, x, regions)
+                peaks = _run([dask.delayed(measure_task)(str(store.path), kind, plan, y, x, regions[kind])
                               for y, x in task_origins(plan)], scheduler, workers, progress, f"scales {kind}")
                 fixed[kind] = np.max(peaks, axis=0)
                 plan["global_scales"] = fixed[kind].tolist()
@@ -484,7 +493,7 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
             for y, x in task_origins(plan):
                 piece = str(done / f"fx0_{y}_{x}.npz") if kind == "row" else None
                 task = add(f"{kind}_{y}_{x}", plan, lambda: dask.delayed(render_task)(
-                    str(store.path), kind, plan, y, x, str(folder), mid, fixed[kind], regions, piece))
+                    str(store.path), kind, plan, y, x, str(folder), mid, fixed[kind], regions[kind], piece))
                 if piece:
                     pieces.append(piece)
                     rows.append(task)
