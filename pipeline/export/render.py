@@ -58,13 +58,20 @@ def plane_scales(planes: np.ndarray) -> np.ndarray:
     return np.abs(planes).max(axis=(-2, -1)).astype(np.float32)
 
 
-def quantise(planes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Signed values (..., h, w) with scales (...) -> uint8 q in 1..255 (128 = 0); values beyond ±scale clip."""
+def quantise(planes: np.ndarray, scales: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """Signed values (..., h, w) with scales (...) -> uint8 q in 1..255 (128 = 0); values beyond ±scale clip.
+
+    ``inplace``: ``planes`` (float32) may be overwritten (saves two temporary copies of large blocks)."""
     s = np.asarray(scales, np.float32)[..., None, None]
     safe = np.where(s > 0, s, np.float32(1))
-    q = np.clip(np.asarray(planes, np.float32) * (LEVELS / safe), -LEVELS, LEVELS)
-    q = np.rint(q, out=q) + ZERO
-    return np.where(s > 0, q, ZERO).astype(np.uint8)
+    q = planes if inplace and planes.dtype == np.float32 else np.array(planes, np.float32)
+    q *= LEVELS / safe
+    np.clip(q, -LEVELS, LEVELS, out=q)
+    np.rint(q, out=q)
+    q += ZERO
+    if (s <= 0).any():
+        q[np.broadcast_to(s <= 0, q.shape)] = ZERO
+    return q.astype(np.uint8)
 
 
 def dequantise(q: np.ndarray, scale) -> np.ndarray:

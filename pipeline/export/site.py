@@ -196,10 +196,15 @@ def quantised_row(block: np.ndarray, offset, i: int, boxes: np.ndarray, fixed_sc
                 np.zeros((w, 4), np.int64), (0, 0))
     top, left, bottom, right = union
     sub = block[:, i, :, :, top - offset[0]:bottom - offset[0], left - offset[1]:right - offset[1]]
-    planes = with_sum(np.moveaxis(with_sum(np.moveaxis(sub, 2, 0)), 0, 2))  # (ns, w, nt, uh, uw)
-    scales = (render.plane_scales(planes) if fixed_scales is None
+    planes = np.empty((ns, w, nt) + sub.shape[-2:], np.float32)  # each channel, plus Σ on both sides
+    planes[:c_src, :, :c_dst] = sub
+    if nt > c_dst:
+        planes[:c_src, :, c_dst] = sub.sum(axis=2)
+    if ns > c_src:
+        planes[c_src] = planes[:c_src].sum(axis=0)
+    scales = (np.maximum(planes.max(axis=(-2, -1)), -planes.min(axis=(-2, -1))) if fixed_scales is None
               else np.broadcast_to(np.asarray(fixed_scales, np.float32)[:, None, :], (ns, w, nt)))
-    q = render.quantise(planes, scales)
+    q = render.quantise(planes, scales, inplace=True)
     return q, np.ascontiguousarray(scales), filter_boxes((q != render.ZERO)[:, None], (top, left))[0], (top, left)
 
 
