@@ -52,12 +52,12 @@
       g.globalCompositeOperation = "copy";
       g.drawImage(img, 0, 0);
       const rgba = g.getImageData(0, 0, w, h).data;
-      const n = w * h, rgb = obj.channels === 3;
-      const px = new Uint8Array(rgb ? 3 * n : n);
-      if (rgb) { for (let i = 0, j = 0; i < n; i++, j += 4) { px[3 * i] = rgba[j]; px[3 * i + 1] = rgba[j + 1]; px[3 * i + 2] = rgba[j + 2]; } }
+      const n = w * h, three = obj.channels === 3 || obj.grey; // RGB, or grey packed three values a pixel
+      const px = new Uint8Array(three ? 3 * n : n);
+      if (three) { for (let i = 0, j = 0; i < n; i++, j += 4) { px[3 * i] = rgba[j]; px[3 * i + 1] = rgba[j + 1]; px[3 * i + 2] = rgba[j + 2]; } }
       else { for (let i = 0; i < n; i++) px[i] = rgba[4 * i]; }
       delete obj.png;
-      obj.width = w; obj.height = h; obj.px = px;
+      obj.width = obj.grey ? 3 * w : w; obj.height = h; obj.px = px; // width: values a row
       entry.data = obj; entry.bytes = px.length; sheetBytes += px.length;
       img.src = "";
       if (entry.script) { entry.script.remove(); entry.script = null; }
@@ -120,15 +120,24 @@
     const w = Math.max(256, Math.floor((window.innerWidth - 340) / 2));
     return [Math.max(256, Math.min(w, window.innerHeight - 150)), w];
   }
-  function fitZoom() { // the largest integer zoom at which the first model's output fits its view (at least 1)
-    const d = dims(ref(), "out"), [mh, mw] = viewMax();
-    return Math.max(1, Math.min(Math.floor(mw / d.w), Math.floor(mh / d.h)));
+  let fitted = null; // {key: window size, z}
+  function fitZoom() { // the largest integer zoom at which every domain of every model fits its view (at least 1)
+    const [mh, mw] = viewMax(), key = mh + "x" + mw;
+    if (fitted && fitted.key === key) return fitted.z;
+    const d = dims(ref(), "out");
+    let z = Math.max(1, Math.min(Math.floor(mw / d.w), Math.floor(mh / d.h)));
+    const fits = (z) => M.models.every((m) => ["in", "out"].every(function (dom) {
+      const e = dims(m, dom), k = zoomAt(z, m, dom);
+      return e.w * k <= mw && e.h * k <= mh;
+    }));
+    while (z > 1 && !fits(z)) z--;
+    fitted = {key: key, z: z};
+    return z;
   }
   const refZoom = () => (state.zoom > 0 ? state.zoom : fitZoom());
-  function domZoom(model, dom) { // integer zoom of a domain: the same field of view as the first model's output
-    const a = dims(ref(), "out"), d = dims(model, dom);
-    return Math.max(1, Math.round(refZoom() * a.w / d.w));
-  }
+  // integer zoom of a domain when the first model's output is at zoom z: the same field of view
+  function zoomAt(z, model, dom) { return Math.max(1, Math.round(z * dims(ref(), "out").w / dims(model, dom).w)); }
+  const domZoom = (model, dom) => zoomAt(refZoom(), model, dom);
   function layout(model, dom) { // {z, cw, ch (canvas px), oy, ox (image pixel at the canvas' top-left), vh, vw}
     const d = dims(model, dom), z = domZoom(model, dom), [mh, mw] = viewMax();
     const cw = Math.min(d.w * z, mw), ch = Math.min(d.h * z, mh);
@@ -146,7 +155,12 @@
       v.wrap.style.width = lay.cw + "px"; v.wrap.style.height = lay.ch + "px";
     }
   }
-  function clampCentre() { state.cy = Math.max(0, Math.min(1, state.cy)); state.cx = Math.max(0, Math.min(1, state.cx)); }
+  function clampCentre() { // keep the centre where the first model's output view can be (its edges stop a pan)
+    const d = dims(ref(), "out"), z = domZoom(ref(), "out"), [mh, mw] = viewMax();
+    const span = (n, m) => Math.min(0.5, Math.min(n * z, m) / z / 2 / n); // half the shown fraction
+    const hy = span(d.h, mh), hx = span(d.w, mw);
+    state.cy = Math.max(hy, Math.min(1 - hy, state.cy)); state.cx = Math.max(hx, Math.min(1 - hx, state.cx));
+  }
   function setZoom(z, anchor) { // anchor: {dom, fy, fx, py, px}: image fraction (fy, fx) stays at canvas px (py, px)
     z = Math.max(1, Math.min(256, Math.round(z)));
     state.zoom = z;
@@ -154,8 +168,8 @@
       const d = dims(ref(), anchor.dom), lay = layout(ref(), anchor.dom);
       state.cy = anchor.fy + (lay.ch / 2 - anchor.py) / (lay.z * d.h);
       state.cx = anchor.fx + (lay.cw / 2 - anchor.px) / (lay.z * d.w);
-      clampCentre();
     }
+    clampCentre();
     panels.forEach(sizeViews);
   }
   function zoomStep(sign, anchor) {
@@ -288,8 +302,9 @@
     c = document.createElement("canvas"); c.width = tw; c.height = th;
     const g = c.getContext("2d"), im = g.createImageData(tw, th), out = new Uint32Array(im.data.buffer), p = t.px;
     if (v.natural && v.channels === 3) for (let i = 0; i < out.length; i++) out[i] = 0xff000000 | (p[3 * i + 2] << 16) | (p[3 * i + 1] << 8) | p[3 * i];
-    else if (v.natural) for (let i = 0; i < out.length; i++) out[i] = 0xff000000 | (p[i] << 16) | (p[i] << 8) | p[i];
-    else {
+    else if (v.natural) {
+      for (let y = 0; y < th; y++) for (let x = 0, r = y * t.width; x < tw; x++) { const q = p[r + x]; out[y * tw + x] = 0xff000000 | (q << 16) | (q << 8) | q; }
+    } else {
       const off = v.req.t * tw;
       for (let y = 0; y < th; y++) { const row = y * t.width + off, o = y * tw; for (let x = 0; x < tw; x++) out[o + x] = lut32[p[row + x]]; }
     }
@@ -389,31 +404,38 @@
     lens.hidden = false;
   }
 
+  function setText(e, text) { if (e.textContent !== text) e.textContent = text; } // no layout when unchanged
   function drawLegend(p, v, what) {
+    const key = [v.natural, v.scale, v.lo, v.hi, what].join("|");
+    if (p.legendKey === key) return;
+    p.legendKey = key;
     const g = p.legend.getContext("2d"), w = p.legend.width, h = p.legend.height;
     if (v.natural) {
       const grad = g.createLinearGradient(0, 0, w, 0); grad.addColorStop(0, "#000"); grad.addColorStop(1, "#fff");
       g.fillStyle = grad; g.fillRect(0, 0, w, h);
-      p.legendLo.textContent = fmt(v.lo); p.legendMid.textContent = ""; p.legendHi.textContent = fmt(v.hi);
-      p.legendTitle.textContent = what + " · value range";
+      setText(p.legendLo, fmt(v.lo)); setText(p.legendMid, ""); setText(p.legendHi, fmt(v.hi));
+      setText(p.legendTitle, what + " · value range");
       return;
     }
     const im = g.createImageData(w, h), out = new Uint32Array(im.data.buffer);
     for (let x = 0; x < w; x++) { const q = 1 + Math.round(x / (w - 1) * 254); for (let y = 0; y < h; y++) out[y * w + x] = lut32[q]; }
     g.putImageData(im, 0, 0);
-    p.legendLo.textContent = fmt(-v.scale); p.legendMid.textContent = "0"; p.legendHi.textContent = fmt(v.scale);
-    p.legendTitle.textContent = what + " · colour scale ±" + fmt(v.scale) + (M.normalise === "global" ? " (global)" : "");
+    setText(p.legendLo, fmt(-v.scale)); setText(p.legendMid, "0"); setText(p.legendHi, fmt(v.scale));
+    setText(p.legendTitle, what + " · colour scale ±" + fmt(v.scale) + (M.normalise === "global" ? " (global)" : ""));
   }
 
   function drawMap(p) { // overview: the input's thumbnail with the part in view outlined; click or drag to go there
     const c = p.map, g = c.getContext("2d"), d = dims(p.model, "in"), lay = p.views.in.lay;
+    const [y, x] = state.dom === "in" ? selIn(p.model) : corresponding(p.model, "out", ...selIn(p.model)).slice(0, 2);
+    const key = [lay.oy, lay.ox, lay.z, lay.cw, lay.ch, y, x, !!p.thumb].join("|");
+    if (p.mapKey === key) return;
+    p.mapKey = key;
     const s = Math.min(c.width / d.w, c.height / d.h), W = d.w * s, H = d.h * s;
     g.fillStyle = "#1c1e22"; g.fillRect(0, 0, c.width, c.height);
     if (p.thumb) { g.imageSmoothingEnabled = true; g.drawImage(p.thumb, 0, 0, W, H); }
     else { g.fillStyle = "#2a2e36"; g.fillRect(0, 0, W, H); }
     g.lineWidth = 2; g.strokeStyle = "#e8a33d";
     g.strokeRect(lay.ox * s + 1, lay.oy * s + 1, Math.max(2, lay.cw / lay.z * s - 2), Math.max(2, lay.ch / lay.z * s - 2));
-    const [y, x] = state.dom === "in" ? selIn(p.model) : corresponding(p.model, "out", ...selIn(p.model)).slice(0, 2);
     g.fillStyle = "#fff"; g.fillRect(x * s - 1, y * s - 1, 3, 3);
     p.mapScale = s;
   }
@@ -422,7 +444,10 @@
     loadSheet(p.model.id + "/thumb").then(function (sh) {
       const [h, w] = sh.size, c = document.createElement("canvas"); c.width = w; c.height = h;
       const g = c.getContext("2d"), im = g.createImageData(w, h), out = new Uint32Array(im.data.buffer), px = sh.px;
-      for (let i = 0; i < w * h; i++) out[i] = sh.channels === 3 ? 0xff000000 | (px[3 * i + 2] << 16) | (px[3 * i + 1] << 8) | px[3 * i] : 0xff000000 | (px[i] << 16) | (px[i] << 8) | px[i];
+      for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) {
+        const i = y * w + x, k = y * sh.width + x;
+        out[i] = sh.channels === 3 ? 0xff000000 | (px[3 * i + 2] << 16) | (px[3 * i + 1] << 8) | px[3 * i] : 0xff000000 | (px[k] << 16) | (px[k] << 8) | px[k];
+      }
       g.putImageData(im, 0, 0);
       p.thumb = c; drawMap(p);
     }, function () {});
@@ -460,7 +485,7 @@
             p.current[dom] = v;
             paint(view, v);
             view.key = key;
-            view.caption.textContent = describe(p.model, reqs[dom]) + " · " + v.w + "×" + v.h + " · ×" + view.lay.z;
+            setText(view.caption, describe(p.model, reqs[dom]) + " · " + v.w + "×" + v.h + " · ×" + view.lay.z);
           }
         }
         const focus = reqs.out.kind === "filter" ? "out" : reqs.in.kind === "filter" ? "in" : (state.show !== "y0" || state.k !== null ? "out" : "in");
@@ -493,11 +518,11 @@
       const vals = v ? valueAt(v, m[0], m[1]) : null;
       if (vals) parts.push("under cursor (" + m[0] + ", " + m[1] + "): " + vals.map(fmt).join(", "));
     }
-    p.readout.textContent = parts.join(" · ");
+    setText(p.readout, parts.join(" · "));
   }
 
   // ---- controls and state ------------------------------------------------------------------------------
-  function status(text) { const s = document.getElementById("status"); s.textContent = text; s.hidden = !text; }
+  function status(text) { const s = document.getElementById("status"); setText(s, text); s.hidden = !text; }
 
   function fillSelect(sel, labels, value) {
     const cur = Array.from(sel.options).map((o) => o.textContent).join("|");
@@ -508,7 +533,11 @@
     sel.value = String(value);
   }
 
+  let controlsKey = null;
   function updateControls() {
+    const key = JSON.stringify([state.dom, state.src, state.dst, state.show, state.k, state.pinned, state.zoom, state.lens, refZoom()]);
+    if (key === controlsKey) return;
+    controlsKey = key;
     const kind = kindOf(state.dom), sources = channelLabels(kind, "sources"), targets = channelLabels(kind, "targets");
     state.src = Math.min(state.src, sources.length - 1); state.dst = Math.min(state.dst, targets.length - 1);
     fillSelect(document.getElementById("src-channel"), sources, state.src);
@@ -536,7 +565,11 @@
     select(other(state.dom), y + Math.floor(h / 2), x + Math.floor(w / 2));
   }
 
-  function writeHash() {
+  let hashTimer = null;
+  function writeHash() { // the address follows the view a moment later (replaceState is too slow for every hover)
+    if (hashTimer === null) hashTimer = setTimeout(function () { hashTimer = null; writeHashNow(); }, 150);
+  }
+  function writeHashNow() {
     const h = "#" + ["m=" + kindOf(state.dom), "y=" + state.y, "x=" + state.x, "s=" + state.src, "t=" + state.dst,
       "show=" + state.show, "pin=" + (state.pinned ? 1 : 0), "z=" + state.zoom, "cy=" + state.cy.toFixed(4),
       "cx=" + state.cx.toFixed(4)].concat(state.k !== null ? ["k=" + state.k] : []).join("&");
@@ -557,6 +590,7 @@
     state.pinned = q.pin === "1";
     state.zoom = Math.max(0, Math.min(256, int(q.z, state.zoom)));
     state.cy = frac(q.cy, state.cy); state.cx = frac(q.cx, state.cx);
+    clampCentre();
     state.k = q.k !== undefined && svdK() ? Math.max(0, Math.min(svdK() - 1, int(q.k, 0))) : null;
   }
 
@@ -835,7 +869,7 @@
     return cy < 0 || cx < 0 || cy >= lay.ch || cx >= lay.cw ? null : {x: r.left + cx, y: r.top + cy};
   };
   L.reveal = function (dom, y, x) { if (reveal(dom, y, x)) render(); };
-  L.select = function (dom, y, x, opts) { select(dom, y, x); Object.assign(state, opts || {}); panels.forEach(sizeViews); render(); };
+  L.select = function (dom, y, x, opts) { select(dom, y, x); Object.assign(state, opts || {}); clampCentre(); panels.forEach(sizeViews); render(); };
   L.memory = function () {
     let n = 0; for (const e of sheets.values()) if (e.data) n++;
     return {sheets: n, sheetBytes: sheetBytes, tiles: painted.size};

@@ -119,7 +119,7 @@ def test_hovered_pixels_show_the_stored_filters(browser, site, tmp_path):
     assert (np.abs(got - want) <= scale / 254 + 1e-6).all() and np.abs(want).max() > 0
     state = page.page.evaluate("LINTERP.state()")
     assert (state["dom"], state["y"], state["x"]) == ("out", 37, 20)
-    assert "m=row&y=37&x=20" in page.page.url
+    page.page.wait_for_function("location.hash.includes('m=row&y=37&x=20')")  # the address follows the view
     # channel Σ → Σ: the row summed over output... here: source channel Σ (sum of the rows of R, G, B outputs)
     page.page.select_option("#src-channel", label="Σ")
     page.page.select_option("#dst-channel", label="G")
@@ -155,6 +155,7 @@ def test_pin_keys_and_link(browser, site):
     page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
     state = page.page.evaluate("LINTERP.state()")
     assert state["dom"] == "out" and (state["y"], state["x"]) == (4 * 4 + 2, 5 * 4 + 2)
+    page.page.wait_for_function("location.hash.includes('m=row&y=18&x=22')")
     url = page.page.url
     page.clean()
     # the link opens the same view

@@ -50,7 +50,12 @@ def walk(page, moves: int = 200, seed: int = 0) -> dict:
             point = page.evaluate(f"LINTERP.clientPoint(0, '{dom}', {y}, {x})")
         before = page.evaluate("LINTERP.latencies.length")
         page.mouse.move(point["x"], point["y"])
-        page.wait_for_function(f"LINTERP.latencies.length > {before}", timeout=30000)
+        try:
+            page.wait_for_function(f"LINTERP.latencies.length > {before}", timeout=30000)
+        except Exception as err:
+            raise RuntimeError(f"no display after moving to {dom} pixel ({y}, {x}) at {point}: viewer state "
+                               f"{page.evaluate('LINTERP.state()')}, shown {page.evaluate(f'LINTERP.shown(0, {dom!r})')}"
+                               ) from err
     lat = np.array(page.evaluate("LINTERP.latencies"))
     return {"moves": moves, "measured": int(lat.size), "median_ms": float(np.median(lat)),
             "p90_ms": float(np.percentile(lat, 90)), "max_ms": float(lat.max()),
