@@ -20,7 +20,7 @@ BUNDLE_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(CROP),--crop '$(CROP)') \
 VIDEO_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(CROP),--crop '$(CROP)') $(if $(DEFAULTS),--defaults) \
              $(if $(DEVICE),--device $(DEVICE)) $(if $(DURATION),--duration $(DURATION))
 
-.PHONY: demo test bench venv clean dist $(ZIPS) $(FILMS)
+.PHONY: demo test bench venv system clean dist $(ZIPS) $(FILMS)
 
 venv: $(STAMP)
 
@@ -42,7 +42,18 @@ $(FILMS): dist/%.mp4: $(STAMP)
 
 dist: $(ZIPS) $(FILMS)
 
-test: $(STAMP)
+# Debian packages the tests use: chromium (the viewer in a real browser) and the photographs of the trained
+# defaults' training and held-out sets; installed when missing and apt-get is usable, else named
+SYSTEM_PACKAGES := chromium lomiri-wallpapers-16.04
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing (apt-get)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	    || echo "could not install $$missing: run apt-get install $$missing as root"; \
+	fi
+
+test: $(STAMP) system
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
