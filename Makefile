@@ -1,6 +1,7 @@
 # linterp — make targets. `make demo` and `make test` work from a fresh clone.
 #   make demo                      compute + SVD + one site for 4 models on the default image; prints index.html
 #   make dist/EDSR4x.zip           a paper bundle (official weights; offline: WEIGHTS=PATH or DEFAULTS=1)
+#   make dist/FilterMatrix_SR.mp4  a paper video (its bundles' stores, reused when they exist; DURATION=seconds)
 #   variables: IMAGE=photo.png CROP=X,Y,W,H|full WEIGHTS=file.pt DEFAULTS=1 STORE=1 DEVICE=cuda
 PYTHON ?= python3
 VENV   := .venv
@@ -10,12 +11,15 @@ LINTERP := $(VENV)/bin/linterp
 
 BUNDLES := Bicubic4x 4L-PixelShuffle EDSR4x CycleGAN-VanGogh CycleGAN-Ukiyoe CycleGAN-Photo2Label
 ZIPS    := $(BUNDLES:%=dist/%.zip)
+FILMS   := $(patsubst %,dist/%.mp4,FilterMatrix_SR FilterMatrix_I2I)
 BENCHES := $(wildcard benchmarks/bench_interpreter.py benchmarks/bench_compute.py benchmarks/bench_svd.py)
 BUNDLE_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(CROP),--crop '$(CROP)') \
               $(if $(WEIGHTS),--weights '$(WEIGHTS)') $(if $(DEFAULTS),--defaults) $(if $(STORE),--store) \
               $(if $(DEVICE),--device $(DEVICE))
+VIDEO_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(CROP),--crop '$(CROP)') $(if $(DEFAULTS),--defaults) \
+             $(if $(DEVICE),--device $(DEVICE)) $(if $(DURATION),--duration $(DURATION))
 
-.PHONY: demo test bench venv clean dist $(ZIPS)
+.PHONY: demo test bench venv clean dist $(ZIPS) $(FILMS)
 
 venv: $(STAMP)
 
@@ -32,7 +36,10 @@ demo: $(STAMP)
 $(ZIPS): dist/%.zip: $(STAMP)
 	@$(LINTERP) bundle $* $(BUNDLE_ARGS) --out $@
 
-dist: $(ZIPS)
+$(FILMS): dist/%.mp4: $(STAMP)
+	@$(LINTERP) video --film $* $(VIDEO_ARGS) --out $@
+
+dist: $(ZIPS) $(FILMS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

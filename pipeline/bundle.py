@@ -157,6 +157,25 @@ def work_key(bundle: Bundle, parts: list[Part], image: str | None, crop: str | N
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def resolve_crop(bundle: Bundle, image: str | None, crop: str | None) -> str | None:
+    """The crop a build uses, normalised "X,Y,W,H" or None (whole image): ``crop`` None means the bundle's crop on
+    the default image and the whole of a given image; "full" / "none" the whole image. Checks ``image`` exists."""
+    from pipeline.images import parse_crop
+
+    if image is not None and not Path(image).is_file():
+        raise BundleError(f"IMAGE={image}: no such file")
+    if crop is None:
+        crop = bundle.crop if image is None else None
+    elif crop.strip().lower() in ("full", "none", ""):
+        crop = None
+    return ",".join(map(str, parse_crop(crop))) if crop is not None else None
+
+
+def work_folder(bundle: Bundle, parts: list[Part], image: str | None, crop: str | None) -> Path:
+    """The work folder of an archive build with these inputs: out/bundles/NAME-<key> (in the current folder)."""
+    return Path("out") / "bundles" / f"{bundle.name}-{work_key(bundle, parts, image, crop)}"
+
+
 def _matches(store_path: Path, identity: dict) -> bool:
     """True when ``store_path`` is a complete store whose identity agrees with ``identity`` on its keys."""
     from pipeline.store import StoreError, open_store
@@ -175,8 +194,10 @@ def _matches(store_path: Path, identity: dict) -> bool:
 def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None, k: int,
                 trust_pickle: bool = False, device: str = "auto", scheduler: str = "threads",
                 workers: int | None = None, progress: bool = True, note: str | None = None,
-                echo=print) -> Path:
-    """Compute (or reuse) the store of one model at the image and its top-k SVD; returns the store's path."""
+                reuse: tuple[Path, ...] = (), echo=print) -> Path:
+    """Compute (or reuse) the store of one model at the image and its top-k SVD; returns the store's path.
+
+    ``reuse``: other stores to use instead when one of them is complete and made from the same inputs."""
     from pipeline import compute as comp
     from pipeline.sources import model_source
     from pipeline.svd import svd_store
@@ -186,7 +207,9 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
     source, identity, attrs = model_source(part.model, part.weights, trust_pickle, image, crop)
     if note:
         attrs = dict(attrs, note=note)
-    if _matches(path, identity):
+    found = next((p for p in (path, *reuse) if _matches(p, identity)), None)
+    if found is not None:
+        path = found
         echo(f"{part.model}: reusing the complete store {path}")
     else:
         echo(f"{part.model}: computing F(x0) into {path}")
@@ -223,18 +246,10 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     bundle's default (on the default image; a given image is used whole). ``store``: put the stores into the zip.
     """
     from pipeline.export.site import export_site
-    from pipeline.images import parse_crop
     from pipeline.models import build as build_model
 
     bundle = get_bundle(name)
-    if crop is None:
-        crop = bundle.crop if image is None else None
-    elif crop.strip().lower() in ("full", "none", ""):
-        crop = None
-    if crop is not None:
-        crop = ",".join(map(str, parse_crop(crop)))
-    if image is not None and not Path(image).is_file():
-        raise BundleError(f"IMAGE={image}: no such file")
+    crop = resolve_crop(bundle, image, crop)
     out = Path(out)
     archive = out.suffix.lower() == ".zip"
     if store and not archive:
@@ -242,8 +257,7 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     parts = resolve_parts(bundle, weights=weights, defaults=defaults)
     for part in parts:  # wrong keys, pickles, unreadable files: fail in one line before any work starts
         build_model(part.model, part.weights, trust_pickle=trust_pickle)
-    key = work_key(bundle, parts, image, crop)
-    folder = Path(work) if work else (Path("out") / "bundles" / f"{bundle.name}-{key}" if archive else out)
+    folder = Path(work) if work else (work_folder(bundle, parts, image, crop) if archive else out)
     stores = []
     for part in parts:
         stores.append(build_store(part, folder / "stores", image=image, crop=crop, k=bundle.k,

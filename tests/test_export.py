@@ -1,5 +1,5 @@
 """Site export: colour map, quantisation, sprite sheets that hold every row and column, images, SVD, resume,
-errors, schedulers and the flashlight video.
+errors and schedulers (the video: test_video.py).
 
 The stores are real Zarr stores written through ``pipeline.store.create_store``; their F is the exact matrix of
 a linear upscaler (torch's bicubic / bilinear interpolation), built column by column from unit impulses.
@@ -311,32 +311,3 @@ def test_export_command(tmp_path):
     res = CliRunner().invoke(main, ["export", str(store.path), "--out", str(tmp_path / "site"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "filters/s" in res.output and (tmp_path / "site" / "index.html").is_file()
-
-
-# ---- video -----------------------------------------------------------------------------------------------
-def test_flashlight_video_shows_the_columns_along_the_path(tmp_path, bicubic16):
-    import imageio.v3 as iio
-
-    from pipeline.cli import main
-    from pipeline.export.video import frame, walk_path
-
-    store, dense = bicubic16
-    out = tmp_path / "walk.gif"
-    res = CliRunner().invoke(main, ["video", str(store.path), "--out", str(out), "--frames", "12",
-                                    "--format", "gif", "--zoom", "1"])
-    assert res.exit_code == 0, res.output
-    frames = iio.imread(out, index=None)
-    path = walk_path(store.in_shape[1:], 12)
-    assert len(frames) == len(path) == 12 and len(set(path)) == 12
-    lut = render.diverging_lut()
-    left = np.repeat(np.repeat(np.moveaxis(render.natural(store.x0)[0], -1, -1), 4, 0), 4, 1)
-    for i in (0, 5, 11):
-        y, x = path[i]
-        col = dense[:, :, :, :, y, x].sum(axis=(0, 3))  # the white-impulse column, summed over channels
-        h, w = col.shape
-        scale = np.abs(col).max()
-        exact = frame(store, y, x, lut, left)  # the frame before GIF's palette reduction: exact colours
-        q = render.decode_colours(exact[:h, -w:])
-        assert (np.abs(render.dequantise(q, scale) - col) <= scale / 254 + 1e-6).all()
-        gif = frames[i][:h, -w:, :3].astype(float)  # GIF: 256-colour palette, so compare loosely
-        assert np.corrcoef(gif.ravel(), exact[:h, -w:].astype(float).ravel())[0, 1] > 0.98

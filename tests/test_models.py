@@ -307,7 +307,7 @@ def test_run_classifier_prints_top_classes(tmp_path):
     result = CliRunner().invoke(main, ["run", "--model", "digits-vgg-bn", "--weights", "random", "--image",
                                        str(tmp_path / "in.png"), "--top", "3"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines()  # stderr says how the image was prepared
     probabilities = [float(line.split()[0]) for line in lines]
     assert len(lines) == 3 and probabilities == sorted(probabilities, reverse=True)
 

@@ -376,7 +376,7 @@ def test_svd_export_video_and_browser(trained, example_store, tmp_path, monkeypa
     index = pipeline.export_site([store, bicubic], tmp_path / "site", progress=False)
     manifest = (tmp_path / "site" / "data" / "manifest.js").read_text()
     assert '"title":"tiny_sr.py:make"' in manifest and str(tmp_path) not in manifest
-    cli("video", store, "--out", tmp_path / "walk.gif", "--frames", "3", "--no-progress")
+    cli("video", store, "--out", tmp_path / "walk.gif", "--duration", "1", "--fps", "3", "--zoom", "2", "--quiet")
     assert (tmp_path / "walk.gif").stat().st_size > 1000
     browser_check(index, open_store(store))
 

@@ -70,26 +70,41 @@ def model_and_image_options(command):
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Output image (PNG) for super-resolution and image-to-image models.")
 @click.option("--top", default=5, show_default=True, help="How many classes a classifier prints.")
-def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_range, out_path, top):
-    """Apply a model to an image: an image out for SR / image-to-image models, the top classes for classifiers."""
+@click.option("--polarity", type=click.Choice(["auto", "keep", "invert"]), default="auto", show_default=True,
+              help="Digits models: invert images whose border is light (auto), never, or always.")
+def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_range, out_path, top, polarity):
+    """Apply a model to an image: an image out for SR / image-to-image models, the top classes for classifiers.
+
+    Classifiers take images of any size and colour, prepared as `linterp classify` prepares them (the line on
+    stderr says how)."""
     import torch
 
-    from pipeline import images
+    from pipeline import images, preprocess
     from pipeline.models import build, class_names, spec
     from pipeline.models.user import is_user_spec, parse_args
     from pipeline.sources import read_image, user_model
 
+    user = is_user_spec(name)
     try:
-        img = read_image(image_path, crop_text)[0]
-        if is_user_spec(name):
-            user = user_model(name, weights, trust_pickle, img, parse_args(model_args), input_range)
-            model, model_spec = user.model, user.spec
+        if user:  # your own model: probed on the image for its task and colour
+            img = read_image(image_path, crop_text)[0]
+            built = user_model(name, weights, trust_pickle, img, parse_args(model_args), input_range)
+            model, model_spec = built.model, built.spec
         else:
             model_spec = spec(name)
-        if model_spec.task != "classify" and not out_path:
+        classifier = model_spec.task == "classify"
+        if not classifier and not out_path:
             raise click.UsageError(f"{name} produces an image: pass --out OUT.png")
-        x0 = images.to_input(img, model_spec)
-        if not is_user_spec(name):
+        if not user:
+            img = images.default_image()[1] if image_path is None else images.load_image(image_path, classifier)
+            if crop_text:
+                img = images.crop(img, images.parse_crop(crop_text))
+        if classifier:
+            x0, record = preprocess.classifier_input(img, model_spec, polarity=polarity)
+            click.echo(preprocess.describe(record), err=True)
+        else:
+            x0 = images.to_input(img, model_spec)
+        if not user:
             model = build(name, weights, trust_pickle=trust_pickle)
     except (ValueError, OSError) as err:  # UnknownModelError, WeightsError, ImageError, UserModelError
         raise click.ClickException(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
@@ -97,7 +112,7 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
         y = model(x0)
     if model_spec.task == "classify":
         probabilities = torch.softmax(y[0].double(), 0)
-        labels = class_names(name) if not is_user_spec(name) else [str(i) for i in range(y.shape[-1])]
+        labels = [str(i) for i in range(y.shape[-1])] if user else class_names(name)
         values, indices = probabilities.topk(min(top, probabilities.numel()))
         for p, i in zip(values.tolist(), indices.tolist()):
             click.echo(f"{p:8.4f}  {i:4d}  {labels[i]}")

@@ -36,8 +36,8 @@ def train(name, out, steps, seed, threads, quiet):
     result = run(rec, out, steps=steps, seed=seed, progress=not quiet)
     losses = result["losses"]
     tail = losses[-min(50, len(losses)):] if losses else []
-    click.echo(f"{name}: {result['steps']} steps, {result['seconds']:.0f} s in this process, "
-               f"final loss (mean of last {len(tail)}) {sum(tail) / max(1, len(tail)):.4g}")
+    click.echo(f"{name}: {result['steps']} steps, {result['seconds']:.0f} s wall and {result['cpu_seconds']:.0f} s "
+               f"of CPU in this process, final loss (mean of last {len(tail)}) {sum(tail) / max(1, len(tail)):.4g}")
     click.echo(f"wrote {out} (sha256 {file_sha256(out)})")
 
 

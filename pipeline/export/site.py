@@ -291,13 +291,14 @@ def model_ids(stores: list[Store]) -> list[str]:
     return ids
 
 
-def _check_same_image(stores: list[Store]) -> None:
+def check_same_image(stores: list[Store]) -> None:
+    """``ExportError`` unless the stores show one image (same image, crop and input size; channels may differ)."""
     first = stores[0]
     for st in stores[1:]:
         for what, key in (("image sha256", lambda a: a.image.sha256), ("crop", lambda a: a.crop)):
             if key(st.attrs) != key(first.attrs):
                 raise ExportError(f"{st.path} shows another image than {first.path} ({what} differs); "
-                                  f"export them as separate sites")
+                                  f"show them separately")
         if st.in_shape[1:] != first.in_shape[1:]:  # channels may differ (Y-only vs RGB models)
             raise ExportError(f"{st.path}: input size {st.in_shape[1:]} differs from {first.path}'s "
                               f"{first.in_shape[1:]}")
@@ -366,7 +367,7 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     stores = [open_store(p, require_complete=True) for p in store_paths]
     if not stores:
         raise ExportError("no store given")
-    _check_same_image(stores)
+    check_same_image(stores)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder")

@@ -348,7 +348,11 @@ class LinearInterpreter:
 
     def bias(self, name: str) -> torch.Tensor:
         """The bias b̂ of one source, at its node (broadcastable to the node's output, batch 1)."""
-        return self.sites[self._names[name]].bias
+        return self.source_site(name).bias
+
+    def source_site(self, name: str) -> Site:
+        """The linear node (`Site`: graph node, rule, recorded state) whose bias is the source `name`."""
+        return self.sites[self._names[name]]
 
     def contributions(self) -> "OrderedDict[str, torch.Tensor]":
         """name -> Q_i b̂_i, shape (1, *out): each bias source forward-projected to the output.

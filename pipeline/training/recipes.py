@@ -44,8 +44,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("i2i-paint", Translation("paint"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-woodcut", Translation("woodcut"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-label", Translation("label"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
-    Recipe("digits-vgg", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
-    Recipe("digits-vgg-bn", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
+    Recipe("digits-vgg", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
+    Recipe("digits-vgg-bn", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
 )}
 
 
