@@ -38,6 +38,8 @@ class TinySR(nn.Module):
         self.body = nn.Sequential(*[ResidualBlock(features) for _ in range(blocks)])
         self.tail = nn.Conv2d(features, 3 * scale ** 2, 3, padding=1)
         self.shuffle = nn.PixelShuffle(scale)
+        nn.init.zeros_(self.tail.weight)  # untrained, the network is the bilinear skip alone
+        nn.init.zeros_(self.tail.bias)
 
     def forward(self, x):
         detail = self.shuffle(self.tail(self.body(self.head(x))))

@@ -408,3 +408,13 @@ def browser_check(index: Path, store) -> None:
             page.clean()
         finally:
             browser.close()
+
+
+def test_run_applies_a_user_model(tmp_path):
+    import imageio.v3 as iio
+
+    out = tmp_path / "sr.png"
+    result = cli("run", "--model", f"{EXAMPLE}:make", "--crop", "0,0,20,16", "--out", out)
+    assert "wrote" in result.output
+    # untrained, the example is its bilinear skip alone: twice the size of the crop
+    assert iio.imread(out).shape == (32, 40, 3)
