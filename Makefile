@@ -12,7 +12,8 @@ LINTERP := $(VENV)/bin/linterp
 BUNDLES := Bicubic4x 4L-PixelShuffle EDSR4x CycleGAN-VanGogh CycleGAN-Ukiyoe CycleGAN-Photo2Label
 ZIPS    := $(BUNDLES:%=dist/%.zip)
 FILMS   := $(patsubst %,dist/%.mp4,FilterMatrix_SR FilterMatrix_I2I)
-BENCHES := $(wildcard benchmarks/bench_interpreter.py benchmarks/bench_compute.py benchmarks/bench_svd.py)
+BENCHES := $(wildcard benchmarks/bench_interpreter.py benchmarks/bench_compute.py benchmarks/bench_svd.py \
+                     benchmarks/bench_verify.py)
 BUNDLE_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(CROP),--crop '$(CROP)') \
               $(if $(WEIGHTS),--weights '$(WEIGHTS)') $(if $(DEFAULTS),--defaults) $(if $(STORE),--store) \
               $(if $(DEVICE),--device $(DEVICE))

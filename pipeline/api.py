@@ -83,15 +83,11 @@ def verify_store(store, model=None, *, weights=None, write: bool = False, trust_
     name or a file of the recorded name in the current folder); ``weights``: its weight file when it cannot be
     found by name. ``write``: record the result in the store. ``options``: samples, seed, tolerances.
     """
-    import functools
-
     from pipeline import verify as checks
-    from pipeline.sources import model_from_store
 
     opened = open_store(_path(store), mode="r+" if write else "r")
-    build = functools.partial(model_from_store, opened, trust_pickle, weights, model)
-    report = checks.verify_store(opened, build, device=device, trust_pickle=trust_pickle, progress=progress,
-                                 **options)
+    report = checks.verify_store(opened, device=device, weights=weights, model=model, trust_pickle=trust_pickle,
+                                 progress=progress, **options)
     if write:
         checks.record(opened, report)
     return report

@@ -318,7 +318,8 @@ def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image:
         lines.append(f"  {part.model}: weights {attrs.weights.name or 'none (no parameters)'}"
                      f"  sha256 {attrs.weights.sha256 or '-'}")
         figures = attrs.verification
-        lines.append(f"    F {tuple(store.F.shape)}, reconstruction max error "
+        lines.append(f"    F {tuple(store.F.shape)}, verification {figures.get('status', 'unverified')}: "
+                     f"reconstruction max error "
                      f"{figures.get('reconstruction_max_abs', float('nan')):.3g}, "
                      f"rows check {figures.get('rows_max_abs', float('nan')):.3g}")
         if store.has_svd:

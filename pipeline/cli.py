@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "pipeline.commands.training:train",
     "evaluate": "pipeline.commands.training:evaluate",
     "compute": "pipeline.commands.compute:compute",
+    "verify": "pipeline.commands.verify:verify",
     "svd": "pipeline.commands.svd:svd",
     "export": "pipeline.commands.export:export",
     "video": "pipeline.commands.export:video",

@@ -52,8 +52,10 @@ READABLE_VERSIONS = (1, 2)
 IN_DIMS = ("c_in", "y_in", "x_in")
 OUT_DIMS = ("c_out", "y_out", "x_out")
 F_DIMS = OUT_DIMS + IN_DIMS
-_CODEC = ZstdCodec(level=3)
+_CODEC = ZstdCodec(level=3, checksum=True)  # a damaged chunk fails to decode instead of reading as noise
 _CONFIG = {"write_empty_chunks": False}
+#: Largest ledger value (uint8): a task that stored 253 or more shards.
+LEDGER_COUNT_MAX = 255
 #: Most values in one inner chunk of F (64 Ki float32 = 256 KiB before compression).
 INNER_VALUES = 2**16
 
@@ -371,18 +373,28 @@ class Store:
         return tuple(self.F.shape[:3])
 
     def stored_shards(self) -> list[tuple[slice, ...]]:
-        """The regions of F (6-tuples of slices) of the shards written to disk; the rest of F is zero."""
+        """The regions of F (6-tuples of slices) of the shards written to disk; the rest of F is zero.
+
+        Files that are not chunk keys (``.DS_Store``, ``*.partial`` files of a killed writer) are ignored."""
         grid = self.F.shards or self.F.chunks
         found = []
         root = self.path / "F" / "c"
         for folder, _, files in os.walk(root):
             prefix = Path(folder).relative_to(root).parts
             for name in files:
-                index = tuple(int(i) for i in prefix + (name,))
-                if len(index) == len(grid):
+                parts = prefix + (name,)
+                if len(parts) != len(grid) or not all(p.isdigit() and p.isascii() for p in parts):
+                    continue
+                index = tuple(int(i) for i in parts)
+                if all(i * g < n for i, g, n in zip(index, grid, self.F.shape)):
                     found.append(tuple(slice(i * g, min((i + 1) * g, n))
                                        for i, g, n in zip(index, grid, self.F.shape)))
         return sorted(found, key=lambda sl: tuple(s.start for s in sl))
+
+    def shard_key(self, region: tuple[slice, ...]) -> str:
+        """The storage key of the shard of F holding ``region`` (e.g. ``F/c/0/1/1/0/0/0``)."""
+        grid = self.F.shards or self.F.chunks
+        return "F/c/" + "/".join(str(s.start // g) for s, g in zip(region, grid))
 
     def column(self, c: int, y: int, x: int) -> np.ndarray:
         """Column ``F[..., c, y, x]``: the response to a unit impulse at input (c, y, x); (C_out, H_out, W_out)."""
@@ -400,11 +412,25 @@ class Store:
 
     def done_tasks(self) -> set[tuple[int, ...]]:
         """Index tuples of the finished tasks."""
-        return {tuple(int(i) for i in ix) for ix in np.argwhere(self.ledger[...] == 1)}
+        return {tuple(int(i) for i in ix) for ix in np.argwhere(self.ledger[...] >= 1)}
 
-    def mark_done(self, task: tuple[int, ...]) -> None:
-        """Record one finished task (writes only that task's own ledger chunk)."""
-        self.ledger[tuple(slice(i, i + 1) for i in task)] = 1
+    @property
+    def finished(self) -> bool:
+        """True when every compute task has finished (whether or not the store passed its verification)."""
+        return bool((self.ledger[...] >= 1).all())
+
+    def mark_done(self, task: tuple[int, ...], shards: int | None = None) -> None:
+        """Record one finished task (writes only that task's own ledger chunk).
+
+        Ledger values: 0 = not done; 1 = done (shard count not recorded); 2 + n = done, having stored n
+        non-empty shards of F (255: n >= 253), which ``linterp verify`` checks against the files."""
+        value = 1 if shards is None else 2 + min(int(shards), LEDGER_COUNT_MAX - 2)
+        self.ledger[tuple(slice(i, i + 1) for i in task)] = value
+
+    def unmark(self, tasks) -> None:
+        """Mark tasks as not done (their shards are recomputed by a resumed compute)."""
+        for task in tasks:
+            self.ledger[tuple(slice(i, i + 1) for i in task)] = 0
 
     # ---- SVD --------------------------------------------------------------------------------------
     @property

@@ -30,6 +30,7 @@ def compute(name, weights, trust_pickle, image_path, crop_text, model_args, inpu
     weights, image or crop (or a model file that has changed since) is refused.
     """
     from pipeline import compute as comp
+    from pipeline.commands.errors import click_error
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.models.user import parse_args
     from pipeline.sources import model_source, refuse_changed_model
@@ -43,11 +44,10 @@ def compute(name, weights, trust_pickle, image_path, crop_text, model_args, inpu
                              batch=batch or comp.DEFAULT_BATCH, scheduler=scheduler, workers=workers,
                              device=device, progress=not quiet)
     except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # ImageError, WeightsError, …
-        message = str(err).strip().splitlines()
-        raise click.ClickException(message[0] if message else type(err).__name__) from err
+        raise click_error(err) from err
     attrs = store.attrs
     figures, timings = attrs.verification, attrs.timings
+    checks = ", ".join(f"{c['name']} {c['value']:.2g}" for c in figures.get("checks", []) if c["value"] is not None)
     click.echo(f"wrote {out_path}: F {tuple(store.F.shape)} ({attrs.mode}, tile {attrs.tile}), "
                f"{timings['last_run_tasks']} tasks in {timings['last_run_seconds']:.1f} s; "
-               f"reconstruction max error {figures['reconstruction_max_abs']:.3g}, "
-               f"rows check {figures['rows_max_abs']:.3g}")
+               f"verification {figures.get('status', 'unverified')} ({checks})")

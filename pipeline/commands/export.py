@@ -17,16 +17,21 @@ from pipeline.export.site import SCHEDULERS
               help="dask scheduler (distributed: a local cluster of --workers processes)")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="dask workers (default: one per core)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def export(stores, out, normalise, scheduler, workers, progress):
-    """Export STORES (one image; one panel per model) as an offline site: open OUT/index.html."""
-    from pipeline.export.site import ExportError, export_site
+@click.option("--allow-unverified", is_flag=True,
+              help="Export stores whose verification failed or never ran (the site shows a warning on them).")
+def export(stores, out, normalise, scheduler, workers, progress, allow_unverified):
+    """Export STORES (one image; one panel per model) as an offline site: open OUT/index.html.
+
+    Only verified stores are exported (see `linterp verify`), unless --allow-unverified is given."""
+    from pipeline.commands.errors import click_error
+    from pipeline.export.site import export_site
     from pipeline.store import StoreError
 
     try:
         s = export_site(stores, out, normalise=normalise, scheduler=scheduler, workers=workers,
-                        progress=progress)
-    except (StoreError, ExportError) as err:
-        raise click.ClickException(str(err)) from None
+                        progress=progress, allow_unverified=allow_unverified)
+    except (StoreError, ValueError, OSError) as err:  # ExportError, a folder that cannot be written, …
+        raise click_error(err) from None
     click.echo(f"wrote {out / 'index.html'}: {s['filters']} filters in {s['seconds']:.1f} s "
                f"({s['filters_per_s']:.0f} filters/s); {s['files']} files, {s['bytes'] / 2**20:.2f} MiB"
                + (f"; {s['tasks'] - s['rendered_tasks']} of {s['tasks']} tasks were already done"
@@ -65,6 +70,7 @@ def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossles
 
     Or --film FilterMatrix_SR / FilterMatrix_I2I: the paper's videos from the stores of its bundles.
     """
+    from pipeline.commands.errors import click_error
     from pipeline.export.video import write_video
     from pipeline.store import StoreError
 
@@ -82,8 +88,7 @@ def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossles
                               subtitles_out=subtitles_out, still=still, names=names, notes=tuple(notes),
                               progress=not quiet)
     except (StoreError, ValueError, OSError) as err:  # VideoError, BundleError, EncoderError, ExportError, …
-        message = str(err).strip().splitlines()
-        raise click.ClickException(message[0] if message else type(err).__name__) from None
+        raise click_error(err) from None
     h, w = summary["size"]
     click.echo(f"wrote {summary['path']}: {summary['duration']:.1f} s, {summary['frames']} frames of {w}×{h}, "
                f"{summary['cues']} subtitle cues, in {summary['seconds']:.1f} s")

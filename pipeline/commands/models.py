@@ -80,6 +80,7 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
     import torch
 
     from pipeline import images, preprocess
+    from pipeline.commands.errors import click_error, one_line, writable_file
     from pipeline.models import build, class_names, spec
     from pipeline.models.user import is_user_spec, parse_args
     from pipeline.sources import read_image, user_model
@@ -95,6 +96,9 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
         classifier = model_spec.task == "classify"
         if not classifier and not out_path:
             raise click.UsageError(f"{name} produces an image: pass --out OUT.png")
+        if out_path:
+            _check_image_writer(out_path)
+            writable_file(out_path)
         if not user:
             img = images.default_image()[1] if image_path is None else images.load_image(image_path, classifier)
             if crop_text:
@@ -107,7 +111,7 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
         if not user:
             model = build(name, weights, trust_pickle=trust_pickle)
     except (ValueError, OSError) as err:  # UnknownModelError, WeightsError, ImageError, UserModelError
-        raise click.ClickException(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise click_error(err) from err
     with torch.no_grad():
         y = model(x0)
     if model_spec.task == "classify":
@@ -122,5 +126,26 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
         out = images.merge_luma(out, img)
     import imageio.v3 as iio
 
-    iio.imwrite(out_path, out if out.shape[2] == 3 else out[:, :, 0])
+    try:
+        iio.imwrite(out_path, out if out.shape[2] == 3 else out[:, :, 0])
+    except (OSError, ValueError) as err:
+        raise click.ClickException(f"--out {out_path}: cannot write the image ({one_line(err)})") from None
     click.echo(f"wrote {out_path} ({out.shape[1]}×{out.shape[0]})")
+
+
+def _check_image_writer(path) -> None:
+    """Fail before any work when no image writer knows the extension of ``path`` (one line)."""
+    import warnings
+    from pathlib import Path
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    suffix = Path(path).suffix.lower()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            iio.imwrite("<bytes>", np.zeros((2, 2, 3), np.uint8), extension=suffix or ".none")
+    except Exception:  # noqa: BLE001 - imageio raises several kinds for unknown or unwritable formats
+        raise click.ClickException(f"--out {path}: no image writer knows the extension '{suffix or '(none)'}' "
+                                   f"(use .png, .jpg, .bmp or .tif)") from None

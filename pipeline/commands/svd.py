@@ -35,6 +35,7 @@ def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, weig
     """Truncated SVD of F(x0), matrix-free; writes svd/S, svd/U (eigen-outputs) and svd/V (eigen-inputs)
     with the per-pair residuals into STORE. A killed run resumes from its checkpoint when rerun."""
     from pipeline import svd as svdmod
+    from pipeline.commands.errors import click_error
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.store import StoreError
 
@@ -48,8 +49,7 @@ def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, weig
                                   max_iter=max_iter, seed=seed, trust_pickle=trust_pickle, weights=weights,
                                   model=model, progress=not quiet)
     except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # SVDError, WeightsError, …
-        message = str(err).strip().splitlines()
-        raise click.ClickException(message[0] if message else type(err).__name__) from err
+        raise click_error(err) from err
     info = result.info
     worst = float(max(result.residual_forward.max(), result.residual_transpose.max()))
     state = "converged" if info["converged"] else f"NOT converged to {tol:g} after {info['iterations']} steps"

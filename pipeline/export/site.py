@@ -304,6 +304,16 @@ def check_same_image(stores: list[Store]) -> None:
                               f"{first.in_shape[1:]}")
 
 
+def verification_fields(store: Store) -> dict:
+    """A panel's ``verification_status`` ("passed" / "failed" / "unverified"), ``jacobian_exact`` (bool, or
+    None when the store does not say) and ``approximations`` ([{op, where, kind}])."""
+    from pipeline.verify import status
+
+    attrs = store.attrs
+    return {"verification_status": status(store), "jacobian_exact": attrs.get("jacobian_exact"),
+            "approximations": list(attrs.get("approximations") or [])}
+
+
 def _svd_info(store: Store) -> dict | None:
     if not store.has_svd:
         return None
@@ -349,12 +359,14 @@ def _run(tasks, scheduler: str, workers: int | None, progress: bool, desc: str):
 
 
 def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str = "threads",
-                workers: int | None = None, progress: bool = True, sheet_pixels: int = SHEET_PIXELS) -> dict:
+                workers: int | None = None, progress: bool = True, sheet_pixels: int = SHEET_PIXELS,
+                allow_unverified: bool = False) -> dict:
     """Render the stores (one image, one panel per model) into the static site folder ``out``.
 
     ``normalise``: "filter" (each plane at its own ±max) or "global" (one scale per kind, source and target
     channel over all pixels). ``scheduler``: "threads", "processes", "synchronous" (local dask schedulers) or
-    "distributed" (a local ``distributed`` cluster of ``workers`` processes).
+    "distributed" (a local ``distributed`` cluster of ``workers`` processes). Unfinished stores are refused,
+    and so are failed or unverified ones unless ``allow_unverified`` (their panels then carry a warning).
     Returns a summary: seconds, filters, files, bytes and per-model details.
     """
     import dask
@@ -364,9 +376,13 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     if scheduler not in SCHEDULERS:
         raise ExportError(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {scheduler!r}")
     t_start = time.perf_counter()
-    stores = [open_store(p, require_complete=True) for p in store_paths]
+    from pipeline.verify import require_exportable
+
+    stores = [open_store(p) for p in store_paths]
     if not stores:
         raise ExportError("no store given")
+    for store in stores:
+        require_exportable(store, allow_unverified)
     check_same_image(stores)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -374,7 +390,12 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     if out.is_dir() and any(out.iterdir()) and not (out / "data").is_dir():
         raise ExportError(f"{out} is not empty and is not a linterp site; choose another --out")
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        _write_atomic(data / ".write-test", "")
+        (data / ".write-test").unlink()
+    except OSError as err:
+        raise ExportError(f"{out}: cannot write the site there ({err.strerror or type(err).__name__})") from None
 
     models, summaries = [], []
     todo, todo_info = [], []
@@ -400,8 +421,7 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         todo_info.append((folder, "images", _task_key(store, "images", None, normalise)))
         attrs = store.attrs
         models.append({"id": mid, "title": str(attrs.model or mid), "store": store.path.name,
-                       "attrs": attrs.for_viewer(), "verification_status": attrs.verification["status"],
-                       "jacobian_exact": attrs.jacobian_exact, "approximations": attrs.approximations,
+                       "attrs": attrs.for_viewer(), **verification_fields(store),
                        "geometry": attrs.geometry, "in": list(store.in_shape), "out": list(store.out_shape),
                        "kinds": plans, "svd": _svd_info(store),
                        "natural": {"x0": store.in_shape[0] in (1, 3), "y0": store.out_shape[0] in (1, 3)}})

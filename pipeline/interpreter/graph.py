@@ -51,6 +51,7 @@ def describe(node: fx.Node, target: Any) -> str:
     if node.op == "call_method":
         return f"tensor method .{node.target}()"
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    name = name.removeprefix("_VariableFunctionsClass.")  # torch.sort, not torch._VariableFunctionsClass.sort
     module = getattr(target, "__module__", None) or ""
     return f"function {module + '.' if module else ''}{name}"
 

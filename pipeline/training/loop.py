@@ -55,7 +55,13 @@ def train(recipe: Recipe, out: Path, steps: int | None = None, seed: int | None 
     identity = {"name": recipe.name, "seed": seed, "steps": steps}
     ckpt = checkpoint_path(out)
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        try:
+            state = torch.load(ckpt, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch.load raises many kinds on damaged or foreign files
+            state = err
+        if not isinstance(state, dict) or "identity" not in state:
+            raise ValueError(f"{ckpt}: not a checkpoint of `linterp train` ({type(state).__name__}); "
+                             f"delete it to start over")
         if state["identity"] == identity:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
