@@ -7,7 +7,7 @@ model: compute seconds (the tasks, without the gate), verify seconds, their rati
 (reading F, building the interpreter, network passes), the status and the largest check figure.
 Goal (issue 11): verify ≤ 10 % of compute for image-to-image stores.
 
-    python benchmarks/bench_verify.py [--models edsr-small-x4 i2i-small] [--crop 16,24,32,32]
+    python benchmarks/bench_verify.py [--models edsr-small-x4 i2i-label] [--crop 16,24,32,32]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 
 from bench_compute import table  # benchmarks/ is on sys.path when a script here runs
 
-MODELS = ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-small")
+MODELS = ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-label")
 
 
 #: checks whose figures are printed (rows stores have "columns" instead of "rows")

@@ -61,8 +61,8 @@ SVD_TOL = 1e-3
 SVD_MAX_ITER = 40
 
 BUNDLES: dict[str, Bundle] = {b.name: b for b in (
-    Bundle("demo", ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-small"),
-           ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-small"), DEMO_CROP, 8,
+    Bundle("demo", ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-label"),
+           ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-label"), DEMO_CROP, 8,
            "no paper archive: the quick tour of `make demo` (the project's trained models)"),
     Bundle("Bicubic4x", ("bicubic-x4",), ("bicubic-x4",), DEMO_CROP, 8, "Bicubic4x.zip, 17 MB"),
     Bundle("4L-PixelShuffle", ("pixelshuffle-x4",), ("pixelshuffle-x4",), DEMO_CROP, 8,
@@ -72,10 +72,10 @@ BUNDLES: dict[str, Bundle] = {b.name: b for b in (
     Bundle("EDSR4x", ("edsr-baseline-x4",), ("edsr-small-x4",), DEMO_CROP, 8, "EDSR4x.zip, 953 MB",
            ("the paper cites EDSR [Lim et al.] without naming the variant; this bundle uses the official "
             "EDSR-baseline ×4 (16 blocks, 64 features, edsr_baseline_x4-6b446fab.pt)",)),
-    Bundle("CycleGAN-VanGogh", ("cyclegan-style_vangogh",), ("i2i-small",), DEMO_CROP, 8,
+    Bundle("CycleGAN-VanGogh", ("cyclegan-style_vangogh",), ("i2i-paint",), DEMO_CROP, 8,
            "CycleGAN-VanGogh, 7.5 GB"),
-    Bundle("CycleGAN-Ukiyoe", ("cyclegan-style_ukiyoe",), ("i2i-small",), DEMO_CROP, 8, "CycleGAN-Ukiyoe, 4.4 GB"),
-    Bundle("CycleGAN-Photo2Label", ("cyclegan-facades_photo2label",), ("i2i-small",), DEMO_CROP, 8,
+    Bundle("CycleGAN-Ukiyoe", ("cyclegan-style_ukiyoe",), ("i2i-woodcut",), DEMO_CROP, 8, "CycleGAN-Ukiyoe, 4.4 GB"),
+    Bundle("CycleGAN-Photo2Label", ("cyclegan-facades_photo2label",), ("i2i-label",), DEMO_CROP, 8,
            "CycleGAN-Photo2Label, 4.0 GB"),
 )}
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "video": "pipeline.commands.export:video",
     "classify": "pipeline.commands.classify:classify",
     "bundle": "pipeline.commands.bundle:bundle",
+    "geometry": "pipeline.commands.geometry:geometry",
 }
 
 

@@ -187,7 +187,7 @@ def test_a_rows_store_is_checked_by_columns_and_vjp(tmp_path):
 def test_approximations_reach_the_store_and_the_site(tmp_path):
     image = png(tmp_path / "rgb.png", (16, 16, 3), seed=4)
     out = tmp_path / "i2i.zarr"
-    result = run(*compute_args(image, out, model="i2i-small", tile=8))
+    result = run(*compute_args(image, out, model="i2i-label", tile=8))
     assert result.exit_code == 0, result.output
     store = open_store(out, require_complete=True)
     assert store.attrs["jacobian_exact"] is False

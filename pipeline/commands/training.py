@@ -52,8 +52,8 @@ def train(name, out, steps, seed, threads, quiet):
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled whole-model file (only for trusted files).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 def evaluate(name, weights, trust_pickle, threads):
-    """Print NAME's quality on held-out data: PSNR on Y vs bicubic (super-resolution), L1 to the mosaic vs
-    the identity (i2i-small), test accuracy (digits), and whether it meets its target."""
+    """Print NAME's quality on held-out data: PSNR on Y vs bicubic (super-resolution), L1 to the style vs
+    the identity and the best colour map (i2i-paint, i2i-woodcut, i2i-label), test accuracy (digits), and whether it meets its target."""
     import torch
 
     from pipeline.commands.errors import click_error

@@ -31,7 +31,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TRAINED_SHA256: dict[str, str | None] = {
     "pixelshuffle-x4": "b5d6b7e60d5175a9639f69102c6f139f918812217b7ebf9314f005cacffb4d0e",
     "edsr-small-x4": "81db36b5d34ddd72f3af34329bc69bbd5000c3998f3f90c897bc4c73a078468e",
-    "i2i-small": "885bd8bd3581c0df93cbe8fde2dda763e17d931428863d564585fc4e2ed4f490",
+    "i2i-woodcut": "ac27d2adb9de832dc0df9d007b64080a923c423f6dde82e894ab6d2c60f4258e",
+    "i2i-label": "78ddb35181a237a3370b11280990c809ea4d91bf65c446e7e6593f99f9d91e61",
     "digits-vgg": "06f2ed484a9d796cbbd828f97e54b711dbd7340682f2c6460d2be07dd18ed52e",
     "digits-vgg-bn": "9d3af9065c41ee88f1f13c477ee8f282792c2f49bf39e4344b78ddbfe893262c",
 }
@@ -128,10 +129,6 @@ def _specs() -> list[ModelSpec]:
         specs.append(ModelSpec(f"cyclegan-{name}", "i2i", 1, "rgb", (-1.0, 1.0),
                                f"CycleGAN ResNet-9 generator {name}, RGB in [−1, 1]", ResnetGenerator,
                                weights=CYCLEGAN_URL.format(name), multiple=4, min_size=8))
-    specs.append(ModelSpec("i2i-small", "i2i", 1, "rgb", (-1.0, 1.0),
-                           "ResNet generator (ngf 16, 4 blocks) trained by linterp, RGB in [−1, 1]",
-                           functools.partial(ResnetGenerator, 3, 3, 16, 4), weights=PROJECT, multiple=4,
-                           min_size=8))
     for style, bundle in (("paint", "VanGogh"), ("woodcut", "Ukiyoe"), ("label", "Photo2Label")):
         specs.append(ModelSpec(f"i2i-{style}", "i2i", 1, "rgb", (-1.0, 1.0),
                                f"CycleGAN ResNet generator (ngf 24, 6 blocks) trained by linterp on photo → {style}, "

@@ -153,28 +153,6 @@ def normalise(img: np.ndarray, spread: float = 0.2, min_std: float = 0.01) -> np
     return np.clip(0.5 + spread * centred / max(centred.std(), min_std), 0.0, 1.0)
 
 
-def mosaic(img: np.ndarray, segment_area: int = 256, compactness: float = 10.0) -> np.ndarray:
-    """The mosaic target of a photo (H, W, 3) in [0, 1] -> float32 (H, W, 3) in [0, 1]: the photo is
-    `normalise`d, cut into SLIC superpixels (`skimage.segmentation.slic` on the normalised image, about one
-    segment per `segment_area` pixels, `compactness`, `start_label=0`), and each superpixel filled with its
-    mean normalised colour."""
-    from skimage.color import label2rgb
-    from skimage.segmentation import slic
-
-    z = normalise(img)
-    n_segments = max(1, round(img.shape[0] * img.shape[1] / segment_area))
-    labels = slic(z, n_segments=n_segments, compactness=compactness, start_label=0)
-    return label2rgb(labels, z, kind="avg", bg_label=-1).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def mosaic_pair(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(photo, `mosaic(photo)`) of one photo, both (1, 3, H, W) in [0, 1], H and W cropped to multiples of 4."""
-    img = load_photo(name)
-    img = img[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
-    return to_tensor(img), to_tensor(mosaic(img))
-
-
 def random_crops(pairs, batch: int, size: int, scale: int, rng: np.random.Generator):
     """A batch of aligned random crops with random flips and 90° turns.
 

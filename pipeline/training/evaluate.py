@@ -2,8 +2,8 @@
 
 - super-resolution: PSNR on Y in [0, 1] (peak 1), `SR_BORDER` = 8 border pixels excluded, per held-out photo,
   against bicubic upscaling of the same LR image (`data.bicubic_up`);
-- mosaic: mean L1 to the mosaic targets, against the identity mapping's and the colour normalisation's
-  (`data.normalise`, no flattening), in [-1, 1] units;
+- image-to-image: mean L1 to the style targets (`styles`), against the identity's and the best affine colour
+  map's of the normalised photo (`best_affine_colour`), in [-1, 1] units;
 - digits: accuracy on the fixed test split, as tensors and rendered as image files many ways (`digit_files`).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 from pipeline.progress import iterate
 from pipeline.training import data, render
-from pipeline.training.tasks import Digits, Mosaic, SuperResolution, Translation
+from pipeline.training.tasks import Digits, SuperResolution, Translation
 
 #: Pixels cut off each side of a super-resolved image before its PSNR is measured.
 SR_BORDER = 8
@@ -57,34 +57,6 @@ def evaluate_sr(model: nn.Module, task: SuperResolution, photos=data.HELD_OUT_PH
     m, b = sum(ours) / len(ours), sum(base) / len(base)
     rep.lines.append(f"{'mean':<{width}} {'':>11} {m:9.3f} {b:10.3f} {m - b:+8.3f}")
     rep.metrics.update(psnr=m, psnr_bicubic=b, gain=m - b)
-    return rep
-
-
-@torch.no_grad()
-def evaluate_mosaic(model: nn.Module, task: Mosaic, photos=data.HELD_OUT_PHOTOS) -> Report:
-    """L1 to the mosaic of model, identity and `data.normalise` (the colour normalisation alone, without
-    flattening) per photo; metrics 'l1', 'l1_identity', 'l1_normalised' (pixel-weighted means) and
-    'reduction' = 1 - l1 / l1_identity, 'reduction_normalised' = 1 - l1 / l1_normalised."""
-    rep = Report()
-    rep.lines.append(f"{'photo':<12} {'size':>9} {'model L1':>9} {'identity L1':>11} {'normalised L1':>13} "
-                     f"{'vs identity':>11}")
-    sums = torch.zeros(3, dtype=torch.float64)
-    pixels = 0
-    for name in photos:
-        photo, target = data.mosaic_pair(name)
-        x, y = task.to_model(photo), task.to_model(target)
-        z = task.to_model(data.to_tensor(data.normalise(photo[0].permute(1, 2, 0).numpy())))
-        errs = torch.tensor([(model(x) - y).abs().mean().item(), (x - y).abs().mean().item(),
-                             (z - y).abs().mean().item()], dtype=torch.float64)
-        n = x.shape[-2] * x.shape[-1]
-        sums, pixels = sums + errs * n, pixels + n
-        rep.lines.append(f"{name:<12} {x.shape[-2]:>4}x{x.shape[-1]:<4} {errs[0]:9.4f} {errs[1]:11.4f} "
-                         f"{errs[2]:13.4f} {1 - errs[0] / errs[1]:11.1%}")
-    err, ide, nrm = (sums / pixels).tolist()
-    rep.lines.append(f"{'all':<12} {'':>9} {err:9.4f} {ide:11.4f} {nrm:13.4f} {1 - err / ide:11.1%}")
-    rep.lines.append(f"L1 below the normalised photo's (the flattening learnt): {1 - err / nrm:.1%}")
-    rep.metrics.update(l1=err, l1_identity=ide, l1_normalised=nrm, reduction=1 - err / ide,
-                       reduction_normalised=1 - err / nrm)
     return rep
 
 
@@ -218,8 +190,6 @@ def evaluate(model: nn.Module, task, photos=data.HELD_OUT_PHOTOS) -> Report:
     model.eval()
     if isinstance(task, SuperResolution):
         return evaluate_sr(model, task, photos)
-    if isinstance(task, Mosaic):
-        return evaluate_mosaic(model, task, photos)
     if isinstance(task, Translation):
         return evaluate_translation(model, task, photos)
     if isinstance(task, Digits):
