@@ -157,10 +157,31 @@ def test_processes_cluster_and_api_give_identical_stores(trained, example_store,
         assert store.attrs.model_spec["state_sha256"] == ref.attrs.model_spec["state_sha256"]
     assert by_processes.attrs.identity == ref.attrs.identity == by_cluster.attrs.identity
     assert by_object.attrs.model == "TinySR" and by_object.attrs.model_spec["kind"] == "object"
+    # a module object's store is verified with the module; the command line has no file to rebuild it from
+    assert pipeline.verify_store(by_object, module, progress=False).status == "passed"
+    other = example_model()
+    with pytest.raises(ValueError, match="is not the module the store was computed from"):
+        pipeline.svd_store(by_object, 2, source="model", model=other, progress=False)
+    checked = CliRunner().invoke(main, ["verify", str(by_object.path), "--quiet"])
+    assert checked.exit_code == 1 and "which has no file to rebuild it from" in checked.output
     assert "tcp://" not in (tmp_path / "dist.zarr" / "zarr.json").read_text()
     # the same call again finds the finished store
     again = pipeline.compute_store(module, None, tmp_path / "object.zarr", workers=2, **common)
     assert again.attrs.timings["runs"] == 1
+
+
+def test_verify_rebuilds_the_example_from_its_file(trained, example_store, tmp_path, monkeypatch):
+    """`linterp verify` rebuilds the example from the file it is pointed to (the recorded name is not in the
+    current folder) and the checks pass, the Jacobian check included (the network is piecewise linear)."""
+    _, weights = trained
+    monkeypatch.chdir(tmp_path)
+    result = cli("verify", example_store.path, "--model", EXAMPLE, "--weights", weights, "--quiet")
+    line = result.output.strip().splitlines()[0]
+    assert line.startswith(f"{example_store.path}: passed") and "jacobian" in line.split(";")[0]  # it ran
+    missing = CliRunner().invoke(main, ["verify", str(example_store.path), "--quiet"])
+    assert missing.exit_code == 1 and "pass --model PATH/tiny_sr.py:make" in missing.output
+    report = pipeline.verify_store(example_store.path, f"{EXAMPLE}:make", weights=weights, progress=False)
+    assert report.status == "passed"
 
 
 def test_changed_model_file_is_refused_in_one_line(tmp_path, monkeypatch):
@@ -177,6 +198,10 @@ def test_changed_model_file_is_refused_in_one_line(tmp_path, monkeypatch):
     # rebuilding the model from the store refuses the changed file too
     refused = CliRunner().invoke(main, ["svd", "my.zarr", "--k", "2", "--from-model", "--quiet"])
     one_line_error(refused, "mynet.py has changed since the store was computed")
+    checked = CliRunner().invoke(main, ["verify", "my.zarr", "--quiet"])
+    assert checked.exit_code == 1 and "Traceback" not in checked.output
+    assert "NOT RUN model: not run: mynet.py has changed since the store was computed" in checked.output
+    assert checked.output.count("NOT RUN") == 1 and "(also probe, rows, jacobian, windows)" in checked.output
 
 
 def write(folder: Path, name: str, code: str) -> Path:
@@ -219,7 +244,19 @@ BAD = """
 
         def forward(self, x):
             return torch.sin(self.body(x))
+
+    class Odd(nn.Module):  # control flow on the input's shape: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            if x.shape[-1] % 2:
+                x = x[..., :-1]
+            return self.conv(x)
 """
+#: the line of Odd's branch in bad.py, which the error names
+ODD_LINE = textwrap.dedent(BAD).splitlines().index("        if x.shape[-1] % 2:") + 1
 
 
 def test_bad_specs_give_one_line(tmp_path, monkeypatch):
@@ -235,6 +272,8 @@ def test_bad_specs_give_one_line(tmp_path, monkeypatch):
         (["--model", "bad.py:Shrinks"], "output (1, 3, 6, 6) on the input (1, 3, 8, 8) is neither an image"),
         (["--model", "bad.py:Pair"], "returns tuple on the input (1, 3, 8, 8), not a tensor"),
         (["--model", "bad.py:Wave"], "no linear-interpreter rule for function"),
+        (["--model", "bad.py:Odd"], f"cannot be traced by torch.fx (symbolically traced variables cannot be used "
+                                    f"as inputs to control flow) at bad.py:{ODD_LINE}: if x.shape[-1] % 2:"),
         (["--model", "broken.py:make"], "broken.py failed to import (line 1): SyntaxError"),
         (["--model", f"{EXAMPLE}:make", "--model-arg", "depth=3"], "unexpected keyword argument 'depth'"),
         (["--model", f"{EXAMPLE}:make", "--model-arg", "depth"], "is not KEY=VALUE"),

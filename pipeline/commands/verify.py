@@ -69,8 +69,13 @@ def verify(stores, samples, seed, write, device, weights, model, trust_pickle, q
         if write:
             checks.record(store, report)
         click.echo(f"{path}: {report.summary()}")
-        for check in report.failed + report.not_run:
-            click.echo(f"  {'FAILED' if check.passed is False else 'NOT RUN'} {check.line()}")
+        for check in report.failed:
+            click.echo(f"  FAILED {check.line()}")
+        reasons: dict[str, list[str]] = {}  # checks that could not run for one reason share its line
+        for check in report.not_run:
+            reasons.setdefault(check.detail, []).append(check.name)
+        for detail, names in reasons.items():
+            click.echo(f"  NOT RUN {names[0]}: {detail}" + (f" (also {', '.join(names[1:])})" if names[1:] else ""))
         failed |= bool(report.failed or report.not_run)
     if failed:
         raise SystemExit(1)
