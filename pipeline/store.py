@@ -154,7 +154,10 @@ def _unverified() -> dict:
 class StoreAttrs(_Attributes):
     """The group attributes of a store (format 2), as stored in its ``zarr.json`` (JSON values).
 
-    What was computed: ``model`` (registry name), ``task`` ("sr", "i2i", "classify"), ``scale`` (output / input
+    What was computed: ``model`` (registry name, or ``file.py:factory`` / ``package.module:factory`` for a user
+    model), ``model_spec`` (user models only, else None: how to rebuild it, without paths: {"kind": "file" |
+    "module" | "object", "factory", "args", "file": {"name", "sha256"}, "module" (module specs), "class" (module
+    objects), "state_sha256": the digest of the built parameters and buffers}), ``task`` ("sr", "i2i", "classify"), ``scale`` (output / input
     side), ``colour`` ("rgb", "y", "gray"), ``value_range`` ([lo, hi], the model's units of pixel values 0 and
     255), ``weights`` and ``image`` (:class:`FileRef`), ``crop`` ([x, y, w, h] pixels of the image, or None),
     ``identity`` (what must match for a compute run to resume into the store: model, weights / image / x0 sha256,
@@ -171,6 +174,7 @@ class StoreAttrs(_Attributes):
     """
 
     model: str | None = None
+    model_spec: dict | None = None
     task: str | None = None
     scale: int | None = None
     colour: str | None = None

@@ -492,12 +492,14 @@ def _batched(fn, vectors: torch.Tensor, shape) -> np.ndarray:
 
 def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = None, *,
                  samples: int = DEFAULT_SAMPLES, seed: int = 0, tolerances: dict | None = None,
-                 device: str = "cpu", weights=None, trust_pickle: bool = False, progress: bool = False) -> Report:
+                 device: str = "cpu", weights=None, model=None, trust_pickle: bool = False,
+                 progress: bool = False) -> Report:
     """Run every check on ``store`` (finished or not: an unfinished store is checked on its finished tasks).
 
     ``build``: a zero-argument callable returning the model (compute passes its own); None rebuilds it from
     the store's attributes (model name, weights name and sha256, found as `sources.model_from_store` finds
-    them; ``weights``: the file, when it is not found there). A fresh interpreter is built from it, never
+    them; ``weights``: the file, when it is not found there; ``model``: where a user model's file is now, or the
+    module object, see ``model_from_store``). A fresh interpreter is built from it, never
     a cached one. ``samples``: rows/columns per sampled check; ``tolerances``: overrides of ``TOLERANCES``.
     """
     started = time.perf_counter()
@@ -544,7 +546,7 @@ def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = Non
 
     try:
         mark = time.perf_counter()
-        model, li = _fresh(store, build, device, weights, trust_pickle)
+        model, li = _fresh(store, build, device, weights, model, trust_pickle)
         phases["interpret_s"] = time.perf_counter() - mark
     except Exception as err:  # noqa: BLE001 - weights gone, changed, unsupported: the checks cannot run
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -567,7 +569,7 @@ def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = Non
     return report
 
 
-def _fresh(store: Store, build, device: str, weights, trust_pickle: bool):
+def _fresh(store: Store, build, device: str, weights, model, trust_pickle: bool):
     """(model, interpreter) built anew from ``build`` or from the store's attributes, at the store's x0."""
     from .compute import full_precision
     from .interpreter import interpret
@@ -576,7 +578,7 @@ def _fresh(store: Store, build, device: str, weights, trust_pickle: bool):
     if build is None:
         from .sources import model_from_store
 
-        model = model_from_store(store, trust_pickle, weights)
+        model = model_from_store(store, trust_pickle, weights, model)
     else:
         model = build()
     model = model.eval().to(device)

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import click
 
+from pipeline.commands.models import model_and_image_options
+
 
 @click.command()
-@click.option("--model", "name", required=True, help="Registry name (see `linterp models`).")
-@click.option("--weights", default=None, help="Weight file, or 'random'; default: the model's default weights.")
-@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
-@click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
-              help="Input image (PNG, JPEG, …); default: the built-in astronaut face.")
-@click.option("--crop", "crop_text", default=None, help="Crop the input first: X,Y,W,H in pixels.")
+@model_and_image_options
 @click.option("--out", "out_path", required=True, type=click.Path(file_okay=False),
               help="The store (a folder, e.g. face.zarr); an unfinished store of the same inputs is resumed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -25,24 +22,28 @@ import click
               help="Compute columns (forward) or rows (transpose); auto picks the cheaper side.")
 @click.option("--batch", type=click.IntRange(min=1), default=None, help="Columns or rows per pass (default 16).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device, scheduler, workers, tile, mode,
-            batch, quiet):
+def compute(name, weights, trust_pickle, image_path, crop_text, model_args, input_range, out_path, device,
+            scheduler, workers, tile, mode, batch, quiet):
     """Compute every row and column of F(x0) into a chunked, compressed Zarr store, then verify it.
 
     Rerunning the same command after an interruption resumes the store; a store made from another model,
-    weights, image or crop is refused.
+    weights, image or crop (or a model file that has changed since) is refused.
     """
     from pipeline import compute as comp
     from pipeline.commands.errors import click_error
-    from pipeline.sources import model_source
+    from pipeline.interpreter import UnsupportedOperation
+    from pipeline.models.user import parse_args
+    from pipeline.sources import model_source, refuse_changed_model
     from pipeline.store import StoreError
 
     try:
-        source, identity, attrs = model_source(name, weights, trust_pickle, image_path, crop_text)
+        source, identity, attrs = model_source(name, weights, trust_pickle, image_path, crop_text,
+                                               parse_args(model_args), input_range)
+        refuse_changed_model(out_path, identity)
         store = comp.compute(out_path, source, identity=identity, attrs=attrs, tile=tile, mode=mode,
                              batch=batch or comp.DEFAULT_BATCH, scheduler=scheduler, workers=workers,
                              device=device, progress=not quiet)
-    except (ValueError, StoreError, OSError) as err:  # ImageError, WeightsError, UnsupportedOperation, …
+    except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # ImageError, WeightsError, …
         raise click_error(err) from err
     attrs = store.attrs
     figures, timings = attrs.verification, attrs.timings

@@ -37,9 +37,12 @@ See docs/verify.md.""".format(**TOLERANCES)
 @click.option("--weights", default=None,
               help="The weight file the stores were computed with, when it is neither a project default nor in the "
                    "weight cache (checked against the sha256 the store records).")
+@click.option("--model", default=None, metavar="FILE.py[:FACTORY]",
+              help="Your own model: where its file (or package.module) is now, when it is not in the current "
+                   "folder (checked against the sha256 the store records).")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def verify(stores, samples, seed, write, device, weights, trust_pickle, quiet):
+def verify(stores, samples, seed, write, device, weights, model, trust_pickle, quiet):
     from pipeline import verify as checks
     from pipeline.commands.errors import one_line
     from pipeline.compute import resolve_device
@@ -54,7 +57,7 @@ def verify(stores, samples, seed, write, device, weights, trust_pickle, quiet):
         try:
             store = open_store(path, mode="r+" if write else "r")
             report = checks.verify_store(store, samples=samples, seed=seed, device=device, weights=weights,
-                                         trust_pickle=trust_pickle, progress=not quiet)
+                                         model=model, trust_pickle=trust_pickle, progress=not quiet)
         except StoreError as err:
             click.echo(f"{path}: cannot verify: {one_line(err)}")
             failed = True
@@ -66,8 +69,13 @@ def verify(stores, samples, seed, write, device, weights, trust_pickle, quiet):
         if write:
             checks.record(store, report)
         click.echo(f"{path}: {report.summary()}")
-        for check in report.failed + report.not_run:
-            click.echo(f"  {'FAILED' if check.passed is False else 'NOT RUN'} {check.line()}")
+        for check in report.failed:
+            click.echo(f"  FAILED {check.line()}")
+        reasons: dict[str, list[str]] = {}  # checks that could not run for one reason share its line
+        for check in report.not_run:
+            reasons.setdefault(check.detail, []).append(check.name)
+        for detail, names in reasons.items():
+            click.echo(f"  NOT RUN {names[0]}: {detail}" + (f" (also {', '.join(names[1:])})" if names[1:] else ""))
         failed |= bool(report.failed or report.not_run)
     if failed:
         raise SystemExit(1)
