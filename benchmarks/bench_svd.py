@@ -37,7 +37,7 @@ def child(args) -> dict:
     name = "edsr-small-x4"
     if args.store:
         from pipeline.store import open_store
-        from pipeline.svd import model_from_store
+        from pipeline.sources import model_from_store
 
         store = open_store(args.store, require_complete=True)
         model = model_from_store(store)  # the store's own model and weights (for the inference reference)

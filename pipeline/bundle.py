@@ -63,8 +63,8 @@ SVD_TOL = 1e-3
 SVD_MAX_ITER = 40
 
 BUNDLES: dict[str, Bundle] = {b.name: b for b in (
-    Bundle("demo", ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-small"),
-           ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-small"), DEMO_CROP, 8,
+    Bundle("demo", ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-label"),
+           ("bicubic-x4", "pixelshuffle-x4", "edsr-small-x4", "i2i-label"), DEMO_CROP, 8,
            "no paper archive: the quick tour of `make demo` (the project's trained models)"),
     Bundle("Bicubic4x", ("bicubic-x4",), ("bicubic-x4",), DEMO_CROP, 8, "Bicubic4x.zip, 17 MB"),
     Bundle("4L-PixelShuffle", ("pixelshuffle-x4",), ("pixelshuffle-x4",), DEMO_CROP, 8,
@@ -74,10 +74,10 @@ BUNDLES: dict[str, Bundle] = {b.name: b for b in (
     Bundle("EDSR4x", ("edsr-baseline-x4",), ("edsr-small-x4",), DEMO_CROP, 8, "EDSR4x.zip, 953 MB",
            ("the paper cites EDSR [Lim et al.] without naming the variant; this bundle uses the official "
             "EDSR-baseline ×4 (16 blocks, 64 features, edsr_baseline_x4-6b446fab.pt)",)),
-    Bundle("CycleGAN-VanGogh", ("cyclegan-style_vangogh",), ("i2i-small",), DEMO_CROP, 8,
+    Bundle("CycleGAN-VanGogh", ("cyclegan-style_vangogh",), ("i2i-paint",), DEMO_CROP, 8,
            "CycleGAN-VanGogh, 7.5 GB"),
-    Bundle("CycleGAN-Ukiyoe", ("cyclegan-style_ukiyoe",), ("i2i-small",), DEMO_CROP, 8, "CycleGAN-Ukiyoe, 4.4 GB"),
-    Bundle("CycleGAN-Photo2Label", ("cyclegan-facades_photo2label",), ("i2i-small",), DEMO_CROP, 8,
+    Bundle("CycleGAN-Ukiyoe", ("cyclegan-style_ukiyoe",), ("i2i-woodcut",), DEMO_CROP, 8, "CycleGAN-Ukiyoe, 4.4 GB"),
+    Bundle("CycleGAN-Photo2Label", ("cyclegan-facades_photo2label",), ("i2i-label",), DEMO_CROP, 8,
            "CycleGAN-Photo2Label, 4.0 GB"),
 )}
 
@@ -162,6 +162,26 @@ def work_key(bundle: Bundle, parts: list[Part], image: str | None, crop: str | N
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def resolve_crop(bundle: Bundle, image: str | None, crop: str | None) -> str | None:
+    """The crop a build uses, normalised "X,Y,W,H" or None (whole image): ``crop`` None means the bundle's crop on
+    the default image and the whole of a given image; "full" / "none" the whole image. Checks ``image`` exists."""
+    from pipeline.images import parse_crop
+
+    if image is not None and not Path(image).is_file():
+        raise BundleError(f"IMAGE={image}: no such file")
+    if crop is None:
+        crop = bundle.crop if image is None else None
+    elif crop.strip().lower() in ("full", "none", ""):
+        crop = None
+    return ",".join(map(str, parse_crop(crop))) if crop is not None else None
+
+
+def work_folder(bundle: Bundle, parts: list[Part], image: str | None, crop: str | None,
+                compaction: Compaction = Compaction()) -> Path:
+    """The work folder of an archive build with these inputs: out/bundles/NAME-<key> (in the current folder)."""
+    return Path("out") / "bundles" / f"{bundle.name}-{work_key(bundle, parts, image, crop, compaction)}"
+
+
 def _matches(store_path: Path, identity: dict) -> bool:
     """True when ``store_path`` is a complete store whose identity agrees with ``identity`` on its keys."""
     from pipeline.store import StoreError, open_store
@@ -172,17 +192,20 @@ def _matches(store_path: Path, identity: dict) -> bool:
         store = open_store(store_path)
     except StoreError:
         return False
-    found = store.attrs.identity
-    wanted = json.loads(json.dumps(identity))
+    exact = {"dtype": "float32", "support_tol": None}  # only compact stores record these: never mixed up
+    found = dict(exact, **store.attrs.identity)
+    wanted = dict(exact, **json.loads(json.dumps(identity)))
     return store.complete and all(found.get(key) == value for key, value in wanted.items())
 
 
 def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None, k: int,
                 trust_pickle: bool = False, device: str = "auto", scheduler: str = "threads",
                 workers: int | None = None, progress: bool = True, note: str | None = None,
-                compaction: Compaction = Compaction(), echo=print) -> Path:
+                compaction: Compaction = Compaction(), reuse: tuple[Path, ...] = (), echo=print) -> Path:
     """Compute (or reuse) the store of one model at the image and its top-k SVD; returns the store's path.
-    ``compaction``: a compact store (see ``pipeline.compact``; stores computed by columns only)."""
+
+    ``compaction``: a compact store (see ``pipeline.compact``; stores computed by columns only). ``reuse``: other
+    stores to use instead when one of them is complete and made from the same inputs."""
     from pipeline import compute as comp
     from pipeline.sources import model_source
     from pipeline.svd import svd_store
@@ -196,7 +219,9 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
     if compaction.active:
         compact = dict(dtype=compaction.dtype, support_tol=compaction.support_tol)
         identity = dict(identity, **compact)
-    if _matches(path, identity):
+    found = next((p for p in (path, *reuse) if _matches(p, identity)), None)
+    if found is not None:
+        path = found
         echo(f"{part.model}: reusing the complete store {path}")
     else:
         echo(f"{part.model}: computing F(x0) into {path}")
@@ -235,19 +260,11 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     ``dtype`` / ``support_tol``: compact stores (``linterp compute --dtype / --support-tol``).
     """
     from pipeline.export.site import export_site
-    from pipeline.images import parse_crop
     from pipeline.models import build as build_model
 
     bundle = get_bundle(name)
     compaction = Compaction(dtype, support_tol)
-    if crop is None:
-        crop = bundle.crop if image is None else None
-    elif crop.strip().lower() in ("full", "none", ""):
-        crop = None
-    if crop is not None:
-        crop = ",".join(map(str, parse_crop(crop)))
-    if image is not None and not Path(image).is_file():
-        raise BundleError(f"IMAGE={image}: no such file")
+    crop = resolve_crop(bundle, image, crop)
     out = Path(out)
     archive = out.suffix.lower() == ".zip"
     if store and not archive:
@@ -255,8 +272,7 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     parts = resolve_parts(bundle, weights=weights, defaults=defaults)
     for part in parts:  # wrong keys, pickles, unreadable files: fail in one line before any work starts
         build_model(part.model, part.weights, trust_pickle=trust_pickle)
-    key = work_key(bundle, parts, image, crop, compaction)
-    folder = Path(work) if work else (Path("out") / "bundles" / f"{bundle.name}-{key}" if archive else out)
+    folder = Path(work) if work else (work_folder(bundle, parts, image, crop, compaction) if archive else out)
     stores = []
     for part in parts:
         stores.append(build_store(part, folder / "stores", image=image, crop=crop, k=bundle.k,
@@ -318,7 +334,8 @@ def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image:
         lines.append(f"  {part.model}: weights {attrs.weights.name or 'none (no parameters)'}"
                      f"  sha256 {attrs.weights.sha256 or '-'}")
         figures = attrs.verification
-        lines.append(f"    F {tuple(store.F.shape)}, reconstruction max error "
+        lines.append(f"    F {tuple(store.F.shape)}, verification {figures.get('status', 'unverified')}: "
+                     f"reconstruction max error "
                      f"{figures.get('reconstruction_max_abs', float('nan')):.3g}, "
                      f"rows check {figures.get('rows_max_abs', float('nan')):.3g}")
         if store.compact:

@@ -3,7 +3,8 @@
 Pure functions on an interpreted classifier (``li = interpret(model, x0)`` with output shape (1, K)):
 
 - :func:`decompose` — every score split into the input term F(x0)·x0 and one forward-projected masked bias
-  Q_i b̂_i per bias source (network order); the residual share r / score of the top-1 class (Table 1);
+  Q_i b̂_i per bias source (network order), or summed per layer (:func:`layer_groups`: a conv and the batch
+  norm and activation after it are one layer); the residual share r / score of the top-1 class (Table 1);
 - :func:`pixel_discussions` — PD_k, the back-projection of score k to the input pixels (eq. 10 made precise,
   see docs/classify.md): ``PD_k = Σ_c x0 ⊙ Fᵀe_k + Σ_i c_ik · w_i`` with ``c_ik = (Q_i b̂_i)_k`` and
   ``w_i = Σ_c|P_i b̂_i| / Σ_pixels Σ_c|P_i b̂_i|``, so that the pixels of PD_k sum to score k exactly;
@@ -17,6 +18,7 @@ score units per pixel (channels summed).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +27,11 @@ import torch.nn.functional as nnf
 
 #: classes back-projected per ``transpose`` call when building PDs for a vote (memory: chunk × C × H × W).
 VOTE_CHUNK = 32
+#: how contributions are reported (``--group``): summed per layer, or one per raw bias source.
+GROUPINGS = ("layer", "source")
+#: rule kinds of operations that act pixel by pixel on one input (normalisations with frozen statistics,
+#: activations, identities): they belong to the layer of the weighted operation before them.
+POINTWISE_KINDS = ("frozen statistics", "tangent", "secant", "identity")
 
 
 class NotAClassifier(ValueError):
@@ -35,14 +42,16 @@ class NotAClassifier(ValueError):
 class Decomposition:
     """Every score of one image split along the network (float64 numpy arrays).
 
-    scores: (K,) f(x0); input_term: (K,) F(x0)·x0; names: the L bias sources in network order;
-    contributions: (L, K) the rows Q_i b̂_i; residual: (K,) = contributions.sum(0).
+    scores: (K,) f(x0); input_term: (K,) F(x0)·x0; names: the L bias sources (or layers) in network order;
+    contributions: (L, K) the rows Q_i b̂_i (summed per layer); residual: (K,) = contributions.sum(0);
+    members: for layers, the raw sources of each (None for raw sources).
     """
 
     scores: np.ndarray
     input_term: np.ndarray
     names: list[str]
     contributions: np.ndarray
+    members: list[list[str]] | None = None
 
     @property
     def residual(self) -> np.ndarray:
@@ -67,7 +76,8 @@ class Decomposition:
             "input_term": float(self.input_term[k]),
             "residual": residual,
             "residual_share": residual / score if score else float("nan"),
-            "contributions": [{"name": n, "value": float(v)} for n, v in zip(self.names, self.contributions[:, k])],
+            "contributions": [{"name": n, "value": float(v)} | ({"sources": self.members[i]} if self.members else {})
+                              for i, (n, v) in enumerate(zip(self.names, self.contributions[:, k]))],
         }
 
 
@@ -78,27 +88,68 @@ def _class_vector(t: torch.Tensor, what: str) -> np.ndarray:
     return t.detach().double().reshape(-1).cpu().numpy()
 
 
-def decompose(li, x0: torch.Tensor) -> Decomposition:
-    """Split every score of ``li`` (interpreted at x0, shape (1, C, H, W)) into input term and bias sources."""
+def layer_groups(li) -> "OrderedDict[str, list[str]]":
+    """The bias sources of ``li`` grouped by layer, in network order: layer name -> its source names.
+
+    A layer is the paper's y_n = W_n x + b_n, x_n = h(y_n): a weighted operation (conv, linear, conv-transpose;
+    rule kind 'affine') with the pointwise operations that follow it in a chain (`POINTWISE_KINDS`: a batch norm,
+    an activation), so a conv's bias and the shift of the batch norm after it are one source. Its name joins
+    the modules' names ("features.0 + features.1"). A source outside any such chain (an offset on the input, a
+    norm after an addition) is a group of its own under its source name. Every source is in exactly one group.
+    """
+    anchor: dict = {}
+    for node, site in li.sites.items():  # network order
+        if site.rule.kind == "affine":
+            anchor[node] = node
+        elif site.rule.kind in POINTWISE_KINDS:
+            inputs = [a for a in node.all_input_nodes if li.kind.get(a) == "linear"]
+            if len(inputs) == 1 and inputs[0] in anchor:
+                anchor[node] = anchor[inputs[0]]
+    members: dict = {}  # layer anchor node (or the source's own name) -> sources, in network order
+    for source in li.sources:
+        members.setdefault(anchor.get(li.source_site(source).node, source), []).append(source)
+    groups: OrderedDict[str, list[str]] = OrderedDict()
+    for key, sources in members.items():
+        if isinstance(key, str):
+            groups[key] = sources
+        else:
+            wheres = [li.sites[key].where] + [li.source_site(m).where for m in sources]
+            groups[" + ".join(dict.fromkeys(wheres))] = sources
+    return groups
+
+
+def _sum_groups(values: "OrderedDict[str, torch.Tensor]", groups) -> "OrderedDict[str, torch.Tensor]":
+    """Per-source tensors summed (in float64) per group; ``groups`` None = unchanged."""
+    if groups is None:
+        return values
+    return OrderedDict((g, sum(values[m].double() for m in members)) for g, members in groups.items())
+
+
+def decompose(li, x0: torch.Tensor, groups: "OrderedDict[str, list[str]] | None" = None) -> Decomposition:
+    """Split every score of ``li`` (interpreted at x0, shape (1, C, H, W)) into input term and bias sources, or
+    into input term and groups of sources (``groups``, e.g. :func:`layer_groups`), each the sum of its sources."""
     scores = _class_vector(li.output, "the output")
     with torch.no_grad():
         input_term = _class_vector(li.forward(x0), "F·x0")
-    contribs = li.contributions()
+    contribs = _sum_groups(li.contributions(), groups)
     names = list(contribs)
     rows = [_class_vector(v, f"the contribution of {n}") for n, v in contribs.items()]
     table = np.stack(rows) if rows else np.zeros((0, scores.size))
-    return Decomposition(scores, input_term, names, table)
+    return Decomposition(scores, input_term, names, table, None if groups is None else list(groups.values()))
 
 
-def bias_weights(li, dec: Decomposition | None = None) -> tuple[list[str], np.ndarray]:
-    """w_i: each bias source's back-projection P_i b̂_i as a pixel distribution, (L, H, W) float64.
+def bias_weights(li, dec: Decomposition | None = None,
+                 groups: "OrderedDict[str, list[str]] | None" = None) -> tuple[list[str], np.ndarray]:
+    """w_i: each bias source's (or group's: ``groups``) back-projection P_i b̂_i as a pixel distribution, (L, H, W)
+    float64.
 
-    w_i = Σ_c|P_i b̂_i| normalised to sum 1 over the pixels; uniform where P_i b̂_i vanishes. With ``dec``, checks
-    that the sources are those of its contributions, in the same order.
+    w_i = Σ_c|P_i b̂_i| normalised to sum 1 over the pixels (for a group, P b̂ is the sum over its sources);
+    uniform where P_i b̂_i vanishes. With ``dec``, checks that the sources are those of its contributions, in the
+    same order.
     """
     maps = []
     names = []
-    for name, bp in li.backprojections().items():
+    for name, bp in _sum_groups(li.backprojections(), groups).items():
         m = bp.detach().double().abs().sum(1)[0].cpu().numpy()
         total = m.sum()
         maps.append(m / total if total > 0 else np.full(m.shape, 1.0 / m.size))
@@ -222,16 +273,21 @@ class ImageAnalysis:
 
 
 def analyse(model: torch.nn.Module, x0: torch.Tensor, *, top: int = 3,
-            vote_classes: int | None = None) -> ImageAnalysis:
+            vote_classes: int | None = None, group: str = "layer") -> ImageAnalysis:
     """Interpret ``model`` at x0 (1, C, H, W) and compute decomposition, PDs of the ``top`` classes and votes.
 
-    ``vote_classes`` = how many of the best-scoring classes vote (None or 0: all K classes; at least ``top``).
+    ``vote_classes`` = how many of the best-scoring classes vote (None or 0: all K classes; at least ``top``);
+    ``group``: contributions (and the bias parts of the PDs) per "layer" (:func:`layer_groups`) or per raw
+    bias "source".
     """
     from pipeline.interpreter import interpret
 
+    if group not in GROUPINGS:
+        raise ValueError(f"group must be one of {', '.join(GROUPINGS)}, got '{group}'")
     li = interpret(model, x0)
-    dec = decompose(li, x0)
-    weights = bias_weights(li, dec)[1]
+    groups = layer_groups(li) if group == "layer" else None
+    dec = decompose(li, x0, groups)
+    weights = bias_weights(li, dec, groups)[1]
     n_classes = dec.scores.size
     top_classes = dec.top(min(top, n_classes))
     voters = dec.top(n_classes if not vote_classes else max(vote_classes, len(top_classes)))
@@ -251,20 +307,20 @@ def analyse(model: torch.nn.Module, x0: torch.Tensor, *, top: int = 3,
 
 
 def analyse_attacked(model: torch.nn.Module, x0: torch.Tensor, eps: list[float], *, label: int | None = None,
-                     value_range: tuple[float, float] = (0.0, 1.0), top: int = 3,
-                     vote_classes: int | None = None) -> tuple[ImageAnalysis, list[ImageAnalysis]]:
+                     value_range: tuple[float, float] = (0.0, 1.0), top: int = 3, vote_classes: int | None = None,
+                     group: str = "layer") -> tuple[ImageAnalysis, list[ImageAnalysis]]:
     """The clean analysis and one FGSM analysis per ε (target: ``label`` if known, else the clean top-1).
 
     Each attacked record gains ``eps``, ``target``, ``clean_top1``, ``top1_changed`` and, under ``votes``,
     ``clean_top1_share`` (the share of pixels still voting for the clean top-1 class).
     """
-    clean = analyse(model, x0, top=top, vote_classes=vote_classes)
+    clean = analyse(model, x0, top=top, vote_classes=vote_classes, group=group)
     clean_top1 = clean.record["top1"]
     target = clean_top1 if label is None else int(label)
     attacked = []
     for e in eps:
         x_adv, _ = fgsm(model, x0, target, e, value_range)
-        a = analyse(model, x_adv, top=top, vote_classes=vote_classes)
+        a = analyse(model, x_adv, top=top, vote_classes=vote_classes, group=group)
         a.record.update(eps=float(e), target=target, clean_top1=clean_top1, top1_changed=a.record["top1"] != clean_top1)
         a.record["votes"]["clean_top1_share"] = votes_from_winner(a.winner, []).share(clean_top1)
         attacked.append(a)

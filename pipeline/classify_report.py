@@ -107,8 +107,7 @@ def contribution_figure(path: Path, conditions: dict[str, list[dict]], title: st
         mean, std = shares.mean(0), shares.std(0)
         x = np.arange(len(names))
         ax.bar(x, mean, color="tab:blue", alpha=0.8, width=0.8)
-        ax.fill_between(x, mean - std, mean + std, step="mid", color="tab:orange", alpha=0.3, linewidth=0,
-                        label="± std")
+        ax.bar(x, 2 * std, bottom=mean - std, color="tab:orange", alpha=0.3, width=0.8, linewidth=0, label="± std")
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_ylabel("share of top-1 score")
         ax.set_title(f"{label} (n = {len(recs)})", fontsize=9)
@@ -271,35 +270,21 @@ def image_files(paths) -> list[Path]:
     return files
 
 
-def load_input(path: Path, spec, size: tuple[int, int], crop_ratio: float = 1.0):
-    """An image file as the input x0 (1, C, *size) float32 of the model ``spec`` (in its value range).
+def load_input(path: Path, spec, size: tuple[int, int], crop_ratio: float = 1.0, polarity: str = "auto"):
+    """An image file as (x0 (1, C, *size) float32 in the model's value range, preprocessing record).
 
-    Read and converted to the model's colour by ``pipeline.images`` (a grey image is repeated to RGB for RGB
-    models); the shorter side is resized (bilinear, antialiased) to ``size / crop_ratio`` and the centre ``size``
-    cropped (``crop_ratio`` 0.875 = torchvision's 256 → 224).
+    Read by ``pipeline.images.load_image`` (a transparent background composited, see ``images.flatten_alpha``)
+    and prepared by ``pipeline.preprocess.classifier_input``, exactly as ``linterp run`` does.
     """
-    import torch
-    import torch.nn.functional as nnf
-
     from pipeline import images
+    from pipeline.preprocess import classifier_input
 
-    img = images.load_image(path)
-    if spec.colour == "rgb" and img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    values = images.model_channels(img, spec) / 255.0
-    x = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)[None])).float()
-    h, w = x.shape[-2:]
-    th, tw = size
-    s = max(th / crop_ratio / h, tw / crop_ratio / w)
-    rh, rw = max(th, round(h * s)), max(tw, round(w * s))
-    x = nnf.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-    top, left = (rh - th) // 2, (rw - tw) // 2
-    lo, hi = spec.value_range
-    return (lo + (hi - lo) * x[:, :, top:top + th, left:left + tw]).contiguous()
+    return classifier_input(images.load_image(path, composite_alpha=True), spec, size, crop_ratio, polarity)
 
 
-def save_analysis(stem: Path, settings: dict, clean, attacked: list) -> None:
-    """Cache one image's analyses: ``stem.npz`` (maps) then ``stem.json`` (record + settings; written last)."""
+def save_analysis(stem: Path, settings: dict, clean, attacked: list, preprocessing: dict | None = None) -> None:
+    """Cache one image's analyses: ``stem.npz`` (maps) then ``stem.json`` (record + settings + how the input was
+    prepared; written last)."""
     arrays = {}
     for i, a in enumerate([clean] + list(attacked)):
         arrays.update({f"x{i}": a.x.astype(np.float32), f"pd{i}": a.pd, f"winner{i}": a.winner,
@@ -307,11 +292,13 @@ def save_analysis(stem: Path, settings: dict, clean, attacked: list) -> None:
     tmp = stem.with_name(stem.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, stem.with_suffix(".npz"))
-    write_json(stem.with_suffix(".json"), {"settings": settings, "records": [a.record for a in [clean] + attacked]})
+    write_json(stem.with_suffix(".json"), {"settings": settings, "records": [a.record for a in [clean] + attacked],
+                                           "preprocessing": preprocessing})
 
 
 def load_analysis(stem: Path, settings: dict):
-    """The cached (clean, attacked) of ``save_analysis`` if present and made with the same settings, else None."""
+    """The cached (clean, attacked, preprocessing) of ``save_analysis`` if present and made with the same settings,
+    else None."""
     from pipeline.classify import ImageAnalysis
 
     meta, maps = stem.with_suffix(".json"), stem.with_suffix(".npz")
@@ -326,26 +313,31 @@ def load_analysis(stem: Path, settings: dict):
                      for i, r in enumerate(cached["records"])]
     except (OSError, ValueError, KeyError):
         return None
-    return items[0], items[1:]
+    return items[0], items[1:], cached.get("preprocessing")
 
 
-def record_of(clean, attacked: list, image: str, label: int | None) -> dict:
-    """The ``results.json`` object of one image: clean top-1 decomposition + ``attacks`` (one per ε)."""
+def record_of(clean, attacked: list, preprocessing: dict | None, image: str, label: int | None) -> dict:
+    """The ``results.json`` object of one image: clean top-1 decomposition, ``attacks`` (one per ε) and
+    ``preprocessing`` (what was done to an image file, ``pipeline.preprocess``)."""
     rec = {"image": image} | ({"label": int(label)} if label is not None else {}) | clean.record
+    if preprocessing is not None:
+        rec["preprocessing"] = preprocessing
     if attacked:
         rec["attacks"] = [a.record for a in attacked]
     return rec
 
 
 def generate(model, model_name: str, inputs: list[tuple[str, object, int | None, str]], out: Path, *,
-             eps: list[float] = (), top: int = 3, vote_classes: int = 0, figures: int = 4,
+             eps: list[float] = (), top: int = 3, vote_classes: int = 0, figures: int = 4, group: str = "layer",
              class_names=None, value_range=(0.0, 1.0), settings: dict | None = None,
              progress: bool = True) -> list[dict]:
     """Analyse every input and write the report into ``out``; returns the ``results.json`` records.
 
-    inputs: (name, x0 — a tensor (1, C, H, W) or a no-argument callable returning one, label or None, source —
-    a string that identifies the input's content, e.g. the sha256 of its file; it goes into the cache, so never
-    a path). ``settings`` go into the cache too (JSON, no paths). Images already analysed with the same settings (cache in ``out/images``) are not recomputed, so a killed
+    inputs: (name, x0 — a tensor (1, C, H, W), or a no-argument callable returning (x0, preprocessing record or
+    None), label or None, source — a string that identifies the input's content, e.g. the sha256 of its file; it
+    goes into the cache, so never a path). ``settings`` go into the cache too (JSON, no paths). ``group``:
+    contributions per "layer" or per raw bias "source". Images already analysed with the same settings (cache in
+    ``out/images``) are not recomputed, so a killed
     run resumes where it stopped.
     """
     from pipeline.classify import analyse_attacked, residual_table, summary
@@ -355,7 +347,7 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
     cache = out / "images"
     cache.mkdir(parents=True, exist_ok=True)
     settings = dict(settings or {}, model=model_name, eps=list(map(float, eps)), top=top,
-                    vote_classes=vote_classes, value_range=list(value_range))
+                    vote_classes=vote_classes, value_range=list(value_range), group=group)
     records, shown = [], []
     for i, (name, x0, label, source) in enumerate(iterate(inputs, f"classify {model_name}", unit="images",
                                                    enabled=progress)):
@@ -363,19 +355,21 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
         image_settings = settings | {"source": source}
         got = load_analysis(stem, image_settings)
         if got is None:
-            x0 = x0() if callable(x0) else x0
-            got = analyse_attacked(model, x0, list(eps), label=label, value_range=value_range, top=top,
-                                   vote_classes=vote_classes or None)
+            x0, prep = x0() if callable(x0) else (x0, None)
+            clean, attacked = analyse_attacked(model, x0, list(eps), label=label, value_range=value_range, top=top,
+                                               vote_classes=vote_classes or None, group=group)
+            got = clean, attacked, prep
             save_analysis(stem, image_settings, *got)
         records.append(record_of(*got, name, label))
         if len(shown) < figures:
-            shown.append((name, got))
+            shown.append((name, got[:2]))
     write_results(out, records)
     figs = []
     conditions = {"clean": records} | {f"FGSM ε = {e:g}": [r["attacks"][j] for r in records]
                                         for j, e in enumerate(eps)}
     if records:
-        contribution_figure(out / "contributions.png", conditions, f"{model_name}: contributions to the top-1 score")
+        contribution_figure(out / "contributions.png", conditions,
+                            f"{model_name}: contributions to the top-1 score, per {group}")
         figs.append("contributions.png")
     for j, (name, (clean, attacked)) in enumerate(shown):
         f = f"discussion-{j}.png"

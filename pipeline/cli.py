@@ -16,11 +16,13 @@ COMMANDS = {
     "train": "pipeline.commands.training:train",
     "evaluate": "pipeline.commands.training:evaluate",
     "compute": "pipeline.commands.compute:compute",
+    "verify": "pipeline.commands.verify:verify",
     "svd": "pipeline.commands.svd:svd",
     "export": "pipeline.commands.export:export",
     "video": "pipeline.commands.export:video",
     "classify": "pipeline.commands.classify:classify",
     "bundle": "pipeline.commands.bundle:bundle",
+    "geometry": "pipeline.commands.geometry:geometry",
 }
 
 

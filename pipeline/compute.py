@@ -81,6 +81,14 @@ def tune_malloc() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 2**30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def full_precision(device: str) -> None:
+    """On CUDA, turn TensorFloat-32 off for convolutions and matmuls (torch's default lets cuDNN use it, which
+    keeps 10 mantissa bits: F would be accurate to about 1e-3 and fail verification)."""
+    if str(device).startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def resolve_device(device: str) -> str:
     """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
     if device == "auto":
@@ -106,6 +114,7 @@ def engine(source: Source, device: str = "cpu"):
     from .interpreter import interpret
 
     dev = _thread_device(device)
+    full_precision(dev)
     key = (source.key, dev)
     with _ENGINES_LOCK:
         li = _ENGINES.get(key)
@@ -341,13 +350,16 @@ def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, t
             block, figures = compact_block(block, region, box, plan.in_shape, plan.out_shape, compaction)
             store.write_errors(box, figures)
         store.F[:, r_top:r_top + r_h, r_left:r_left + r_w, :, top:top + h, left:left + w] = block
+        sy, sx = plan.shards[1:3]
+        shards = sum(bool(np.any(block[:, i:i + sy, j:j + sx])) for i in range(0, r_h, sy) for j in range(0, r_w, sx))
     else:
         block_c, y, x = index
         step = plan.shards[0]
         channels = range(block_c * step, min(plan.out_shape[0], (block_c + 1) * step))
         rows = row_block(li, channels, y, x, batch=plan.batch)
         store.F[channels.start:channels.stop, y:y + 1, x:x + 1] = rows[:, None, None]
-    store.mark_done(index)
+        shards = int(np.any(rows))
+    store.mark_done(index, shards=shards)  # the count lets `linterp verify` find lost shards
     return time.perf_counter() - start
 
 
@@ -376,39 +388,11 @@ def _run_graph(calls: list, scheduler, workers: int | None, progress: bool, desc
             client.close()
 
 
-# ---- verification ---------------------------------------------------------------------------------------
-
-def verify(store: Store, li, *, rows: int = 8, seed: int = 0) -> dict:
-    """Check a store against its interpreter; returns JSON-ready figures.
-
-    ``reconstruction_max_abs`` = max|Σ_j F[…, j]·x0[j] + r − y0| from the stored F, ``reconstruction_rel`` the same over max|y0|; ``rows_max_abs`` = the largest difference between
-    ``rows`` stored rows (a seeded sample, plus the first and last) and rows recomputed with ``li.transpose``.
-    The reconstruction reads each stored shard once (all-zero shards are not stored).
-    """
-    x0, y0 = store.x0, store.y0
-    recon = np.zeros(store.out_shape, dtype=np.float64)
-    for region in store.stored_shards():
-        block = store.F[region]
-        recon[region[:3]] += np.tensordot(block, x0[region[3:]], axes=3)
-    err = float(np.abs(recon + store.residual - y0).max())
-    rng = np.random.default_rng(seed)
-    c_out, h_out, w_out = store.out_shape
-    picks = {(0, 0, 0), (c_out - 1, h_out - 1, w_out - 1)}
-    picks |= {tuple(int(rng.integers(n)) for n in (c_out, h_out, w_out)) for _ in range(rows)}
-    row_err = 0.0
-    for c, y, x in sorted(picks):
-        recomputed = row_block(li, range(c, c + 1), y, x)[0]
-        row_err = max(row_err, float(np.abs(recomputed - store.row(c, y, x)).max()))
-    return {"reconstruction_max_abs": err,
-            "reconstruction_rel": err / max(float(np.abs(y0).max()), 1e-30),
-            "rows_checked": len(picks), "rows_max_abs": row_err}
-
-
 # ---- the whole run --------------------------------------------------------------------------------------
 
 def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, tile: int | None = None,
             mode: str = "auto", batch: int = DEFAULT_BATCH, scheduler="threads", workers: int | None = None,
-            device: str = "auto", progress: bool = True, verify_rows: int = 8, dtype: str = "float32",
+            device: str = "auto", progress: bool = True, verify_samples: int | None = None, dtype: str = "float32",
             support_tol: float | None = None) -> Store:
     """Compute F(x0) of ``source`` into the store ``out`` (created, or resumed when it matches) and verify it.
 
@@ -419,7 +403,14 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     one per core on CPU, one per GPU with CUDA). ``dtype`` ("float32", "float16", "bfloat16") and ``support_tol``
     (None or a fraction): a compact store (see ``pipeline.compact``; columns stores only); both are part of the
     store's identity when set. Returns the completed, verified store.
+
+    A resumed run first recomputes finished tasks whose shards do not decode or are missing. The run ends
+    with the checks of ``pipeline.verify`` against a freshly built interpreter (``verify_samples`` sampled
+    rows/columns per check): the store is marked ``complete`` only when they pass; otherwise it is marked
+    failed with its figures and ``VerificationError`` (one line) is raised.
     """
+    from . import verify as checks
+
     compaction = Compaction(dtype, support_tol)
     tune_malloc()
     device = resolve_device(device)
@@ -445,12 +436,16 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
         ident.update(dtype=compaction.dtype, support_tol=compaction.support_tol)
     meta = dict(attrs or {}, mode=plan.mode, tile=plan.tile, receptive_radius=li.receptive_radius,
                 output_shape=list(li.output.shape[1:]), versions=_versions(), dtype=compaction.dtype,
-                support_tol=compaction.support_tol)
+                support_tol=compaction.support_tol, jacobian_exact=li.jacobian_exact,
+                approximations=li.approximations)
     store = create_store(out, identity=ident, attrs=meta, x0=source.x0, y0=li.output.detach().cpu().numpy(),
                          residual=li.residual.detach().cpu().numpy(), shards=plan.shards,
                          chunks=plan.chunks, tasks=plan.tasks, dtype=compaction.dtype,
                          compact=compaction.active)
     done = store.done_tasks()
+    if done and not store.complete:  # resuming: recompute tasks whose shards were damaged or lost
+        store.unmark(checks.damaged_tasks(store, progress=progress))
+        done = store.done_tasks()
     todo = [ix for ix in np.ndindex(*plan.tasks) if ix not in done]
     if store.complete and not todo:
         return store  # finished and verified earlier
@@ -466,14 +461,16 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     finally:
         torch.set_num_threads(saved)
     elapsed = time.perf_counter() - started
-    figures = verify(store, li, rows=verify_rows)
     n_vectors = int(np.prod(plan.in_shape if plan.mode == "columns" else plan.out_shape))
     previous = store.attrs.timings
     timings = {"runs": previous.get("runs", 0) + 1, "last_run_seconds": elapsed,
                "last_run_tasks": len(todo), "task_seconds_total": previous.get("task_seconds_total", 0.0)
                + float(sum(seconds)), "vectors": n_vectors, "device": device,
                "scheduler": scheduler if local else "distributed"}  # the kind: never a cluster's address
-    store.update_attrs(verification=figures, timings=timings, complete=True)
+    store.update_attrs(timings=timings)
+    report = checks.gate(store, source.build, device=device, progress=progress,
+                         samples=verify_samples or checks.DEFAULT_SAMPLES)
+    store.update_attrs(timings=dict(timings, verify_seconds=report.figures["seconds"]))
     return store
 
 

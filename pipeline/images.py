@@ -26,10 +26,11 @@ class ImageError(ValueError):
     """An image that cannot be read or does not suit a model; the message is one line."""
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, composite_alpha: bool = False) -> np.ndarray:
     """The image at ``path`` as uint8 (H, W, 3) RGB, or (H, W, 1) when the file is grayscale.
 
-    Alpha is dropped, 16-bit samples are scaled to 8 bits, and an animation gives its first frame.
+    Alpha is dropped (``composite_alpha``: composited, see ``flatten_alpha``), 16-bit samples are scaled to
+    8 bits, and an animation gives its first frame.
     """
     import imageio.v3 as iio
 
@@ -38,25 +39,38 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except Exception as err:  # imageio raises many types (OSError, ValueError, plugin errors) for bad files
         detail = str(err).strip().splitlines()
         raise ImageError(f"cannot read image {path}: {detail[0] if detail else type(err).__name__}") from err
-    return as_uint8_image(data, str(path))
+    return as_uint8_image(data, str(path), composite_alpha)
 
 
-def as_uint8_image(data: np.ndarray, label: str = "image") -> np.ndarray:
-    """An array from an image file as uint8 (H, W, 1 or 3)."""
+def as_uint8_image(data: np.ndarray, label: str = "image", composite_alpha: bool = False) -> np.ndarray:
+    """An array from an image file as uint8 (H, W, 1 or 3); alpha dropped, or composited by ``flatten_alpha``."""
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim != 3 or data.shape[2] not in (1, 2, 3, 4) or min(data.shape[:2]) < 1:
         raise ImageError(f"{label} is not a 2-D image (array shape {data.shape})")
-    data = data[:, :, :1] if data.shape[2] == 2 else data[:, :, :3]  # drop alpha
-    if data.dtype == np.uint8:
-        return np.ascontiguousarray(data)
     if data.dtype == np.uint16:
-        return np.round(data / 257.0).astype(np.uint8)
-    if data.dtype == bool:
-        return data.astype(np.uint8) * 255
-    if np.issubdtype(data.dtype, np.floating):
-        return np.round(np.clip(data, 0.0, 1.0) * 255).astype(np.uint8)
-    raise ImageError(f"{label} has unsupported sample type {data.dtype}")
+        data = np.round(data / 257.0).astype(np.uint8)
+    elif data.dtype == bool:
+        data = data.astype(np.uint8) * 255
+    elif np.issubdtype(data.dtype, np.floating):
+        data = np.round(np.clip(data, 0.0, 1.0) * 255).astype(np.uint8)
+    elif data.dtype != np.uint8:
+        raise ImageError(f"{label} has unsupported sample type {data.dtype}")
+    if data.shape[2] in (2, 4):
+        data = flatten_alpha(data) if composite_alpha else data[:, :, :-1]
+    return np.ascontiguousarray(data)
+
+
+def flatten_alpha(data: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C + 1) with alpha last -> (H, W, C) composited over black or white, whichever contrasts
+    with the opaque content: white under dark content (mean alpha-weighted luma below 128), black under light
+    content. A drawing on a transparent background thus keeps its strokes visible whatever their colour."""
+    colour, alpha = data[:, :, :-1].astype(np.float64), data[:, :, -1:].astype(np.float64) / 255.0
+    luma = colour @ RGB_TO_YCBCR[0] if colour.shape[2] == 3 else colour[:, :, 0]
+    weight = alpha[:, :, 0].sum()
+    mean = (luma * alpha[:, :, 0]).sum() / weight if weight > 0 else 0.0
+    background = 255.0 if mean < 128 else 0.0
+    return np.round(colour * alpha + background * (1 - alpha)).astype(np.uint8)
 
 
 def parse_crop(text: str) -> tuple[int, int, int, int]:

@@ -56,13 +56,15 @@ READABLE_VERSIONS = (1, 2)
 IN_DIMS = ("c_in", "y_in", "x_in")
 OUT_DIMS = ("c_out", "y_out", "x_out")
 F_DIMS = OUT_DIMS + IN_DIMS
-_CODEC = ZstdCodec(level=3)
+_CODEC = ZstdCodec(level=3, checksum=True)  # a damaged chunk fails to decode instead of reading as noise
 #: Compressor of compact F (float16, or bfloat16 values in float32): blosc's bit shuffle gathers the zero low bits
 #: and the similar exponents before zstd (0.86–0.88 of zstd alone on an edsr-small tile, benchmarks/bench_compute.py).
 _COMPACT_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 _CONFIG = {"write_empty_chunks": False}
 #: The per-column error arrays of compact stores (names as in ``pipeline.compact``).
 ERROR_ARRAYS = ("dropped_l1", "error_l1", "error_max", "column_max", "support_radius")
+#: Largest ledger value (uint8): a task that stored 253 or more shards.
+LEDGER_COUNT_MAX = 255
 #: Most values in one inner chunk of F (64 Ki float32 = 256 KiB before compression).
 INNER_VALUES = 2**16
 
@@ -161,7 +163,10 @@ def _unverified() -> dict:
 class StoreAttrs(_Attributes):
     """The group attributes of a store (format 2), as stored in its ``zarr.json`` (JSON values).
 
-    What was computed: ``model`` (registry name), ``task`` ("sr", "i2i", "classify"), ``scale`` (output / input
+    What was computed: ``model`` (registry name, or ``file.py:factory`` / ``package.module:factory`` for a user
+    model), ``model_spec`` (user models only, else None: how to rebuild it, without paths: {"kind": "file" |
+    "module" | "object", "factory", "args", "file": {"name", "sha256"}, "module" (module specs), "class" (module
+    objects), "state_sha256": the digest of the built parameters and buffers}), ``task`` ("sr", "i2i", "classify"), ``scale`` (output / input
     side), ``colour`` ("rgb", "y", "gray"), ``value_range`` ([lo, hi], the model's units of pixel values 0 and
     255), ``weights`` and ``image`` (:class:`FileRef`), ``crop`` ([x, y, w, h] pixels of the image, or None),
     ``identity`` (what must match for a compute run to resume into the store: model, weights / image / x0 sha256,
@@ -180,6 +185,7 @@ class StoreAttrs(_Attributes):
     """
 
     model: str | None = None
+    model_spec: dict | None = None
     task: str | None = None
     scale: int | None = None
     colour: str | None = None
@@ -379,18 +385,28 @@ class Store:
         return tuple(self.F.shape[:3])
 
     def stored_shards(self) -> list[tuple[slice, ...]]:
-        """The regions of F (6-tuples of slices) of the shards written to disk; the rest of F is zero."""
+        """The regions of F (6-tuples of slices) of the shards written to disk; the rest of F is zero.
+
+        Files that are not chunk keys (``.DS_Store``, ``*.partial`` files of a killed writer) are ignored."""
         grid = self.F.shards or self.F.chunks
         found = []
         root = self.path / "F" / "c"
         for folder, _, files in os.walk(root):
             prefix = Path(folder).relative_to(root).parts
             for name in files:
-                index = tuple(int(i) for i in prefix + (name,))
-                if len(index) == len(grid):
+                parts = prefix + (name,)
+                if len(parts) != len(grid) or not all(p.isdigit() and p.isascii() for p in parts):
+                    continue
+                index = tuple(int(i) for i in parts)
+                if all(i * g < n for i, g, n in zip(index, grid, self.F.shape)):
                     found.append(tuple(slice(i * g, min((i + 1) * g, n))
                                        for i, g, n in zip(index, grid, self.F.shape)))
         return sorted(found, key=lambda sl: tuple(s.start for s in sl))
+
+    def shard_key(self, region: tuple[slice, ...]) -> str:
+        """The storage key of the shard of F holding ``region`` (e.g. ``F/c/0/1/1/0/0/0``)."""
+        grid = self.F.shards or self.F.chunks
+        return "F/c/" + "/".join(str(s.start // g) for s, g in zip(region, grid))
 
     def column(self, c: int, y: int, x: int) -> np.ndarray:
         """Column ``F[..., c, y, x]``: the response to a unit impulse at input (c, y, x); (C_out, H_out, W_out)."""
@@ -428,11 +444,25 @@ class Store:
 
     def done_tasks(self) -> set[tuple[int, ...]]:
         """Index tuples of the finished tasks."""
-        return {tuple(int(i) for i in ix) for ix in np.argwhere(self.ledger[...] == 1)}
+        return {tuple(int(i) for i in ix) for ix in np.argwhere(self.ledger[...] >= 1)}
 
-    def mark_done(self, task: tuple[int, ...]) -> None:
-        """Record one finished task (writes only that task's own ledger chunk)."""
-        self.ledger[tuple(slice(i, i + 1) for i in task)] = 1
+    @property
+    def finished(self) -> bool:
+        """True when every compute task has finished (whether or not the store passed its verification)."""
+        return bool((self.ledger[...] >= 1).all())
+
+    def mark_done(self, task: tuple[int, ...], shards: int | None = None) -> None:
+        """Record one finished task (writes only that task's own ledger chunk).
+
+        Ledger values: 0 = not done; 1 = done (shard count not recorded); 2 + n = done, having stored n
+        non-empty shards of F (255: n >= 253), which ``linterp verify`` checks against the files."""
+        value = 1 if shards is None else 2 + min(int(shards), LEDGER_COUNT_MAX - 2)
+        self.ledger[tuple(slice(i, i + 1) for i in task)] = value
+
+    def unmark(self, tasks) -> None:
+        """Mark tasks as not done (their shards are recomputed by a resumed compute)."""
+        for task in tasks:
+            self.ledger[tuple(slice(i, i + 1) for i in task)] = 0
 
     # ---- SVD --------------------------------------------------------------------------------------
     @property

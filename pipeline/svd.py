@@ -439,19 +439,20 @@ def store_operator(store) -> Operator:
     return Operator(in_shape, out_shape, forward, transpose, normal, precision=1e-13)
 
 
-def interpreter_from_store(store, trust_pickle: bool = False, rtol: float = 1e-4, weights=None):
+def interpreter_from_store(store, trust_pickle: bool = False, rtol: float = 1e-4, weights=None, model=None):
     """``interpret(model, x0)`` for the store's model at the store's x0, checked against the stored f(x0).
 
     The model is rebuilt by ``pipeline.sources.model_from_store`` (``weights``: the weight file, when it is
-    neither the registry's default nor in the weight cache). Raises ``SVDError`` when the rebuilt network does
-    not reproduce ``y0`` (to ``rtol`` of its largest value).
+    neither the registry's default nor in the weight cache; ``model``: where a user model's code is now, or the
+    module object). Raises ``SVDError`` when the rebuilt network does not reproduce ``y0`` (to ``rtol`` of its
+    largest value).
     """
     import torch
 
     from pipeline.interpreter import interpret
     from pipeline.sources import model_from_store
 
-    model = model_from_store(store, trust_pickle, weights)
+    model = model_from_store(store, trust_pickle, weights, model)
     x0 = torch.as_tensor(store.x0)[None]
     with torch.no_grad():
         li = interpret(model, x0)
@@ -465,12 +466,13 @@ def interpreter_from_store(store, trust_pickle: bool = False, rtol: float = 1e-4
 
 def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", tol: float = 1e-6,
               batch: int = 16, max_iter: int = 500, seed: int = 0, trust_pickle: bool = False,
-              weights=None, progress: bool = True) -> SVDResult:
+              weights=None, model=None, progress: bool = True) -> SVDResult:
     """Compute the top-k SVD of a store's F and write it into the store (``svd/S``, ``svd/U``, ``svd/V``,
     ``svd/residuals``); returns the result.
 
     source: "store" (the stored F; needs a complete store), "model" (the interpreter rebuilt from the
-    store's attributes; ``weights``: its weight file when the registry and the weight cache do not hold it) or
+    store's attributes; ``weights``: its weight file when the registry and the weight cache do not hold it;
+    ``model``: where a user model's code is now, or the module object) or
     "auto" (the store when it is complete, else the model). The written residual of
     pair i is the full triplet residual sqrt(‖F vᵢ − sᵢuᵢ‖² + ‖Fᵀuᵢ − sᵢvᵢ‖²) / sᵢ, which bounds
     ‖F vᵢ − sᵢuᵢ‖ / sᵢ; both parts are also in the ``svd`` group's attributes. A killed run resumes from
@@ -486,7 +488,7 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
             raise SVDError(f"{store.path}: the store is incomplete; finish `linterp compute` or use --from-model")
         op = store_operator(store)
     elif source == "model":
-        op = model_operator(interpreter_from_store(store, trust_pickle, weights=weights), batch=batch)
+        op = model_operator(interpreter_from_store(store, trust_pickle, weights=weights, model=model), batch=batch)
     else:
         raise SVDError(f"unknown source '{source}' (store, model or auto)")
     result = truncated_svd(op, k, method=method, tol=tol, max_iter=max_iter, seed=seed, progress=progress,

@@ -28,9 +28,9 @@ I2I_CROP = "40,32,16,16"  # 16×16: the ResNet generator downsamples by 4, its i
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
-    """A weights folder holding seeded random ``edsr-small-x4.pt`` and ``i2i-small.pt`` state dicts."""
+    """A weights folder holding seeded random ``edsr-small-x4.pt`` and ``i2i-label.pt`` state dicts."""
     folder = tmp_path_factory.mktemp("weights")
-    for name in ("edsr-small-x4", "i2i-small"):
+    for name in ("edsr-small-x4", "i2i-label"):
         torch.save(build(name, "random").state_dict(), folder / f"{name}.pt")
     return folder
 
@@ -38,7 +38,7 @@ def stand_ins(tmp_path_factory):
 @pytest.fixture
 def project_weights(stand_ins, monkeypatch):
     monkeypatch.setattr(registry, "WEIGHTS_DIR", stand_ins)
-    for name in ("edsr-small-x4", "i2i-small"):
+    for name in ("edsr-small-x4", "i2i-label"):
         monkeypatch.setitem(registry.TRAINED_SHA256, name, file_sha256(stand_ins / f"{name}.pt"))
     return stand_ins
 
@@ -54,7 +54,7 @@ def photo2label(tmp_path_factory, stand_ins):
     root = tmp_path_factory.mktemp("bundle")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(registry, "WEIGHTS_DIR", stand_ins)
-        mp.setitem(registry.TRAINED_SHA256, "i2i-small", file_sha256(stand_ins / "i2i-small.pt"))
+        mp.setitem(registry.TRAINED_SHA256, "i2i-label", file_sha256(stand_ins / "i2i-label.pt"))
         result = run(["CycleGAN-Photo2Label", "--defaults", "--crop", I2I_CROP, "--store",
                       "--work", str(root / "work"), "--out", str(root / "dist" / "CycleGAN-Photo2Label.zip")])
     assert result.exit_code == 0, result.output
@@ -72,18 +72,18 @@ def test_defaults_archive_holds_site_readme_and_store(photo2label, stand_ins):
     assert not any("/.done/" in n for n in names)  # export's resume markers stay out of the archive
     for part in ("index.html", "viewer.js", "viewer.css", "data/manifest.js", "README.txt"):
         assert (site / part).is_file(), part
-    tiles = list((site / "data" / "i2i-small").glob("col_*.js")) + list((site / "data" / "i2i-small").glob("row_*.js"))
+    tiles = list((site / "data" / "i2i-label").glob("col_*.js")) + list((site / "data" / "i2i-label").glob("row_*.js"))
     assert tiles
     # the site says that a stand-in replaces the official model (banner and manifest)
     index = (site / "index.html").read_text()
-    assert "i2i-small (trained by linterp) stands in for the official cyclegan-facades_photo2label" in index
+    assert "i2i-label (trained by linterp) stands in for the official cyclegan-facades_photo2label" in index
     assert "stands in for the official cyclegan-facades_photo2label" in (site / "data" / "manifest.js").read_text()
     # README.txt: command, versions, sha256 of the weights file and of the image's pixels
     readme = (site / "README.txt").read_text()
     command = readme.split("Command:\n", 1)[1].splitlines()[0].split()
     assert command[:3] == ["linterp", "bundle", "CycleGAN-Photo2Label"] and "--defaults" in command
     assert command[command.index("--crop") + 1] == I2I_CROP and "--store" in command
-    assert file_sha256(stand_ins / "i2i-small.pt") in readme
+    assert file_sha256(stand_ins / "i2i-label.pt") in readme
     assert hashlib.sha256(default_image()[1].tobytes()).hexdigest() in readme
     assert f"torch {torch.__version__}" in readme and "zarr " in readme
     assert "4.0 GB" in readme  # the paper's archive, for comparison
@@ -92,7 +92,7 @@ def test_defaults_archive_holds_site_readme_and_store(photo2label, stand_ins):
 def test_archived_store_reconstructs_the_output(photo2label):
     """The store inside the zip is a complete, valid store: F·x0 + r = f(x0), and it carries the SVD."""
     _, work, site = photo2label
-    store = open_store(site / "store" / "i2i-small.zarr", require_complete=True)
+    store = open_store(site / "store" / "i2i-label.zarr", require_complete=True)
     F = store.F[...]
     n_out, n_in = int(np.prod(store.out_shape)), int(np.prod(store.in_shape))
     recon = F.reshape(n_out, n_in) @ store.x0.reshape(n_in) + store.residual.reshape(n_out)
@@ -100,7 +100,7 @@ def test_archived_store_reconstructs_the_output(photo2label):
     S, U, V = store.svd()
     assert S.shape == (8,)
     assert np.allclose(F.reshape(n_out, n_in) @ V[0].reshape(n_in), S[0] * U[0].reshape(n_out), atol=1e-3 * S[0])
-    assert np.array_equal(F, open_store(work / "stores" / "i2i-small.zarr").F[...])
+    assert np.array_equal(F, open_store(work / "stores" / "i2i-label.zarr").F[...])
 
 
 def test_rerun_reuses_the_work(photo2label, project_weights):
@@ -180,7 +180,7 @@ def _assert_shown(page, side: str, y: int, x: int, want) -> float:
 @needs_chromium
 def test_unzipped_archive_in_the_browser(browser, photo2label):  # noqa: F811
     _, _, site = photo2label
-    store = open_store(site / "store" / "i2i-small.zarr")
+    store = open_store(site / "store" / "i2i-label.zarr")
     page = Page(browser, site)
     _assert_shown(page, "in", 2, 6, store.column(0, 2, 6)[0])
     page.clean()

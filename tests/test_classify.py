@@ -59,6 +59,46 @@ def test_input_term_plus_contributions_is_score(name, digits):
         assert len(rec["contributions"]) >= 4  # every conv / linear bias (and BN shift) is a source
 
 
+@pytest.mark.parametrize("name", DIGITS)
+def test_contributions_grouped_by_layer_sum_to_the_score(name, digits):
+    """--group layer: a conv with its batch norm is one source; the groups partition the raw sources, each is the
+    sum of its sources, and input term + groups = every score (and the grouped PDs still sum to the scores)."""
+    model = _digits_model(name)
+    x0, _ = digits[3]
+    li = interpret(model, x0)
+    groups = C.layer_groups(li)
+    assert [s for members in groups.values() for s in members] == li.sources  # a partition, in network order
+    # 4 convolutions and 2 linear layers, with or without batch norm
+    assert len(groups) == 6 and all(len(m) == (2 if name.endswith("-bn") and "features" in g else 1)
+                                    for g, m in groups.items())
+    if name.endswith("-bn"):
+        assert list(groups)[0] == "features.0 + features.1"
+        assert groups["features.0 + features.1"] == ["features.0 (bias)", "features.1 (shift)"]
+    raw = C.decompose(li, x0)
+    dec = C.decompose(li, x0, groups)
+    _assert_reproduces(dec)
+    by_name = dict(zip(raw.names, raw.contributions))
+    for g, row, members in zip(dec.names, dec.contributions, dec.members):
+        np.testing.assert_allclose(row, sum(by_name[m] for m in members), rtol=0, atol=1e-9)
+    rec = dec.record()
+    assert rec["input_term"] + sum(c["value"] for c in rec["contributions"]) == pytest.approx(rec["score"], rel=1e-4)
+    assert [c["sources"] for c in rec["contributions"]] == list(groups.values())
+    pd = C.pixel_discussions(li, x0, dec, list(range(10)), C.bias_weights(li, dec, groups)[1])
+    np.testing.assert_allclose(pd.sum((1, 2)), dec.scores, rtol=0, atol=1e-4 * np.abs(dec.scores).max())
+
+
+def test_layer_groups_of_a_resnet_keep_a_norm_after_an_addition_alone():
+    torch.manual_seed(2)
+    model = build("resnet18", "random")
+    x0 = torch.rand(1, 3, 32, 32)
+    li = interpret(model, x0)
+    groups = C.layer_groups(li)
+    assert [s for members in groups.values() for s in members] == li.sources
+    assert groups["net.conv1 + net.bn1"] == ["net.bn1 (shift)"]  # a conv without bias: the layer is its norm
+    assert groups["sub (offset)"] == ["sub (offset)"]  # the ImageNet mean subtracted from the input: no layer
+    _assert_reproduces(C.decompose(li, x0, groups))
+
+
 @pytest.mark.parametrize("name", ["vgg11", "resnet18"])
 def test_torchvision_contributions_reproduce_all_1000_scores(name):
     torch.manual_seed(1)
@@ -174,15 +214,17 @@ def test_load_input_converts_and_resizes(tmp_path):
     rgb = np.zeros((40, 60, 3), np.uint8)
     rgb[:, :30] = (255, 0, 0)
     iio.imwrite(tmp_path / "a.png", rgb)
-    x = R.load_input(tmp_path / "a.png", spec("digits-vgg"), (32, 32))
-    assert x.shape == (1, 1, 32, 32) and x.dtype == torch.float32
-    assert float(x[0, 0, 16, 0]) == pytest.approx(0.299, abs=1e-3) and float(x[0, 0, 16, -1]) == 0
-    x = R.load_input(tmp_path / "a.png", spec("cyclegan-style_vangogh"), (16, 16), crop_ratio=0.875)
+    # digits: a drawing, fitted into 32×32 keeping its aspect ratio (32×21, padded) and levelled to 0..1
+    x, rec = R.load_input(tmp_path / "a.png", spec("digits-vgg"), (32, 32))
+    assert x.shape == (1, 1, 32, 32) and x.dtype == torch.float32 and rec["fitted"] == [21, 32]
+    assert float(x[0, 0, 16, 0]) == pytest.approx(1) and float(x[0, 0, 16, -1]) == 0 and float(x[0, 0, 2, 0]) == 0
+    x, rec = R.load_input(tmp_path / "a.png", spec("cyclegan-style_vangogh"), (16, 16), crop_ratio=0.875)
     assert x.shape == (1, 3, 16, 16) and float(x.min()) == -1 and float(x.max()) == pytest.approx(1)
     # 60×40 → shorter side 16 / 0.875 = 18 (27×18), centre 16×16 crop: columns 5..20 of 27 straddle the edge
     assert float(x[0, 0, 8, 0]) == pytest.approx(1) and float(x[0, 0, 8, -1]) == pytest.approx(-1)
+    assert rec["method"] == "photo" and rec["resized"] == [18, 27]
     iio.imwrite(tmp_path / "g.png", rgb[:, :, 0])
-    x = R.load_input(tmp_path / "g.png", spec("vgg11"), (8, 8))
+    x, _ = R.load_input(tmp_path / "g.png", spec("vgg11"), (8, 8))
     assert x.shape == (1, 3, 8, 8) and torch.equal(x[:, 0], x[:, 2])
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ImageError, match="bad.png"):
@@ -223,8 +265,39 @@ def test_report_for_both_digits_models(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
 
 
+def test_cli_on_digit_files_records_preprocessing_and_groups(tmp_path):
+    """Digit files of other sizes and polarities through the command; --group source vs layer: same scores,
+    same sums, grouped names."""
+    from pipeline.training import data, render
+
+    _, (x8, y) = data.digits_8x8()
+    files = tmp_path / "files"
+    files.mkdir()
+    iio.imwrite(files / "a-64-dark-on-white.png", 255 - torch.round(render.upsample(x8[:1], 64, "bilinear")[0, 0] * 255)
+                .to(torch.uint8).numpy())
+    iio.imwrite(files / "b-8x8.png", torch.round(x8[1, 0] * 255).to(torch.uint8).numpy())
+    out = {}
+    for group in ("layer", "source"):
+        args = ["classify", "--model", "digits-vgg-bn", "--images", str(files), "--figures", "1", "--group", group,
+                "--out", str(tmp_path / group)]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        out[group] = json.loads((tmp_path / group / "results.json").read_text())
+    for layer, source in zip(out["layer"], out["source"]):
+        assert layer["score"] == source["score"] and layer["top1"] == source["top1"]
+        for r in (layer, source):
+            assert r["input_term"] + sum(c["value"] for c in r["contributions"]) == pytest.approx(r["score"], rel=1e-4)
+        assert len(layer["contributions"]) == 6 and len(source["contributions"]) == 10
+        assert layer["contributions"][0]["name"] == "features.0 + features.1"
+    a, b = out["layer"]
+    assert a["preprocessing"]["polarity"] == "inverted" and a["preprocessing"]["source_size"] == [64, 64]
+    assert b["preprocessing"]["polarity"] == "kept" and b["preprocessing"]["source_size"] == [8, 8]
+    assert [r["top1"] for r in out["layer"]] == [int(y[0]), int(y[1])]  # the trained model reads both files
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "digits-vgg", "--weights", "random", "--dataset", "digits", "--eps", "0.1"], "--attack"),
+    (["--model", "digits-vgg", "--weights", "random", "--dataset", "digits", "--size", "28"], "32×32"),
     (["--model", "bicubic-x2", "--dataset", "digits"], "not a classifier"),
     (["--model", "vgg-12", "--dataset", "digits"], "unknown model"),
     (["--model", "vgg11", "--weights", "random", "--dataset", "digits"], "digits"),

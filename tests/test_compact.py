@@ -234,3 +234,25 @@ def test_compact_options_refused_where_they_cannot_apply(tmp_path):
     result = CliRunner().invoke(main, ["compute", "--model", "bicubic-x4", "--out", str(tmp_path / "b.zarr"),
                                        "--support-tol", "2", "--quiet"])
     assert result.exit_code == 2 and "support-tol" in result.output
+
+
+def test_verify_judges_compact_stores_on_their_stored_bounds(stores, tmp_path):
+    """A compact store passes `verify` because its differences stay within the stored bounds, and fails once the
+    bounds are understated (the checks subtract the stored bounds, not a blanket tolerance)."""
+    import shutil
+
+    from pipeline.verify import verify_store
+
+    src, _, _, made = stores
+    store = made[("float16", 0.02)]
+    report = verify_store(store, src.build)
+    assert report.status == "passed", report.summary()
+    assert report.figures["compact"] == error_summary(store)
+    assert report.figures["compact"]["bound_rel"] > 1e-4  # beyond every float32 tolerance: the bounds are used
+    copy = shutil.copytree(store.path, tmp_path / "understated.zarr")
+    group = zarr.open_group(str(copy), mode="r+")
+    for name in ("error_max", "error_l1"):
+        group[name][...] = 0
+    report = verify_store(open_store(copy), src.build)
+    assert report.status == "failed"
+    assert {"reconstruction", "probe", "rows"} <= {c.name for c in report.failed}

@@ -256,7 +256,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     rgb = random_png(tmp_path / "rgb.png", (16, 16, 3))
     cases = [(["--model", "bicubic-x4", "--image", junk], "cannot read image"),
              (["--model", "bicubic-x4", "--image", gray], "needs an RGB image"),
-             (["--model", "i2i-small", "--weights", "random", "--image", tiny], "too small"),
+             (["--model", "i2i-label", "--weights", "random", "--image", tiny], "too small"),
              (["--model", "bicubic-x4", "--image", rgb, "--crop", "8,8,16,16"], "goes outside"),
              (["--model", "bicubic-x9", "--image", rgb], "unknown model"),
              (["--model", "bicubic-x4", "--image", rgb, "--device", "cuda"] if not torch.cuda.is_available()

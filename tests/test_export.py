@@ -1,5 +1,5 @@
 """Site export: colour map, quantisation, sprite sheets that hold every row and column, images, SVD, resume,
-errors, schedulers and the flashlight video.
+errors and schedulers (the video: test_video.py).
 
 The stores are real Zarr stores written through ``pipeline.store.create_store``; their F is the exact matrix of
 a linear upscaler (torch's bicubic / bilinear interpolation), built column by column from unit impulses.
@@ -185,6 +185,29 @@ def test_site_references_no_remote_resources(site16):
         assert "fetch(" not in text and "XMLHttpRequest" not in text
 
 
+def decoded_image(sheets: dict, name: str, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(planes (nt, H, W) float32, scales (nt,)) of the whole image ``name`` assembled from its tiles."""
+    c, h, w = shape
+    nt = len(channel_labels(c))
+    planes, covered, scales = np.zeros((nt, h, w), np.float32), np.zeros((h, w), int), None
+    for key, (meta, img) in sheets.items():
+        if not key.startswith(f"img_{name}_"):
+            continue
+        (ty, tx), (th, tw) = meta["origin"], meta["size"]
+        assert meta["nt"] == nt and img.shape == (th, nt * tw)
+        scales = np.array(meta["scales"], np.float32)
+        q = np.moveaxis(img.reshape(th, nt, tw), 1, 0)
+        planes[:, ty:ty + th, tx:tx + tw] = render.dequantise(q, scales)
+        covered[ty:ty + th, tx:tx + tw] += 1
+    assert (covered == 1).all(), f"{name}: tiles do not cover the image once"
+    return planes, scales
+
+
+def read_manifest(site: Path) -> dict:
+    text = (site / "data" / "manifest.js").read_text()
+    return json.loads(text[len("LINTERP.manifest("):].rstrip().removesuffix(";").removesuffix(")"))
+
+
 def test_images_residual_and_svd(tmp_path):
     store, dense = linear_upscaler_store(tmp_path / "s.zarr", mode="bilinear", c=3, h=8, w=8, tile=4)
     # a real truncated SVD of F, written through the store API
@@ -192,31 +215,65 @@ def test_images_residual_and_svd(tmp_path):
     U, S, Vt = np.linalg.svd(mat, full_matrices=False)
     k = 6
     store = open_store(store.path, mode="r+")
-    store.write_svd(S[:k], U[:, :k].T, Vt[:k], residuals=np.zeros(k), attrs=SvdAttrs(method="numpy", k=k))
-    summary = export_site([store.path], tmp_path / "site", progress=False)
+    store.write_svd(S[:k], U[:, :k].T, Vt[:k], residuals=np.zeros(k), attrs={"method": "numpy"})
+    summary = export_site([store.path], tmp_path / "site", progress=False, tile=12)  # 3×3 tiles of the output
     sheets = read_sheets(tmp_path / "site" / "data" / "bilinear-x4")
-    meta, img = sheets["img_out"]
-    nt = meta["nt"]
-    fx0 = store.y0 - store.residual
-    for i, image in enumerate([store.y0, fx0, store.residual]):
+    manifest = read_manifest(tmp_path / "site")["models"][0]
+    images = {"x0": store.x0, "y0": store.y0, "residual": store.residual,
+              "fx0": np.tensordot(dense, store.x0, axes=3)}
+    images |= {f"u{i}": U[:, i].reshape(dense.shape[:3]) for i in range(k)}
+    images |= {f"v{i}": Vt[i].reshape(dense.shape[3:]) for i in range(k)}
+    for name, image in images.items():
         want = with_sum(image)
-        scales = np.array(meta["scales"][i * nt:(i + 1) * nt], np.float32)
-        got = render.dequantise(render.unpack_entry(img, meta["cell"], nt, 1, i, *want.shape[1:]), scales)
-        assert (np.abs(got - want) <= scales[:, None, None] / 254 + 1e-6).all()
-    meta, img = sheets["nat_x0"]
-    np.testing.assert_allclose(meta["lo"] + img.astype(np.float32) / 255 * (meta["hi"] - meta["lo"]),
-                               np.moveaxis(store.x0, 0, -1), atol=(meta["hi"] - meta["lo"]) / 510 + 1e-6)
-    for name, vecs in (("svd_u", U[:, :k].T.reshape((k,) + dense.shape[:3])),
-                       ("svd_v", Vt[:k].reshape((k,) + dense.shape[3:]))):
-        meta, img = sheets[name]
-        assert meta["count"] == k
-        for i in range(k):
-            want = with_sum(vecs[i])
-            scales = np.array(meta["scales"][i * nt:(i + 1) * nt], np.float32)
-            got = render.dequantise(render.unpack_entry(img, meta["cell"], nt, 1, i, *want.shape[1:]), scales)
-            assert (np.abs(got - want) <= scales[:, None, None] / 254 + 1e-6).all()
-    m = (tmp_path / "site" / "data" / "manifest.js").read_text()
-    assert '"svd":{"k":6' in m and '"method":"numpy"' in m and summary["models"][0]["model"] == "bilinear-x4"
+        got, scales = decoded_image(sheets, name, image.shape)
+        np.testing.assert_allclose(scales, np.abs(want).max(axis=(1, 2)), rtol=1e-5)
+        assert manifest["images"][name]["scales"] == [float(f"{v:.9g}") for v in scales]
+        assert (np.abs(got - want) <= scales[:, None, None] / 254 + 1e-6).all(), name
+    for name, image in (("x0", store.x0), ("y0", store.y0)):
+        meta = manifest["images"]["nat_" + name]
+        tiles_ = {key: v for key, v in sheets.items() if key.startswith(f"nat_{name}_")}
+        assert len(tiles_) == -(-image.shape[1] // 12) * -(-image.shape[2] // 12)
+        for (m, img) in tiles_.values():
+            (ty, tx), (th, tw) = m["origin"], m["size"]
+            np.testing.assert_allclose(meta["lo"] + img.astype(np.float32) / 255 * (meta["hi"] - meta["lo"]),
+                                       np.moveaxis(image[:, ty:ty + th, tx:tx + tw], 0, -1),
+                                       atol=(meta["hi"] - meta["lo"]) / 510 + 1e-6)
+    assert sheets["thumb"][1].shape == (8, 8, 3)
+    assert manifest["svd"]["k"] == 6 and manifest["tile"] == 12 and summary["models"][0]["model"] == "bilinear-x4"
+
+
+def test_fx0_is_contracted_from_the_stored_F(tmp_path):
+    """The F·x0 panel shows what the stored F gives, not y0 − r: with one shard of F altered after compute,
+    the panel follows F and visibly departs from y0 − r."""
+    store, dense = linear_upscaler_store(tmp_path / "s.zarr", mode="bicubic", c=3, h=8, w=8, tile=4)
+    region = store.stored_shards()[5]
+    store.F[region] = store.F[region] * 1.5
+    dense[region] *= 1.5
+    export_site([store.path], tmp_path / "site", progress=False, tile=8)
+    got, scales = decoded_image(read_sheets(tmp_path / "site" / "data" / "bicubic-x4"), "fx0", store.y0.shape)
+    want = with_sum(np.tensordot(dense, store.x0, axes=3))
+    assert (np.abs(got - want) <= scales[:, None, None] / 254 + 1e-6).all()
+    gap = np.abs(got - with_sum(store.y0 - store.residual)).max(axis=(1, 2))
+    assert (gap > 20 * scales / 254).all()  # the mismatch is shown, far above the rendering error
+
+
+def test_panel_attributes_reach_the_manifest(tmp_path):
+    """Verification status, Jacobian disclosure and geometry figures go from the store attributes to the
+    manifest; a store that records only its verification gets no disclosure and no geometry."""
+    a, _ = linear_upscaler_store(tmp_path / "a.zarr", c=1, h=8, w=8, tile=4)
+    b, _ = linear_upscaler_store(tmp_path / "b.zarr", mode="bilinear", c=1, h=8, w=8, tile=4)
+    approximations = [{"op": "instance_norm", "where": f"block{i}", "kind": "frozen-statistics"} for i in range(2)]
+    geometry = {"adaptivity": 0.12, "flashlight_top1": 0.3, "flashlight_mrr": 0.4, "flashlight_chance": 0.01,
+                "samples": 200}
+    open_store(b.path, mode="r+").update_attrs(
+        verification={"status": "failed", "checks": []}, jacobian_exact=False, approximations=approximations,
+        geometry=geometry)
+    export_site([a.path, b.path], tmp_path / "site", progress=False, allow_unverified=True)
+    first, second = read_manifest(tmp_path / "site")["models"]
+    assert (first["verification_status"], first["jacobian_exact"], first["approximations"], first["geometry"]) \
+        == ("passed", None, [], None)
+    assert (second["verification_status"], second["jacobian_exact"]) == ("failed", False)
+    assert second["approximations"] == approximations and second["geometry"] == geometry
 
 
 def test_filters_that_are_all_zero(tmp_path):
@@ -311,32 +368,3 @@ def test_export_command(tmp_path):
     res = CliRunner().invoke(main, ["export", str(store.path), "--out", str(tmp_path / "site"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "filters/s" in res.output and (tmp_path / "site" / "index.html").is_file()
-
-
-# ---- video -----------------------------------------------------------------------------------------------
-def test_flashlight_video_shows_the_columns_along_the_path(tmp_path, bicubic16):
-    import imageio.v3 as iio
-
-    from pipeline.cli import main
-    from pipeline.export.video import frame, walk_path
-
-    store, dense = bicubic16
-    out = tmp_path / "walk.gif"
-    res = CliRunner().invoke(main, ["video", str(store.path), "--out", str(out), "--frames", "12",
-                                    "--format", "gif", "--zoom", "1"])
-    assert res.exit_code == 0, res.output
-    frames = iio.imread(out, index=None)
-    path = walk_path(store.in_shape[1:], 12)
-    assert len(frames) == len(path) == 12 and len(set(path)) == 12
-    lut = render.diverging_lut()
-    left = np.repeat(np.repeat(np.moveaxis(render.natural(store.x0)[0], -1, -1), 4, 0), 4, 1)
-    for i in (0, 5, 11):
-        y, x = path[i]
-        col = dense[:, :, :, :, y, x].sum(axis=(0, 3))  # the white-impulse column, summed over channels
-        h, w = col.shape
-        scale = np.abs(col).max()
-        exact = frame(store, y, x, lut, left)  # the frame before GIF's palette reduction: exact colours
-        q = render.decode_colours(exact[:h, -w:])
-        assert (np.abs(render.dequantise(q, scale) - col) <= scale / 254 + 1e-6).all()
-        gif = frames[i][:h, -w:, :3].astype(float)  # GIF: 256-colour palette, so compare loosely
-        assert np.corrcoef(gif.ravel(), exact[:h, -w:].astype(float).ravel())[0, 1] > 0.98

@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 REQUIRED = (["bicubic-x2", "bicubic-x3", "bicubic-x4", "pixelshuffle-x2", "pixelshuffle-x3", "pixelshuffle-x4",
              "edsr-baseline-x2", "edsr-baseline-x3", "edsr-baseline-x4", "edsr-x2", "edsr-x3", "edsr-x4",
-             "edsr-small-x4", "i2i-small", "digits-vgg", "digits-vgg-bn", "cyclegan-style_vangogh",
+             "edsr-small-x4", "i2i-label", "digits-vgg", "digits-vgg-bn", "cyclegan-style_vangogh",
              "cyclegan-style_ukiyoe", "cyclegan-facades_photo2label", "cyclegan-horse2zebra"]
             + ["alexnet", "squeezenet1_0", "squeezenet1_1", "resnet18", "resnet34", "resnet50", "resnet101",
                "resnet152", "densenet121", "densenet161", "densenet169", "densenet201", "inception_v3"]
@@ -307,14 +307,14 @@ def test_run_classifier_prints_top_classes(tmp_path):
     result = CliRunner().invoke(main, ["run", "--model", "digits-vgg-bn", "--weights", "random", "--image",
                                        str(tmp_path / "in.png"), "--top", "3"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines()  # stderr says how the image was prepared
     probabilities = [float(line.split()[0]) for line in lines]
     assert len(lines) == 3 and probabilities == sorted(probabilities, reverse=True)
 
 
 def test_run_default_image_and_crop(tmp_path):
     out = tmp_path / "o.png"
-    result = CliRunner().invoke(main, ["run", "--model", "i2i-small", "--weights", "random", "--crop", "4,8,20,16",
+    result = CliRunner().invoke(main, ["run", "--model", "i2i-label", "--weights", "random", "--crop", "4,8,20,16",
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert iio.imread(out).shape == (16, 20, 3)

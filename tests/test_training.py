@@ -12,11 +12,12 @@ from torch import nn
 from pipeline.cli import main
 from pipeline.models.bicubic import Bicubic
 from pipeline.models.registry import WEIGHTS_DIR, build
-from pipeline.training import data
+from pipeline.training import data, render, styles
+from pipeline.training import evaluate as evaluate_module
 from pipeline.training.evaluate import evaluate, evaluate_digits, psnr, task_for
 from pipeline.training.loop import checkpoint_path, train
 from pipeline.training.recipes import RECIPES, Recipe
-from pipeline.training.tasks import Digits, Mosaic, SuperResolution
+from pipeline.training.tasks import Digits, SuperResolution, Translation
 
 TINY_SR = SuperResolution(scale=4, channels=1, patch=8, batch=4, photos=("coins",))
 
@@ -54,15 +55,31 @@ def test_luma_is_bt601_full_range():
     assert data.luma(torch.ones(1, 3, 2, 2)).allclose(torch.ones(1, 1, 2, 2))
 
 
-def test_mosaic_is_flat_on_each_superpixel_of_the_normalised_photo():
-    photo, mosaic = data.mosaic_pair("coins")
-    assert photo.shape == mosaic.shape and photo.shape[-2] % 4 == 0 and photo.shape[-1] % 4 == 0
-    n_colours = len(torch.unique(mosaic.flatten(2)[0].T, dim=0))
-    n_expected = photo.shape[-2] * photo.shape[-1] / 256
-    assert 0.3 * n_expected < n_colours < 1.5 * n_expected
-    # each segment holds its mean normalised colour, so the normalised photo's total is preserved
-    z = data.normalise(photo[0].permute(1, 2, 0).numpy())
-    assert mosaic.mean().item() == pytest.approx(z.mean(), abs=1e-5)
+def test_styles_are_what_their_docstrings_say():
+    img = data.load_photo("chelsea")[40:136, 120:216]
+    paint, woodcut, label = (styles.STYLES[k](img) for k in ("paint", "woodcut", "label"))
+    assert paint.shape == woodcut.shape == label.shape == img.shape and paint.dtype == np.float32
+    # paint: squeezed into (0.03, 0.97), no hard clipping; smoother than the normalised photo (Kuwahara, strokes)
+    assert 0.03 < paint.min() and paint.max() < 0.97
+    z = data.normalise(img)
+    assert np.abs(np.diff(paint, axis=1)).mean() < 0.8 * np.abs(np.diff(z, axis=1)).mean()
+    # woodcut: posterised levels, paper-tinted lights, dark outlines
+    outline = woodcut.max(axis=2) < 0.16
+    assert 0.01 < outline.mean() < 0.5
+    # label: palette colours only, with untextured areas in the background class
+    colours = {tuple(c) for c in label.reshape(-1, 3).tolist()}
+    assert colours <= {tuple(c) for c in styles.LABEL_PALETTE.tolist()} and len(colours) >= 2
+    flat = np.full((64, 64, 3), 0.4) + np.linspace(0, 0.1, 64)[None, :, None]  # a smooth gradient: no texture
+    assert (styles.label_map(flat) == 0).all()
+
+
+def test_kuwahara_keeps_a_step_edge_and_flattens_each_side():
+    img = np.zeros((20, 20, 3))
+    img[:, 10:] = 1.0
+    img += np.random.default_rng(0).normal(0, 0.01, img.shape)
+    out = styles.kuwahara(img, 3)
+    assert np.abs(out[:, :9] - 0).max() < 0.02 and np.abs(out[:, 11:] - 1).max() < 0.02
+    assert out[:, :9].std() < img[:, :9].std()
 
 
 def test_normalise_removes_brightness_contrast_and_colour_cast():
@@ -71,9 +88,10 @@ def test_normalise_removes_brightness_contrast_and_colour_cast():
     assert np.allclose(z.mean(axis=(0, 1)), 0.5, atol=0.02)  # clipping moves the mean a little
     shifted = 0.4 * img + np.array([0.3, -0.1, 0.05])
     assert np.allclose(data.normalise(shifted), z, atol=1e-9)
-    assert np.allclose(data.mosaic(shifted), data.mosaic(img), atol=1e-5)
+    for style in styles.STYLES.values():  # the targets are built from the normalised photo: invariant too
+        assert np.allclose(style(shifted), style(img), atol=1e-5)
     # ... which is exactly what an instance-normalised generator cannot see
-    net = build("i2i-small", weights="random")
+    net = build("i2i-paint", weights="random")
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() * 2 - 1
     x_shifted = torch.from_numpy(shifted).permute(2, 0, 1)[None].float() * 2 - 1
     with torch.no_grad():
@@ -96,6 +114,68 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     assert torch.bincount(yte).min() >= 43
     flat_tr = {tuple(v) for v in xtr.flatten(1).numpy().round(4)}
     assert not any(tuple(v) in flat_tr for v in xte.flatten(1).numpy().round(4)[:50])
+
+
+def test_digits_8x8_is_the_split_before_upsampling_and_validation_stays_inside_training():
+    (x8, y8), (t8, ty8) = data.digits_8x8()
+    (x, y), (t, ty) = data.digits_split()
+    assert x8.shape == (1347, 1, 8, 8) and t8.shape == (450, 1, 8, 8)
+    assert torch.equal(render.upsample(x8, 32, "bilinear"), x) and torch.equal(render.upsample(t8, 32, "bilinear"), t)
+    assert torch.equal(y8, y) and torch.equal(ty8, ty)
+    (fit, yf), (val, yv) = data.digits_validation_split()
+    assert len(yf) + len(yv) == 1347 and len(yv) == 270  # ceil(0.2 × 1347), as scikit-learn rounds
+    train_rows = {tuple(v) for v in x8.flatten(1).tolist()}
+    fit_rows = {tuple(v) for v in fit.flatten(1).tolist()}
+    assert all(tuple(v) in train_rows for v in val.flatten(1).tolist())  # validation images are training images
+    assert sum(tuple(v) in fit_rows for v in val.flatten(1).tolist()) <= 2  # and not fitted (up to duplicates)
+    assert Digits(validation=True).images()[0] is fit
+
+
+def test_render_operations():
+    (x8, _), _ = data.digits_8x8()
+    x8 = x8[:5]
+    # area averaging upsamples by an integer factor exactly as nearest neighbour does; the others differ
+    ups = {m: render.upsample(x8, 32, m) for m in render.MODES}
+    assert torch.equal(ups["area"], ups["nearest"]) and not torch.equal(ups["bilinear"], ups["bicubic"])
+    assert all(0 <= float(u.min()) and float(u.max()) <= 1 for u in ups.values())
+    img = ups["bilinear"]
+    moved = render.shift(img, 2, -3)
+    assert torch.equal(moved[..., 2:, :-3], img[..., :-2, 3:]) and float(moved[..., :2, :].abs().max()) == 0
+    assert torch.equal(render.shift(moved, -2, 3)[..., 2:-2, 3:-3], img[..., 2:-2, 3:-3])
+    thick, thin = render.thickness(img, 1), render.thickness(img, -1)
+    assert (thick >= img).all() and (thin <= img).all() and thick.sum() > img.sum() > thin.sum()
+    assert torch.allclose(render.rotate(img, 0.0), img, atol=1e-6)
+    turned = render.rotate(render.rotate(img, 90.0), -90.0)
+    assert torch.allclose(turned[..., 4:-4, 4:-4], img[..., 4:-4, 4:-4], atol=1e-5)
+    assert torch.equal(render.quantise(img), torch.round(img * 255) / 255)
+
+
+def test_augmented_digits_are_a_function_of_the_step_generator():
+    task = Digits(batch=16, augment=True)
+    (x, y), (x_again, y_again) = (task.draw(np.random.default_rng([0, 7])) for _ in range(2))
+    other, _ = task.draw(np.random.default_rng([0, 8]))
+    assert torch.equal(x, x_again) and torch.equal(y, y_again) and not torch.equal(x, other)
+    assert x.shape == (16, 1, 32, 32) and float(x.min()) == 0
+    assert torch.allclose(x.amax(dim=(1, 2, 3)), torch.ones(16))  # levels as the preprocessing of a file
+    plain, _ = Digits(batch=16).draw(np.random.default_rng([0, 7]))
+    (train_x, _), _ = data.digits_split()
+    assert any(torch.equal(plain[0], t) for t in train_x)  # without augmentation: digits_split's images
+
+
+def test_digit_files_cover_every_rendering():
+    _, (x8, _) = data.digits_8x8()
+    groups = {}
+    for group, name, files in evaluate_module.digit_files(x8[:3]):
+        groups.setdefault(group, []).append(files)
+        assert files.dtype == np.uint8 and files.shape[0] == 3
+    assert list(groups) == [f"32×32 {m}" for m in render.MODES] + [
+        "8×8 file", "64×64 bilinear", "64×64 nearest", "64×64 dark on white (RGB)"]
+    assert all(len(groups[f"32×32 {m}"]) == 25 for m in render.MODES)
+    assert groups["8×8 file"][0].shape == (3, 8, 8, 1) and groups["64×64 dark on white (RGB)"][0].shape == (3, 64, 64, 3)
+    # the unshifted bilinear rendering is digits_split's image rounded to 8 bits
+    _, (t, _) = data.digits_split()
+    centre = groups["32×32 bilinear"][12]
+    assert np.array_equal(centre[..., 0], torch.round(t[:3, 0] * 255).to(torch.uint8).numpy())
 
 
 # --- training loop ---------------------------------------------------------------------------------------------
@@ -141,7 +221,7 @@ class CrashingTask:
 
 
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
-    task = Digits(batch=8)
+    task = Digits(batch=8, augment=True)  # the recipes' task: augmentation draws from the step's generator too
     whole = train(tiny_recipe("digits-vgg", task, steps=6), tmp_path / "whole.pt", progress=False)
     out = tmp_path / "resumed.pt"
     with pytest.raises(KeyboardInterrupt):
@@ -172,17 +252,29 @@ def test_bicubic_scores_exactly_zero_gain_and_a_perfect_model_infinite_psnr():
     assert 20 < rep.metrics["psnr"] < 40
 
 
-def test_identity_mapping_has_zero_mosaic_reduction():
-    rep = evaluate(nn.Identity(), Mosaic(), photos=("coins",))
-    assert rep.metrics["reduction"] == 0.0 and rep.metrics["l1"] > 0
-    assert rep.metrics["l1_normalised"] < rep.metrics["l1_identity"]
+def test_identity_mapping_is_no_better_than_the_better_baseline():
+    rep = evaluate(nn.Identity(), Translation("paint"), photos=("coins",))
+    assert rep.metrics["l1"] == rep.metrics["l1_identity"] > 0
+    assert rep.metrics["reduction"] <= 0.0
+    # the oracle colour map of the normalised photo is far better than the identity on a colour-shifted style
+    assert rep.metrics["l1_colour"] < 0.5 * rep.metrics["l1_identity"]
 
 
-def test_mosaic_batches_pair_each_crop_with_its_own_mosaic():
-    x, y = Mosaic(patch=16, batch=2, photos=("coins",)).draw(np.random.default_rng(3))
+def test_best_affine_colour_recovers_an_affine_colour_map_exactly():
+    from pipeline.training.evaluate import best_affine_colour
+
+    x = torch.rand(1, 3, 8, 8) * 0.5 - 0.25
+    A, b = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.0, 0.3, 1.1]]), torch.tensor([0.1, -0.2, 0.05])
+    y = (torch.einsum("ij,njhw->nihw", A, x) + b.view(1, 3, 1, 1))
+    assert torch.allclose(best_affine_colour(x, y), y, atol=1e-5)
+
+
+def test_translation_batches_pair_each_crop_with_its_own_target():
+    task = Translation("woodcut", patch=16, batch=2, photos=("coins",))
+    x, y = task.draw(np.random.default_rng(3))
     assert x.shape == y.shape == (2, 3, 16, 16) and -1 <= x.min() and y.max() <= 1
     for crop, target in zip(x, y):
-        expected = data.mosaic(((crop + 1) / 2).permute(1, 2, 0).numpy())
+        expected = styles.woodcut(((crop + 1) / 2).permute(1, 2, 0).numpy().astype(np.float64))
         assert torch.allclose((target + 1) / 2, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6)
 
 
@@ -217,7 +309,8 @@ def test_train_and_evaluate_commands(tmp_path):
     build("digits-vgg", weights=out)  # loads strictly into the registry's architecture
     res = runner.invoke(main, ["evaluate", "digits-vgg", "--weights", str(out)])
     assert res.exit_code == 0, res.output
-    assert "test accuracy" in res.output and "target accuracy >= 0.95" in res.output
+    assert "test accuracy" in res.output and "target worst >= 0.97" in res.output
+    assert "64×64 dark on white (RGB)" in res.output and "32×32 nearest" in res.output
 
 
 def test_commands_reject_unknown_names_in_one_line():

@@ -69,24 +69,28 @@ class Page:
     def hover(self, panel: int, dom: str, y: int, x: int, click: bool = False):
         """Move the mouse to the centre of pixel (y, x) of a panel's input ('in') or output ('out') canvas."""
         before = self.rendered()
-        sel = f"section.panel:nth-of-type({panel + 1}) figure.view.{dom} canvas.overlay"
-        box = self.page.locator(sel).bounding_box()
-        z = self.page.evaluate(f"LINTERP.shown({panel}, '{dom}').zoom")
-        px, py = box["x"] + (x + 0.5) * z, box["y"] + (y + 0.5) * z
-        (self.page.mouse.click if click else self.page.mouse.move)(px, py)
+        point = self.page.evaluate(f"LINTERP.clientPoint({panel}, '{dom}', {y}, {x})")
+        assert point is not None, f"pixel ({y}, {x}) of {dom} is not in view"
+        (self.page.mouse.click if click else self.page.mouse.move)(point["x"], point["y"])
         return before
 
-    def shown_values(self, panel: int, dom: str) -> np.ndarray:
-        """The signed values drawn on a canvas, decoded from its colours at the pixel centres: (H, W)."""
+    def shown_values(self, panel: int, dom: str) -> tuple[np.ndarray, float]:
+        """The signed values drawn on a canvas, decoded from its colours at the pixel centres: (H, W) when the
+        whole image is in view, else the part in view (see ``window``)."""
         info = self.page.evaluate(f"LINTERP.shown({panel}, '{dom}')")
         rgb = np.array(self.page.evaluate(f"""(() => {{
             const c = document.querySelector('section.panel:nth-of-type({panel + 1}) figure.view.{dom} canvas.image');
             const z = {info['zoom']}, d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, out = [];
-            for (let y = 0; y < {info['h']}; y++) for (let x = 0; x < {info['w']}; x++) {{
+            for (let y = 0; y < {info['vh']}; y++) for (let x = 0; x < {info['vw']}; x++) {{
                 const i = 4 * ((y * z + (z >> 1)) * c.width + x * z + (z >> 1)); out.push([d[i], d[i + 1], d[i + 2]]);
             }}
-            return out; }})()"""), np.uint8).reshape(info["h"], info["w"], 3)
+            return out; }})()"""), np.uint8).reshape(info["vh"], info["vw"], 3)
         return render.dequantise(render.decode_colours(rgb), info["scale"]), info["scale"]
+
+    def window(self, panel: int, dom: str) -> tuple[slice, slice]:
+        """The image pixels in view on a canvas: (rows, columns) slices."""
+        info = self.page.evaluate(f"LINTERP.shown({panel}, '{dom}')")
+        return slice(info["oy"], info["oy"] + info["vh"]), slice(info["ox"], info["ox"] + info["vw"])
 
     def clean(self):
         errors = [m for m in self.messages if m[0] in ("error", "pageerror")]
@@ -115,7 +119,7 @@ def test_hovered_pixels_show_the_stored_filters(browser, site, tmp_path):
     assert (np.abs(got - want) <= scale / 254 + 1e-6).all() and np.abs(want).max() > 0
     state = page.page.evaluate("LINTERP.state()")
     assert (state["dom"], state["y"], state["x"]) == ("out", 37, 20)
-    assert "m=row&y=37&x=20" in page.page.url
+    page.page.wait_for_function("location.hash.includes('m=row&y=37&x=20')")  # the address follows the view
     # channel Σ → Σ: the row summed over output... here: source channel Σ (sum of the rows of R, G, B outputs)
     page.page.select_option("#src-channel", label="Σ")
     page.page.select_option("#dst-channel", label="G")
@@ -151,6 +155,7 @@ def test_pin_keys_and_link(browser, site):
     page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
     state = page.page.evaluate("LINTERP.state()")
     assert state["dom"] == "out" and (state["y"], state["x"]) == (4 * 4 + 2, 5 * 4 + 2)
+    page.page.wait_for_function("location.hash.includes('m=row&y=18&x=22')")
     url = page.page.url
     page.clean()
     # the link opens the same view
@@ -159,7 +164,7 @@ def test_pin_keys_and_link(browser, site):
     got, scale = again.shown_values(0, "in")
     assert (np.abs(got - fa[0, 18, 22, 0]) <= scale / 254 + 1e-6).all()
     # y0, F·x0 and residual toggles
-    for key, image in (("l", a.y0 - a.residual), ("r", a.residual)):
+    for key, image in (("l", np.tensordot(fa, a.x0, axes=3)), ("r", a.residual)):
         again.page.keyboard.press(key)
         again.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
         got, scale = again.shown_values(0, "out")
@@ -195,4 +200,85 @@ def test_mixed_channels_and_eigen_images(browser, tmp_path):
         assert scale == pytest.approx(np.abs(vec).max(), rel=1e-5)
         assert (np.abs(got - vec) <= scale / 254 + 1e-6).all()
     assert page.page.locator("section.panel:nth-of-type(2) .svd h3").inner_text().startswith("SVD · 5")
+    page.clean()
+
+
+def rewrite_manifest(site: Path, **per_model):
+    """Set manifest fields of the models of an exported site: ``per_model[field] = [value of model 0, ...]``
+    (what the export writes from store attributes that today's test stores do not have)."""
+    import json
+
+    path = site / "data" / "manifest.js"
+    text = path.read_text()
+    m = json.loads(text[len("LINTERP.manifest("):].rstrip().removesuffix(";").removesuffix(")"))
+    for key, values in per_model.items():
+        for model, value in zip(m["models"], values):
+            model[key] = value
+    path.write_text("LINTERP.manifest(" + json.dumps(m) + ");\n")
+
+
+def test_banner_and_approximations_in_words(browser, tmp_path):
+    """A panel whose store has not passed verification carries a warning; the info panel says whether F is the
+    Jacobian, lists the approximations in words and shows the geometry figures; a store that says nothing shows
+    nothing about them."""
+    a, _ = linear_upscaler_store(tmp_path / "a.zarr", mode="bicubic", c=1, h=8, w=8, tile=4)
+    b, _ = linear_upscaler_store(tmp_path / "b.zarr", mode="bilinear", c=1, h=8, w=8, tile=4)
+    c, _ = linear_upscaler_store(tmp_path / "c.zarr", mode="nearest", c=1, h=8, w=8, tile=4)
+    export_site([a.path, b.path, c.path], tmp_path / "site", progress=False)
+    page = Page(browser, tmp_path / "site")  # as exported: no store has a verification status yet
+    assert page.page.locator(".panel-warning").count() == 3
+    assert "Unverified" in page.page.locator("section.panel:nth-of-type(1) .panel-warning").inner_text()
+    assert page.page.locator("dd.jacobian").count() == 0 and page.page.locator("dl.geometry").count() == 0
+    approximations = ([{"op": "InstanceNorm2d", "where": f"model.{i}", "kind": "frozen-statistics"} for i in range(18)]
+                      + [{"op": "tanh", "where": "model.27", "kind": "secant"}])
+    geometry = {"adaptivity": 0.125, "flashlight_top1": 0.31, "flashlight_mrr": 0.42, "flashlight_chance": 0.0104,
+                "samples": 256, "diagonal_share": 0.2, "reach90": 3.5}
+    checks = [{"name": "reconstruction", "value": 0.1, "tolerance": 1e-4, "passed": False, "detail": ""},
+              {"name": "rows", "value": 0.0, "tolerance": 1e-4, "passed": True, "detail": ""}]
+    rewrite_manifest(tmp_path / "site", verification_status=["passed", "unverified", "failed"],
+                     jacobian_exact=[True, False, None], approximations=[[], approximations, None],
+                     geometry=[None, geometry, None])
+    rewrite_manifest(tmp_path / "site", attrs=[a.attrs, b.attrs, dict(c.attrs, verification={"checks": checks})])
+    page = Page(browser, tmp_path / "site")
+    panel = [page.page.locator(f"section.panel:nth-of-type({i})") for i in (1, 2, 3)]
+    assert panel[0].locator(".panel-warning").count() == 0
+    assert "Unverified" in panel[1].locator(".panel-warning").inner_text()
+    assert panel[2].locator(".panel-warning").inner_text().startswith("Verification failed (reconstruction)")
+    assert panel[0].locator("dd.jacobian").inner_text() == "F is the Jacobian at x₀"
+    assert panel[1].locator("dd.jacobian").inner_text() == (
+        "F is a linear interpreter, not the Jacobian: 18 instance norms with frozen statistics, 1 tanh secant")
+    assert panel[2].locator("dd.jacobian").count() == 0
+    geo = panel[1].locator("dl.geometry").inner_text()
+    for text in ("adaptivity", "0.125", "flashlight top-1", "0.310", "flashlight chance", "0.0104", "reach 90 %", "3.50"):
+        assert text in geo, (text, geo)
+    assert panel[0].locator("dl.geometry").count() == 0
+    assert [panel[i].locator("dd.verification").inner_text() for i in range(3)] == ["passed", "unverified", "failed"]
+    page.clean()
+
+
+def test_fx0_panel_shows_what_the_stored_F_gives(browser, tmp_path):
+    """With one shard of F altered after compute, the F·x0 panel shows the altered contraction, not y0 − r."""
+    store, dense = linear_upscaler_store(tmp_path / "s.zarr", mode="bicubic", c=1, h=8, w=8, tile=4)
+    region = store.stored_shards()[2]
+    store.F[region] = store.F[region] * -1.0
+    dense[region] *= -1.0
+    export_site([store.path], tmp_path / "site", progress=False)
+    page = Page(browser, tmp_path / "site", "#m=col&y=1&x=1&show=fx0")
+    got, scale = page.shown_values(0, "out")
+    want = np.tensordot(dense, store.x0, axes=3)[0]
+    assert (np.abs(got - want) <= scale / 254 + 1e-6).all()
+    assert np.abs(got - (store.y0 - store.residual)[0]).max() > 20 * scale / 254
+    page.clean()
+
+
+def test_views_of_two_models_pan_and_zoom_together(browser, site):
+    folder, (a, fa), (b, fb) = site
+    page = Page(browser, folder, "#m=col&y=5&x=11&pin=1&z=20&cy=0.3&cx=0.6")
+    views = [page.page.evaluate(f"LINTERP.shown({i}, 'out')") for i in (0, 1)]
+    assert views[0]["zoom"] == views[1]["zoom"] == 20
+    assert (views[0]["oy"], views[0]["ox"]) == (views[1]["oy"], views[1]["ox"]) and views[0]["vw"] < 64
+    for panel, dense in ((0, fa), (1, fb)):
+        rows, cols = page.window(panel, "out")
+        got, scale = page.shown_values(panel, "out")
+        assert (np.abs(got - dense[0, rows, cols, 0, 5, 11]) <= scale / 254 + 1e-6).all()
     page.clean()

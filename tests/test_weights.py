@@ -87,7 +87,7 @@ def test_edsr_file_without_mean_shift_keys_is_completed(tmp_path):
     assert torch.allclose(loaded.add_mean.bias, torch.tensor([114.444, 111.4605, 103.020]))
 
 
-@pytest.mark.parametrize("name", ["edsr-small-x4", "i2i-small", "digits-vgg-bn", "pixelshuffle-x4", "squeezenet1_0"])
+@pytest.mark.parametrize("name", ["edsr-small-x4", "i2i-label", "digits-vgg-bn", "pixelshuffle-x4", "squeezenet1_0"])
 def test_round_trip_of_our_own_state_dicts(tmp_path, name):
     source = build(name, "random")
     source.load_state_dict(random_state(source))

@@ -38,6 +38,7 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
     The last line printed is the path of index.html (folder output) or of the archive. Reruns reuse finished work.
     """
     from pipeline import bundle as bundles
+    from pipeline.commands.errors import click_error
     from pipeline.store import StoreError
 
     try:
@@ -47,8 +48,7 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
                                command=command_line(click.get_current_context()), dtype=dtype,
                                support_tol=support_tol, echo=lambda m: click.echo(m, err=True))
     except (ValueError, StoreError, OSError) as err:  # BundleError, ImageError, WeightsError, ExportError, …
-        message = str(err).strip().splitlines()
-        raise click.ClickException(message[0] if message else type(err).__name__) from err
+        raise click_error(err) from err
     if result.suffix == ".zip":
         click.echo(f"{result} ({result.stat().st_size / 2**20:.1f} MiB)", err=True)
     click.echo(str(result))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.commands.models import user_model_options
+
 #: bundled data sets that need no image files (`--dataset`).
 DATASETS = ("digits",)
 
@@ -21,28 +23,13 @@ def _digits_test(limit: int | None):
 
 
 def _class_names(name: str, n_classes: int) -> list[str] | None:
-    if name.startswith("digits"):
+    if name.startswith("digits") and ":" not in name:  # not a user model (FILE.py:FACTORY)
         return [str(k) for k in range(10)]
     if n_classes == 1000:
         from torchvision.models._meta import _IMAGENET_CATEGORIES
 
         return list(_IMAGENET_CATEGORIES)
     return None
-
-
-def _input_size(name: str, model_spec, size: int | None) -> tuple[tuple[int, int], float]:
-    """(input height, width) and crop ratio: --size, the spec's fixed size, or torchvision's 224/299 with 256→224."""
-    from pipeline.models.classifiers import CLASSIFIERS
-
-    if model_spec.fixed_size is not None:
-        if size is not None and (size, size) != tuple(model_spec.fixed_size):
-            h, w = model_spec.fixed_size
-            raise click.ClickException(f"{name} takes only {h}×{w} inputs")
-        return tuple(model_spec.fixed_size), 1.0
-    side = size or (CLASSIFIERS[name][1] if name in CLASSIFIERS else 224)
-    if side < model_spec.min_size:
-        raise click.ClickException(f"{name} needs inputs of at least {model_spec.min_size} pixels, got --size {side}")
-    return (side, side), 0.875 if name in CLASSIFIERS else 1.0
 
 
 def _weights(model_spec, weights):
@@ -59,7 +46,7 @@ def _weights(model_spec, weights):
     return str(hub) if hub.is_file() and not (cache_dir() / file).exists() else None
 
 
-def _inputs(images, dataset, limit, model_spec, size, crop):
+def _inputs(images, dataset, limit, model_spec, size, crop, polarity):
     from pipeline.classify_report import image_files, load_input
 
     if dataset == "digits":
@@ -72,7 +59,7 @@ def _inputs(images, dataset, limit, model_spec, size, crop):
     files = files[:limit] if limit is not None else files
 
     def loader(f):
-        return lambda: load_input(f, model_spec, size, crop)
+        return lambda: load_input(f, model_spec, size, crop, polarity)
 
     from pipeline.models.weights import file_sha256
 
@@ -82,35 +69,46 @@ def _inputs(images, dataset, limit, model_spec, size, crop):
 
 @click.command()
 @click.option("--model", "models", multiple=True, required=True,
-              help="Registry name of a classifier; repeat for several models (results go to OUT/<model>/).")
+              help="Registry name of a classifier, or your own: FILE.py:FACTORY or package.module:FACTORY; repeat "
+                   "for several models (results go to OUT/<model>/).")
+@user_model_options
 @click.option("--weights", default=None, help="Weight file (or 'random'); only with a single --model.")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that need unpickling (only trusted files).")
 @click.option("--images", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Image file or folder of images; repeatable. Resized to the model's input size.")
+              help="Image file or folder of images, any size and colour; repeatable. Prepared for the model as "
+                   "docs/classify.md says (photos: resize + centre crop; digits: grey, polarity, fit, levels).")
 @click.option("--dataset", type=click.Choice(DATASETS), default=None,
               help="A bundled data set instead of --images: 'digits' = scikit-learn digits, test split.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @click.option("--attack", type=click.Choice(["fgsm"]), default=None, help="Also analyse attacked images.")
 @click.option("--eps", multiple=True, type=click.FloatRange(min=0), help="FGSM ε in input units; repeatable.")
 @click.option("--size", type=click.IntRange(min=1), default=None,
-              help="Input side in pixels (default: the model's fixed or recommended size).")
+              help="Input side in pixels (default: the model's fixed or recommended size; your own model: 224).")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
               help="Pixel discussions drawn for the top N classes.")
 @click.option("--vote-classes", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pixels vote among the N best-scoring classes (0 = all classes).")
 @click.option("--figures", type=click.IntRange(min=0), default=4, show_default=True,
               help="Images with discussion / attack figures.")
+@click.option("--group", type=click.Choice(["layer", "source"]), default="layer", show_default=True,
+              help="Contributions per layer (a conv with its batch norm and activation) or per raw bias source.")
+@click.option("--polarity", type=click.Choice(["auto", "keep", "invert"]), default="auto", show_default=True,
+              help="Digits models: invert images whose border is light (auto), never, or always.")
 @click.option("--table", is_flag=True, help="Write Table 1 over all --model runs as OUT/table.{csv,md,html}.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps, size, top, vote_classes, figures,
-             table, out, quiet):
+def classify(models, model_args, input_range, weights, trust_pickle, images, dataset, limit, attack, eps, size, top,
+             vote_classes, figures, group, polarity, table, threads, out, quiet):
     """Split each top-1 score into input term and per-layer bias contributions, and bring scores back to pixels.
 
     Writes OUT/results.json (one object per image: image, top1, score, input_term, residual, contributions,
-    and attacks when --attack), CSV files, PNG figures and index.html. Re-running resumes: images already
-    analysed with the same settings are read from OUT/images/.
+    preprocessing for image files, and attacks when --attack), CSV files, PNG figures and index.html.
+    Re-running resumes: images already analysed with the same settings are read from OUT/images/.
     """
+    import re
+
+    import numpy as np
     import torch
 
     from pipeline.classify import residual_table, summary
@@ -118,8 +116,12 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
     from pipeline.images import ImageError
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.models.registry import build, spec
-    from pipeline.sources import weights_ref
+    from pipeline.models.user import is_user_spec, parse_args
+    from pipeline.preprocess import input_size
+    from pipeline.sources import user_model, weights_ref
 
+    if threads:
+        torch.set_num_threads(threads)
     if bool(images) == bool(dataset):
         raise click.ClickException("give either --images or --dataset")
     if weights is not None and len(models) > 1:
@@ -131,22 +133,33 @@ def classify(models, weights, trust_pickle, images, dataset, limit, attack, eps,
     results = {}
     for name in models:
         try:
-            model_spec = spec(name)
+            settings = {}
+            if is_user_spec(name):  # probed on a blank image of the input size
+                side = size or 224
+                user = user_model(name, weights, trust_pickle, np.zeros((side, side, 3), np.uint8),
+                                  parse_args(model_args), input_range)
+                model, model_spec, ref = user.model, user.spec, user.weights
+                settings["model_spec"] = user.record
+            else:
+                model_spec = spec(name)
             if model_spec.task != "classify":
                 raise click.ClickException(f"{name} is not a classifier (task '{model_spec.task}')")
-            in_size, crop = _input_size(name, model_spec, size)
-            inputs = _inputs(images, dataset, limit, model_spec, in_size, crop)
-            ref, loadable = weights_ref(name, _weights(model_spec, weights))
-            model = build(name, loadable, trust_pickle=trust_pickle)
+            in_size, crop = input_size(name, model_spec, size)
+            if not is_user_spec(name):
+                ref, loadable = weights_ref(name, _weights(model_spec, weights))
+                model = build(name, loadable, trust_pickle=trust_pickle)
+            inputs = _inputs(images, dataset, limit, model_spec, in_size, crop, polarity)
             n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size)).shape[-1]
             if n_classes > 100 and not vote_classes:
                 click.echo(f"{name}: pixels vote among all {n_classes} classes ({n_classes} transposes per image); "
                            f"--vote-classes N limits the vote to the N best-scoring classes", err=True)
-            target = out / name if len(models) > 1 else out
+            target = out / re.sub(r"[^A-Za-z0-9_.-]+", "-", name) if len(models) > 1 else out
             results[name] = generate(
                 model, name, inputs, target, eps=list(eps), top=top, vote_classes=vote_classes, figures=figures,
-                class_names=_class_names(name, n_classes), value_range=model_spec.value_range,
-                settings={"weights": ref.to_json(), "size": list(in_size), "crop": crop}, progress=not quiet)
+                group=group, class_names=_class_names(name, n_classes), value_range=model_spec.value_range,
+                settings={"weights": ref.to_json(), "size": list(in_size), "crop": crop, **settings,
+                          "preprocess": None if dataset else {"method": model_spec.preprocess, "polarity": polarity}},
+                progress=not quiet)
         except (ImageError, UnsupportedOperation, ValueError, OSError) as err:
             raise click.ClickException(f"{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
         click.echo(f"{name}: {len(results[name])} images -> {target / 'index.html'}")

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import click
 
+from pipeline.commands.models import model_and_image_options
+
 
 @click.command()
-@click.option("--model", "name", required=True, help="Registry name (see `linterp models`).")
-@click.option("--weights", default=None, help="Weight file, or 'random'; default: the model's default weights.")
-@click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
-@click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
-              help="Input image (PNG, JPEG, …); default: the built-in astronaut face.")
-@click.option("--crop", "crop_text", default=None, help="Crop the input first: X,Y,W,H in pixels.")
+@model_and_image_options
 @click.option("--out", "out_path", required=True, type=click.Path(file_okay=False),
               help="The store (a folder, e.g. face.zarr); an unfinished store of the same inputs is resumed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -31,31 +28,35 @@ import click
               help="Keep, per column, the smallest window around its pixel that holds all but this fraction of the "
                    "column's L1 mass (e.g. 1e-6); the dropped mass is stored. Default: the whole support.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def compute(name, weights, trust_pickle, image_path, crop_text, out_path, device, scheduler, workers, tile, mode,
-            batch, dtype, support_tol, quiet):
+def compute(name, weights, trust_pickle, image_path, crop_text, model_args, input_range, out_path, device,
+            scheduler, workers, tile, mode, batch, dtype, support_tol, quiet):
     """Compute every row and column of F(x0) into a chunked, compressed Zarr store, then verify it.
 
     Rerunning the same command after an interruption resumes the store; a store made from another model,
-    weights, image or crop is refused.
+    weights, image or crop (or a model file that has changed since) is refused.
     """
     from pipeline import compute as comp
-    from pipeline.sources import model_source
+    from pipeline.commands.errors import click_error
+    from pipeline.interpreter import UnsupportedOperation
+    from pipeline.models.user import parse_args
+    from pipeline.sources import model_source, refuse_changed_model
     from pipeline.store import StoreError
 
     try:
-        source, identity, attrs = model_source(name, weights, trust_pickle, image_path, crop_text)
+        source, identity, attrs = model_source(name, weights, trust_pickle, image_path, crop_text,
+                                               parse_args(model_args), input_range)
+        refuse_changed_model(out_path, identity)
         store = comp.compute(out_path, source, identity=identity, attrs=attrs, tile=tile, mode=mode,
                              batch=batch or comp.DEFAULT_BATCH, scheduler=scheduler, workers=workers,
                              device=device, progress=not quiet, dtype=dtype, support_tol=support_tol)
-    except (ValueError, StoreError, OSError) as err:  # ImageError, WeightsError, UnsupportedOperation, …
-        message = str(err).strip().splitlines()
-        raise click.ClickException(message[0] if message else type(err).__name__) from err
+    except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # ImageError, WeightsError, …
+        raise click_error(err) from err
     attrs = store.attrs
     figures, timings = attrs.verification, attrs.timings
+    checks = ", ".join(f"{c['name']} {c['value']:.2g}" for c in figures.get("checks", []) if c["value"] is not None)
     click.echo(f"wrote {out_path}: F {tuple(store.F.shape)} ({attrs.mode}, tile {attrs.tile}), "
                f"{timings['last_run_tasks']} tasks in {timings['last_run_seconds']:.1f} s; "
-               f"reconstruction max error {figures['reconstruction_max_abs']:.3g}, "
-               f"rows check {figures['rows_max_abs']:.3g}")
+               f"verification {figures.get('status', 'unverified')} ({checks})")
     if store.compact:
         from pipeline.compact import summary_line
 

@@ -25,18 +25,41 @@ def models(task):
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
 
 
+#: ``--model`` of the commands that build a model.
+MODEL_HELP = ("Registry name (see `linterp models`), or your own model: FILE.py:FACTORY or package.module:FACTORY, "
+              "where FACTORY(**model args) returns a torch.nn.Module (docs/user-models.md).")
+
+
+def user_model_options(command):
+    """``--model-arg`` (``model_args``: a tuple of KEY=VALUE) and ``--input-range`` (``input_range``) for user
+    models; ``pipeline.models.user.parse_args`` / ``input_range`` read them."""
+    options = [
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="Keyword option of your model's FACTORY (repeatable); VALUE is a Python literal "
+                          "(32, 0.5, True, 'text') or else a string."),
+        click.option("--input-range", default=None, metavar="0,1|0,255|-1,1",
+                     help="What pixel values 0..255 become at your model's input (default 0,1); registry "
+                          "models know their own."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def model_and_image_options(command):
     """The options every command that applies a model to an image shares: ``name``, ``weights``,
-    ``trust_pickle``, ``image_path``, ``crop_text``."""
+    ``trust_pickle``, ``image_path``, ``crop_text``, ``model_args``, ``input_range``."""
     options = [
-        click.option("--model", "name", required=True, help="Registry name (see `linterp models`)."),
+        click.option("--model", "name", required=True, help=MODEL_HELP),
         click.option("--weights", default=None,
-                     help="Weight file, or 'random'; default: the model's default weights."),
+                     help="Weight file (a state dict), or 'random'; default: the model's default weights "
+                          "(your own model: the parameters its FACTORY gives it)."),
         click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects."),
         click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
                      help="Input image (PNG, JPEG, …); default: the built-in astronaut face."),
         click.option("--crop", "crop_text", default=None, help="Crop the input first: X,Y,W,H in pixels."),
     ]
+    command = user_model_options(command)
     for option in reversed(options):
         command = option(command)
     return command
@@ -47,29 +70,53 @@ def model_and_image_options(command):
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Output image (PNG) for super-resolution and image-to-image models.")
 @click.option("--top", default=5, show_default=True, help="How many classes a classifier prints.")
-def run(name, weights, trust_pickle, image_path, crop_text, out_path, top):
-    """Apply a model to an image: an image out for SR / image-to-image models, the top classes for classifiers."""
+@click.option("--polarity", type=click.Choice(["auto", "keep", "invert"]), default="auto", show_default=True,
+              help="Digits models: invert images whose border is light (auto), never, or always.")
+def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_range, out_path, top, polarity):
+    """Apply a model to an image: an image out for SR / image-to-image models, the top classes for classifiers.
+
+    Classifiers take images of any size and colour, prepared as `linterp classify` prepares them (the line on
+    stderr says how)."""
     import torch
 
-    from pipeline import images
-    from pipeline.models import UnknownModelError, WeightsError, build, class_names, spec
+    from pipeline import images, preprocess
+    from pipeline.commands.errors import click_error, one_line, writable_file
+    from pipeline.models import build, class_names, spec
+    from pipeline.models.user import is_user_spec, parse_args
+    from pipeline.sources import read_image, user_model
 
+    user = is_user_spec(name)
     try:
-        model_spec = spec(name)
-        if model_spec.task != "classify" and not out_path:
+        if user:  # your own model: probed on the image for its task and colour
+            img = read_image(image_path, crop_text)[0]
+            built = user_model(name, weights, trust_pickle, img, parse_args(model_args), input_range)
+            model, model_spec = built.model, built.spec
+        else:
+            model_spec = spec(name)
+        classifier = model_spec.task == "classify"
+        if not classifier and not out_path:
             raise click.UsageError(f"{name} produces an image: pass --out OUT.png")
-        img = images.default_image()[1] if image_path is None else images.load_image(image_path)
-        if crop_text:
-            img = images.crop(img, images.parse_crop(crop_text))
-        x0 = images.to_input(img, model_spec)
-        model = build(name, weights, trust_pickle=trust_pickle)
-    except (UnknownModelError, WeightsError, images.ImageError) as err:
-        raise click.ClickException(str(err)) from err
+        if out_path:
+            _check_image_writer(out_path)
+            writable_file(out_path)
+        if not user:
+            img = images.default_image()[1] if image_path is None else images.load_image(image_path, classifier)
+            if crop_text:
+                img = images.crop(img, images.parse_crop(crop_text))
+        if classifier:
+            x0, record = preprocess.classifier_input(img, model_spec, polarity=polarity)
+            click.echo(preprocess.describe(record), err=True)
+        else:
+            x0 = images.to_input(img, model_spec)
+        if not user:
+            model = build(name, weights, trust_pickle=trust_pickle)
+    except (ValueError, OSError) as err:  # UnknownModelError, WeightsError, ImageError, UserModelError
+        raise click_error(err) from err
     with torch.no_grad():
         y = model(x0)
     if model_spec.task == "classify":
         probabilities = torch.softmax(y[0].double(), 0)
-        labels = class_names(name)
+        labels = [str(i) for i in range(y.shape[-1])] if user else class_names(name)
         values, indices = probabilities.topk(min(top, probabilities.numel()))
         for p, i in zip(values.tolist(), indices.tolist()):
             click.echo(f"{p:8.4f}  {i:4d}  {labels[i]}")
@@ -79,5 +126,26 @@ def run(name, weights, trust_pickle, image_path, crop_text, out_path, top):
         out = images.merge_luma(out, img)
     import imageio.v3 as iio
 
-    iio.imwrite(out_path, out if out.shape[2] == 3 else out[:, :, 0])
+    try:
+        iio.imwrite(out_path, out if out.shape[2] == 3 else out[:, :, 0])
+    except (OSError, ValueError) as err:
+        raise click.ClickException(f"--out {out_path}: cannot write the image ({one_line(err)})") from None
     click.echo(f"wrote {out_path} ({out.shape[1]}×{out.shape[0]})")
+
+
+def _check_image_writer(path) -> None:
+    """Fail before any work when no image writer knows the extension of ``path`` (one line)."""
+    import warnings
+    from pathlib import Path
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    suffix = Path(path).suffix.lower()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            iio.imwrite("<bytes>", np.zeros((2, 2, 3), np.uint8), extension=suffix or ".none")
+    except Exception:  # noqa: BLE001 - imageio raises several kinds for unknown or unwritable formats
+        raise click.ClickException(f"--out {path}: no image writer knows the extension '{suffix or '(none)'}' "
+                                   f"(use .png, .jpg, .bmp or .tif)") from None

@@ -26,12 +26,17 @@ import click
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="--from-model: the store's weight file, when it is neither the model's default nor in the "
                    "weight cache (checked against the sha256 the store records).")
+@click.option("--model", "model", default=None, metavar="FILE.py[:FACTORY]",
+              help="--from-model, your own model: where its file (or package.module) is now, when it is not in "
+                   "the current folder (checked against the sha256 the store records).")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, weights, trust_pickle, quiet):
+def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, weights, model, trust_pickle, quiet):
     """Truncated SVD of F(x0), matrix-free; writes svd/S, svd/U (eigen-outputs) and svd/V (eigen-inputs)
     with the per-pair residuals into STORE. A killed run resumes from its checkpoint when rerun."""
     from pipeline import svd as svdmod
+    from pipeline.commands.errors import click_error
+    from pipeline.interpreter import UnsupportedOperation
     from pipeline.store import StoreError
 
     if threads:
@@ -42,10 +47,9 @@ def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, weig
     try:
         result = svdmod.svd_store(store_path, k, method=method, source=source or "auto", tol=tol, batch=batch,
                                   max_iter=max_iter, seed=seed, trust_pickle=trust_pickle, weights=weights,
-                                  progress=not quiet)
-    except (ValueError, StoreError, OSError) as err:  # SVDError, WeightsError, UnsupportedOperation, …
-        message = str(err).strip().splitlines()
-        raise click.ClickException(message[0] if message else type(err).__name__) from err
+                                  model=model, progress=not quiet)
+    except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # SVDError, WeightsError, …
+        raise click_error(err) from err
     info = result.info
     worst = float(max(result.residual_forward.max(), result.residual_transpose.max()))
     state = "converged" if info["converged"] else f"NOT converged to {tol:g} after {info['iterations']} steps"

@@ -21,6 +21,7 @@ def train(name, out, steps, seed, threads, quiet):
     """
     import torch
 
+    from pipeline.commands.errors import click_error, writable_file
     from pipeline.models.registry import WEIGHTS_DIR
     from pipeline.models.weights import file_sha256
     from pipeline.training.loop import train as run
@@ -29,15 +30,19 @@ def train(name, out, steps, seed, threads, quiet):
     try:
         rec = recipe(name)
     except ValueError as err:
-        raise click.ClickException(str(err)) from None
+        raise click_error(err) from None
     if threads:
         torch.set_num_threads(threads)
     out = out or WEIGHTS_DIR / f"{name}.pt"
-    result = run(rec, out, steps=steps, seed=seed, progress=not quiet)
+    writable_file(out)  # before any training: a run that cannot be saved is not started
+    try:
+        result = run(rec, out, steps=steps, seed=seed, progress=not quiet)
+    except (ValueError, OSError) as err:  # an unreadable checkpoint, a full disk, …
+        raise click_error(err) from None
     losses = result["losses"]
     tail = losses[-min(50, len(losses)):] if losses else []
-    click.echo(f"{name}: {result['steps']} steps, {result['seconds']:.0f} s in this process, "
-               f"final loss (mean of last {len(tail)}) {sum(tail) / max(1, len(tail)):.4g}")
+    click.echo(f"{name}: {result['steps']} steps, {result['seconds']:.0f} s wall and {result['cpu_seconds']:.0f} s "
+               f"of CPU in this process, final loss (mean of last {len(tail)}) {sum(tail) / max(1, len(tail)):.4g}")
     click.echo(f"wrote {out} (sha256 {file_sha256(out)})")
 
 
@@ -47,10 +52,11 @@ def train(name, out, steps, seed, threads, quiet):
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled whole-model file (only for trusted files).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 def evaluate(name, weights, trust_pickle, threads):
-    """Print NAME's quality on held-out data: PSNR on Y vs bicubic (super-resolution), L1 to the mosaic vs
-    the identity (i2i-small), test accuracy (digits), and whether it meets its target."""
+    """Print NAME's quality on held-out data: PSNR on Y vs bicubic (super-resolution), L1 to the style vs
+    the identity and the best colour map (i2i-paint, i2i-woodcut, i2i-label), test accuracy (digits), and whether it meets its target."""
     import torch
 
+    from pipeline.commands.errors import click_error
     from pipeline.training.evaluate import check, evaluate as run, task_for
 
     if threads:
@@ -63,7 +69,7 @@ def evaluate(name, weights, trust_pickle, threads):
         report = run(model, task)
         lines = check(name, report)
     except ValueError as err:
-        raise click.ClickException(str(err).splitlines()[0]) from None
+        raise click_error(err) from None
     click.echo(f"{name} ({weights or 'default weights'}) on held-out data:")
     for line in report.lines + lines:
         click.echo(f"  {line}")

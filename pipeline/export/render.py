@@ -11,11 +11,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 
 ZERO = 128
 LEVELS = 127
+#: zlib level of the sheets: 4 encodes about twice as fast as 6 for 3 % larger sheets (measured on EDSR filters)
+PNG_LEVEL = 4
 
 
 def diverging_lut() -> np.ndarray:
@@ -42,6 +46,11 @@ def diverging_lut() -> np.ndarray:
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
+def with_sum(planes: np.ndarray) -> np.ndarray:
+    """(c, ...) -> (c + 1, ...) with the channel sum appended, or unchanged when c == 1."""
+    return planes if planes.shape[0] == 1 else np.concatenate([planes, planes.sum(0, keepdims=True)])
+
+
 def plane_scales(planes: np.ndarray) -> np.ndarray:
     """Per-plane normalisation: max |v| over the last two axes of ``planes`` (..., h, w) -> (...)."""
     if planes.shape[-1] * planes.shape[-2] == 0:
@@ -49,13 +58,20 @@ def plane_scales(planes: np.ndarray) -> np.ndarray:
     return np.abs(planes).max(axis=(-2, -1)).astype(np.float32)
 
 
-def quantise(planes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Signed values (..., h, w) with scales (...) -> uint8 q in 1..255 (128 = 0); values beyond ±scale clip."""
+def quantise(planes: np.ndarray, scales: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """Signed values (..., h, w) with scales (...) -> uint8 q in 1..255 (128 = 0); values beyond ±scale clip.
+
+    ``inplace``: ``planes`` (float32) may be overwritten (saves two temporary copies of large blocks)."""
     s = np.asarray(scales, np.float32)[..., None, None]
     safe = np.where(s > 0, s, np.float32(1))
-    q = np.clip(np.asarray(planes, np.float32) * (LEVELS / safe), -LEVELS, LEVELS)
-    q = np.rint(q, out=q) + ZERO
-    return np.where(s > 0, q, ZERO).astype(np.uint8)
+    q = planes if inplace and planes.dtype == np.float32 else np.array(planes, np.float32)
+    q *= LEVELS / safe
+    np.clip(q, -LEVELS, LEVELS, out=q)
+    np.rint(q, out=q)
+    q += ZERO
+    if (s <= 0).any():
+        q[np.broadcast_to(s <= 0, q.shape)] = ZERO
+    return q.astype(np.uint8)
 
 
 def dequantise(q: np.ndarray, scale) -> np.ndarray:
@@ -137,7 +153,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     """Lossless PNG of a (h, w) grey or (h, w, 3) RGB uint8 image."""
     import imageio.v3 as iio
 
-    return iio.imwrite("<bytes>", image, extension=".png", compress_level=6)
+    return iio.imwrite("<bytes>", image, extension=".png", compress_level=PNG_LEVEL)
 
 
 def png_decode(data: bytes) -> np.ndarray:
@@ -157,9 +173,40 @@ def sheet_script(name: str, meta: dict, png: bytes) -> str:
     return f"LINTERP.sheet({json.dumps(name)},{body});\n"
 
 
+def write_atomic(path: Path, text: str) -> int:
+    """Write ``text`` to ``path`` through a temporary file (a killed writer leaves no partial file); returns the
+    bytes written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return len(text.encode("utf-8"))
+
+
+def pack_grey(image: np.ndarray) -> np.ndarray:
+    """(h, w) grey -> (h, ⌈w/3⌉, 3) RGB holding three consecutive grey values per pixel (the last padded with 0).
+
+    A browser decodes every PNG to 4 bytes per pixel; packed, a grey sheet has a third of the pixels to decode
+    and read back, which is most of the time the viewer spends loading a sheet."""
+    h, w = image.shape
+    wp = -(-w // 3) * 3
+    return np.pad(image, ((0, 0), (0, wp - w))).reshape(h, wp // 3, 3)
+
+
+def write_sheet(folder: Path, name: str, meta: dict, image: np.ndarray) -> int:
+    """Write the sheet ``name`` ("<model>/<sheet>") of a uint8 image as ``folder/<sheet>.js``; returns bytes.
+    A grey (h, w) image is stored packed (:func:`pack_grey`), with ``grey: [h, w]`` added to its meta."""
+    if image.ndim == 2:
+        meta, image = {**meta, "grey": list(image.shape)}, pack_grey(image)
+    return write_atomic(Path(folder) / f"{name.rsplit('/', 1)[-1]}.js", sheet_script(name, meta, png_bytes(image)))
+
+
 def parse_sheet_script(text: str) -> tuple[str, dict, np.ndarray]:
-    """Inverse of :func:`sheet_script`: (name, meta, decoded sheet image)."""
+    """Inverse of :func:`sheet_script` and :func:`write_sheet`: (name, meta, decoded sheet image)."""
     head, _, rest = text.partition(",")
     name = json.loads(head[len("LINTERP.sheet("):])
     meta = json.loads(rest.rstrip().removesuffix(";").removesuffix(")"))
-    return name, meta, png_decode(base64.b64decode(meta.pop("png")))
+    image = png_decode(base64.b64decode(meta.pop("png")))
+    if "grey" in meta:
+        h, w = meta["grey"]
+        image = image.reshape(h, -1)[:, :w]
+    return name, meta, image

@@ -1,24 +1,29 @@
-"""Export linterp stores as a static site: sprite sheets of every row and column, images, SVD and a manifest.
+"""Export linterp stores as a static site: sprite sheets of every row and column, tiled images, SVD, a manifest.
 
 Site layout (``OUT``)::
 
     index.html  viewer.js  viewer.css        copied from the viewer template (``template_dir()``)
     data/manifest.js                         LINTERP.manifest({...}): models, shapes, attributes, colour table
-    data/<model>/<sheet>.js                  LINTERP.sheet(name, {meta, png}): one 8-bit PNG sprite sheet
+    data/<model>/<sheet>.js                  LINTERP.sheet(name, {meta, png}): one 8-bit PNG sheet
 
 Filter sheets: for a *kind* (``col``: columns, one per input pixel, drawn over the output domain; ``row``:
 rows, one per output pixel, drawn over the input domain) the source domain is cut into square blocks of
-``block`` pixels (see :func:`plan_kind`); one sheet holds, for one *source channel* s (each channel, plus Σ = the sum over channels
-when there are several), the filters of all pixels of one block. A filter is cropped to its non-zero box in
-the destination domain (the box outside of which all its values quantise to zero, so nothing shown at 8 bits is
-lost) and stored as nt planes (each destination channel, plus Σ), each quantised with its
+``block`` pixels (see :func:`plan_kind`); one sheet holds, for one *source channel* s (each channel, plus Σ = the
+sum over channels when there are several), the filters of all pixels of one block. A filter is cropped to its
+non-zero box in the destination domain (the box outside of which all its values quantise to zero, so nothing
+shown at 8 bits is lost) and stored as nt planes (each destination channel, plus Σ), each quantised with its
 own scale (see :mod:`pipeline.export.render`). Sheet name: ``<kind>_<s>_<y>_<x>`` with (y, x) the block's
 top-left source pixel. Sheet meta: ``origin`` (y, x), ``size`` (h, w) of the block, ``cell`` (ch, cw),
 ``nt``, ``boxes`` (top, left, h, w per pixel, row-major), ``scales`` (nt per pixel).
 
+Whole images (x0, y0, F·x0, residual, eigen-images, natural colours, a thumbnail) are cut into tiles
+(:mod:`pipeline.export.tiles`). ``F·x0`` is contracted from the stored F by the rows tasks (each output pixel's
+row is read there anyway), so it shows what the store holds: F·x0 + r = y0 is a check, not a definition.
+
 F is read one source chunk at a time (``F.chunks``), the whole destination domain per read (only the
-shards that are stored), so every chunk of F is decompressed once. Each sheet file is written atomically and each task leaves a marker, so a killed
-export resumes where it stopped.
+shards that are stored), so every chunk of F is decompressed once per kind. Tasks run in parallel on a dask
+scheduler (threads by default: the work is numpy, zstd and zlib, which release the GIL); each sheet file is
+written atomically and each task leaves a marker with its result, so a killed export resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.export import render
+from pipeline.export import render, tiles
+from pipeline.export.render import with_sum
 from pipeline.store import Store, StoreError, open_store
 
 TEMPLATE_FILES = ("index.html", "viewer.js", "viewer.css")
@@ -65,39 +71,42 @@ def channel_labels(c: int) -> list[str]:
     return names + (["Σ"] if c > 1 else [])
 
 
-def with_sum(planes: np.ndarray) -> np.ndarray:
-    """(c, ...) -> (c + 1, ...) with the channel sum appended, or unchanged when c == 1."""
-    return planes if planes.shape[0] == 1 else np.concatenate([planes, planes.sum(0, keepdims=True)])
-
-
 def kind_axes(kind: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """F axes (channel, y, x) of the source and destination domain of a kind."""
     return ((3, 4, 5), (0, 1, 2)) if kind == "col" else ((0, 1, 2), (3, 4, 5))
+
+
+def shard_index(regions, kind: str) -> dict:
+    """Stored shards of F (``Store.stored_shards()``) grouped by their place in a kind's source domain:
+    {(y start, x start): [region, ...]}, so a read finds the shards of its source pixels without a search."""
+    src, _ = kind_axes(kind)
+    index = {}
+    for region in regions:
+        index.setdefault((region[src[1]].start, region[src[2]].start), []).append(region)
+    return index
 
 
 def read_source_chunk(F, kind: str, sy: int, sx: int, h: int, w: int, regions=None):
     """Filters of the source pixels [sy:sy+h, sx:sx+w] over the destination domain.
 
     Returns (block, (oy, ox)): float32 block (C_src, h, w, C_dst, bh, bw) holding the destination pixels
-    [oy:oy+bh, ox:ox+bw]; F is zero outside them. ``regions``: the stored shards of F
-    (``Store.stored_shards()``); when given, only those overlapping the request are read and the block spans
-    just their destination extent (the rest of F is zero), else the whole destination domain is read.
+    [oy:oy+bh, ox:ox+bw]; F is zero outside them. ``regions``: the stored shards of F, as
+    ``Store.stored_shards()`` or its :func:`shard_index` for this kind; when given, the block spans just the
+    destination extent of the stored shards of these source pixels (the rest of F is zero), read in one call;
+    else the whole destination domain is read.
     """
     src, dst = kind_axes(kind)
     want = [(0, n) for n in F.shape]
     want[src[1]], want[src[2]] = (sy, sy + h), (sx, sx + w)
     if regions is not None:
-        hits = [region for region in regions
-                if all(max(r.start, a) < min(r.stop, b) for r, (a, b) in zip(region, want))]
+        index = regions if isinstance(regions, dict) else shard_index(regions, kind)
+        grid = F.shards or F.chunks
+        gy, gx = grid[src[1]], grid[src[2]]
+        hits = [region for y in range(sy // gy * gy, sy + h, gy) for x in range(sx // gx * gx, sx + w, gx)
+                for region in index.get((y, x), ())]
         for ax in dst[1:]:
             want[ax] = (min((r[ax].start for r in hits), default=0), max((r[ax].stop for r in hits), default=0))
-        block = np.zeros([b - a for a, b in want], np.float32)
-        for region in hits:
-            sel = [(max(r.start, a), min(r.stop, b)) for r, (a, b) in zip(region, want)]
-            block[tuple(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(sel, want))] = \
-                F[tuple(slice(lo, hi) for lo, hi in sel)]
-    else:
-        block = F[tuple(slice(a, b) for a, b in want)]
+    block = F[tuple(slice(a, b) for a, b in want)]
     if kind == "col":
         block = np.moveaxis(block, (3, 4, 5), (0, 1, 2))
     return block, (want[dst[1]][0], want[dst[2]][0])
@@ -132,7 +141,7 @@ def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict
     c_src, h_src, w_src = (F.shape[a] for a in src)
     c_dst = F.shape[dst[0]]
     ch_y, ch_x = F.chunks[src[1]], F.chunks[src[2]]
-    regions, cell = store.stored_shards(), 1
+    regions, cell = shard_index(store.stored_shards(), kind), 1
     for fy, fx in ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75)):  # the largest filters of three probe chunks
         sy, sx = int(h_src * fy) // ch_y * ch_y, int(w_src * fx) // ch_x * ch_x
         probe, offset = read_source_chunk(F, kind, sy, sx, min(ch_y, h_src - sy), min(ch_x, w_src - sx), regions)
@@ -158,71 +167,104 @@ def task_origins(plan: dict) -> list[tuple[int, int]]:
 
 
 # ---- rendering tasks --------------------------------------------------------------------------------------
-def _write_atomic(path: Path, text: str) -> int:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return len(text.encode("utf-8"))
-
-
-def _block_planes(block: np.ndarray, offset, box) -> np.ndarray:
-    """Planes of pixel (i, j) of a read block, ``block[:, i, j]`` (C_src, C_dst, bh, bw) at destination
-    ``offset``: (n_sources, nt, h, w) cropped to its box."""
-    t, l, h, w = box
-    crop = block[:, :, t - offset[0]:t - offset[0] + h, l - offset[1]:l - offset[1] + w]
-    return np.stack([with_sum(p) for p in with_sum(crop)])
-
-
-def _iter_task(store: Store, kind: str, plan: dict, y0: int, x0: int, regions=None):
-    """Yield (y, x, box, planes) for the source pixels of the task region at (y0, x0), reading F one source
-    chunk at a time (each chunk of F is read once). ``regions``: ``store.stored_shards()``, if known."""
+def _iter_chunks(store: Store, kind: str, plan: dict, y0: int, x0: int, regions=None):
+    """Yield (cy, cx, block, offset) for the source chunks of the task region at (y0, x0): ``block`` holds the
+    filters of source pixels [cy:cy+h, cx:cx+w] (see :func:`read_source_chunk`); each chunk of F is read once.
+    ``regions``: the :func:`shard_index` of ``store.stored_shards()`` for this kind, if known."""
     _, h_src, w_src = plan["src_shape"]
     ty, tx = plan["task"]
     ch_y, ch_x = plan["chunk"]
-    regions = store.stored_shards() if regions is None else regions
+    regions = shard_index(store.stored_shards(), kind) if regions is None else regions
     for cy in range(y0, min(y0 + ty, h_src), ch_y):
         for cx in range(x0, min(x0 + tx, w_src), ch_x):
             hy, hx = min(ch_y, h_src - cy), min(ch_x, w_src - cx)
             block, offset = read_source_chunk(store.F, kind, cy, cx, hy, hx, regions)
-            boxes = filter_boxes(block, offset)
-            for i in range(hy):
-                for j in range(hx):
-                    yield cy + i, cx + j, boxes[i, j], _block_planes(block[:, i, j], offset, boxes[i, j])
+            yield cy, cx, block, offset
 
 
-def measure_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, regions=None) -> np.ndarray:
-    """Largest |value| per (source, target) plane over the filters of one task region: (n_sources, nt)."""
-    store = open_store(store_path)
-    peak = np.zeros((len(plan["sources"]), len(plan["targets"])), np.float32)
-    for *_, planes in _iter_task(store, kind, plan, y0, x0, regions):
-        peak = np.maximum(peak, render.plane_scales(planes))
-    return peak
+def _union_box(boxes: np.ndarray):
+    """(n, 4) boxes (top, left, h, w; h = 0 for none) -> (top, left, bottom, right) of their union, or None."""
+    some = boxes[:, 2] > 0
+    if not some.any():
+        return None
+    b = boxes[some]
+    return int(b[:, 0].min()), int(b[:, 1].min()), int((b[:, 0] + b[:, 2]).max()), int((b[:, 1] + b[:, 3]).max())
+
+
+def quantised_row(block: np.ndarray, offset, i: int, boxes: np.ndarray, fixed_scales=None):
+    """Quantised planes of the source pixels of row ``i`` of a read block (C_src, h, w, C_dst, bh, bw).
+
+    Works on all pixels of the row at once, over the union of their non-zero boxes ``boxes`` (w, 4). Returns
+    (q (ns, w, nt, uh, uw) uint8, scales (ns, w, nt), q_boxes (w, 4), origin (top, left) of q): each pixel's planes
+    are each source channel (plus Σ) × each destination channel (plus Σ), quantised at their own largest |value|
+    (or at ``fixed_scales`` (ns, nt)); ``q_boxes`` are the boxes of their non-zero q in destination pixels (the
+    crop that loses nothing 8 bits show, see ``render.crop_quantised``).
+    """
+    c_src, _, w, c_dst = block.shape[:4]
+    ns, nt = len(channel_labels(c_src)), len(channel_labels(c_dst))
+    union = _union_box(boxes)
+    if union is None:
+        return (np.zeros((ns, w, nt, 0, 0), np.uint8), np.zeros((ns, w, nt), np.float32),
+                np.zeros((w, 4), np.int64), (0, 0))
+    top, left, bottom, right = union
+    sub = block[:, i, :, :, top - offset[0]:bottom - offset[0], left - offset[1]:right - offset[1]]
+    planes = np.empty((ns, w, nt) + sub.shape[-2:], np.float32)  # each channel, plus Σ on both sides
+    planes[:c_src, :, :c_dst] = sub
+    if nt > c_dst:
+        planes[:c_src, :, c_dst] = sub.sum(axis=2)
+    if ns > c_src:
+        planes[c_src] = planes[:c_src].sum(axis=0)
+    scales = (np.maximum(planes.max(axis=(-2, -1)), -planes.min(axis=(-2, -1))) if fixed_scales is None
+              else np.broadcast_to(np.asarray(fixed_scales, np.float32)[:, None, :], (ns, w, nt)))
+    q = render.quantise(planes, scales, inplace=True)
+    return q, np.ascontiguousarray(scales), filter_boxes((q != render.ZERO)[:, None], (top, left))[0], (top, left)
 
 
 def render_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder: str, model: str,
-                fixed_scales=None, regions=None) -> dict:
+                fixed_scales=None, regions=None, fx0_piece: str | None = None) -> dict:
     """Write the sheets of the blocks in one task region (one sheet per block and source channel).
 
     ``fixed_scales``: None for per-filter normalisation, or (n_sources, nt) global scales. ``regions``:
-    the stored shards of F (listed once per export rather than once per task). Returns {'filters', 'bytes', 'files'}.
+    the :func:`shard_index` of the stored shards of F (listed once per export rather than once per task). ``fx0_piece`` (rows only): a
+    ``.npz`` path where the task saves F·x0 at its output pixels, contracted from the rows it reads
+    (``origin`` (y, x) and ``values`` (C_out, h, w)), so F·x0 costs no extra read of F.
+    Returns {'filters', 'bytes', 'files'}.
     """
     store = open_store(store_path)
     _, h_src, w_src = plan["src_shape"]
     b = plan["block"]
     ns, nt = len(plan["sources"]), len(plan["targets"])
+    ty, tx = min(plan["task"][0], h_src - y0), min(plan["task"][1], w_src - x0)
+    fx0 = np.zeros((store.out_shape[0], ty, tx), np.float32) if fx0_piece else None
+    x0_image = store.x0 if fx0_piece else None
     sheets = {}  # block origin -> (entries per source, boxes, scales)
-    for y, x, box, planes in _iter_task(store, kind, plan, y0, x0, regions):
-        by, bx = y // b * b, x // b * b
-        if (by, bx) not in sheets:
-            n = min(b, h_src - by) * min(b, w_src - bx)
-            sheets[by, bx] = ([[None] * n for _ in range(ns)], np.zeros((n, 4), np.int64),
-                              np.zeros((ns, n, nt), np.float32))
-        entries, boxes, scales = sheets[by, bx]
-        k = (y - by) * min(b, w_src - bx) + (x - bx)
-        scales[:, k] = render.plane_scales(planes) if fixed_scales is None else fixed_scales
-        q, boxes[k] = render.crop_quantised(render.quantise(planes, scales[:, k]), box)
-        for s in range(ns):
-            entries[s][k] = q[s]
+    for cy, cx, block, offset in _iter_chunks(store, kind, plan, y0, x0, regions):
+        hy, hx = block.shape[1:3]
+        if fx0 is not None:
+            patch = x0_image[:, offset[0]:offset[0] + block.shape[4], offset[1]:offset[1] + block.shape[5]]
+            fx0[:, cy - y0:cy - y0 + hy, cx - x0:cx - x0 + hx] = np.tensordot(block, patch, axes=3)
+        boxes = filter_boxes(block, offset)
+        for i in range(hy):
+            q, scales, q_boxes, (top, left) = quantised_row(block, offset, i, boxes[i], fixed_scales)
+            y = cy + i
+            for j in range(hx):
+                x = cx + j
+                by, bx = y // b * b, x // b * b
+                if (by, bx) not in sheets:
+                    n = min(b, h_src - by) * min(b, w_src - bx)
+                    sheets[by, bx] = ([[None] * n for _ in range(ns)], np.zeros((n, 4), np.int64),
+                                      np.zeros((ns, n, nt), np.float32))
+                entries, sheet_boxes, sheet_scales = sheets[by, bx]
+                k = (y - by) * min(b, w_src - bx) + (x - bx)
+                qt, ql, qh, qw = q_boxes[j]
+                sheet_scales[:, k] = scales[:, j]
+                sheet_boxes[k] = (qt, ql, qh, qw) if qh else (0, 0, 0, 0)
+                crop = q[:, j, :, qt - top:qt - top + qh, ql - left:ql - left + qw]
+                for s in range(ns):
+                    entries[s][k] = crop[s]
+    if fx0 is not None:
+        np.savez(fx0_piece + ".tmp.npz", origin=np.array([y0, x0]), values=fx0)
+        os.replace(fx0_piece + ".tmp.npz", fx0_piece)
     written, files = 0, 0
     for (by, bx), (entries, boxes, scales) in sheets.items():
         bh, bw = min(b, h_src - by), min(b, w_src - bx)
@@ -232,50 +274,75 @@ def render_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder
             meta = {"origin": [by, bx], "size": [bh, bw], "cell": list(cell), "nt": nt,
                     "boxes": boxes.reshape(-1).tolist(),
                     "scales": [float(f"{v:.9g}") for v in scales[s].reshape(-1)]}
-            written += _write_atomic(Path(folder) / f"{name}.js",
-                                     render.sheet_script(f"{model}/{name}", meta, render.png_bytes(sheet)))
+            written += render.write_sheet(folder, f"{model}/{name}", meta, sheet)
             files += 1
     n_pixels = sum(len(boxes) for _, boxes, _ in sheets.values())
     return {"filters": n_pixels * len([c for c in plan["sources"] if c != "Σ"]), "bytes": written, "files": files}
 
 
-def render_images(store_path: str, folder: str, model: str) -> dict:
-    """Sheets of the images: ``img_in`` (x0), ``img_out`` (y0, F·x0, residual), natural-colour ``nat_x0`` and
-    ``nat_y0`` (C in {1, 3}), and the SVD eigen-images ``svd_v_<i>`` / ``svd_u_<i>`` when present."""
+def measure_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, regions=None) -> np.ndarray:
+    """Largest |value| per (source, target) plane over the filters of one task region: (n_sources, nt)."""
     store = open_store(store_path)
-    fx0 = store.y0 - store.residual  # F·x0 + r = f(x0) holds for every store (checked by compute)
-    written, files = 0, 0
+    peak = np.zeros((len(plan["sources"]), len(plan["targets"])), np.float32)
+    for _, _, block, offset in _iter_chunks(store, kind, plan, y0, x0, regions):
+        boxes = filter_boxes(block, offset)
+        for i in range(block.shape[1]):
+            _, scales, _, _ = quantised_row(block, offset, i, boxes[i])
+            peak = np.maximum(peak, scales.max(axis=1, initial=0))
+    return peak
 
-    def sheet(name, images, per_sheet=None):
+
+def image_task(store_path: str, folder: str, model: str, what: str, tile: int = tiles.TILE, pieces=(),
+               after=None) -> dict:
+    """Write the tiles of one whole image of a store (see :mod:`pipeline.export.tiles`); returns its meta.
+
+    ``what``: "x0" (with its natural colours and the thumbnail), "y0" (with natural colours), "residual", "fx0"
+    (F·x0 assembled from the rows tasks' ``pieces``, files written by :func:`render_task`; ``after``: those tasks,
+    so that a graph runs this one after them), or "svd<i>" (eigen-output u_i and eigen-input v_i); ``tile``: the
+    tile side in pixels. Returns {name: meta} for the manifest, plus 'bytes' and 'files'.
+    """
+    store = open_store(store_path)
+    folder = Path(folder)
+    out, written, files = {}, 0, 0
+
+    def add(name, meta):
         nonlocal written, files
-        nt = with_sum(images[0]).shape[0]
-        per_sheet = per_sheet or len(images)
-        for start in range(0, len(images), per_sheet):
-            planes = [with_sum(im) for im in images[start:start + per_sheet]]
-            scales = [render.plane_scales(p) for p in planes]
-            entries = [render.quantise(p, s) for p, s in zip(planes, scales)]
-            img, cell = render.pack_sheet(entries, 1)
-            full = f"{name}_{start // per_sheet}" if per_sheet < len(images) else name
-            meta = {"cell": list(cell), "nt": nt, "count": len(entries), "first": start,
-                    "scales": [float(f"{v:.9g}") for s in scales for v in s]}
-            written += _write_atomic(Path(folder) / f"{full}.js",
-                                     render.sheet_script(f"{model}/{full}", meta, render.png_bytes(img)))
-            files += 1
+        written, files = written + meta.pop("bytes"), files + meta.pop("files")
+        out[name] = meta
 
-    sheet("img_in", [store.x0])
-    sheet("img_out", [store.y0, fx0, store.residual])
-    for name, image in (("nat_x0", store.x0), ("nat_y0", store.y0)):
+    if what in ("x0", "y0"):
+        image = store.x0 if what == "x0" else store.y0
+        add(what, tiles.write_signed(folder, model, what, image, tile))
         if image.shape[0] in (1, 3):
-            q, lo, hi = render.natural(image)
-            written += _write_atomic(Path(folder) / f"{name}.js", render.sheet_script(
-                f"{model}/{name}", {"lo": lo, "hi": hi, "channels": image.shape[0]}, render.png_bytes(q)))
-            files += 1
-    if store.has_svd:
-        _, U, V = store.svd()
-        for name, vecs in (("svd_v", V), ("svd_u", U)):
-            per = max(1, SHEET_PIXELS // (vecs[0].size + vecs[0][0].size))
-            sheet(name, list(vecs), per_sheet=min(per, len(vecs)))
-    return {"bytes": written, "files": files}
+            add("nat_" + what, tiles.write_natural(folder, model, what, image, tile))
+            if what == "x0":
+                add("thumb", tiles.write_thumbnail(folder, model, image))
+    elif what == "residual":
+        add(what, tiles.write_signed(folder, model, what, store.residual, tile))
+    elif what == "fx0":
+        add(what, tiles.write_signed(folder, model, what, contract_pieces(store.out_shape, pieces), tile))
+    elif what.startswith("svd"):
+        i = int(what[3:])
+        svd = store.group["svd"]
+        add(f"u{i}", tiles.write_signed(folder, model, f"u{i}", svd["U"][i], tile))
+        add(f"v{i}", tiles.write_signed(folder, model, f"v{i}", svd["V"][i], tile))
+    else:
+        raise ValueError(f"unknown image {what!r}")
+    return {"images": out, "bytes": written, "files": files}
+
+
+def contract_pieces(out_shape, pieces) -> np.ndarray:
+    """F·x0 (C_out, H_out, W_out) from the pieces saved by the rows tasks (each output pixel in exactly one)."""
+    fx0 = np.zeros(out_shape, np.float32)
+    covered = np.zeros(out_shape[1:], np.int32)
+    for path in pieces:
+        with np.load(path) as piece:
+            (y, x), values = piece["origin"], piece["values"]
+        fx0[:, y:y + values.shape[1], x:x + values.shape[2]] = values
+        covered[y:y + values.shape[1], x:x + values.shape[2]] += 1
+    if (covered != 1).any():
+        raise ExportError(f"F·x0: {int((covered != 1).sum())} output pixels are not covered once by the rows tasks")
+    return fx0
 
 
 # ---- the whole export ---------------------------------------------------------------------------------------
@@ -291,32 +358,45 @@ def model_ids(stores: list[Store]) -> list[str]:
     return ids
 
 
-def _check_same_image(stores: list[Store]) -> None:
+def check_same_image(stores: list[Store]) -> None:
+    """``ExportError`` unless the stores show one image (same image, crop and input size; channels may differ)."""
     first = stores[0]
     for st in stores[1:]:
         for what, key in (("image sha256", lambda a: a.image.sha256), ("crop", lambda a: a.crop)):
             if key(st.attrs) != key(first.attrs):
                 raise ExportError(f"{st.path} shows another image than {first.path} ({what} differs); "
-                                  f"export them as separate sites")
+                                  f"show them separately")
         if st.in_shape[1:] != first.in_shape[1:]:  # channels may differ (Y-only vs RGB models)
             raise ExportError(f"{st.path}: input size {st.in_shape[1:]} differs from {first.path}'s "
                               f"{first.in_shape[1:]}")
 
 
+def verification_fields(store: Store) -> dict:
+    """A panel's ``verification_status`` ("passed" / "failed" / "unverified"), ``jacobian_exact`` (bool, or
+    None when the store does not say) and ``approximations`` ([{op, where, kind}])."""
+    from pipeline.verify import status
+
+    attrs = store.attrs
+    return {"verification_status": status(store), "jacobian_exact": attrs.get("jacobian_exact"),
+            "approximations": list(attrs.get("approximations") or [])}
+
+
 def _svd_info(store: Store) -> dict | None:
+    """The SVD's singular values, residuals and attributes (the eigen-images go to tiles), or None."""
     if not store.has_svd:
         return None
     S, residuals = store.svd_values(), store.svd_residuals()
-    out_size = int(np.prod(store.out_shape))
-    per = max(1, SHEET_PIXELS // (out_size + out_size // store.out_shape[0]))
     return {"k": int(S.shape[0]), "S": [float(v) for v in S],
-            "residuals": None if residuals is None else residuals.tolist(), "per_sheet": min(per, len(S)),
-            "attrs": store.svd_attrs.to_json()}
+            "residuals": None if residuals is None else residuals.tolist(), "attrs": store.svd_attrs.to_json()}
 
 
-def _task_key(store: Store, what: str, plan: dict | None, normalise: str) -> str:
-    ident = json.dumps([store.attrs.identity, store.has_svd and _svd_info(store)["S"], what, plan,
-                        normalise], sort_keys=True, default=str)
+#: version of the site layout; part of every task's key, so an export never resumes another layout's tasks
+SITE_FORMAT = 2
+
+
+def _task_key(identity, svd: dict | None, what: str, plan: dict | None, normalise: str) -> str:
+    ident = json.dumps([SITE_FORMAT, identity, svd and svd["S"], what, plan, normalise], sort_keys=True,
+                       default=str)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
@@ -347,14 +427,32 @@ def _run(tasks, scheduler: str, workers: int | None, progress: bool, desc: str):
         return list(dask.compute(*tasks, **kwargs))
 
 
+def _done(marker: Path, key: str):
+    """The result recorded by a finished task's marker when its key matches, else None."""
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("result") if isinstance(record, dict) and record.get("key") == key else None
+
+
+def _finish(result, marker: str, key: str):
+    """Record a finished task: its key and (JSON) result, for resuming."""
+    render.write_atomic(Path(marker), json.dumps({"key": key, "result": result}))
+    return result
+
+
 def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str = "threads",
-                workers: int | None = None, progress: bool = True, sheet_pixels: int = SHEET_PIXELS) -> dict:
+                workers: int | None = None, progress: bool = True, sheet_pixels: int = SHEET_PIXELS,
+                allow_unverified: bool = False, tile: int = tiles.TILE) -> dict:
     """Render the stores (one image, one panel per model) into the static site folder ``out``.
 
     ``normalise``: "filter" (each plane at its own ±max) or "global" (one scale per kind, source and target
     channel over all pixels). ``scheduler``: "threads", "processes", "synchronous" (local dask schedulers) or
-    "distributed" (a local ``distributed`` cluster of ``workers`` processes).
-    Returns a summary: seconds, filters, files, bytes and per-model details.
+    "distributed" (a local ``distributed`` cluster of ``workers`` processes). ``sheet_pixels``: target size of
+    a filter sheet; ``tile``: side of the tiles of whole images. Unfinished stores are refused, and so are failed
+    or unverified ones unless ``allow_unverified`` (their panels then carry a warning). Returns a summary:
+    seconds, filters, files, bytes and per-model details.
     """
     import dask
 
@@ -363,74 +461,95 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     if scheduler not in SCHEDULERS:
         raise ExportError(f"scheduler must be one of {', '.join(SCHEDULERS)}, not {scheduler!r}")
     t_start = time.perf_counter()
-    stores = [open_store(p, require_complete=True) for p in store_paths]
+    from pipeline.verify import require_exportable
+
+    stores = [open_store(p) for p in store_paths]
     if not stores:
         raise ExportError("no store given")
-    _check_same_image(stores)
+    for store in stores:
+        require_exportable(store, allow_unverified)
+    check_same_image(stores)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "data").is_dir():
         raise ExportError(f"{out} is not empty and is not a linterp site; choose another --out")
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        render.write_atomic(data / ".write-test", "")
+        (data / ".write-test").unlink()
+    except OSError as err:
+        raise ExportError(f"{out}: cannot write the site there ({err.strerror or type(err).__name__})") from None
 
     models, summaries = [], []
-    todo, todo_info = [], []
-    for store, mid in zip(stores, model_ids(stores)):
+    tasks = []  # (model index, marker path, key, delayed task or None when already done, result when done)
+    for index, (store, mid) in enumerate(zip(stores, model_ids(stores))):
         folder = data / mid
-        (folder / ".done").mkdir(parents=True, exist_ok=True)
+        done = folder / ".done"
+        done.mkdir(parents=True, exist_ok=True)
+        attrs, svd = store.attrs, _svd_info(store)
         plans = {kind: plan_kind(store, kind, sheet_pixels) for kind in ("col", "row")}
-        regions = dask.delayed(store.stored_shards(), pure=True)  # one graph node shared by the tasks
+        stored = store.stored_shards()
+        regions = {kind: dask.delayed(shard_index(stored, kind), pure=True) for kind in plans}  # one node per kind
         fixed = {kind: None for kind in plans}
         if normalise == "global":
             for kind, plan in plans.items():
-                peaks = _run([dask.delayed(measure_task)(str(store.path), kind, plan, y, x, regions)
+                peaks = _run([dask.delayed(measure_task)(str(store.path), kind, plan, y, x, regions[kind])
                               for y, x in task_origins(plan)], scheduler, workers, progress,
                              f"export {mid}: {kind} scales")
                 fixed[kind] = np.max(peaks, axis=0)
                 plan["global_scales"] = fixed[kind].tolist()
+
+        def add(name, plan, make):
+            key = _task_key(attrs.get("identity"), svd, name, plan, normalise)
+            result = _done(done / name, key)
+            task = make() if result is None else None
+            tasks.append((index, str(done / name), key, task, result))
+            return task
+
+        pieces, rows = [], []
         for kind, plan in plans.items():
             for y, x in task_origins(plan):
-                todo.append(dask.delayed(render_task)(str(store.path), kind, plan, y, x, str(folder), mid,
-                                                       fixed[kind], regions))
-                todo_info.append((folder, f"{kind}_{y}_{x}", _task_key(store, kind, plan, normalise)))
-        todo.append(dask.delayed(render_images)(str(store.path), str(folder), mid))
-        todo_info.append((folder, "images", _task_key(store, "images", None, normalise)))
-        attrs = store.attrs
+                piece = str(done / f"fx0_{y}_{x}.npz") if kind == "row" else None
+                task = add(f"{kind}_{y}_{x}", plan, lambda: dask.delayed(render_task)(
+                    str(store.path), kind, plan, y, x, str(folder), mid, fixed[kind], regions[kind], piece))
+                if piece:
+                    pieces.append(piece)
+                    rows.append(task)
+        images = ["x0", "y0", "residual"] + [f"svd{i}" for i in range(svd["k"] if svd else 0)]
+        for what in images:
+            add(f"image_{what}_{tile}", None, lambda: dask.delayed(image_task)(
+                str(store.path), str(folder), mid, what, tile))
+        add(f"image_fx0_{tile}", plans["row"], lambda: dask.delayed(image_task)(
+            str(store.path), str(folder), mid, "fx0", tile, pieces, [t for t in rows if t is not None]))
         models.append({"id": mid, "title": str(attrs.model or mid), "store": store.path.name,
-                       "attrs": attrs.for_viewer(), "verification_status": attrs.verification["status"],
-                       "jacobian_exact": attrs.jacobian_exact, "approximations": attrs.approximations,
-                       "geometry": attrs.geometry, "in": list(store.in_shape), "out": list(store.out_shape),
-                       "kinds": plans, "svd": _svd_info(store),
+                       "attrs": attrs.for_viewer(), **verification_fields(store), "geometry": attrs.geometry,
+                       "in": list(store.in_shape), "out": list(store.out_shape), "kinds": plans, "svd": svd, "tile": tile,
                        "natural": {"x0": store.in_shape[0] in (1, 3), "y0": store.out_shape[0] in (1, 3)}})
         summaries.append({"model": mid, "filters": int(np.prod(store.in_shape) + np.prod(store.out_shape))})
 
-    # resume: skip tasks whose marker says they finished with the same inputs and parameters
-    pending = [(t, info) for t, info in zip(todo, todo_info)
-               if not ((info[0] / ".done" / info[1]).exists()
-                       and (info[0] / ".done" / info[1]).read_text() == info[2])]
-
-    def finish(result, info):
-        folder, name, key = info
-        _write_atomic(folder / ".done" / name, key)
-        return result
-
-    wrapped = [dask.delayed(finish)(t, info) for t, info in pending]
-    _run(wrapped, scheduler, workers, progress, f"export {out.name}")
+    pending = [(i, dask.delayed(_finish)(task, marker, key)) for i, (_, marker, key, task, _) in enumerate(tasks)
+               if task is not None]
+    results = [t[4] for t in tasks]
+    finished = _run([t for _, t in pending], scheduler, workers, progress, f"export {out.name}")
+    for (i, _), result in zip(pending, finished):
+        results[i] = result
+    for (index, *_), result in zip(tasks, results):
+        models[index].setdefault("images", {}).update(result.get("images", {}))
 
     template = template_dir()
     for name in TEMPLATE_FILES:
         (out / name).write_bytes((template / name).read_bytes())
-    manifest = {"format": 1, "models": models, "lut": render.diverging_lut().tolist(), "normalise": normalise,
-                "zero": render.ZERO, "levels": render.LEVELS}
-    _write_atomic(data / "manifest.js",
-                  "LINTERP.manifest(" + json.dumps(manifest, separators=(",", ":"), default=str) + ");\n")
+    manifest = {"format": SITE_FORMAT, "models": models, "lut": render.diverging_lut().tolist(),
+                "normalise": normalise, "zero": render.ZERO, "levels": render.LEVELS}
+    render.write_atomic(data / "manifest.js",
+                        "LINTERP.manifest(" + json.dumps(manifest, separators=(",", ":"), default=str) + ");\n")
     files, size = site_size(out)
     seconds = time.perf_counter() - t_start
     filters = sum(s["filters"] for s in summaries)
     return {"seconds": seconds, "filters": filters, "filters_per_s": filters / seconds if seconds else 0.0,
-            "files": files, "bytes": size, "rendered_tasks": len(pending), "tasks": len(todo), "models": summaries}
+            "files": files, "bytes": size, "rendered_tasks": len(pending), "tasks": len(tasks), "models": summaries}
 
 
 def site_size(out: Path) -> tuple[int, int]:
@@ -440,4 +559,4 @@ def site_size(out: Path) -> tuple[int, int]:
 
 
 __all__ = ["export_site", "ExportError", "StoreError", "channel_labels", "plan_kind", "render_task",
-           "render_images", "read_source_chunk", "filter_boxes"]
+           "image_task", "verification_fields", "read_source_chunk", "filter_boxes", "with_sum"]

@@ -29,8 +29,23 @@ def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.GraphMod
     except Exception as err:  # fx raises many kinds of errors on untraceable Python control flow
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsupportedOperation(
-            f"{type(model).__name__} cannot be traced by torch.fx ({first})") from err
+            f"{type(model).__name__} cannot be traced by torch.fx ({first}){_model_line(err)}") from err
     return fx.GraphModule(model, graph)
+
+
+def _model_line(err: BaseException) -> str:
+    """Where in the model's own code tracing failed: " at FILE:LINE: CODE" for the innermost frame outside torch
+    and this package (file name only), or "" when there is none."""
+    import traceback
+    from pathlib import Path
+
+    skip = (Path(torch.__file__).parent, Path(__file__).parents[1])
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not any(Path(f.filename).is_relative_to(folder) for folder in skip)]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" at {Path(frame.filename).name}:{frame.lineno}: {(frame.line or '').strip()}"
 
 
 def where(node: fx.Node) -> str:
@@ -51,6 +66,7 @@ def describe(node: fx.Node, target: Any) -> str:
     if node.op == "call_method":
         return f"tensor method .{node.target}()"
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or repr(target)
+    name = name.removeprefix("_VariableFunctionsClass.")  # torch.sort, not torch._VariableFunctionsClass.sort
     module = getattr(target, "__module__", None) or ""
     return f"function {module + '.' if module else ''}{name}"
 

@@ -40,12 +40,38 @@ class Site:
     bias: torch.Tensor | None
     shape: Any            # output shape at x0 (torch.Size, or a tuple of them)
     where: str
+    op: str = ""          # short name of the operation ("InstanceNorm2d", "tanh", "mul")
+    approximation: str | None = None  # None: the rule is the Jacobian here; else its kind (see rules.py)
 
 
 def _is_float_tensors(x) -> bool:
     if isinstance(x, torch.Tensor):
         return x.is_floating_point()
     return isinstance(x, (tuple, list)) and len(x) > 0 and all(_is_float_tensors(t) for t in x)
+
+
+def _has_float_tensor(x) -> bool:
+    """True when x is, or holds (tuples, named tuples, lists), a floating-point tensor."""
+    if isinstance(x, torch.Tensor):
+        return x.is_floating_point()
+    return isinstance(x, (tuple, list)) and any(_has_float_tensor(t) for t in x)
+
+
+def _op_name(node: fx.Node, target) -> str:
+    """A short name of what a node calls: the module type, the tensor method or the function name."""
+    if node.op == "call_module":
+        return type(target).__name__
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(target, "__name__", None) or str(target)
+
+
+def _tuple_reason(value) -> str:
+    """Why a rule-less operation's tuple result (sort, topk, max with dim, ...) cannot be interpreted."""
+    if hasattr(value, "values") and hasattr(value, "indices"):
+        return ("it returns (values, indices), and values selected by comparing the input's values have no "
+                "linear-interpreter rule (for the indices alone use argmax, argmin or argsort)")
+    return "it returns several tensors, some of them floating-point values that depend on the input"
 
 
 def _shape(x):
@@ -94,6 +120,7 @@ class LinearInterpreter:
         self.gm, self.x0 = gm, x0
         self.kind: dict[fx.Node, str] = {}
         self.static: dict[fx.Node, Any] = {}
+        self.frozen: set[fx.Node] = set()  # static nodes whose value was computed from x0 (masks, indices)
         self.sites: dict[fx.Node, Site] = {}
         self.nodes = [n for n in gm.graph.nodes if n.op not in ("output",)]
         self.output_node = next(n for n in gm.graph.nodes if n.op == "output")
@@ -133,6 +160,8 @@ class LinearInterpreter:
                 value = Bound(target, args, kwargs, env)()
                 self.kind[node] = "meta" if dependent else "static"
                 (env if dependent else self.static)[node] = value
+                if not dependent and any(n in self.frozen for n in node.all_input_nodes):
+                    self.frozen.add(node)
                 continue
             rule = _rule_for(node, target)
             b = Bound(target, args, kwargs, env)
@@ -141,6 +170,10 @@ class LinearInterpreter:
                 if _is_float_tensors(value):
                     raise UnsupportedOperation(
                         f"no linear-interpreter rule for {describe(node, target)} at '{where(node)}'")
+                if _has_float_tensor(value):
+                    raise UnsupportedOperation(
+                        f"no linear-interpreter rule for {describe(node, target)} at '{where(node)}': "
+                        f"{_tuple_reason(value)}")
                 self._freeze(node, value, env)
                 continue
             try:
@@ -156,7 +189,7 @@ class LinearInterpreter:
                     f"{describe(node, target)} at '{where(node)}' mixes the batch dimension")
             self.kind[node], env[node] = "linear", value
             self.sites[node] = Site(node, _out_of_place(node, target), rule, state, bias, _shape(value),
-                                    where(node))
+                                    where(node), _op_name(node, target), rule.approximation(state))
         out = self.output_node.args[0]
         if not isinstance(out, fx.Node) or self.kind.get(out) != "linear" or not isinstance(env[out], torch.Tensor):
             raise UnsupportedOperation("the model's output must be one tensor that depends on its input")
@@ -167,6 +200,7 @@ class LinearInterpreter:
         if isinstance(value, torch.Tensor) or (isinstance(value, (tuple, list)) and value
                                                and all(isinstance(v, torch.Tensor) for v in value)):
             self.kind[node], self.static[node] = "static", value
+            self.frozen.add(node)
         else:
             self.kind[node], env[node] = "meta", value
 
@@ -229,6 +263,8 @@ class LinearInterpreter:
                     out = getattr(site.rule, method)(b, site.state)
                     if out is None:
                         out = torch.zeros((batch, *site.shape[1:]), dtype=v.dtype, device=v.device)
+                    elif method == "support":  # 0/1 indicators: no overflow, underflow or NaN over depth
+                        out = _indicator(out)
                     if inject is not None and node in inject and site.bias is not None:
                         w = inject[node].reshape(-1, *([1] * (out.dim() - 1)))
                         out = out + w * site.bias
@@ -342,13 +378,31 @@ class LinearInterpreter:
         return make_window(self, box)
 
     @property
+    def approximations(self) -> list[dict]:
+        """Where the interpreter is not the Jacobian at x0: [{"op", "where", "kind"}], in network order; kind is
+        "secant" (a smooth unit), "frozen-statistics" (a normalisation's statistics from the input, frozen)
+        or "frozen-factor" (a product of two input-dependent factors, one frozen at x0)."""
+        return [{"op": s.op, "where": s.where, "kind": s.approximation}
+                for s in self.sites.values() if s.approximation]
+
+    @property
+    def jacobian_exact(self) -> bool:
+        """True when every rule used is the Jacobian of its operation at x0 (piecewise-linear networks):
+        then F(x0) is the Jacobian of the model at x0."""
+        return not self.approximations
+
+    @property
     def sources(self) -> list[str]:
         """Names of the bias sources, in network order."""
         return list(self._names)
 
     def bias(self, name: str) -> torch.Tensor:
         """The bias b̂ of one source, at its node (broadcastable to the node's output, batch 1)."""
-        return self.sites[self._names[name]].bias
+        return self.source_site(name).bias
+
+    def source_site(self, name: str) -> Site:
+        """The linear node (`Site`: graph node, rule, recorded state) whose bias is the source `name`."""
+        return self.sites[self._names[name]]
 
     def contributions(self) -> "OrderedDict[str, torch.Tensor]":
         """name -> Q_i b̂_i, shape (1, *out): each bias source forward-projected to the output.
@@ -381,6 +435,13 @@ class LinearInterpreter:
         if not isinstance(t, torch.Tensor) or t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise InputError(f"{what} expects a batch of shape (B, {', '.join(map(str, shape))}), got {got}")
+
+
+def _indicator(x):
+    """1 where x is non-zero (NaN included), else 0, in x's dtype; tuples element-wise."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(_indicator(t) for t in x)
+    return (x != 0).to(x.dtype)
 
 
 def _add(a, b):

@@ -5,7 +5,12 @@ A rule says, for one operation kind, how to
 - `record(b)`   run it at x0 and keep what its linear interpreter needs -> (output, state, bias);
 - `linear(b, s)` apply the linear part (biases and constant offsets dropped) to perturbations;
 - `transpose(b, s, u)` apply the exact adjoint: {input node: cotangent};
-- `crop(s, crop)` restrict its state to a spatial window (see `window.py`).
+- `crop(s, crop)` restrict its state to a spatial window (see `window.py`);
+- `support(b, s)` map 0/1 indicators to a tensor that is non-zero wherever they can reach, with every
+  mask, gate and switch of x0 opened (the receptive-radius pass of `window.py`);
+- `approximation(s)` say whether the interpreter is the operation's Jacobian at x0 (None) or an
+  approximation, and of which kind: "secant" (a smooth unit), "frozen-statistics" (a normalisation's
+  statistics frozen at x0) or "frozen-factor" (a product of two input-dependent factors, one frozen).
 
 `bias` is the constant the operation adds at x0 (a conv bias, a norm shift, a unit's offset c, a
 constant added to a feature map), as a tensor that broadcasts against the output; the engine
@@ -61,6 +66,41 @@ def _zero(x):
     return x
 
 
+def _jittered(b: Bound) -> dict:
+    """The values of a call's linear inputs, each multiplied by seeded random factors in [1, 2)."""
+    values = dict(b.values)
+    for k, node in enumerate(b.nodes()):
+        v = values[node]
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            g = torch.Generator(device=v.device).manual_seed(k)
+            values[node] = v * (1 + torch.rand(v.shape, generator=g, dtype=v.dtype, device=v.device))
+    return values
+
+
+def _union(b: Bound) -> torch.Tensor:
+    """The sum of an element-wise call's linear input indicators, broadcast like its arguments: the support
+    of a sum, a difference or a selection (`where`), whatever the signs and conditions."""
+    tensors = []
+    torch.fx.node.map_aggregate((b.args, b.kwargs), lambda a: tensors.append(
+        b.values[a] if isinstance(a, fx.Node) else a) if isinstance(a, (fx.Node, torch.Tensor)) else a)
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    out = None
+    for node in b.nodes():
+        v = b.values[node].abs()
+        out = v if out is None else out + v
+    return out.expand(shape) if tuple(out.shape) != tuple(shape) else out
+
+
+def _ones(x):
+    """A static factor opened for the support pass: tensors become ones of their shape, numbers 1."""
+    if isinstance(x, torch.Tensor):
+        return torch.ones(x.shape, dtype=torch.get_default_dtype() if not x.is_floating_point() else x.dtype,
+                          device=x.device)
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return 1
+    return x
+
+
 def _channel_view(t: torch.Tensor | None, ndim: int) -> torch.Tensor | None:
     """A per-channel vector (C,) as a tensor that broadcasts over (N, C, *spatial)."""
     return None if t is None else t.reshape(1, -1, *([1] * (ndim - 2)))
@@ -74,6 +114,9 @@ class Rule:
     """Base rule: a purely linear operation (reshapes, pooling by averages, padding, interpolation...)."""
 
     kind = "linear"
+    #: whether `support` opens the static tensor arguments of the operation (masks, gates, offsets), so that
+    #: values frozen at x0 there do not restrict where perturbations reach (see `window.py`)
+    opens_static = False
 
     def record(self, b: Bound):
         return b(), None, None
@@ -85,12 +128,17 @@ class Rule:
         return _vjp(b, cot)
 
     def support(self, b: Bound, state):
-        """Where a non-negative indicator can reach: |linear part| with the masks of x0 opened
-        (used to find the receptive radius; see `window.py`)."""
-        out = self.linear(b, state)
+        """Where 0/1 indicators can reach (non-zero there): the linear part applied to the indicators, each
+        scaled by seeded random factors in [1, 2), so that coefficients of both signs (a bicubic kernel's
+        lobes, a difference) cannot cancel, except on a set of measure zero."""
+        out = self.linear(b.on(_jittered(b)), state)
         if out is None:
             return None
         return tuple(o.abs() for o in out) if isinstance(out, (tuple, list)) else out.abs()
+
+    def approximation(self, state) -> str | None:
+        """None: the rule is the operation's Jacobian at x0 (linear and piecewise-linear operations)."""
+        return None
 
     def crop(self, state, crop: Callable):
         return state
@@ -119,6 +167,7 @@ class Offset(Rule):
     """
 
     kind = "offset"
+    opens_static = True  # static arguments are offsets: they drop out of the linear part
 
     def __init__(self, positions=(0, 1), keys=("input", "other")):
         self.positions, self.keys = positions, keys
@@ -172,6 +221,21 @@ class Sum(Offset):
             grads[a] = g if a not in grads else grads[a] + g
         return grads
 
+    def support(self, b, state):
+        """The union of the terms' supports (a difference of two overlapping terms does not cancel)."""
+        return _union(b)
+
+
+class Select(Offset):
+    """`torch.where(condition, a, b)`: the condition is frozen at x0; the support pass opens it (both
+    branches reach wherever either does, whatever the condition elsewhere in the image)."""
+
+    def __init__(self):
+        super().__init__(positions=(1, 2), keys=("input", "other"))
+
+    def support(self, b, state):
+        return _union(b)
+
 
 class Product(Rule):
     """Multiplication, division and matmul.
@@ -182,6 +246,7 @@ class Product(Rule):
     """
 
     kind = "product"
+    opens_static = True
 
     def __init__(self, frozen_if_both: Callable[[Any, Any], int] | None = None, denominator: bool = False):
         self.choose = frozen_if_both or (lambda a, b: 0 if a.numel() < b.numel() else 1)
@@ -221,10 +286,17 @@ class Product(Rule):
         return _vjp(Bound(b.fn, state["args"], b.kwargs, b.values), cot)
 
     def support(self, b, state):
-        if state is None or state["constant"]:
-            return super().support(b, state)
-        args = tuple(a.abs() if isinstance(a, torch.Tensor) else a for a in state["args"])
-        return b.call(args=args)
+        """Masks and gates opened: every static factor (a mask, a gate frozen at x0, a constant) counts as
+        ones of its shape, so the product reaches wherever its input does (a matmul: along the whole
+        contracted axis)."""
+        if state is not None and state["constant"]:
+            return None
+        call = b if state is None else Bound(b.fn, state["args"], b.kwargs, b.values)
+        args, kwargs = call.map_static(_ones)
+        return call.call(args=args, kwargs=kwargs).abs()
+
+    def approximation(self, state):
+        return None if state is None else "frozen-factor"
 
     def crop(self, state, crop):
         if state is None or state["constant"]:
@@ -234,6 +306,8 @@ class Product(Rule):
 
 class Diagonal(Rule):
     """A linear interpreter that multiplies element-wise by a gain recorded at x0 (units, norms)."""
+
+    opens_static = True  # the gain is recorded: static arguments (bounds, slopes) only shape it
 
     def linear(self, b, state):
         return b.input() * state["gain"]
@@ -245,7 +319,7 @@ class Diagonal(Rule):
         return b.input()
 
     def crop(self, state, crop):
-        return {"gain": crop(state["gain"])}
+        return {**state, "gain": crop(state["gain"])}
 
 
 class Unit(Diagonal):
@@ -295,6 +369,9 @@ class Unit(Diagonal):
                 gain = torch.where(small, self._grad(b, torch.zeros_like(y0)), gain)
             offset = h0
         return out, {"gain": gain}, (offset if offset.any() else None)
+
+    def approximation(self, state):
+        return "secant" if self.kind == "secant" else None
 
 
 def _relu_derivative(y, b):
@@ -375,8 +452,10 @@ def map_values(b: Bound, tree):
 class Norm(Diagonal):
     """Normalisation with the statistics of x0 frozen: y -> gain·y + shift (per channel, group or instance).
 
-    `affine(b) -> (gain, shift)` broadcastable to the output, from the layer's statistics at x0 (running
-    statistics for BatchNorm in eval mode, as the layer itself uses them).
+    `affine(b) -> (gain, shift, frozen)`: gain and shift broadcastable to the output, from the layer's
+    statistics at x0 (running statistics for BatchNorm in eval mode, as the layer itself uses them);
+    `frozen` is True when those statistics are computed from the input (then the interpreter is not the
+    Jacobian: the statistics' own dependence on x is dropped), False for running statistics (exact).
     """
 
     kind = "frozen statistics"
@@ -386,9 +465,12 @@ class Norm(Diagonal):
 
     def record(self, b):
         x0 = b.input().detach()
-        gain, shift = self.affine(b, x0)
+        gain, shift, frozen = self.affine(b, x0)
         out = b()
-        return out, {"gain": gain}, shift
+        return out, {"gain": gain, "frozen": bool(frozen)}, shift
+
+    def approximation(self, state):
+        return "frozen-statistics" if state["frozen"] else None
 
 
 def _stats(x, dims):
@@ -410,20 +492,22 @@ def _gain_shift(x, mean, var, weight, bias, eps):
 
 def _batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, eps):
     nd = x.dim()
-    if use_batch_stats or running_mean is None:
+    frozen = bool(use_batch_stats) or running_mean is None
+    if frozen:
         mean, var = _stats(x, [0] + list(range(2, nd)))
     else:
         mean, var = _channel_view(running_mean, nd), _channel_view(running_var, nd)
-    return _gain_shift(x, mean, var, weight, bias, eps)
+    return (*_gain_shift(x, mean, var, weight, bias, eps), frozen)
 
 
 def _instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, eps):
     nd = x.dim()
-    if use_input_stats or running_mean is None:
+    frozen = bool(use_input_stats) or running_mean is None
+    if frozen:
         mean, var = _stats(x, list(range(2, nd)))
     else:
         mean, var = _channel_view(running_mean, nd), _channel_view(running_var, nd)
-    return _gain_shift(x, mean, var, weight, bias, eps)
+    return (*_gain_shift(x, mean, var, weight, bias, eps), frozen)
 
 
 def _group_norm(x, groups, weight, bias, eps):
@@ -432,13 +516,13 @@ def _group_norm(x, groups, weight, bias, eps):
     mean, var = _stats(xg, [2])
     mean = mean.reshape(n, groups, 1).expand(n, groups, c // groups).reshape(n, c, *([1] * (x.dim() - 2)))
     var = var.reshape(n, groups, 1).expand(n, groups, c // groups).reshape(n, c, *([1] * (x.dim() - 2)))
-    return _gain_shift(x, mean, var, weight, bias, eps)
+    return (*_gain_shift(x, mean, var, weight, bias, eps), True)
 
 
 def _layer_norm(x, normalized_shape, weight, bias, eps):
     dims = list(range(x.dim() - len(normalized_shape), x.dim()))
     mean, var = _stats(x, dims)
-    return _gain_shift(x, mean, var, weight, bias, eps)
+    return (*_gain_shift(x, mean, var, weight, bias, eps), True)
 
 
 def _rms_norm(x, normalized_shape, weight, eps):
@@ -447,7 +531,7 @@ def _rms_norm(x, normalized_shape, weight, eps):
     gain = torch.rsqrt(x.pow(2).mean(dim=dims, keepdim=True) + eps)
     if weight is not None:
         gain = gain * weight
-    return gain.detach(), None
+    return gain.detach(), None, True
 
 
 def _bn_module(b, x):
@@ -708,7 +792,7 @@ for _fns, _rule in [
     (_functions("cat concat concatenate stack hstack vstack", torch), Offset(positions=(0,), keys=("tensors",))),
     (_functions("add", torch) + [operator.add, operator.iadd], Sum(negate_second=False)),
     (_functions("sub subtract", torch) + [operator.sub, operator.isub], Sum(negate_second=True)),
-    (_functions("where", torch), Offset(positions=(1, 2), keys=("input", "other"))),
+    (_functions("where", torch), Select()),
     (_functions("pad"), Offset(positions=(3,), keys=("value",))),
     (_functions("mul multiply", torch) + [operator.mul, operator.imul], PRODUCT),
     (_functions("div divide true_divide", torch) + [operator.truediv, operator.itruediv], DIVISION),

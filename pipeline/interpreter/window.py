@@ -7,11 +7,13 @@ inside the window every intermediate perturbation is the same as on the whole im
 which is what the window's zero padding supplies.
 
 The radius is derived from the model itself, not from a table: a *support pass* pushes non-negative
-one-hot probes through the network with every mask opened (units and norms pass everything, convolutions
-use |W|, max-pools pool over their whole window, see `Rule.support`), and the radius is the largest distance,
-in input pixels, between a probe and any feature-map pixel it reaches, over every layer. Probes at every
-phase of the network's total stride are used. Global operations (flatten + linear, global pooling) reach
-the border of their feature map and make the radius None: such networks use the whole image.
+one-hot probes through the network with every mask, gate, switch and comparison opened (units and norms
+pass everything, convolutions use |W|, max-pools pool over their whole window, products count their static
+factors as ones, sums and `where` take the union of their terms, see `Rule.support`), and the radius is the
+largest distance, in input pixels, between a probe and any feature-map pixel it reaches, over every layer.
+Probes sit at the centre, the corners and the edge midpoints, at every phase of the network's total stride.
+Where no bound can be established (global operations such as flatten + linear or global pooling, circular
+padding, indices frozen at x0) the radius is None and columns are computed on the whole image.
 """
 from __future__ import annotations
 
@@ -65,45 +67,85 @@ def alignment(geometry) -> tuple[int, int]:
     return ay, ax
 
 
+#: probes per support pass (each probe costs one full-image pass of the frozen network; a batch holds their
+#: feature maps at once, so it stays small for large images)
+PROBE_BATCH = 4
+
+
+def probe_pixels(H: int, W: int, ay: int, ax: int) -> list[tuple[int, int]]:
+    """Input pixels the support pass starts from: every stride phase (ay·ax pixels of one aligned cell) at the
+    centre, the four corners and the four edge midpoints of an H×W input."""
+    ys = sorted({0, (H // 2) // ay * ay, (H - ay) // ay * ay})
+    xs = sorted({0, (W // 2) // ax * ax, (W - ax) // ax * ax})
+    return [(by + ky, bx + kx) for by in ys for bx in xs for ky in range(ay) for kx in range(ax)]
+
+
+def _frozen_structure(li) -> str | None:
+    """Where a linear operation's structure depends on values frozen at x0 (indices computed from the input,
+    e.g. gathers by an argsort), which the support pass cannot open: the site's location, else None."""
+    for node, site in li.sites.items():
+        if not site.rule.opens_static and any(n in li.frozen for n in node.all_input_nodes):
+            return site.where
+    return None
+
+
 def receptive_radius(li) -> int | None:
+    """The receptive radius (input pixels) of the frozen network, or None where no bound can be established.
+
+    Non-negative one-hot probes (see `probe_pixels`) go through the network with every mask, gate, switch and
+    comparison opened (`Rule.support`); every feature map reports, per probe, the box it reaches, mapped back to
+    input pixels. A reach that stops at a border of the feature map is cut by the image: it is trusted only
+    when it is not farther from its probe than the largest reach seen away from the borders (so the network
+    reaches no farther near a border than in the interior; a probe at the centre that reaches a border, a
+    global operation, circular padding and wrap-arounds give None). None too for networks that are not
+    stacks of 4-D feature maps (see `_geometry`), for operations indexed by values frozen at x0, and when the
+    support pass fails.
+    """
     geometry = _geometry(li)
-    if geometry is None:
+    if geometry is None or _frozen_structure(li) is not None:
         return None
     H, W = li.x0.shape[2:]
     ay, ax = alignment(geometry)
     if ay > H // 2 or ax > W // 2:
         return None
-    steps = max(ay, ax)
-    cy, cx = (H // 2) // ay * ay, (W // 2) // ax * ax
-    probes = [(cy + k % ay, cx + k % ax) for k in range(steps)]
-    v = torch.zeros((len(probes), *li.x0.shape[1:]), dtype=li.x0.dtype, device=li.x0.device)
-    for i, (py, px) in enumerate(probes):
-        v[i, :, py, px] = 1.0
-    radius = [0]
-    touches = [False]
+    probes = probe_pixels(H, W, ay, ax)
+    free, cut = [0], []  # reaches away from the borders; (distance, probe) of reaches stopped by a border
 
-    def observe(node, out):
-        if not isinstance(out, torch.Tensor) or out.dim() != 4:
-            return
-        h, w = out.shape[2:]
-        sy, ey, sx, ex = geometry[(h, w)]
-        reach = out.abs().sum(1) > 0  # (P, h, w)
-        for i, (py, px) in enumerate(probes):
-            rows = torch.nonzero(reach[i].any(1)).flatten()
-            cols = torch.nonzero(reach[i].any(0)).flatten()
-            if rows.numel() == 0:
-                continue
-            r0, r1, c0, c1 = rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()
-            if r0 == 0 or c0 == 0 or r1 == h - 1 or c1 == w - 1:
-                touches[0] = True
-            # map rows back to input pixels (padding taken as symmetric, hence the +1 margin below)
-            lo_y, hi_y = math.floor((r0 - ey / 2) / sy), math.ceil((r1 + 1 - ey / 2) / sy) - 1
-            lo_x, hi_x = math.floor((c0 - ex / 2) / sx), math.ceil((c1 + 1 - ex / 2) / sx) - 1
-            radius[0] = max(radius[0], py - lo_y, hi_y - py, px - lo_x, hi_x - px)
+    def observe(part):
+        def record(node, out):
+            if not isinstance(out, torch.Tensor) or out.dim() != 4:
+                return
+            h, w = out.shape[2:]
+            sy, ey, sx, ex = geometry[(h, w)]
+            reach = out.any(1)  # (P, h, w): 0/1 indicators
+            for i, (py, px) in enumerate(part):
+                rows = torch.nonzero(reach[i].any(1)).flatten()
+                cols = torch.nonzero(reach[i].any(0)).flatten()
+                if rows.numel() == 0:
+                    continue
+                r0, r1, c0, c1 = rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()
+                # map rows back to input pixels (padding taken as symmetric, hence the +1 margin below)
+                lo_y, hi_y = math.floor((r0 - ey / 2) / sy), math.ceil((r1 + 1 - ey / 2) / sy) - 1
+                lo_x, hi_x = math.floor((c0 - ex / 2) / sx), math.ceil((c1 + 1 - ex / 2) / sx) - 1
+                for distance, at_border in ((py - lo_y, r0 == 0), (hi_y - py, r1 == h - 1),
+                                            (px - lo_x, c0 == 0), (hi_x - px, c1 == w - 1)):
+                    (cut.append((distance, (py, px))) if at_border else free.append(distance))
+        return record
 
-    with torch.no_grad():
-        li._forward(v, method="support", observe=observe)
-    return None if touches[0] else int(radius[0]) + 1
+    try:
+        with torch.no_grad():
+            for start in range(0, len(probes), PROBE_BATCH):
+                part = probes[start:start + PROBE_BATCH]
+                v = torch.zeros((len(part), *li.x0.shape[1:]), dtype=li.x0.dtype, device=li.x0.device)
+                for i, (py, px) in enumerate(part):
+                    v[i, :, py, px] = 1.0
+                li._forward(v, method="support", observe=observe(part))
+    except Exception:  # a custom operation without a support pass: no bound, so no windows (never a truncation)
+        return None
+    bound = max(free)
+    if any(distance > bound for distance, _ in cut):
+        return None
+    return int(bound) + 1
 
 
 @dataclass(frozen=True)
@@ -172,11 +214,11 @@ def make_window(li, box) -> Window | None:
     oh, ow = out.shape[2:]
     oy0, ox0, ohh, oww = boxes[(oh, ow)]
     window = Window(li, (y0, x0, y1 - y0, x1 - x0), (oy0, ox0, ohh, oww), sites, statics)
-    checked = li.__dict__.setdefault("_checked_window_sizes", set())
-    if (y1 - y0, x1 - x0) not in checked:  # sizes follow from the window's size alone
-        _check_shapes(window, boxes)
-        checked.add((y1 - y0, x1 - x0))
-    return window
+    fits = li.__dict__.setdefault("_window_sizes_fit", {})
+    size = (y1 - y0, x1 - x0)
+    if size not in fits:  # sizes follow from the window's size alone
+        fits[size] = _shapes_fit(window, boxes) and _reproduces(window, top, left)
+    return window if fits[size] else _full(li)  # operations that do not commute with cropping: the whole image
 
 
 def _full(li) -> Window:
@@ -185,8 +227,26 @@ def _full(li) -> Window:
     return Window(li, (0, 0, H, W), (0, 0, oh, ow), li.sites, li.static)
 
 
-def _check_shapes(window: Window, boxes: dict):
-    """Every feature map of the window must have the size of its cropped box (else the network has
+def _reproduces(window: Window, top: int, left: int, rtol: float = 1e-5) -> bool:
+    """Whether the window gives the whole image's column of input pixel (0, top, left), inside its output box
+    and (zero) outside it. Operations that keep sizes but do not commute with cropping (interpolation with
+    align_corners=True, whose sampling grid depends on the map's size) fail it."""
+    li = window.li
+    e = torch.zeros((1, *li.x0.shape[1:]), dtype=li.x0.dtype, device=li.x0.device)
+    e[0, 0, top, left] = 1.0
+    iy, ix, ih, iw = window.in_box
+    oy, ox, oh, ow = window.out_box
+    with torch.no_grad():
+        full = li._forward(e)
+        part = li._forward(e[:, :, iy:iy + ih, ix:ix + iw], sites=window.sites, statics=window.statics)
+    scale = float(full.abs().max())
+    inside = full[:, :, oy:oy + oh, ox:ox + ow]
+    outside = full.abs().sum() - inside.abs().sum()
+    return bool((part - inside).abs().max() <= rtol * scale and outside <= rtol * scale)
+
+
+def _shapes_fit(window: Window, boxes: dict) -> bool:
+    """Whether every feature map of the window has the size of its cropped box (not so when the network has
     operations, e.g. fixed output sizes, that do not commute with cropping)."""
     li = window.li
     bad = []
@@ -199,7 +259,9 @@ def _check_shapes(window: Window, boxes: dict):
 
     v = torch.zeros((1, li.x0.shape[1], window.in_box[2], window.in_box[3]), dtype=li.x0.dtype,
                     device=li.x0.device)
-    with torch.no_grad():
-        li._forward(v, sites=window.sites, statics=window.statics, observe=observe)
-    if bad:
-        raise InputError(f"the network cannot be cropped to windows ({bad[0]})")
+    try:
+        with torch.no_grad():
+            li._forward(v, sites=window.sites, statics=window.statics, observe=observe)
+    except RuntimeError:  # sizes that do not broadcast or concatenate inside the window
+        return False
+    return not bad

@@ -30,10 +30,11 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Filled in by the training work when a file is committed; None = no file yet (build(name) then fails clearly).
 TRAINED_SHA256: dict[str, str | None] = {
     "pixelshuffle-x4": "b5d6b7e60d5175a9639f69102c6f139f918812217b7ebf9314f005cacffb4d0e",
-    "edsr-small-x4": "b302b3835aa85a532c72cb438c4ccc7c618aba35cd6523c89a76b70b681c926a",
-    "i2i-small": "885bd8bd3581c0df93cbe8fde2dda763e17d931428863d564585fc4e2ed4f490",
-    "digits-vgg": "e2c60696697b2635b1d8fc713116e3a47f0e0cebd123b886108f1cd20aead7ee",
-    "digits-vgg-bn": "9cc2932c5cdaa428b9d4a002c11a26be65ed99c0847825632c10e60825ef18c9",
+    "edsr-small-x4": "81db36b5d34ddd72f3af34329bc69bbd5000c3998f3f90c897bc4c73a078468e",
+    "i2i-woodcut": "ac27d2adb9de832dc0df9d007b64080a923c423f6dde82e894ab6d2c60f4258e",
+    "i2i-label": "78ddb35181a237a3370b11280990c809ea4d91bf65c446e7e6593f99f9d91e61",
+    "digits-vgg": "06f2ed484a9d796cbbd828f97e54b711dbd7340682f2c6460d2be07dd18ed52e",
+    "digits-vgg-bn": "9d3af9065c41ee88f1f13c477ee8f282792c2f49bf39e4344b78ddbfe893262c",
 }
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -72,6 +73,8 @@ class ModelSpec:
     ``value_range``: the (lo, hi) that pixel values 0 and 255 map to, for the input and for image outputs.
     ``min_size`` / ``multiple`` / ``fixed_size``: constraints on the input height and width in pixels.
     ``weights``: default weights source: an official URL, ``PROJECT``, ``NO_PARAMETERS``, or None (none published).
+    ``preprocess``: how a classifier's image files become inputs (``pipeline.preprocess``): 'photo' (resize and
+    centre crop) or 'drawing' (a light figure on a dark plain background: polarity, letterbox fit, levels).
     """
 
     name: str
@@ -85,6 +88,7 @@ class ModelSpec:
     min_size: int = 1
     multiple: int = 1
     fixed_size: tuple[int, int] | None = None
+    preprocess: str = "photo"
 
     @property
     def in_channels(self) -> int:
@@ -125,10 +129,6 @@ def _specs() -> list[ModelSpec]:
         specs.append(ModelSpec(f"cyclegan-{name}", "i2i", 1, "rgb", (-1.0, 1.0),
                                f"CycleGAN ResNet-9 generator {name}, RGB in [−1, 1]", ResnetGenerator,
                                weights=CYCLEGAN_URL.format(name), multiple=4, min_size=8))
-    specs.append(ModelSpec("i2i-small", "i2i", 1, "rgb", (-1.0, 1.0),
-                           "ResNet generator (ngf 16, 4 blocks) trained by linterp, RGB in [−1, 1]",
-                           functools.partial(ResnetGenerator, 3, 3, 16, 4), weights=PROJECT, multiple=4,
-                           min_size=8))
     for style, bundle in (("paint", "VanGogh"), ("woodcut", "Ukiyoe"), ("label", "Photo2Label")):
         specs.append(ModelSpec(f"i2i-{style}", "i2i", 1, "rgb", (-1.0, 1.0),
                                f"CycleGAN ResNet generator (ngf 24, 6 blocks) trained by linterp on photo → {style}, "
@@ -144,7 +144,7 @@ def _specs() -> list[ModelSpec]:
         specs.append(ModelSpec(name, "classify", 1, "gray", (0.0, 1.0),
                                f"small VGG{' with batch norm' if bn else ''} for scikit-learn digits, 32×32 gray in "
                                f"[0, 1], trained by linterp", functools.partial(DigitsVGG, bn), weights=PROJECT,
-                               fixed_size=(32, 32)))
+                               fixed_size=(32, 32), preprocess="drawing"))
     return specs
 
 

@@ -153,28 +153,6 @@ def normalise(img: np.ndarray, spread: float = 0.2, min_std: float = 0.01) -> np
     return np.clip(0.5 + spread * centred / max(centred.std(), min_std), 0.0, 1.0)
 
 
-def mosaic(img: np.ndarray, segment_area: int = 256, compactness: float = 10.0) -> np.ndarray:
-    """The mosaic target of a photo (H, W, 3) in [0, 1] -> float32 (H, W, 3) in [0, 1]: the photo is
-    `normalise`d, cut into SLIC superpixels (`skimage.segmentation.slic` on the normalised image, about one
-    segment per `segment_area` pixels, `compactness`, `start_label=0`), and each superpixel filled with its
-    mean normalised colour."""
-    from skimage.color import label2rgb
-    from skimage.segmentation import slic
-
-    z = normalise(img)
-    n_segments = max(1, round(img.shape[0] * img.shape[1] / segment_area))
-    labels = slic(z, n_segments=n_segments, compactness=compactness, start_label=0)
-    return label2rgb(labels, z, kind="avg", bg_label=-1).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def mosaic_pair(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(photo, `mosaic(photo)`) of one photo, both (1, 3, H, W) in [0, 1], H and W cropped to multiples of 4."""
-    img = load_photo(name)
-    img = img[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
-    return to_tensor(img), to_tensor(mosaic(img))
-
-
 def random_crops(pairs, batch: int, size: int, scale: int, rng: np.random.Generator):
     """A batch of aligned random crops with random flips and 90° turns.
 
@@ -221,3 +199,34 @@ def digits_split(test_fraction: float = 0.25, seed: int = 0):
     idx = np.arange(len(y))
     train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=data.target)
     return (x[train], y[train]), (x[test], y[test])
+
+
+@functools.lru_cache(maxsize=None)
+def digits_8x8(test_fraction: float = 0.25, seed: int = 0):
+    """The same split as `digits_split`, before upsampling: ((x_train, y_train), (x_test, y_test)) with x
+    (N, 1, 8, 8) float32 in [0, 1] (0..16 divided by 16). Bilinear 4x upsampling gives `digits_split` exactly."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = torch.from_numpy(data.images.astype(np.float32) / 16.0)[:, None]
+    y = torch.from_numpy(data.target.astype(np.int64))
+    train, test = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed,
+                                   stratify=data.target)
+    return (x[train], y[train]), (x[test], y[test])
+
+
+#: Fraction of the digits training images held out as a validation set when training settings are chosen
+#: (`Digits(validation=True)` trains on the rest; the test split is never used to choose anything).
+DIGITS_VALIDATION_FRACTION = 0.2
+
+
+@functools.lru_cache(maxsize=None)
+def digits_validation_split(fraction: float = DIGITS_VALIDATION_FRACTION, seed: int = 0):
+    """The 8x8 training images of `digits_8x8` split again into ((x_fit, y_fit), (x_val, y_val)), stratified,
+    `random_state=seed`; the test split is not touched."""
+    from sklearn.model_selection import train_test_split
+
+    (x, y), _ = digits_8x8()
+    fit, val = train_test_split(np.arange(len(y)), test_size=fraction, random_state=seed, stratify=y.numpy())
+    return (x[fit], y[fit]), (x[val], y[val])

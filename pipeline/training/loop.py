@@ -37,7 +37,8 @@ def train(recipe: Recipe, out: Path, steps: int | None = None, seed: int | None 
     """Train `recipe` for `steps` (default: the recipe's) and save the float32 state dict to `out`.
 
     Resumes from `checkpoint_path(out)` when it holds a run with the same name, seed and steps; deletes
-    it when done. Returns {"steps", "seconds", "losses"} where losses are the per-step training losses of
+    it when done. Returns {"steps", "seconds", "cpu_seconds", "losses"} (wall and CPU time of this process,
+    all threads) where losses are the per-step training losses of
     this process (wall time counts only this process too).
     """
     steps = recipe.steps if steps is None else int(steps)
@@ -54,14 +55,20 @@ def train(recipe: Recipe, out: Path, steps: int | None = None, seed: int | None 
     identity = {"name": recipe.name, "seed": seed, "steps": steps}
     ckpt = checkpoint_path(out)
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        try:
+            state = torch.load(ckpt, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch.load raises many kinds on damaged or foreign files
+            state = err
+        if not isinstance(state, dict) or "identity" not in state:
+            raise ValueError(f"{ckpt}: not a checkpoint of `linterp train` ({type(state).__name__}); "
+                             f"delete it to start over")
         if state["identity"] == identity:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             sched.load_state_dict(state["sched"])
             start = state["step"]
     losses = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with stage(steps, f"train {recipe.name}", unit="steps", enabled=progress, initial=start) as bar:
         for k in range(start, steps):
             torch.manual_seed(seed * 1_000_003 + k)  # dropout masks of step k
@@ -81,4 +88,5 @@ def train(recipe: Recipe, out: Path, steps: int | None = None, seed: int | None 
     _save_atomic({k: v.detach().float().contiguous() if v.is_floating_point() else v
                   for k, v in model.state_dict().items()}, out)
     ckpt.unlink(missing_ok=True)
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "losses": losses}
+    return {"steps": steps, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
+            "losses": losses}

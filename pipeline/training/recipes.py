@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from pipeline.training import data
-from pipeline.training.tasks import Digits, Mosaic, SuperResolution, Translation
+from pipeline.training.tasks import Digits, SuperResolution, Translation
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            target=("gain", 0.3)),
     Recipe("edsr-small-x4", SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=48, batch=8),
            steps=5000, lr=6e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
-    Recipe("i2i-small", Mosaic(patch=64, batch=8), steps=1000, lr=1e-3, target=("reduction", 0.3)),
-    Recipe("i2i-paint", Translation("paint"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
+    Recipe("i2i-paint", Translation("paint"), steps=3600, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-woodcut", Translation("woodcut"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-label", Translation("label"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
-    Recipe("digits-vgg", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
-    Recipe("digits-vgg-bn", Digits(batch=64), steps=1000, lr=1e-3, target=("accuracy", 0.95)),
+    Recipe("digits-vgg", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
+    Recipe("digits-vgg-bn", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
 )}
 
 

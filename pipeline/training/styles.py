@@ -91,7 +91,8 @@ def smear(img: np.ndarray, ty: np.ndarray, tx: np.ndarray, length: int) -> np.nd
 
 def paint(photo: np.ndarray) -> np.ndarray:
     """The painterly target (see the module docstring): Kuwahara radius 3, strokes of length 2·5+1 along
-    the edges, then saturation ×1.6 around the luma and a split tone (shadows bluer, lights yellower)."""
+    the edges, then saturation ×1.6 around the luma and a split tone (shadows bluer, lights yellower), squeezed
+    into (0.03, 0.97) by `soft_range`."""
     z = normalise(photo)
     k = kuwahara(z, 3)
     ty, tx = edge_tangent(luminance(k))
@@ -99,7 +100,14 @@ def paint(photo: np.ndarray) -> np.ndarray:
     lum = luminance(s)[..., None]
     s = lum + 1.6 * (s - lum)
     s = s + (lum - 0.5) * np.array([0.35, 0.2, -0.45])
-    return np.clip(s, 0.0, 1.0).astype(np.float32)
+    return soft_range(s).astype(np.float32)
+
+
+def soft_range(a: np.ndarray, margin: float = 0.03) -> np.ndarray:
+    """Values squeezed smoothly into (margin, 1 - margin): 0.5 + h·tanh((a - 0.5) / h), h = 0.5 - margin
+    (slope 1 at 0.5; no hard clipping, which a generator ending in tanh can only approach)."""
+    h = 0.5 - margin
+    return 0.5 + h * np.tanh((a - 0.5) / h)
 
 
 #: Grey levels per channel of the woodcut target.

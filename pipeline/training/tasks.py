@@ -2,9 +2,8 @@
 
 A task turns data from `pipeline.training.data` into (input, target) batches in the model's own units:
 - `SuperResolution`: LR -> HR patches, on Y in [0, 1] (1 channel) or RGB in [0, rgb_range] (3 channels).
-- `Mosaic`: photo -> normalised superpixel mosaic, RGB in [-1, 1] (CycleGAN's convention).
-- `Translation`: photo -> one of the styles of `pipeline.training.styles`, RGB in [-1, 1].
-- `Digits`: (N, 1, 32, 32) images in [0, 1] -> class indices.
+- `Translation`: photo -> one of the styles of `pipeline.training.styles`, RGB in [-1, 1] (CycleGAN's convention).
+- `Digits`: (N, 1, 32, 32) images in [0, 1] (8×8 digits rendered by `render`) -> class indices.
 """
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.training import data
+from pipeline.training import data, render
 
 
 @dataclass(frozen=True)
@@ -47,30 +46,6 @@ class SuperResolution:
         """Mean absolute error in [0, 1] units (EDSR's L1 loss)."""
         scale = 1.0 if self.channels == 1 else self.rgb_range
         return F.l1_loss(model(x), target) / scale
-
-
-@dataclass(frozen=True)
-class Mosaic:
-    """Photo -> `data.mosaic` of that photo, RGB in [-1, 1]: random crops (with flips and turns) of
-    `photos`, each crop's mosaic made from the crop alone (the model sees nothing else)."""
-
-    patch: int = 64
-    batch: int = 8
-    photos: tuple[str, ...] = data.TRAIN_PHOTOS
-
-    @staticmethod
-    def to_model(rgb: torch.Tensor) -> torch.Tensor:
-        return rgb * 2 - 1
-
-    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        photos = [data.to_tensor(data.load_photo(name)) for name in self.photos]
-        x, _ = data.random_crops([(p, p) for p in photos], self.batch, self.patch, 1, rng)
-        y = torch.stack([data.to_tensor(data.mosaic(crop.permute(1, 2, 0).numpy()))[0] for crop in x])
-        return self.to_model(x), self.to_model(y)
-
-    def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """L1 in [-1, 1] units (pix2pix's reconstruction loss, without the adversarial term)."""
-        return F.l1_loss(model(x), target)
 
 
 @dataclass(frozen=True)
@@ -107,14 +82,28 @@ class Translation:
 
 @dataclass(frozen=True)
 class Digits:
-    """scikit-learn digits (`data.digits_split`), cross-entropy on the 10 logits."""
+    """scikit-learn digits, cross-entropy on the 10 logits.
+
+    Batches of `batch` training images drawn without replacement; with `augment`, each 8×8 digit is rendered
+    by `render.augment` (upsampling method, size, stroke thickness, rotation, shift, 8 bits, levels), else it
+    is the bilinear 32×32 image of `data.digits_split`. With `validation`, only the training images outside
+    `data.digits_validation_split`'s validation part are drawn (to choose settings without the test split).
+    """
 
     batch: int = 64
+    augment: bool = False
+    validation: bool = False
+
+    def images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 8×8 digits (N, 1, 8, 8) and labels this task trains on."""
+        return data.digits_validation_split()[0] if self.validation else data.digits_8x8()[0]
 
     def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        (x, y), _ = data.digits_split()
+        x8, y = self.images()
         idx = torch.from_numpy(rng.choice(len(y), size=self.batch, replace=False))
-        return x[idx], y[idx]
+        if self.augment:
+            return render.augment(x8[idx], rng), y[idx]
+        return render.upsample(x8[idx], render.SIDE, "bilinear"), y[idx]
 
     def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(x), target)

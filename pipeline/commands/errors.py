@@ -1,0 +1,34 @@
+"""One-line error messages for the command line."""
+from __future__ import annotations
+
+import click
+
+
+def one_line(err: BaseException) -> str:
+    """The first non-empty line of an error's message, or its type's name when the message is empty."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def click_error(err: BaseException) -> click.ClickException:
+    """A ClickException (exit 1, ``Error: <one line>``) for an error of bad input."""
+    return click.ClickException(one_line(err))
+
+
+def writable_file(path, what: str = "--out") -> None:
+    """Fail early (ClickException, one line) when ``path`` cannot be written as a file: it is a folder, or its
+    folder cannot be created or written. Creates the missing folders."""
+    import os
+    import uuid
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise click.ClickException(f"{what} {path} is a folder, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        probe.write_bytes(b"")
+        os.unlink(probe)
+    except OSError as err:
+        raise click.ClickException(f"{what} {path}: cannot write there ({err.strerror or one_line(err)})") from None

@@ -1,0 +1,99 @@
+"""Videos of linterp stores: a walk of columns and rows across the image, then the eigen-images, with subtitles.
+
+``write_video(stores, "walk.mp4")`` shows several stores of one image side by side with a shared cursor (the
+site's signed colour scale and legend) and writes an H.264 MP4 with an English ``mov_text`` subtitle track
+(GIF when the name ends in ``.gif``). The parts, one job each:
+
+- :mod:`~pipeline.export.video.walk` plans the cursor's path from the image (edge, flat area, texture);
+- :mod:`~pipeline.export.video.story` decides what each frame shows and writes the subtitles from the stores;
+- :mod:`~pipeline.export.video.frames` renders a frame;
+- :mod:`~pipeline.export.video.subtitles` formats cues (WebVTT, SubRip);
+- :mod:`~pipeline.export.video.encode` pipes the frames through imageio-ffmpeg's binary.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.export import render
+from pipeline.export.site import check_same_image
+from pipeline.export.video import encode, subtitles
+from pipeline.export.video.frames import Layout, Renderer
+from pipeline.export.video.story import model_names, tell
+from pipeline.progress import progress as progress_bar
+from pipeline.store import open_store
+
+#: default frame rates: MP4, GIF (GIF frames cost far more bytes)
+FPS = {"mp4": 30, "gif": 10}
+#: frames sampled to make a GIF's palette
+PALETTE_SAMPLES = 16
+
+
+class VideoError(ValueError):
+    """Stores that cannot be shown in a video (one line)."""
+
+
+def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None = None, zoom: int | None = None,
+                lossless: bool = False, subtitles_out=None, still=None, names: list[str] | None = None,
+                notes: tuple[str, ...] = (), progress: bool = True) -> dict:
+    """Write the video of ``store_paths`` (complete stores of one image) to ``out``.
+
+    ``duration`` seconds at ``fps`` frames per second (default 30 for MP4, 10 for GIF); ``zoom``: screen pixels
+    per output pixel (default: frames about 1280 px wide); ``lossless``: ``libx264rgb -qp 0`` (exact RGB);
+    ``subtitles_out``: also write the cues to this .vtt / .srt file; ``still``: also write one frame (the
+    middle of the walk of columns, with its exact colours and its subtitle drawn in) to this PNG file;
+    ``names``: the models' names in the subtitles and over the panels (with the model's registry name when it
+    differs); ``notes``: sentences for the first cue. Returns {"path", "frames", "duration", "size" (H, W), "cues",
+    "seconds"}.
+    """
+    t0 = time.perf_counter()
+    stores = [open_store(p, require_complete=True) for p in store_paths]
+    if not stores:
+        raise VideoError("no store given")
+    check_same_image(stores)
+    for s in stores:
+        if s.out_shape[1:] == (1, 1):
+            raise VideoError(f"{s.path}: its output is a vector (a classifier), not an image; "
+                             f"use `linterp classify` for classifiers")
+    if duration <= 0 or (fps is not None and fps <= 0):
+        raise VideoError("--duration and --fps must be positive")
+    out = Path(out)
+    gif = out.suffix.lower() == ".gif"
+    fps = fps or FPS["gif" if gif else "mp4"]
+    encode.ffmpeg_exe()  # fail in one line before any work
+    models = model_names(stores)
+    names = list(names or models)
+    if len(names) != len(stores):
+        raise VideoError(f"{len(names)} names for {len(stores)} stores")
+    story = tell(stores, duration=duration, fps=fps, names=names, notes=tuple(notes))
+    subtitles.check(story.cues, story.duration)
+    layout = Layout(stores, zoom)
+    titles = [n if n == m else f"{n} ({m})" for n, m in zip(names, models)]
+    renderer = Renderer(stores, layout, titles)
+
+    def frames():
+        with progress_bar(len(story.views), "video frames", unit="frames", enabled=progress) as bar:
+            for view, heading in zip(story.views, story.headings):
+                yield renderer.render(view, heading)
+                bar.update()
+
+    if gif:
+        sample = np.linspace(0, len(story.views) - 1, min(PALETTE_SAMPLES, len(story.views))).round().astype(int)
+        palette = [renderer.render(story.views[i], story.headings[i]) for i in sample]
+        count = encode.write_gif(out, frames(), layout.size, fps, palette)
+    else:
+        count = encode.write_mp4(out, frames(), layout.size, fps, subtitles.webvtt(story.cues), lossless=lossless)
+    if subtitles_out is not None:
+        subtitles.write(subtitles_out, story.cues)
+    if still is not None:
+        walked = [i for i, v in enumerate(story.views) if v.part == "columns"] or [0]
+        i = walked[len(walked) // 2]
+        cue = next(c for c in story.cues if c.start <= i / fps < c.end)
+        lines = subtitles.wrap(cue.text).split("\n")
+        frame = renderer.caption(renderer.render(story.views[i], story.headings[i]), lines)
+        Path(still).parent.mkdir(parents=True, exist_ok=True)
+        Path(still).write_bytes(render.png_bytes(frame))
+    return {"path": out, "frames": count, "duration": story.duration, "size": layout.size,
+            "cues": len(story.cues), "seconds": time.perf_counter() - t0}

@@ -1,0 +1,309 @@
+"""The frame renderer: several stores of one image side by side, with a shared cursor, on the site's colour scale.
+
+A frame (H × W × 3 uint8, both even) is, top to bottom: a title bar; a row of panels (the input x0 in natural
+colours with the cursor, then one panel per store); under each store's panel the legend of the site's signed
+colour scale (:func:`pipeline.export.render.diverging_lut`, each plane at ± its own largest |value|, as the
+site's per-filter normalisation); and an empty band at the bottom where players draw the subtitles, so that they
+never cover a panel. The cursor's position is also marked by ticks in the margins above and left of every
+store's panel (never on the panel, whose pixels are exactly the colour-mapped plane).
+
+What a panel shows (:class:`View`): ``outputs`` f(x0) in natural colours; ``columns`` the column of the input
+pixel under the cursor (over the output domain); ``rows`` the row of the output pixel under the cursor (over the
+input domain); ``eigen-inputs`` / ``eigen-outputs`` v_k / u_k. Filters and eigen-images are shown for the white
+impulse summed over colours: Σ over the source channels, then Σ over the target channels (the site's Σ → Σ).
+Planes are resized to the panel by pixel replication (nearest neighbour), so one data pixel is a block of
+``zoom`` × ``zoom`` screen pixels; panels start on even coordinates so 4:2:0 chroma never mixes two data pixels
+when ``zoom`` is even.
+"""
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.export import render
+from pipeline.export.site import read_source_chunk
+from pipeline.export.video.walk import to_pixels
+from pipeline.store import Store
+
+MARGIN, TITLE, LABEL, LEGEND, SUBTITLE_BAND = 16, 36, 28, 44, 80
+CURSOR = (255, 176, 0)
+TEXT, MUTED, BACKGROUND = (235, 235, 235), (160, 160, 160), (18, 18, 18)
+MAX_WIDTH = 1280
+
+
+@dataclass(frozen=True)
+class View:
+    """What one frame shows: ``part`` ("outputs", "columns", "rows", "eigen-inputs" or "eigen-outputs"), the
+    cursor ``position`` (y, x) in input pixels (continuous; None: no cursor) and the eigen index ``k`` (0-based)
+    for the eigen parts."""
+
+    part: str
+    position: tuple[float, float] | None = None
+    k: int = 0
+
+
+def sigma_plane(planes: np.ndarray) -> np.ndarray:
+    """(C, h, w) -> (h, w): the sum over channels (the site's Σ), or the only channel."""
+    return planes.sum(axis=0)
+
+
+class PlaneReader:
+    """Σ → Σ columns and rows of one store, read one source chunk of F at a time (the walk stays in a chunk for
+    several frames; the last ``cached`` chunks are kept)."""
+
+    def __init__(self, store: Store, cached: int = 12):
+        self.store = store
+        self.regions = store.stored_shards()
+        self.cache: OrderedDict = OrderedDict()
+        self.cached = cached
+
+    def _chunk(self, kind: str, y: int, x: int):
+        F = self.store.F
+        src = (4, 5) if kind == "col" else (1, 2)
+        ch_y, ch_x = F.chunks[src[0]], F.chunks[src[1]]
+        cy, cx = y // ch_y * ch_y, x // ch_x * ch_x
+        key = (kind, cy, cx)
+        if key not in self.cache:
+            h, w = min(ch_y, F.shape[src[0]] - cy), min(ch_x, F.shape[src[1]] - cx)
+            block, offset = read_source_chunk(F, kind, cy, cx, h, w, self.regions)
+            # Σ over the source channels, then over the target channels: the site's Σ → Σ plane
+            self.cache[key] = (block.sum(axis=0).sum(axis=2), offset, (cy, cx))
+            while len(self.cache) > self.cached:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(key)
+        return self.cache[key]
+
+    def filter(self, kind: str, y: int, x: int) -> np.ndarray:
+        """The Σ → Σ ``kind`` ("col" or "row") of source pixel (y, x): (H_dst, W_dst) float32."""
+        planes, (oy, ox), (cy, cx) = self._chunk(kind, y, x)
+        dst = self.store.out_shape if kind == "col" else self.store.in_shape
+        out = np.zeros(dst[1:], np.float32)
+        p = planes[y - cy, x - cx]
+        out[oy:oy + p.shape[0], ox:ox + p.shape[1]] = p
+        return out
+
+
+#: ASCII stand-ins for the symbols the text uses, when no font with them is installed
+ASCII = str.maketrans({"σ": "s", "Σ": "S", "ᵀ": "T", "−": "-", "→": "->", "×": "x", "±": "+/-", "…": "..."})
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int):
+    """(font, has Greek and math symbols): DejaVu Sans when installed, else Pillow's built-in font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size), True
+    except OSError:
+        return ImageFont.load_default(size=size), False
+
+
+@functools.lru_cache(maxsize=1024)
+def _glyph(char: str, size: int) -> np.ndarray:
+    """The anti-aliased coverage (h, advance) uint8 of one character at ``size`` px, in a cell of the font's
+    full line height (so glyphs line up when put side by side)."""
+    from PIL import Image, ImageDraw
+
+    font, _ = _font(size)
+    ascent, descent = font.getmetrics()
+    width = max(1, int(round(font.getlength(char))))
+    img = Image.new("L", (width, ascent + descent), 0)
+    ImageDraw.Draw(img).text((0, 0), char, font=font, fill=255)
+    return np.asarray(img)
+
+
+@functools.lru_cache(maxsize=4096)
+def text_mask(text: str, size: int) -> np.ndarray:
+    """The coverage (h, w) uint8 of ``text``: its characters' glyphs side by side (no kerning)."""
+    if not _font(size)[1]:
+        text = text.translate(ASCII)
+    return np.concatenate([_glyph(ch, size) for ch in text or " "], axis=1)
+
+
+def draw_text(frame: np.ndarray, text: str, y: int, x: int, colour=TEXT, size: int = 15,
+              anchor: str = "left", max_width: int | None = None) -> None:
+    """Draw ``text`` with its top at row ``y``; ``anchor`` left / centre / right of column ``x``; text wider than
+    ``max_width`` is cut on the right."""
+    mask = text_mask(text, size)
+    if max_width is not None:
+        mask = mask[:, :max_width]
+    h, w = mask.shape
+    x0 = x if anchor == "left" else x - w // 2 if anchor == "centre" else x - w
+    y0 = y
+    ys, xs = slice(max(0, y0), min(frame.shape[0], y0 + h)), slice(max(0, x0), min(frame.shape[1], x0 + w))
+    m = mask[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0, None].astype(np.float32) / 255
+    region = frame[ys, xs].astype(np.float32)
+    frame[ys, xs] = np.rint(region * (1 - m) + np.array(colour, np.float32) * m).astype(np.uint8)
+
+
+def _natural_rgb(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (H, W, 3) uint8 through the site's natural-colour mapping (C not in {1, 3}: the mean)."""
+    q, _, _ = render.natural(image if image.shape[0] in (1, 3) else image.mean(0, keepdims=True))
+    return q if q.ndim == 3 else np.repeat(q[..., None], 3, axis=-1)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+class Layout:
+    """Where things are in a frame: ``panels[i]`` = (top, left) of panel i (0: the input, then one per store),
+    each ``panel`` = (height, width) screen pixels; ``size`` = (H, W) of the frame."""
+
+    def __init__(self, stores: list[Store], zoom: int | None = None):
+        h = max(s.out_shape[1] for s in stores)
+        w = max(s.out_shape[2] for s in stores)
+        n = len(stores) + 1
+        if zoom is None:
+            zoom = max(1, (MAX_WIDTH - MARGIN * (n + 1)) // (n * w))
+            zoom = zoom - zoom % 2 if zoom > 2 else zoom
+        self.zoom = zoom
+        self.panel = (h * zoom, w * zoom)
+        top = TITLE + LABEL
+        step = self.panel[1] + MARGIN + MARGIN % 2
+        self.panels = [(top, MARGIN + i * step) for i in range(n)]
+        height = top + self.panel[0] + LEGEND + SUBTITLE_BAND
+        width = MARGIN + n * step
+        self.size = (height + height % 2, width + width % 2)
+
+
+class Renderer:
+    """Render :class:`View` s of several stores of one image (the first store's x0 is the input panel);
+    ``titles``: the models' names over their panels."""
+
+    def __init__(self, stores: list[Store], layout: Layout, titles: list[str]):
+        self.stores, self.layout, self.titles = stores, layout, titles
+        self.readers = [PlaneReader(s) for s in stores]
+        self.lut = render.diverging_lut()
+        self.plan_shape = stores[0].in_shape[1:]
+        self.input_rgb = self._resize(_natural_rgb(stores[0].x0))
+        self.svd = [s.svd() if s.has_svd else None for s in stores]
+        self._last = None  # (key, frame) of the last frame rendered
+        bar = self.lut[np.linspace(1, 255, layout.panel[1]).round().astype(int)]
+        self.bar = np.repeat(bar[None], 8, axis=0)
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        """(h, w, ...) -> the panel size by pixel replication (nearest neighbour)."""
+        ph, pw = self.layout.panel
+        h, w = image.shape[:2]
+        if ph % h == 0 and pw % w == 0:
+            return np.repeat(np.repeat(image, ph // h, axis=0), pw // w, axis=1)
+        return image[np.arange(ph) * h // ph][:, np.arange(pw) * w // pw]
+
+    @functools.lru_cache(maxsize=8)
+    def _background(self, part: str) -> np.ndarray:
+        frame = np.empty(self.layout.size + (3,), np.uint8)
+        frame[...] = BACKGROUND
+        pw = self.layout.panel[1]
+        for i, (top, left) in enumerate(self.layout.panels):
+            label = "input x0" if i == 0 else self.titles[i - 1]
+            draw_text(frame, label, top - LABEL + 2, left, TEXT, 15, max_width=pw)
+        return frame
+
+    def pixel(self, i: int, view: View) -> tuple[int, int] | None:
+        """The source pixel (y, x) of store ``i`` under the cursor: an input pixel for columns, an output pixel
+        for rows; None for the other parts."""
+        if view.part not in ("columns", "rows"):
+            return None
+        store = self.stores[i]
+        grid = store.in_shape[1:] if view.part == "columns" else store.out_shape[1:]
+        y, x = to_pixels(np.array([view.position]), self.plan_shape, grid)[0]
+        return int(y), int(x)
+
+    def plane(self, i: int, view: View, pixel: tuple[int, int] | None) -> tuple[np.ndarray, str] | None:
+        """What store ``i``'s panel shows at ``pixel`` (see :meth:`pixel`): (values (h, w) float32, what) for
+        signed planes, or None when the store has nothing to show for this view (no SVD, or fewer pairs)."""
+        if view.part == "columns":
+            return self.readers[i].filter("col", *pixel), f"column of {pixel}"
+        if view.part == "rows":
+            return self.readers[i].filter("row", *pixel), f"row of {pixel}"
+        svd = self.svd[i]
+        if svd is None or view.k >= svd[0].shape[0]:
+            return None
+        S, U, V = svd
+        vec = V[view.k] if view.part == "eigen-inputs" else U[view.k]
+        name = "v" if view.part == "eigen-inputs" else "u"
+        return sigma_plane(vec), f"{name}{view.k + 1}, σ{view.k + 1} = {_fmt(float(S[view.k]))}"
+
+    def render(self, view: View, heading: str = "") -> np.ndarray:
+        """One frame (H, W, 3) uint8 of ``view``; ``heading`` is the title bar's text. Consecutive views that
+        show the same pixels give the same (read-only) array, rendered once: the walk lingers on each pixel
+        for a few frames at a steady pace."""
+        lay = self.layout
+        ph, pw = lay.panel
+        box = None
+        if view.position is not None:
+            grid = self.plan_shape if view.part == "columns" else max(
+                (s.out_shape[1:] for s in self.stores), key=lambda hw: hw[0] * hw[1])
+            y, x = to_pixels(np.array([view.position]), self.plan_shape, grid)[0]
+            box = (y * ph // grid[0], x * pw // grid[1], (y + 1) * ph // grid[0], (x + 1) * pw // grid[1])
+        pixels = [self.pixel(i, view) for i in range(len(self.stores))]
+        key = (view.part, view.k, heading, box, tuple(pixels))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        frame = self._background(view.part).copy()
+        draw_text(frame, heading, 10, MARGIN, TEXT, 17, max_width=lay.size[1] - 2 * MARGIN)
+        top, left = lay.panels[0]
+        frame[top:top + ph, left:left + pw] = self.input_rgb
+        if box is not None:
+            self._cursor(frame, top, left, box)
+        for i, pixel in enumerate(pixels):
+            top, left = lay.panels[i + 1]
+            legend = top + ph + 4
+            if view.part == "outputs":
+                frame[top:top + ph, left:left + pw] = self._resize(_natural_rgb(self.stores[i].y0))
+                draw_text(frame, "f(x0), natural colours", legend + 12, left, MUTED, 13, max_width=pw)
+                continue
+            shown = self.plane(i, view, pixel)
+            if shown is None:
+                draw_text(frame, "no SVD in this store", top + ph // 2 - 8, left + pw // 2, MUTED, 14, "centre")
+                continue
+            values, what = shown
+            scale = float(np.abs(values).max()) if values.size else 0.0
+            frame[top:top + ph, left:left + pw] = self._resize(render.colourise(values, scale, self.lut))
+            frame[legend:legend + 8, left:left + pw] = self.bar
+            draw_text(frame, f"-{_fmt(scale)}", legend + 10, left, MUTED, 12)
+            draw_text(frame, "0", legend + 10, left + pw // 2, MUTED, 12, "centre")
+            draw_text(frame, f"+{_fmt(scale)}", legend + 10, left + pw, MUTED, 12, "right")
+            draw_text(frame, what, legend + 22, left + pw // 2, TEXT, 12, "centre", max_width=pw)
+            if box is not None:
+                self._ticks(frame, top, left, box)
+        frame.flags.writeable = False
+        self._last = (key, frame)
+        return frame
+
+    def caption(self, frame: np.ndarray, lines: list[str]) -> np.ndarray:
+        """``frame`` with subtitle ``lines`` drawn into its subtitle band, as a player shows them (for stills)."""
+        frame = frame.copy()
+        y = self.layout.size[0] - SUBTITLE_BAND + 8
+        for line in lines[:3]:
+            draw_text(frame, line, y, self.layout.size[1] // 2, TEXT, 16, "centre")
+            y += 22
+        return frame
+
+    @staticmethod
+    def _cursor(frame, top, left, box) -> None:
+        """An amber outline one screen pixel outside the cursor's pixel box (y0, x0, y1, x1) on the input panel,
+        with cross-hair arms that leave the pixel itself uncovered."""
+        y0, x0, y1, x1 = box
+        h, w = frame.shape[:2]
+        ys = slice(max(top, top + y0 - 1), top + y1 + 1)
+        xs = slice(max(left, left + x0 - 1), left + x1 + 1)
+        for sl in ((ys, max(left, left + x0 - 1)), (ys, left + x1), (max(top, top + y0 - 1), xs), (top + y1, xs)):
+            frame[sl] = CURSOR
+        cy, cx = top + (y0 + y1) // 2, left + (x0 + x1) // 2
+        arm, gap = 8, 4
+        frame[max(0, top + y0 - gap - arm):max(0, top + y0 - gap), cx] = CURSOR
+        frame[min(h, top + y1 + gap):min(h, top + y1 + gap + arm), cx] = CURSOR
+        frame[cy, max(0, left + x0 - gap - arm):max(0, left + x0 - gap)] = CURSOR
+        frame[cy, min(w, left + x1 + gap):min(w, left + x1 + gap + arm)] = CURSOR
+
+    @staticmethod
+    def _ticks(frame, top, left, box) -> None:
+        """Amber ticks in the margins above and left of a panel at the cursor's rows and columns."""
+        y0, x0, y1, x1 = box
+        frame[top - 6:top - 2, left + x0:max(left + x1, left + x0 + 1)] = CURSOR
+        frame[top + y0:max(top + y1, top + y0 + 1), left - 6:left - 2] = CURSOR

@@ -1,0 +1,283 @@
+"""The story of a video: which view each frame shows, and the subtitles that explain it, from the stores.
+
+Timeline (shares of the frames): the models' outputs (10 %), a walk of columns (40 %), the same walk over rows
+(25 %), then the top eigen-pairs of each model (25 %: eigen-input v_k, then eigen-output u_k, for k = 1..3);
+without an SVD in any store the walks take that time. The walk is planned on the input image
+(:mod:`pipeline.export.video.walk`) and sampled at a steady pace.
+
+Subtitles are plain English sentences written from the stores: which models and which pixels are shown, what a
+column / row / eigen-image is, and the figures measured for them: the residual's share of each output (over the
+image, and at the output pixels the rows walk visits), the geometry figures of ``linterp geometry`` when a
+store holds them (flashlight test, adaptivity, and for image-to-image stores diagonal share, reach, global
+share, flat / edge ratio), the image figures of the walk (edge strength, flatness, texture), and the singular
+values. One cue per stretch of the walk and per eigen-pair; a stretch shorter than :data:`MIN_CUE` seconds joins
+its neighbour.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.export.video import walk
+from pipeline.export.video.frames import View
+from pipeline.export.video.subtitles import Cue
+from pipeline.store import Store
+
+#: shortest cue, seconds (shorter stretches join the previous cue of their part)
+MIN_CUE = 1.5
+#: eigen-pairs shown per model
+EIGEN_PAIRS = 3
+#: where a stretch of the walk is, for sentences said during it
+HERE = {"edge": "along this edge", "flat": "across this flat area", "texture": "around this texture"}
+#: reading speed the subtitles are cut to, characters per second (a cue keeps its most important sentences)
+READING_CPS = 25
+
+
+@dataclass(frozen=True)
+class Story:
+    """``views`` (one per frame) with their title-bar ``headings``, and the ``cues`` (seconds)."""
+
+    views: list[View]
+    headings: list[str]
+    cues: list[Cue]
+    fps: float
+
+    @property
+    def duration(self) -> float:
+        return len(self.views) / self.fps
+
+
+# ---- figures ---------------------------------------------------------------------------------------------------
+def residual_share(y0: np.ndarray, residual: np.ndarray, pixels: np.ndarray | None = None) -> float:
+    """Σ|r| / (Σ|F·x0| + Σ|r|) over the output (C, H, W), or over the output pixels ``pixels`` (n, 2) (y, x)
+    only, all channels; F·x0 = y0 − r. 0: the output is all F·x0; 1: all residual."""
+    fx = y0 - residual
+    if pixels is not None:
+        ys, xs = np.unique(np.asarray(pixels), axis=0).T
+        fx, residual = fx[:, ys, xs], residual[:, ys, xs]
+    r = float(np.abs(residual).sum())
+    total = float(np.abs(fx).sum()) + r
+    return r / total if total > 0 else 0.0
+
+
+def _pct(v: float) -> str:
+    p = 100 * v
+    return f"{p:.0f}\u00a0%" if p >= 10 or p == 0 else f"{p:.1f}\u00a0%" if p >= 0.1 else f"{p:.2g}\u00a0%"
+
+
+def _num(v: float) -> str:
+    return f"{v:.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2g}"
+
+
+def by_model(names: list[str], values: list, fmt=_num) -> str | None:
+    """"name value, name value, …" over the models that have a value; None when none has."""
+    parts = [f"{n} {fmt(v)}" for n, v in zip(names, values) if v is not None]
+    return ", ".join(parts) if parts else None
+
+
+def model_names(stores: list[Store]) -> list[str]:
+    """The stores' model names (the ``model`` attribute, else the folder name)."""
+    return [str(s.attrs.get("model") or s.path.stem) for s in stores]
+
+
+def _geometry(stores: list[Store]) -> list[dict]:
+    """The ``geometry`` attribute of each store (written by ``linterp geometry``), or {}."""
+    return [dict(s.attrs.get("geometry") or {}) for s in stores]
+
+
+def geometry_sentences(names: list[str], geometry: list[dict]) -> dict[str, list[str]]:
+    """Sentences of the geometry figures, grouped by the stretch of the walk where they are said:
+    {"edge": [...], "texture": [...], "flat": [...]} (only figures some store holds)."""
+    def col(key):
+        return [g.get(key) for g in geometry]
+
+    said: dict[str, list[str]] = {"edge": [], "texture": [], "flat": []}
+    top1 = by_model(names, col("flashlight_top1"), _pct)
+    if top1:
+        chances = sorted({round(c, 6) for c in col("flashlight_chance") if c is not None})
+        chance = f" (chance {_pct(chances[0])})" if len(chances) == 1 else \
+            (f" (chance: {by_model(names, col('flashlight_chance'), _pct)})" if chances else "")
+        said["edge"].append(f"Flashlight test, the pixel's location guessed from its column alone, right for: "
+                            f"{top1}{chance}.")
+    adapt = by_model(names, col("adaptivity"))
+    if adapt:
+        said["texture"].append(f"How much columns change from pixel to pixel (adaptivity, 0 = one filter "
+                               f"everywhere): {adapt}.")
+    diag = by_model(names, col("diagonal_share"), _pct)
+    if diag:
+        said["edge"].append(f"Share of a column's mass on its own pixel: {diag}.")
+    reach = by_model(names, col("reach90"), lambda v: f"{v:.3g}")
+    if reach:
+        said["texture"].append(f"Radius holding 90\u00a0% of a column's mass, in input pixels: {reach}.")
+    far = by_model(names, col("global_share"), _pct)
+    if far:
+        radii = sorted({r for r in col("global_radius") if r is not None})
+        where = f"farther than {radii[0]:g} input pixels" if len(radii) == 1 else "far from its pixel"
+        said["texture"].append(f"Mass of a column {where}: {far}.")
+    flat = by_model(names, col("flat_edge_ratio"), _pct)
+    if flat:
+        said["flat"].append(f"Columns in flat areas carry {flat} of the mass of columns on edges.")
+    return said
+
+
+def where(seg: walk.Segment, plan_shape: tuple[int, int], grid: tuple[int, int], domain: str) -> str:
+    """Which pixels a stretch of the walk visits, on ``grid`` (the ``domain``'s pixels), in words."""
+    if seg.kind == "texture":
+        (cy, cx), = walk.to_pixels(seg.points.mean(0)[None], plan_shape, grid)
+        return f"Around a texture at {domain} pixel ({cy}, {cx})."
+    (ay, ax), (by, bx) = walk.to_pixels(seg.points[[0, -1]], plan_shape, grid)
+    phrase = "Along the strongest edge" if seg.kind == "edge" else "Across a flat area"
+    return f"{phrase}, {domain} pixels ({ay}, {ax}) to ({by}, {bx})."
+
+
+def image_figures(seg: walk.Segment) -> str:
+    """The walk planner's figures of a stretch, in words."""
+    f = seg.figures
+    if seg.kind == "edge":
+        return f"Edge gradient {f['gradient_ratio']:.1f}× the image mean."
+    if seg.kind == "flat":
+        return f"Local spread {_pct(f['local_std'])} of the image's range."
+    return f"Texture gradient {f['gradient_ratio']:.1f}× the mean, orientation coherence {f['coherence']:.2f}."
+
+
+# ---- timeline ------------------------------------------------------------------------------------------------
+def _split(total: int, shares: list[float]) -> list[int]:
+    """Largest-remainder split of ``total`` frames by ``shares`` (each part ≥ 1 frame when total allows)."""
+    raw = np.array(shares) / sum(shares) * total
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts))[:total - counts.sum()]:
+        counts[i] += 1
+    while total >= len(shares) and (counts == 0).any():
+        counts[counts.argmax()] -= 1
+        counts[int(np.flatnonzero(counts == 0)[0])] += 1
+    return counts.tolist()
+
+
+def _stretches(owner: np.ndarray, segments: list[walk.Segment]) -> list[tuple[int, int, int]]:
+    """(start, end, segment index) runs of frames; a "move" joins the stretch after it."""
+    runs = []
+    start = 0
+    for i in range(1, len(owner) + 1):
+        if i == len(owner) or owner[i] != owner[start]:
+            runs.append([start, i, int(owner[start])])
+            start = i
+    merged = []
+    for run in runs:
+        if merged and segments[merged[-1][2]].kind == "move":
+            merged[-1][1], merged[-1][2] = run[1], run[2]
+        else:
+            merged.append(run)
+    return [tuple(r) for r in merged]
+
+
+def _merge_short(pieces: list[list], min_frames: int) -> list[list]:
+    """Join pieces [start, end, sentences] shorter than ``min_frames`` to the previous one (the first to the
+    next); the sentences of both are kept in order."""
+    out: list[list] = []
+    for p in pieces:
+        if out and (p[1] - p[0] < min_frames or out[-1][1] - out[-1][0] < min_frames):
+            out[-1] = [out[-1][0], p[1], out[-1][2] + p[2]]
+        else:
+            out.append(list(p))
+    return out
+
+
+def fit(sentences: list[tuple[int, str]], seconds: float, cps: float = READING_CPS) -> str:
+    """The text of a cue: its (priority, sentence) pairs taken most important (lowest priority) first, until the
+    next would make the text unreadable at ``cps`` characters per second over ``seconds``; the most important
+    one is always kept. The kept sentences keep their order."""
+    keep: set[int] = set()
+    length = 0
+    for i in sorted(range(len(sentences)), key=lambda i: (sentences[i][0], i)):
+        n = len(sentences[i][1]) + 1
+        if keep and length + n > cps * seconds:
+            break
+        keep.add(i)
+        length += n
+    return " ".join(sentences[i][1] for i in sorted(keep))
+
+
+def _outputs(stores: list[Store], names: list[str], notes: tuple[str, ...], n: int):
+    """The first part, ``n`` frames of the models' outputs: (views, headings, pieces)."""
+    h_in, w_in = stores[0].in_shape[1:]
+    shares = by_model(names, [residual_share(s.y0, s.residual) for s in stores], _pct)
+    said = [(1, f"{len(stores)} model{'s' * (len(stores) > 1)} on one {h_in}×{w_in} input: {', '.join(names)}."),
+            (0, f"Residual r's share of the output: {shares}."),
+            (3, "At this input each network is exactly y = F·x + r.")] + [(2, note) for note in notes]
+    return [View("outputs")] * n, ["f(x0): what each model makes of the input on the left"] * n, [[0, n, said]]
+
+
+def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.Segment], n: int):
+    """``n`` frames of the walk over the columns (``part`` "columns") or rows ("rows"): (views, headings,
+    pieces), one piece per stretch of the walk."""
+    plan_shape = stores[0].in_shape[1:]
+    finest = max((s.out_shape[1:] for s in stores), key=lambda hw: hw[0] * hw[1])
+    grid, domain = (plan_shape, "input") if part == "columns" else (finest, "output")
+    pos, owner = walk.pace(segments, n)
+    views = [View(part, (float(p[0]), float(p[1]))) for p in pos]
+    headings = [f"Columns of F: what input pixel ({y}, {x}) adds to each output" if part == "columns"
+                else f"Rows of F: which input pixels make output pixel ({y}, {x})"
+                for y, x in walk.to_pixels(pos, plan_shape, grid)]
+    geometry = geometry_sentences(names, _geometry(stores))
+    pieces = []
+    for i, (a, b, seg_index) in enumerate(_stretches(owner, segments)):
+        seg = segments[seg_index]
+        said = [(1, where(seg, plan_shape, grid, domain)), (3, image_figures(seg))]
+        if part == "columns":
+            if i == 0:
+                said.insert(0, (2, "Columns of F: what the input pixel under the cursor adds to the output "
+                                   "(red +, blue −, each at ± its largest value)."))
+            said += [(0, sentence) for sentence in geometry.get(seg.kind, [])]
+        else:
+            if i == 0:
+                said.insert(0, (2, "Rows of F: which input pixels make the output pixel under the cursor."))
+            there = by_model(names, [residual_share(s.y0, s.residual, walk.to_pixels(
+                pos[a:b], plan_shape, s.out_shape[1:])) for s in stores], _pct)
+            said.append((0, f"Residual's share {HERE[seg.kind]}: {there}."))
+        pieces.append([a, b, said])
+    return views, headings, pieces
+
+
+def _eigen(names: list[str], spectra: list[np.ndarray], pairs: int, n: int):
+    """``n`` frames of the top ``pairs`` eigen-pairs (v_k, then u_k): (views, headings, pieces), one piece per
+    pair; ``spectra``: each store's singular values."""
+    views, headings, pieces = [], [], []
+    for k, m in enumerate(_split(n, [1.0] * pairs)):
+        first = len(views)
+        for i in range(m):
+            inputs = i < (m + 1) // 2
+            views.append(View("eigen-inputs" if inputs else "eigen-outputs", None, k))
+            headings.append(f"SVD of F: eigen-input v{k + 1}" + (", the input F amplifies most" if k == 0 else "")
+                            if inputs else f"SVD of F: eigen-output u{k + 1} = F v{k + 1} / σ{k + 1}")
+        sigma = by_model(names, [float(S[k]) if len(S) > k else None for S in spectra])
+        said = [(1, f"Eigen-pair {k + 1}: the eigen-input v{k + 1}, then the eigen-output u{k + 1} "
+                    f"= F v{k + 1} / σ{k + 1}."), (0, f"σ{k + 1}: {sigma}.")]
+        if k == 0:
+            said.append((2, "The SVD F = Σ σ u vᵀ sorts inputs by how much F amplifies them."))
+        pieces.append([first, len(views), said])
+    return views, headings, pieces
+
+
+def tell(stores: list[Store], *, duration: float, fps: float, names: list[str] | None = None,
+         notes: tuple[str, ...] = ()) -> Story:
+    """The story of ``stores`` (one image) in ``duration`` seconds at ``fps``; ``names`` are the models' names
+    on screen and in the subtitles (default: the stores' model names); ``notes`` are said in the first cue."""
+    names = names or model_names(stores)
+    total = max(1, int(round(duration * fps)))
+    spectra = [s.svd()[0] if s.has_svd else np.zeros(0) for s in stores]  # singular values (k,) per store
+    pairs = min(EIGEN_PAIRS, max(len(S) for S in spectra))
+    counts = _split(total, [0.10, 0.40, 0.25] + ([0.25] if pairs else []))
+    segments = walk.plan(stores[0].x0)
+    parts = [_outputs(stores, names, notes, counts[0]), _walk("columns", stores, names, segments, counts[1]),
+             _walk("rows", stores, names, segments, counts[2])]
+    if pairs:
+        parts.append(_eigen(names, spectra, pairs, counts[3]))
+    views, headings, pieces = [], [], []
+    for part_views, part_headings, part_pieces in parts:
+        pieces += [[a + len(views), b + len(views), said] for a, b, said in part_pieces]
+        views += part_views
+        headings += part_headings
+    pieces = _merge_short([p for p in pieces if p[1] > p[0]], max(1, int(round(MIN_CUE * fps))))
+    cues = [Cue(a / fps, b / fps, fit(said, (b - a) / fps)) for a, b, said in pieces]
+    return Story(views, headings, cues, fps)

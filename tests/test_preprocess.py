@@ -1,0 +1,139 @@
+"""How image files become classifier inputs (`pipeline.preprocess`): real PNG files of digits in, the digits
+models' inputs out; the same function in `linterp run` and `linterp classify`."""
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline import preprocess as P
+from pipeline.classify_report import load_input
+from pipeline.cli import main
+from pipeline.models.registry import spec
+from pipeline.training import data, render
+
+DIGITS = spec("digits-vgg")
+
+
+def _uint8(x: torch.Tensor) -> np.ndarray:
+    """(1, 1, H, W) in [0, 1] -> uint8 (H, W)."""
+    return torch.round(x[0, 0] * 255).to(torch.uint8).numpy()
+
+
+@pytest.fixture(scope="module")
+def test_digits():
+    _, (x8, y) = data.digits_8x8()
+    return x8[:6], y[:6]
+
+
+def test_64x64_rgb_and_32x32_grey_files_of_one_digit_give_the_same_input(tmp_path, test_digits):
+    """The issue's check: a 64×64 RGB file and a 32×32 greyscale file of the same digit -> the same tensor
+    within interpolation error; a different digit (the control) is far from it."""
+    x8, _ = test_digits
+    grey32 = _uint8(render.upsample(x8[:1], 32, "bilinear"))
+    big = render.upsample(x8[:1], 64, "bilinear")[0, 0].numpy()
+    ink = np.array([0.1, 0.1, 0.45])  # dark blue ink on white paper: an RGB file of the other polarity
+    rgb64 = np.round((1 - big[:, :, None] * (1 - ink)) * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "grey32.png", grey32)
+    iio.imwrite(tmp_path / "rgb64.png", rgb64)
+    a, rec_a = load_input(tmp_path / "grey32.png", DIGITS, (32, 32))
+    b, rec_b = load_input(tmp_path / "rgb64.png", DIGITS, (32, 32))
+    assert a.shape == b.shape == (1, 1, 32, 32) and a.dtype == torch.float32
+    assert rec_a["polarity"] == "kept" and rec_b["polarity"] == "inverted"
+    assert rec_b["source_size"] == [64, 64] and rec_b["source_channels"] == 3 and rec_b["fitted"] == [32, 32]
+    diff = (a - b).abs()
+    # 8 → 64 → 32 (antialiased) vs 8 → 32: the kernels differ by under a pixel; the luma of the ink and the
+    # 8-bit rounding add a few 1/255 steps; the levels put both on 0..1
+    assert float(diff.mean()) < 0.01 and float(diff.max()) < 0.05  # measured: 0.002-0.003 and 0.013-0.023
+    other = _uint8(render.upsample(x8[1:2], 32, "bilinear"))
+    iio.imwrite(tmp_path / "other.png", other)
+    c, _ = load_input(tmp_path / "other.png", DIGITS, (32, 32))
+    assert float((a - c).abs().mean()) > 10 * float(diff.mean())
+
+
+def test_polarity_auto_inverts_light_backgrounds_only(test_digits):
+    x8, _ = test_digits
+    img = _uint8(render.upsample(x8[:1], 32, "bicubic"))[:, :, None]
+    light_on_dark, rec = P.classifier_input(img, DIGITS)
+    dark_on_light, rec_inv = P.classifier_input(255 - img, DIGITS)
+    assert rec["polarity"] == "kept" and rec_inv["polarity"] == "inverted"
+    assert torch.allclose(light_on_dark, dark_on_light, atol=1e-6)
+    assert torch.allclose(P.classifier_input(255 - img, DIGITS, polarity="invert")[0], light_on_dark, atol=1e-6)
+    kept, rec_keep = P.classifier_input(255 - img, DIGITS, polarity="keep")
+    assert rec_keep["polarity"] == "kept" and float((kept - light_on_dark).abs().mean()) > 0.3
+    with pytest.raises(P.PreprocessError, match="polarity"):
+        P.classifier_input(img, DIGITS, polarity="sideways")
+
+
+def test_fit_keeps_the_aspect_ratio_and_pads_with_the_background():
+    tall = np.full((40, 20, 1), 200, np.uint8)  # light paper ...
+    tall[5:35, 8:12] = 30                       # ... with a dark vertical stroke
+    x, rec = P.classifier_input(tall, DIGITS)
+    assert rec["fitted"] == [32, 16] and rec["polarity"] == "inverted"
+    assert rec["background"] == pytest.approx(1 - 200 / 255, abs=1e-6)
+    assert float(x[..., :8].abs().max()) == 0 and float(x[..., 24:].abs().max()) == 0  # padding = background = 0
+    col = x[0, 0, 16, 8:24]
+    assert float(col.max()) == pytest.approx(1.0) and int(col.argmax()) in (7, 8)  # the stroke, centred
+    assert float((x - x.flip(-1)).abs().max()) < 1e-6  # a symmetric drawing stays symmetric
+
+
+def test_levels_map_background_to_0_and_the_strongest_stroke_to_1():
+    img = np.full((32, 32, 1), 77, np.uint8)
+    img[8:24, 14:18] = 153
+    x, rec = P.classifier_input(img, DIGITS)
+    assert rec["background"] == pytest.approx(77 / 255, abs=1e-6) and rec["peak"] == pytest.approx(153 / 255, abs=1e-6)
+    assert float(x.min()) == 0 and float(x.max()) == pytest.approx(1)
+    assert float(x[0, 0, 16, 16]) == pytest.approx(1) and float(x[0, 0, 2, 2]) == 0
+    blank, rec_blank = P.classifier_input(np.full((32, 32, 1), 90, np.uint8), DIGITS)
+    assert torch.isfinite(blank).all() and float(blank.abs().max()) == 0  # nothing stretched from nothing
+
+
+def test_a_batch_gives_what_single_images_give(test_digits):
+    x8, _ = test_digits
+    imgs = np.stack([_uint8(render.upsample(x8[i:i + 1], 40, m))[:, :, None]
+                     for i, m in enumerate(["nearest", "bilinear", "bicubic", "area", "nearest", "bicubic"])])
+    imgs[2] = 255 - imgs[2]  # one of the other polarity in the same batch
+    batch, records = P.classifier_inputs(imgs, DIGITS)
+    for i, img in enumerate(imgs):
+        single, rec = P.classifier_input(img, DIGITS)
+        assert torch.equal(batch[i:i + 1], single) and rec == records[i]
+    assert [r["polarity"] for r in records] == ["kept", "kept", "inverted", "kept", "kept", "kept"]
+
+
+def test_transparent_background_is_composited_against_the_strokes(tmp_path, test_digits):
+    x8, _ = test_digits
+    alpha = _uint8(render.upsample(x8[:1], 32, "bilinear"))
+    for colour, name in ((0, "black-ink.png"), (255, "white-ink.png")):
+        rgba = np.dstack([np.full((32, 32, 3), colour, np.uint8), alpha])  # strokes only in the alpha channel
+        iio.imwrite(tmp_path / name, rgba)
+    grey = np.dstack([alpha])
+    iio.imwrite(tmp_path / "grey.png", grey[:, :, 0])
+    reference, _ = load_input(tmp_path / "grey.png", DIGITS, (32, 32))
+    for name in ("black-ink.png", "white-ink.png"):
+        x, _ = load_input(tmp_path / name, DIGITS, (32, 32))
+        assert float((x - reference).abs().max()) <= 2 / 255 + 1e-6, name
+
+
+def test_photo_method_is_torchvisions_resize_and_centre_crop():
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :30] = (255, 0, 0)
+    x, rec = P.classifier_input(img, spec("vgg11"), (16, 16), P.PHOTO_CROP_RATIO)
+    assert rec == {"method": "photo", "source_size": [40, 60], "source_channels": 3, "input_size": [16, 16],
+                   "resized": [18, 27], "crop": [1, 5]}
+    assert x.shape == (1, 3, 16, 16) and float(x[0, 0, 8, 0]) == pytest.approx(1) and float(x[0, 0, 8, -1]) == 0
+    assert P.input_size("vgg11", spec("vgg11")) == ((224, 224), P.PHOTO_CROP_RATIO)
+    assert P.input_size("digits-vgg", DIGITS) == ((32, 32), 1.0)
+    with pytest.raises(P.PreprocessError, match="32×32"):
+        P.input_size("digits-vgg", DIGITS, 28)
+
+
+def test_run_reads_a_large_dark_on_white_digit_and_says_how(tmp_path, test_digits):
+    """`linterp run` uses the same preprocessing as classify: a 64×64 black-on-white file is inverted and fitted."""
+    x8, y = test_digits
+    iio.imwrite(tmp_path / "d.png", 255 - _uint8(render.upsample(x8[3:4], 64, "nearest")))
+    res = CliRunner().invoke(main, ["run", "--model", "digits-vgg", "--image", str(tmp_path / "d.png"), "--top", "1"])
+    assert res.exit_code == 0, res.output
+    assert "inverted" in res.stderr and "fitted to 32×32" in res.stderr
+    assert int(res.stdout.split()[1]) == int(y[3])

@@ -1,0 +1,349 @@
+"""`linterp video`: MP4 walks with an embedded English subtitle track, read back through the bundled ffmpeg.
+
+The stores are real Zarr stores of exact linear upscalers (``test_export.linear_upscaler_store``: F is the matrix
+of torch's bicubic / bilinear interpolation), so what a frame shows can be checked against the dense F. Videos
+are short (a few seconds at 10 fps) and the stores tiny (8×8 inputs), so each test takes seconds.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.export import render
+from pipeline.export.site import with_sum
+from pipeline.export.video import VideoError, encode, story, walk, write_video
+from pipeline.export.video.frames import SUBTITLE_BAND, Layout
+from pipeline.export.video.subtitles import Cue, check
+from pipeline.store import open_store
+from test_export import linear_upscaler_store
+
+FPS = 10
+ZOOM = 4  # screen pixels per output pixel: small frames
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two complete stores of one 8×8 RGB image: bicubic ×4 and bilinear ×4; returns [(store, dense F), …]."""
+    root = tmp_path_factory.mktemp("stores")
+    return [linear_upscaler_store(root / f"{mode}.zarr", mode=mode, h=8, w=8, tile=4) for mode in
+            ("bicubic", "bilinear")]
+
+
+def ffmpeg(*args: str, text: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([encode.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", *args], capture_output=True,
+                          text=text, check=True)
+
+
+def decoded_frames(path, size) -> np.ndarray:
+    """All frames of a video as (n, H, W, 3) uint8, decoded by the bundled ffmpeg."""
+    raw = ffmpeg("-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-", text=False).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, *size, 3)
+
+
+def muxed_cues(path) -> list[Cue]:
+    """The cues of a video's first subtitle stream, extracted as WebVTT from the container."""
+    text = ffmpeg("-i", str(path), "-map", "0:s:0", "-f", "webvtt", "-").stdout
+    stamp = r"(?:(\d+):)?(\d+):(\d+)\.(\d+)"
+
+    def seconds(m, k):
+        h, mi, s, ms = m.group(k), m.group(k + 1), m.group(k + 2), m.group(k + 3)
+        return int(h or 0) * 3600 + int(mi) * 60 + int(s) + int(ms) / 1000
+
+    cues = []
+    for block in text.split("\n\n"):
+        m = re.search(stamp + r" --> " + stamp, block)
+        if m:
+            cues.append(Cue(seconds(m, 1), seconds(m, 5), block[m.end():].strip()))
+    return cues
+
+
+@pytest.fixture(scope="module")
+def walk_mp4(pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("video") / "walk.mp4"
+    summary = write_video([s.path for s, _ in pair], out, duration=10.0, fps=FPS, zoom=ZOOM, lossless=True,
+                          subtitles_out=out.with_suffix(".srt"), still=out.with_suffix(".png"), progress=False)
+    return out, summary
+
+
+# ---- the container ---------------------------------------------------------------------------------------------
+def test_mp4_holds_one_h264_stream_and_one_english_mov_text_stream(walk_mp4):
+    out, summary = walk_mp4
+    info = encode.probe(out)
+    video = [s for s in info["streams"] if s["type"] == "video"]
+    subs = [s for s in info["streams"] if s["type"] == "subtitle"]
+    assert len(info["streams"]) == 2 and len(video) == 1 and len(subs) == 1
+    assert video[0]["codec"] == "h264" and (video[0]["height"], video[0]["width"]) == summary["size"]
+    assert video[0]["fps"] == FPS and summary["frames"] == 100
+    assert subs[0]["codec"] == "mov_text" and subs[0]["language"] == "eng"
+    assert info["duration"] == pytest.approx(10.0, abs=0.05)
+
+
+def test_cues_cover_the_duration_without_overlaps(walk_mp4):
+    out, summary = walk_mp4
+    cues = muxed_cues(out)
+    assert len(cues) == summary["cues"] >= 3
+    assert cues[0].start == 0 and cues[-1].end == pytest.approx(encode.probe(out)["duration"], abs=0.02)
+    for a, b in zip(cues, cues[1:]):
+        assert a.end == pytest.approx(b.start, abs=1e-3) and a.end > a.start  # contiguous, no overlap
+    check(cues, cues[-1].end)
+    text = " ".join(" ".join(c.text for c in cues).split())
+    assert "share of the output: bicubic-x4 0 %, bilinear-x4 0 %" in text  # exact linear upscalers: r = 0
+    srt = out.with_suffix(".srt").read_text()  # the side file holds the same cues
+    assert srt.count(" --> ") == len(cues) and cues[1].text.splitlines()[0] in srt
+
+
+def test_cue_check_refuses_gaps_overlaps_and_short_coverage():
+    check([Cue(0, 1, "a"), Cue(1, 2, "b")], 2)
+    for bad, duration in (([Cue(0, 1, "a"), Cue(1.5, 2, "b")], 2), ([Cue(0, 1.2, "a"), Cue(1, 2, "b")], 2),
+                          ([Cue(0, 1, "a")], 2), ([], 1)):
+        with pytest.raises(ValueError):
+            check(bad, duration)
+
+
+# ---- what the frames show --------------------------------------------------------------------------------------
+def expected_panel(plane: np.ndarray, zoom: int) -> np.ndarray:
+    """A Σ plane drawn as the site draws it (its colour map at ± the plane's max), replicated ``zoom`` times."""
+    rgb = render.colourise(plane, float(render.plane_scales(plane)), render.diverging_lut())
+    return np.repeat(np.repeat(rgb, zoom, 0), zoom, 1)
+
+
+def test_lossless_frames_equal_the_site_colour_map_of_the_columns_and_rows(pair, walk_mp4):
+    out, summary = walk_mp4
+    stores = [s for s, _ in pair]
+    frames = decoded_frames(out, summary["size"])
+    told = story.tell(stores, duration=10.0, fps=FPS)
+    assert len(frames) == len(told.views)
+    layout = Layout(stores, ZOOM)
+    ph, pw = layout.panel
+    checked = {"columns": 0, "rows": 0}
+    for i, view in enumerate(told.views):
+        if view.part not in checked or checked[view.part] >= 3 or i % 4:
+            continue
+        checked[view.part] += 1
+        for j, (store, dense) in enumerate(pair):
+            grid = store.in_shape[1:] if view.part == "columns" else store.out_shape[1:]
+            (y, x), = walk.to_pixels(np.array([view.position]), store.in_shape[1:], grid)
+            # (C_src, C_dst, H_dst, W_dst): a column's source channels are F's input channels, a row's its outputs
+            filters = np.moveaxis(dense[..., y, x], 3, 0) if view.part == "columns" else dense[:, y, x]
+            plane = with_sum(with_sum(filters)[-1])[-1]  # the site's Σ → Σ: Σ over sources, then over targets
+            top, left = layout.panels[j + 1]
+            shown = frames[i, top:top + ph, left:left + pw]
+            zoom = ph // plane.shape[0]
+            assert np.array_equal(shown, expected_panel(plane, zoom)), (view, j)
+            # and the colours decode back to F within the 8-bit rendering error
+            scale = float(np.abs(plane).max())
+            values = render.dequantise(render.decode_colours(shown[::zoom, ::zoom]), scale)
+            assert np.abs(values - plane).max() <= scale / 254 + 1e-6
+    assert checked == {"columns": 3, "rows": 3}
+    walked = [i for i, v in enumerate(told.views) if v.part == "columns"]
+    still = render.png_decode(out.with_suffix(".png").read_bytes())  # --still: the middle of the columns' walk,
+    band = summary["size"][0] - SUBTITLE_BAND  # with its subtitle drawn in below the panels
+    assert np.array_equal(still[:band], frames[walked[len(walked) // 2]][:band])
+    assert (still[band:] != frames[0][band:]).any() and (frames[:, band:] == frames[0, band:]).all()
+
+
+def test_eigen_frames_show_the_stored_singular_vectors(tmp_path):
+    store, _ = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=8, w=8, tile=4)
+    rng = np.random.default_rng(1)
+    U, V = rng.standard_normal((2, 1, 32, 32)), rng.standard_normal((2, 1, 8, 8))
+    open_store(store.path, mode="r+").write_svd([3.0, 2.0], U, V)
+    out = tmp_path / "e.mp4"
+    summary = write_video([store.path], out, duration=16.0, fps=FPS, zoom=ZOOM, lossless=True,
+                          progress=False)
+    frames = decoded_frames(out, summary["size"])
+    told = story.tell([open_store(store.path)], duration=16.0, fps=FPS)
+    layout = Layout([store], ZOOM)
+    top, left = layout.panels[1]
+    ph, pw = layout.panel
+    seen = set()
+    for i, view in enumerate(told.views):
+        if view.part in ("eigen-inputs", "eigen-outputs"):
+            vec = (V if view.part == "eigen-inputs" else U)[view.k, 0].astype(np.float32)
+            assert np.array_equal(frames[i, top:top + ph, left:left + pw], expected_panel(vec, ph // vec.shape[0]))
+            seen.add((view.part, view.k))
+    assert seen == {("eigen-inputs", 0), ("eigen-outputs", 0), ("eigen-inputs", 1), ("eigen-outputs", 1)}
+    assert "σ1: bicubic-x4 3.00" in " ".join(c.text for c in told.cues)
+
+
+def test_gif_still_works(pair, tmp_path):
+    import imageio.v3 as iio
+
+    stores = [s for s, _ in pair]
+    out = tmp_path / "walk.gif"
+    res = CliRunner().invoke(main, ["video", *[str(s.path) for s in stores], "--out", str(out), "--duration", "2",
+                                    "--fps", "5", "--zoom", str(ZOOM), "--quiet"])
+    assert res.exit_code == 0, res.output
+    frames = iio.imread(out, index=None)
+    layout = Layout(stores, ZOOM)
+    assert frames.shape[:3] == (10,) + layout.size
+    told = story.tell(stores, duration=2, fps=5)
+    i = next(k for k, v in enumerate(told.views) if v.part == "columns")
+    store, dense = pair[0]
+    (y, x), = walk.to_pixels(np.array([told.views[i].position]), store.in_shape[1:], store.in_shape[1:])
+    plane = dense[..., y, x].sum(axis=3).sum(axis=0)
+    top, left = layout.panels[1]
+    ph, pw = layout.panel
+    gif = frames[i, top:top + ph, left:left + pw, :3].astype(float)  # 256-colour palette: compare loosely
+    exact = expected_panel(plane, ph // plane.shape[0]).astype(float)
+    assert np.abs(gif - exact).mean() < 4 and np.corrcoef(gif.ravel(), exact.ravel())[0, 1] > 0.98
+
+
+# ---- the walk and the subtitles' figures -----------------------------------------------------------------------
+def length(seg: walk.Segment) -> float:
+    return float(np.linalg.norm(np.diff(seg.points, axis=0), axis=1).sum())
+
+
+def test_walk_follows_the_edge_crosses_the_flat_area_and_circles_the_texture():
+    img = np.zeros((1, 48, 48))
+    img[:, :, 24:] = 1.0  # a vertical edge between columns 23 and 24
+    img[:, 4:20, 30:46] = 0.5 + 0.5 * np.random.default_rng(0).random((16, 16))  # a texture on the bright side
+    segments = walk.plan(img)
+    kinds = [s.kind for s in segments]
+    assert kinds[0] == "edge" and sorted(kinds[2::2]) == ["flat", "texture"] and set(kinds[1::2]) == {"move"}
+    seg = {s.kind: s for s in segments}
+    edge_x = seg["edge"].points[:, 1]
+    assert length(seg["edge"]) >= 20 and np.all(np.abs(edge_x - 24) <= 1)
+    flat = seg["flat"].points
+    in_texture = (flat[:, 0] >= 3) & (flat[:, 0] <= 21) & (flat[:, 1] >= 29)
+    assert seg["flat"].figures["local_std"] < 1e-6 and np.all(np.abs(flat[:, 1] - 24) > 2) and not in_texture.any()
+    centre = seg["texture"].points.mean(0)
+    assert 4 <= centre[0] <= 20 and 30 <= centre[1] <= 46 and seg["texture"].figures["coherence"] < 0.5
+    pos, owner = walk.pace(segments, 200)
+    steps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    step = sum(length(s) for s in segments) / 199  # equal arc length per frame: a steady pace, joins included
+    assert steps.max() <= step * (1 + 1e-9) and np.mean(np.abs(steps - step) < 0.02 * step) > 0.9
+    assert np.all(np.diff(owner) >= 0) and set(owner) == set(range(len(segments)))
+
+
+def test_residual_share_and_geometry_sentences(tmp_path):
+    y0 = np.array([[[3.0, -1.0]]])
+    r = np.array([[[1.0, 0.0]]])  # F·x0 = (2, -1): share Σ|r| / (Σ|F·x0| + Σ|r|) = 1 / (3 + 1)
+    assert story.residual_share(y0, r) == pytest.approx(0.25)
+    assert story.residual_share(y0, r, np.array([[0, 0]])) == pytest.approx(1 / 3)
+    assert story.residual_share(y0, r, np.array([[0, 1], [0, 1]])) == 0
+    store, _ = linear_upscaler_store(tmp_path / "g.zarr", c=1, h=8, w=8, tile=4)
+    open_store(store.path, mode="r+").update_attrs(geometry={
+        "adaptivity": 0.0, "flashlight_top1": 0.015, "flashlight_mrr": 0.05, "flashlight_chance": 0.0156,
+        "samples": 64, "diagonal_share": 0.41, "reach90": 2.5, "global_share": 0.03, "global_radius": 8,
+        "flat_edge_ratio": 0.06})
+    told = story.tell([open_store(store.path)], duration=120, fps=2)
+    text = " ".join(c.text for c in told.cues).replace("\u00a0", " ")  # percentages are kept on one line
+    for said in ("right for: bicubic-x4 1.5 % (chance 1.6 %)",
+                 "adaptivity, 0 = one filter everywhere): bicubic-x4 0.00", "own pixel: bicubic-x4 41 %",
+                 "90 % of a column's mass, in input pixels: bicubic-x4 2.5",
+                 "farther than 8 input pixels: bicubic-x4 3.0 %", "carry bicubic-x4 6.0 % of the mass"):
+        assert said in text
+
+
+def test_short_cues_keep_their_most_important_sentence():
+    said = [(1, "b" * 30), (0, "a" * 30), (2, "c" * 30)]
+    assert story.fit(said, 1.0, cps=25) == "a" * 30
+    assert story.fit(said, 3.0, cps=25) == "b" * 30 + " " + "a" * 30
+    assert story.fit(said, 10.0, cps=25) == " ".join(["b" * 30, "a" * 30, "c" * 30])
+
+
+# ---- errors ----------------------------------------------------------------------------------------------------
+def test_missing_or_broken_ffmpeg_is_one_line(pair, tmp_path, monkeypatch):
+    broken = tmp_path / "ffmpeg"
+    broken.write_text("#!/bin/sh\necho 'exec format error' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    for exe, message in ((tmp_path / "missing", "does not run"), (broken, "does not run")):
+        monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(exe))
+        res = CliRunner().invoke(main, ["video", str(pair[0][0].path), "--out", str(tmp_path / "w.mp4"), "--quiet"])
+        assert res.exit_code != 0 and message in res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert not (tmp_path / "w.mp4").exists()
+    lacking = tmp_path / "old-ffmpeg"  # runs, but was built without libx264
+    lacking.write_text("#!/bin/sh\necho ' V....D mpeg4   MPEG-4 part 2'\necho ' S..... mov_text  3GPP'\n")
+    lacking.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(lacking))
+    with pytest.raises(encode.EncoderError, match="lacks the encoder.*libx264"):
+        encode.ffmpeg_exe()
+
+
+def test_an_interrupted_encode_leaves_the_old_file_and_no_partial_one(tmp_path):
+    out = tmp_path / "walk.mp4"
+    out.write_bytes(b"the previous video")
+
+    def frames():
+        for i in range(5):
+            yield np.full((16, 16, 3), 40 * i, np.uint8)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode.write_mp4(out, frames(), (16, 16), 10, None)
+    assert out.read_bytes() == b"the previous video" and sorted(p.name for p in tmp_path.iterdir()) == ["walk.mp4"]
+    with pytest.raises(ValueError, match="frame 0 is"):  # a frame of the wrong size: one line, nothing written
+        encode.write_gif(tmp_path / "w.gif", [np.zeros((8, 8, 3), np.uint8)], (16, 16), 10,
+                         [np.zeros((16, 16, 3), np.uint8)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["walk.mp4"]
+
+
+def test_bad_inputs_are_one_line(pair, tmp_path):
+    (tmp_path / "junk").mkdir()
+    runner = CliRunner()
+    for args in (["video", str(tmp_path / "junk"), "--out", str(tmp_path / "w.mp4")],
+                 ["video", "--out", str(tmp_path / "w.mp4")],
+                 ["video", str(pair[0][0].path), "--film", "FilterMatrix_SR", "--out", str(tmp_path / "w.mp4")]):
+        res = runner.invoke(main, args)
+        assert res.exit_code != 0 and "Error:" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    other, _ = linear_upscaler_store(tmp_path / "other.zarr", h=8, w=8, tile=4, seed=3)
+    with pytest.raises(ValueError, match="another image"):
+        write_video([pair[0][0].path, other.path], tmp_path / "w.mp4", progress=False)
+    with pytest.raises(VideoError, match="names"):
+        write_video([pair[0][0].path], tmp_path / "w.mp4", names=["a", "b"], progress=False)
+
+
+# ---- the paper's films -----------------------------------------------------------------------------------------
+def test_film_builds_its_bundles_stores_then_reuses_them_from_anywhere_under_out(tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+    from pathlib import Path
+
+    from pipeline import bundle
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bundle, "SVD_MAX_ITER", 2)  # a rough SVD is enough here, and quick
+    # the film takes its models from the bundles: a new stand-in of EDSR4x (here the cheap bicubic) is picked up
+    monkeypatch.setitem(bundle.BUNDLES, "EDSR4x", dataclasses.replace(bundle.BUNDLES["EDSR4x"],
+                                                                      stand_ins=("bicubic-x4",)))
+    args = ["video", "--film", "FilterMatrix_SR", "--defaults", "--crop", "46,38,4,4", "--duration", "3",
+            "--zoom", "2", "--quiet", "--out", "dist/FilterMatrix_SR.mp4"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert first.output.count("computing F(x0)") == 3 and "wrote dist/FilterMatrix_SR.mp4" in first.output
+    kinds = sorted((s["type"], s["codec"], s["language"]) for s in encode.probe("dist/FilterMatrix_SR.mp4")["streams"])
+    assert kinds == [("subtitle", "mov_text", "eng"), ("video", "h264", None)]
+    stores = {p.parent.parent.name.split("-")[0]: p for p in Path("out/bundles").glob("*/stores/*.zarr")}
+    assert {k: p.name for k, p in stores.items()} == {"Bicubic4x": "bicubic-x4.zarr", "EDSR4x": "bicubic-x4.zarr",
+                                                      "4L": "pixelshuffle-x4.zarr"}
+    assert "stands in for the official edsr-baseline-x4" in open_store(stores["EDSR4x"]).attrs["note"]
+    demo = tmp_path / "out" / "demo" / "stores"
+    demo.mkdir(parents=True)
+    for key in ("Bicubic4x", "4L"):  # the demo's folder holds stores of the same inputs: they are found there
+        shutil.move(stores[key], demo / stores[key].name)
+    shutil.rmtree(stores["EDSR4x"])
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("reusing the complete store out/demo/stores/") == 3 and "computing" not in again.output
+
+
+def test_film_without_official_weights_offline_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LINTERP_CACHE", str(tmp_path / "cache"))
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # no network: a closed local port
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    res = CliRunner().invoke(main, ["video", "--film", "FilterMatrix_SR", "--out", "x.mp4", "--quiet"])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "edsr_baseline_x4-6b446fab.pt" in lines[0] and str(tmp_path / "cache") in lines[0]
+    assert "DEFAULTS=1" in lines[0] and "WEIGHTS" not in lines[0] and not (tmp_path / "x.mp4").exists()
