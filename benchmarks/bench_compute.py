@@ -11,6 +11,13 @@
 3. glibc malloc thresholds (``tune_malloc``) on and off: columns/s and images/s at LR 64.
 4. Store sizes for a 64×64 crop of the default image: bytes on disk, file count, ratio to dense float32.
 5. What a worker would receive if the interpreter were pickled, against rebuilding it from a ``Source``.
+6. The scaling law (issue 17): edsr-small-x4 on LR crops of the astronaut photo around the default face at
+   LR 32, 64, 96, 128, exact float32 and compact (``--dtype float16 --support-tol 1e-6``): wall time of
+   ``compute`` (verification included) and of ``export_site`` (no SVD), peak RSS, store and site bytes, each
+   size in a fresh process. Sizes above ``--scaling-full`` are *estimated*: a sample of evenly spread tasks
+   is computed into a real store (``run_task``, the dask threads scheduler as in ``compute``) and its time
+   and bytes are scaled by the task count (verification not included); their site bytes and export time are
+   scaled from the largest full run by the pixel count, and their RSS is that of the sample run.
 Goals (issue 4): per-column cost at LR 256 ≤ 1.3× that at LR 128; ≥ 4× faster than jacfwd at LR 256; all of
 F at LR 32 within 1.2× of plain inference; peak memory independent of image size beyond the window.
 """
@@ -240,11 +247,126 @@ def pickling() -> dict:
     return {"source_bytes": source_bytes, "li_bytes": li_bytes, "rebuild_s": rebuild}
 
 
+SCALING_SIZES = (32, 64, 96, 128)
+SCALING_OPTIONS = {"exact": {}, "compact": {"dtype": "float16", "support_tol": 1e-6}}
+
+
+def du(path) -> tuple[int, int]:
+    """(bytes, files) under ``path``."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+    return sum(os.path.getsize(f) for f in files), len(files)
+
+
+def scaling_child(lr: int, option: str, sample: int) -> dict:
+    """One row of the scaling law (run in a fresh process): edsr-small-x4 on an LR×LR crop of the astronaut
+    around the default face; ``sample`` 0 = the whole compute + export, else ``sample`` tasks of compute only."""
+    import dask
+    from dask import delayed
+    from skimage import data
+
+    from pipeline import images
+    from pipeline.compact import Compaction
+    from pipeline.compute import engine, make_plan, run_task
+    from pipeline.export.site import export_site
+    from pipeline.models import spec
+    from pipeline.store import create_store
+
+    tune_malloc()
+    name = "edsr-small-x4"
+    weights = weights_for(name)
+    top, left, h, w = images.DEFAULT_IMAGE_BOX
+    photo = data.astronaut()
+    y0, x0_ = max(0, top + h // 2 - lr // 2), max(0, left + w // 2 - lr // 2)
+    img = np.ascontiguousarray(photo[y0:y0 + lr, x0_:x0_ + lr])
+    x0 = images.to_input(img, spec(name)).numpy()
+    options = SCALING_OPTIONS[option]
+    identity = {"model": name, "weights": weights, "bench": f"scaling-{lr}", **options}
+    src = Source(functools.partial(build, name, weights), x0, source_key(identity))
+    result = {"lr": lr, "option": option, "sampled": bool(sample)}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        path = os.path.join(tmp, "s.zarr")
+        start = time.perf_counter()
+        if not sample:
+            compute(path, src, identity=identity, device="cpu", progress=False, **options)
+            result["compute_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            export_site([path], os.path.join(tmp, "site"), progress=False)
+            result["export_s"] = time.perf_counter() - start
+            result["site_bytes"], result["site_files"] = du(os.path.join(tmp, "site"))
+            result["store_bytes"], _ = du(path)
+        else:
+            compaction = Compaction(**options)
+            li = engine(src, "cpu")
+            plan = make_plan(li, x0.shape[1:])
+            create_store(path, identity=identity, attrs={}, x0=x0, y0=li.output.detach().numpy(),
+                         residual=li.residual.detach().numpy(), shards=plan.shards, chunks=plan.chunks,
+                         tasks=plan.tasks, dtype=compaction.dtype, compact=compaction.active)
+            setup = time.perf_counter() - start
+            grid = list(np.ndindex(*plan.tasks))
+            picks = [grid[int(i)] for i in np.linspace(0, len(grid) - 1, min(sample, len(grid)))]
+            workers = os.cpu_count() or 1
+            calls = [delayed(run_task, pure=False)(src, "cpu", path, plan, ix, 1, compaction) for ix in picks]
+            start = time.perf_counter()
+            saved = torch.get_num_threads()
+            dask.compute(*calls, scheduler="threads", num_workers=workers)
+            torch.set_num_threads(saved)
+            factor = len(grid) / len(picks)
+            result["compute_s"] = setup + (time.perf_counter() - start) * factor
+            f_bytes, _ = du(os.path.join(path, "F"))
+            all_bytes, _ = du(path)
+            result["store_bytes"] = int(all_bytes + f_bytes * (factor - 1))
+            result.update(tasks=len(grid), sample_tasks=len(picks))
+    result["peak_rss_mib"] = rss_mib()
+    return result
+
+
+def scaling(sizes, full: set, sample: int) -> list[dict]:
+    results = []
+    for option in SCALING_OPTIONS:
+        measured = None  # the largest full run: the scale of the sampled rows' site bytes and export time
+        for lr in sizes:
+            out = subprocess.run([sys.executable, __file__, "--scaling-child", str(lr), option,
+                                  str(0 if lr in full else sample)], capture_output=True, text=True)
+            if out.returncode:
+                r = {"lr": lr, "option": option, "error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+            else:
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                if not r["sampled"]:
+                    measured = r
+                elif measured is not None:
+                    area = (lr / measured["lr"]) ** 2
+                    r.update(site_bytes=int(measured["site_bytes"] * area), export_s=measured["export_s"] * area)
+            results.append(r)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([str(r["lr"]), r["option"], "error: " + r["error"]] + [""] * 5)
+            continue
+        est = "est." if r["sampled"] else ""
+        total = r["compute_s"] + r.get("export_s", float("nan"))
+        rows.append([str(r["lr"]), r["option"] + (f" (sample {r['sample_tasks']}/{r['tasks']} tasks)" if est else ""),
+                     f"{r['compute_s']:.1f} {est}".strip(), f"{r.get('export_s', float('nan')):.1f} {est}".strip(),
+                     f"{total:.1f} {est}".strip(), f"{r['peak_rss_mib']:.0f}",
+                     f"{r['store_bytes'] / 2**20:.1f} {est}".strip(),
+                     f"{r.get('site_bytes', float('nan')) / 2**20:.1f} {est}".strip()])
+    print("\n## Scaling law, edsr-small-x4 (compute with its verification, export without SVD; est. = estimated from "
+          "a sample of tasks, site and export scaled from the largest full run by pixel count)")
+    print(table(rows, ["LR", "store", "compute s", "export s", "total s", "peak RSS MiB", "store MiB", "site MiB"]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--scaling-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--scaling-sizes", default=",".join(map(str, SCALING_SIZES)),
+                        help="LR sides of the scaling law (default 32,64,96,128).")
+    parser.add_argument("--scaling-full", default="32,64",
+                        help="LR sides computed and exported whole; larger ones are estimated from a sample.")
+    parser.add_argument("--scaling-sample", type=int, default=4, help="Tasks computed for an estimated size.")
     parser.add_argument("--quick", action="store_true", help="LR 32 and 64 only; no full-F or size runs.")
-    parser.add_argument("--sections", default="columns,full,mallopt,sizes,pickling",
+    parser.add_argument("--sections", default="columns,full,mallopt,sizes,pickling,scaling",
                         help="Comma-separated sections to run (default: all).")
     parser.add_argument("--full-lr", type=int, default=32, help="LR side for the all-of-F run (default 32).")
     parser.add_argument("--crop", type=int, default=64, help="Crop side for the store sizes (default 64).")
@@ -257,10 +379,15 @@ def main() -> None:
         name, lr, flag = args.child
         print(json.dumps(child(name, int(lr), bool(int(flag)))))
         return
+    if args.scaling_child:
+        lr, option, sample = args.scaling_child
+        print(json.dumps(scaling_child(int(lr), option, int(sample))))
+        return
     tune_malloc()
     print(f"bench_compute: torch {torch.__version__}, {os.cpu_count()} CPU cores, "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    sections = set(args.sections.split(",")) - ({"full", "mallopt", "sizes", "pickling"} if args.quick else set())
+    sections = set(args.sections.split(",")) - ({"full", "mallopt", "sizes", "pickling", "scaling"} if args.quick
+                                                 else set())
     figures = {}
     if "columns" in sections:
         figures["per_column"] = per_column(SIZES[:2] if args.quick else SIZES)
@@ -272,6 +399,9 @@ def main() -> None:
         figures["sizes"] = store_sizes(args.workers, args.crop, args.size_models.split(","))
     if "pickling" in sections:
         figures["pickling"] = pickling()
+    if "scaling" in sections:
+        figures["scaling"] = scaling([int(n) for n in args.scaling_sizes.split(",")],
+                                     {int(n) for n in args.scaling_full.split(",") if n}, args.scaling_sample)
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     if args.json:
         with open(args.json, "w") as fh:

@@ -156,26 +156,32 @@ def compact_block(block: np.ndarray, region: tuple[int, int, int, int], box: tup
     lo_x, hi_x = (a[left:left + w] for a in pixel_blocks(w_in, w_out))
     dy = _distances(r_top, r_h, lo_y, hi_y)      # (R_h, h)
     dx = _distances(r_left, r_w, lo_x, hi_x)     # (R_w, w)
-    mass = np.abs(block).sum(axis=0, dtype=np.float64).reshape(r_h, r_w, c_in * h * w)
-    # distances per column, in the block's (c, y, x) column order
-    dyc = np.broadcast_to(dy[:, None, :, None], (r_h, c_in, h, w)).reshape(r_h, -1)
-    dxc = np.broadcast_to(dx[:, None, None, :], (r_w, c_in, h, w)).reshape(r_w, -1)
+    # distances per column of one input channel, in the block's (y, x) column order
+    dyc = np.broadcast_to(dy[:, :, None], (r_h, h, w)).reshape(r_h, -1)
+    dxc = np.broadcast_to(dx[:, None, :], (r_w, h, w)).reshape(r_w, -1)
     tol = compaction.support_tol
-    radii = support_radii(mass, dyc, dxc, 0.0 if tol is None else tol).reshape(c_in, h, w)
-    kept = block
-    dropped = np.zeros((c_in, h, w))
-    if tol is not None:
-        # outside[oy, ox, c, y, x]: the entry lies outside the kept window of column (c, y, x)
-        outside = np.maximum(dy[:, None, None, :, None], dx[None, :, None, None, :]) > radii[None, None]
-        dropped = (mass.reshape(r_h, r_w, c_in, h, w) * outside).sum(axis=(0, 1))
-        kept = np.where(outside[None], np.float32(0), block)
-    stored = round_to(kept, compaction.dtype)
-    error = stored.astype(np.float32) - block  # exact in float32 (dropped entries and rounding residues)
-    figures = {"dropped_l1": dropped,
-               "error_l1": np.abs(error).sum(axis=(0, 1, 2), dtype=np.float64),
-               "error_max": np.abs(error).max(axis=(0, 1, 2), initial=0.0).astype(np.float64),
-               "column_max": np.abs(block).max(axis=(0, 1, 2), initial=0.0),
-               "support_radius": radii.astype(np.int32)}
+    stored = np.empty(block.shape, dtype=round_to(block[:0], compaction.dtype).dtype)
+    figures = {name: np.zeros((c_in, h, w)) for name in ("dropped_l1", "error_l1", "error_max", "column_max")}
+    figures["support_radius"] = np.zeros((c_in, h, w), dtype=np.int32)
+    for c in range(c_in):  # one input channel's columns at a time: temporaries a fraction C_in of the block
+        part = block[..., c, :, :]  # (C_out, R_h, R_w, h, w)
+        mass = np.abs(part).sum(axis=0, dtype=np.float64).reshape(r_h, r_w, h * w)
+        radii = support_radii(mass, dyc, dxc, 0.0 if tol is None else tol).reshape(h, w)
+        kept = part
+        if tol is not None:
+            # outside[oy, ox, y, x]: the entry lies outside the kept window of column (c, y, x)
+            outside = np.maximum(dy[:, None, :, None], dx[None, :, None, :]) > radii[None, None]
+            figures["dropped_l1"][c] = (mass.reshape(r_h, r_w, h, w) * outside).sum(axis=(0, 1))
+            kept = np.where(outside[None], np.float32(0), part)
+        stored[..., c, :, :] = round_to(kept, compaction.dtype)
+        error = stored[..., c, :, :].astype(np.float32)
+        error -= part  # exact in float32 (dropped entries and rounding residues)
+        np.abs(error, out=error)
+        figures["error_l1"][c] = error.sum(axis=(0, 1, 2), dtype=np.float64)
+        figures["error_max"][c] = error.max(axis=(0, 1, 2), initial=0.0)
+        figures["column_max"][c] = np.abs(part).max(axis=(0, 1, 2), initial=0.0)
+        figures["support_radius"][c] = radii
+    figures["column_max"] = figures["column_max"].astype(np.float32)
     for name in ("dropped_l1", "error_l1", "error_max"):
         figures[name] = round_up(figures[name])
     return stored, figures
