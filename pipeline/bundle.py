@@ -6,7 +6,8 @@ A bundle is a fixed set of registry models shown on one image (one panel per mod
    file (downloaded into the weights cache; offline, one line names the URL and the ``WEIGHTS`` variable);
 2. computes F(x0) into one store per model (``pipeline.compute``; a complete store of the same inputs is reused,
    an unfinished one resumed);
-3. computes the top-k SVD into each store (skipped when the store already holds at least k pairs);
+3. computes the top-k SVD into each store (skipped when the store already holds at least k pairs) and the
+   figures of ``linterp geometry`` (skipped when the store has them);
 4. exports one combined site (``pipeline.export.site``, itself resumable) and writes ``README.txt`` next to it;
 5. for ``.zip`` outputs, packs the site, README.txt and (``store=True``) the Zarr stores into one archive.
 
@@ -206,7 +207,7 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
 
     ``compaction``: a compact store (see ``pipeline.compact``; stores computed by columns only). ``reuse``: other
     stores to use instead when one of them is complete and made from the same inputs."""
-    from pipeline import compute as comp
+    from pipeline import compute as comp, geometry
     from pipeline.sources import model_source
     from pipeline.svd import svd_store
     from pipeline.store import open_store
@@ -235,6 +236,13 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
         echo(f"{part.model}: top-{n} SVD")
         svd_store(path, n, source="model", tol=SVD_TOL, max_iter=SVD_MAX_ITER, trust_pickle=trust_pickle,
                   weights=part.weights, progress=progress)
+    if store.attrs.geometry is None:  # the figures of `linterp geometry`, shown in the site's info panel
+        try:
+            figures = geometry.measure_store(store, progress=progress)
+        except geometry.GeometryError as err:
+            echo(f"{part.model}: no geometry figures ({err})")
+        else:
+            open_store(path, mode="r+").update_attrs(geometry=figures)
     return path
 
 

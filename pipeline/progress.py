@@ -4,7 +4,8 @@ Every long stage (compute, SVD, export, training, video, downloads) reports thro
 
 - on a terminal (the stream is a TTY) a tqdm bar is redrawn in place;
 - elsewhere (a log file, a pipe, CI) a line is written when the stage starts, at most one more per 10 % of
-  its work, and a final line with the stage's wall time, so a long run writes a few lines, not thousands;
+  its work and per ``LOG_INTERVAL`` seconds, and a final line with the stage's wall time, so a long run writes a
+  few lines, not thousands, and a short one just its first and last;
 - ``enabled=False`` (``--quiet``) writes nothing.
 
 Dask graphs report through ``dask_progress`` (local schedulers) or ``track_futures`` (a distributed client),
@@ -18,6 +19,8 @@ from typing import IO, Iterable, Iterator
 
 #: Lines written between the first and the last, at most, when the stream is not a terminal.
 LOG_STEPS = 10
+#: Seconds between two of those lines, at least.
+LOG_INTERVAL = 5.0
 
 
 def _is_terminal(stream: IO) -> bool:
@@ -43,6 +46,7 @@ class Progress:
         self.started = time.perf_counter()
         self._bar = None
         self._logged_step = 0
+        self._logged_at = self.started
         self._closed = False
         if not enabled:
             return
@@ -73,9 +77,9 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
             return
-        step = self._step()
-        if step > self._logged_step and self.n < (self.total or 0):
-            self._logged_step = step
+        step, now = self._step(), time.perf_counter()
+        if step > self._logged_step and self.n < (self.total or 0) and now - self._logged_at >= LOG_INTERVAL:
+            self._logged_step, self._logged_at = step, now
             self._write(f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n // self.total} %), "
                         f"{time.perf_counter() - self.started:.1f} s")
 

@@ -633,7 +633,7 @@
     return "F is a linear interpreter, not the Jacobian" + (parts.length ? ": " + parts.join(", ") : "");
   }
   const GEOMETRY = [["adaptivity", "adaptivity"], ["flashlight_top1", "flashlight top-1"], ["flashlight_mrr", "flashlight MRR"],
-    ["flashlight_chance", "flashlight chance"], ["diagonal_share", "diagonal share"], ["reach90", "reach 90 % (px)"],
+    ["flashlight_chance", "flashlight chance"], ["flashlight_control_top1", "shuffled control top-1"], ["diagonal_share", "diagonal share"], ["reach90", "reach 90 % (px)"],
     ["global_share", "global share"], ["global_radius", "global radius (px)"], ["flat_edge_ratio", "flat / edge ratio"], ["samples", "samples"]];
   function infoTable(parent, model) {
     const attrs = model.attrs;
@@ -654,7 +654,13 @@
       el("dd", null, dl, "(linterp geometry)");
       const known = new Set(GEOMETRY.map((g) => g[0]));
       for (const [k, label] of GEOMETRY) if (geo[k] !== undefined && geo[k] !== null) row(dl, label, show(geo[k]));
-      for (const k of Object.keys(geo).sort()) if (!known.has(k)) row(dl, k.replace(/_/g, " "), show(geo[k]));
+      const rest = Object.keys(geo).sort().filter((k) => !known.has(k));
+      if (rest.length) { // standard errors, controls, settings: folded away
+        const more = el("details", "infobox", parent);
+        el("summary", null, more, "all geometry figures");
+        const all = el("dl", "info", more);
+        for (const k of rest) row(all, k.replace(/_/g, " "), show(geo[k]));
+      }
     }
     const det = el("details", "infobox", parent);
     el("summary", null, det, "all attributes");
