@@ -95,8 +95,12 @@ def test_archived_store_reconstructs_the_output(photo2label):
     store = open_store(site / "store" / "i2i-label.zarr", require_complete=True)
     F = store.F[...]
     n_out, n_in = int(np.prod(store.out_shape)), int(np.prod(store.in_shape))
-    recon = F.reshape(n_out, n_in) @ store.x0.reshape(n_in) + store.residual.reshape(n_out)
-    assert np.abs(recon - store.y0.reshape(n_out)).max() <= 1e-4 * np.abs(store.y0).max()
+    fx0 = F.reshape(n_out, n_in) @ store.x0.reshape(n_in)
+    recon = fx0 + store.residual.reshape(n_out)
+    # relative to the largest term, as `linterp verify` judges it: with instance norms F·x0 and r are far larger
+    # than y0 and cancel, so float32 rounding (other convolution kernels, summation order) scales with them
+    terms = max(np.abs(store.y0).max(), np.abs(fx0).max(), np.abs(store.residual).max())
+    assert np.abs(recon - store.y0.reshape(n_out)).max() <= 1e-4 * terms
     S, U, V = store.svd()
     assert S.shape == (8,)
     assert np.allclose(F.reshape(n_out, n_in) @ V[0].reshape(n_in), S[0] * U[0].reshape(n_out), atol=1e-3 * S[0])
