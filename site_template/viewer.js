@@ -161,13 +161,17 @@
     const hy = span(d.h, mh), hx = span(d.w, mw);
     state.cy = Math.max(hy, Math.min(1 - hy, state.cy)); state.cx = Math.max(hx, Math.min(1 - hx, state.cx));
   }
-  function setZoom(z, anchor) { // anchor: {dom, fy, fx, py, px}: image fraction (fy, fx) stays at canvas px (py, px)
+  // anchor: {view, model, dom, fy, fx, clientY, clientX}: image fraction (fy, fx) of the view stays at that point
+  // of the window (the views are resized first: a zoom changes their sizes, and so where they sit on the page)
+  function setZoom(z, anchor) {
     z = Math.max(1, Math.min(256, Math.round(z)));
     state.zoom = z;
+    panels.forEach(sizeViews);
     if (anchor) {
-      const d = dims(ref(), anchor.dom), lay = layout(ref(), anchor.dom);
-      state.cy = anchor.fy + (lay.ch / 2 - anchor.py) / (lay.z * d.h);
-      state.cx = anchor.fx + (lay.cw / 2 - anchor.px) / (lay.z * d.w);
+      const d = dims(anchor.model, anchor.dom), lay = layout(anchor.model, anchor.dom);
+      const r = anchor.view.overlay.getBoundingClientRect();
+      state.cy = anchor.fy + (lay.ch / 2 - (anchor.clientY - r.top)) / (lay.z * d.h);
+      state.cx = anchor.fx + (lay.cw / 2 - (anchor.clientX - r.left)) / (lay.z * d.w);
     }
     clampCentre();
     panels.forEach(sizeViews);
@@ -177,9 +181,10 @@
     setZoom(sign > 0 ? Math.max(z + 1, Math.round(z * 1.25)) : Math.min(z - 1, Math.round(z / 1.25)), anchor);
   }
   function selectionAnchor() { // the selected pixel, at its place on screen
-    const p = panels[0], lay = p.views[state.dom].lay, d = dims(ref(), state.dom);
-    return {dom: state.dom, fy: (state.y + 0.5) / d.h, fx: (state.x + 0.5) / d.w,
-            py: (state.y + 0.5 - lay.oy) * lay.z, px: (state.x + 0.5 - lay.ox) * lay.z};
+    const p = panels[0], view = p.views[state.dom], lay = view.lay, d = dims(ref(), state.dom);
+    const r = view.overlay.getBoundingClientRect();
+    return {view: view, model: ref(), dom: state.dom, fy: (state.y + 0.5) / d.h, fx: (state.x + 0.5) / d.w,
+            clientY: r.top + (state.y + 0.5 - lay.oy) * lay.z, clientX: r.left + (state.x + 0.5 - lay.ox) * lay.z};
   }
   function reveal(dom, y, x) { // pan the least so that pixel (y, x) of the first model's domain is in view
     const lay = layout(ref(), dom), d = dims(ref(), dom);
@@ -776,7 +781,8 @@
     e.preventDefault();
     const view = p.views[dom], r = view.overlay.getBoundingClientRect(), lay = view.lay, d = dims(p.model, dom);
     const py = e.clientY - r.top, px = e.clientX - r.left;
-    zoomStep(e.deltaY < 0 ? 1 : -1, {dom: dom, fy: (lay.oy + py / lay.z) / d.h, fx: (lay.ox + px / lay.z) / d.w, py: py, px: px});
+    zoomStep(e.deltaY < 0 ? 1 : -1, {view: view, model: p.model, dom: dom, fy: (lay.oy + py / lay.z) / d.h,
+      fx: (lay.ox + px / lay.z) / d.w, clientY: e.clientY, clientX: e.clientX});
     render();
   }
   function onDrag(e) {

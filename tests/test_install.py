@@ -92,4 +92,4 @@ def test_installed_linterp_runs_outside_the_checkout(installed, tmp_path):
     run([linterp, "export", "face.zarr", "--out", "site", "--no-progress"], cwd=tmp_path, env=env)
     for name in TEMPLATE:
         assert (tmp_path / "site" / name).read_bytes() == (ROOT / "site_template" / name).read_bytes()
-    assert (tmp_path / "site" / "data" / "pixelshuffle-x4" / "svd_v.js").is_file()
+    assert (tmp_path / "site" / "data" / "pixelshuffle-x4" / "img_v0_0_0.js").is_file()  # an eigen-input tile

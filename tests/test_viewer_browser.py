@@ -225,9 +225,8 @@ def test_banner_and_approximations_in_words(browser, tmp_path):
     b, _ = linear_upscaler_store(tmp_path / "b.zarr", mode="bilinear", c=1, h=8, w=8, tile=4)
     c, _ = linear_upscaler_store(tmp_path / "c.zarr", mode="nearest", c=1, h=8, w=8, tile=4)
     export_site([a.path, b.path, c.path], tmp_path / "site", progress=False)
-    page = Page(browser, tmp_path / "site")  # as exported: no store has a verification status yet
-    assert page.page.locator(".panel-warning").count() == 3
-    assert "Unverified" in page.page.locator("section.panel:nth-of-type(1) .panel-warning").inner_text()
+    page = Page(browser, tmp_path / "site")  # as exported: verified stores that say nothing about F
+    assert page.page.locator(".panel-warning").count() == 0
     assert page.page.locator("dd.jacobian").count() == 0 and page.page.locator("dl.geometry").count() == 0
     approximations = ([{"op": "InstanceNorm2d", "where": f"model.{i}", "kind": "frozen-statistics"} for i in range(18)]
                       + [{"op": "tanh", "where": "model.27", "kind": "secant"}])
@@ -238,7 +237,8 @@ def test_banner_and_approximations_in_words(browser, tmp_path):
     rewrite_manifest(tmp_path / "site", verification_status=["passed", "unverified", "failed"],
                      jacobian_exact=[True, False, None], approximations=[[], approximations, None],
                      geometry=[None, geometry, None])
-    rewrite_manifest(tmp_path / "site", attrs=[a.attrs, b.attrs, dict(c.attrs, verification={"checks": checks})])
+    rewrite_manifest(tmp_path / "site", attrs=[a.attrs.for_viewer(), b.attrs.for_viewer(),
+                                               dict(c.attrs.for_viewer(), verification={"checks": checks})])
     page = Page(browser, tmp_path / "site")
     panel = [page.page.locator(f"section.panel:nth-of-type({i})") for i in (1, 2, 3)]
     assert panel[0].locator(".panel-warning").count() == 0

@@ -34,7 +34,7 @@ def bicubic_store(path, x0: np.ndarray, scale: int = 4, tile: int = 8):
     y0 = TF.interpolate(torch.from_numpy(x0)[None], scale_factor=scale, mode="bicubic", align_corners=False)[0]
     shards, chunks, tasks = layout((c, n, n), (c, scale * n, scale * n), tile)
     store = create_store(path, identity={"model": "bicubic-x4", "size": n},
-                         attrs={"model": "bicubic-x4", "image": "astronaut", "image_sha256": "0" * 64,
+                         attrs={"model": "bicubic-x4", "image": {"name": "astronaut", "sha256": "0" * 64},
                                 "crop": [176, 60, n, n], "scale": scale, "weights": None},
                          x0=x0, y0=y0.numpy(), residual=np.zeros(y0.shape, np.float32), shards=shards,
                          chunks=chunks, tasks=tasks)
@@ -49,7 +49,8 @@ def bicubic_store(path, x0: np.ndarray, scale: int = 4, tile: int = 8):
                         for ch in range(c):
                             block[ch, :, :, ch] = np.einsum("Yy,Xx->YXyx", ay, ax)
                         store.F[:, oy:oy + out, ox:ox + out, :, iy:iy + tile, ix:ix + tile] = block
-    store.update_attrs(complete=True)
+    # F is the bicubic operator by construction (the browser tests compare what is drawn with it)
+    store.update_attrs(complete=True, verification={"status": "passed", "checks": []})
     return store
 
 
@@ -125,17 +126,18 @@ def test_pan_and_zoom_with_mouse_and_keys_keep_the_cursor(browser, big):  # noqa
     assert (state["dom"], state["y"], state["x"], state["pinned"]) == ("in", 40, 70, True)  # the cursor stays
     assert_shows(page, "out", column)
 
-    # drag the output by (-120, -80) screen px: the view moves by (40, 60) image px at zoom 2
+    # drag the output by (+120, +80) screen px: the view moves by (−40, −60) image px at zoom 2 (away from the
+    # right edge, where the view stops)
     o = ev("LINTERP.shown(0, 'out')")
     before = page.rendered()
     page.page.mouse.move(at["x"], at["y"])
     page.page.mouse.down()
-    page.page.mouse.move(at["x"] - 60, at["y"] - 40, steps=4)
-    page.page.mouse.move(at["x"] - 120, at["y"] - 80, steps=4)
+    page.page.mouse.move(at["x"] + 60, at["y"] + 40, steps=4)
+    page.page.mouse.move(at["x"] + 120, at["y"] + 80, steps=4)
     page.page.mouse.up()
     page.wait_render(before)
     moved = ev("LINTERP.shown(0, 'out')")
-    assert abs(moved["ox"] - o["ox"] - 60) <= 1 and abs(moved["oy"] - o["oy"] - 40) <= 1
+    assert abs(moved["ox"] - o["ox"] + 60) <= 1 and abs(moved["oy"] - o["oy"] + 40) <= 1
     state = ev("LINTERP.state()")
     assert (state["dom"], state["y"], state["x"], state["pinned"]) == ("in", 40, 70, True)  # a drag is no click
     assert_shows(page, "out", column)
