@@ -216,18 +216,15 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
     source, identity, attrs = model_source(part.model, part.weights, trust_pickle, image, crop)
     if note:
         attrs = dict(attrs, note=note)
-    compact = {}
-    if compaction.active:
-        compact = dict(dtype=compaction.dtype, support_tol=compaction.support_tol)
-        identity = dict(identity, **compact)
-    found = next((p for p in (path, *reuse) if _matches(p, identity)), None)
+    compact = dict(dtype=compaction.dtype, support_tol=compaction.support_tol) if compaction.active else {}
+    found = next((p for p in (path, *reuse) if _matches(p, dict(identity, **compact))), None)
     if found is not None:
         path = found
         echo(f"{part.model}: reusing the complete store {path}")
     else:
         echo(f"{part.model}: computing F(x0) into {path}")
-        comp.compute(path, source, identity={k: v for k, v in identity.items() if k not in compact}, attrs=attrs,
-                     scheduler=scheduler, workers=workers, device=device, progress=progress, **compact)
+        comp.compute(path, source, identity=identity, attrs=attrs, scheduler=scheduler, workers=workers,
+                     device=device, progress=progress, **compact)
     store = open_store(path)
     if store.svd_k >= k:
         echo(f"{part.model}: reusing its SVD ({store.svd_k} pairs)")

@@ -424,7 +424,7 @@ def browser_check(index: Path, store) -> None:
     from test_viewer_browser import CHROMIUM, Page
 
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (.ci/run installs it)")
+        pytest.skip("Debian chromium is not installed (`make system` installs it)")
     from playwright.sync_api import sync_playwright
 
     from pipeline.export.measure import ARGS as BROWSER_ARGS

@@ -20,9 +20,9 @@ from test_export import linear_upscaler_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-#: without chromium the browser tests are skipped on a developer's machine, but fail in CI (.ci/run installs it)
+#: without chromium the browser tests are skipped on a developer's machine, but fail in CI (`make system` installs it)
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-                                    reason="Debian chromium is not installed (.ci/run installs it)")
+                                    reason="Debian chromium is not installed (`make system` installs it)")
 pytestmark = needs_chromium
 
 
