@@ -11,7 +11,8 @@ runs it, see ``pipeline.compute.full_precision``):
 1. plain inference: images per second, batches of ``--plain-batch`` images;
 2. ours: columns per second of ``pipeline.compute.tile_columns`` (the work of one ``compute`` task without its
    store write: impulses, the frozen network on the tile's window, the copy of every column into the task's
-   host block) on input tiles of ``--tile`` pixels, for each ``--batches`` size (16 is ``compute``'s default);
+   host block) on input tiles of ``--tile`` pixels, for each ``--batches`` size (16 is ``compute``'s default),
+   and the frozen network alone at the best size (what is left is time outside the network);
 3. with ``--store``: ``pipeline.compute.compute`` of the whole F into a fresh store (zstd compression and
    writes on the CPU, verification excluded from the figure): the end-to-end columns per second.
 
@@ -29,7 +30,8 @@ import time
 import numpy as np
 import torch
 
-from pipeline.compute import Source, compute, full_precision, source_key, tile_columns, tune_malloc
+from pipeline.compute import (Source, column_pass, compute, full_precision, source_key, tile_columns,
+                              tune_malloc)
 from pipeline.interpreter import interpret
 from pipeline.models import build
 
@@ -75,6 +77,18 @@ def columns_rate(li, lr: int, tile: int, batch: int, device: str, seconds: float
             break
     synchronize(device)
     return done / (time.perf_counter() - start)
+
+
+def network_rate(li, lr: int, tile: int, batch: int, device: str, seconds: float) -> float:
+    """Columns per second of the frozen network alone on the first tile's window: impulses already on the
+    device, no host copy. ``columns_rate`` / this = the share of a column's time spent in the network."""
+    forward, in_box, _ = column_pass(li, (0, 0, tile, tile))
+    v = torch.zeros((batch, 3, in_box[2], in_box[3]), dtype=li.x0.dtype)
+    for b in range(batch):
+        v[b, b % 3, (b // 3) % tile, (b // (3 * tile)) % tile] = 1.0
+    v = v.to(device).contiguous(memory_format=torch.channels_last)
+    forward(v)  # warm-up
+    return rate(lambda: forward(v), batch, device, seconds)[0]
 
 
 def store_rate(model_build, x0: np.ndarray, device: str, batch: int) -> tuple[float, float]:
@@ -142,6 +156,9 @@ def main() -> None:
         print(f"ours, batch {batch}: {cols:.1f} columns/s, per-column cost / plain per-image cost "
               f"{plain / cols:.2f}", flush=True)
     best_batch, best = max(rows, key=lambda r: r[1])
+    network = network_rate(li, lr, tile, best_batch, device, seconds)
+    print(f"frozen network alone, batch {best_batch}: {network:.1f} columns/s; the rest of a column's time "
+          f"(impulses, host copy) is {max(0.0, 1 - best / network):.0%} of it", flush=True)
     if args.store:
         end_to_end, secs = store_rate(model_build, x0.numpy(), device, best_batch)
         print(f"compute() of all of F ({3 * lr * lr} columns, batch {best_batch}, verification excluded): "

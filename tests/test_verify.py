@@ -99,6 +99,27 @@ def test_a_corrupted_chunk_fails_verify_names_it_and_a_resumed_compute_repairs_i
     assert store.attrs["timings"]["last_run_tasks"] == 1
 
 
+def test_a_store_computed_on_another_device_is_checked_where_it_was_computed_or_says_where_it_was(good, tmp_path):
+    import torch
+
+    out = copy_of(good, tmp_path)
+    store = open_store(out, mode="r+")
+    store.update_attrs(timings=dict(store.attrs["timings"], device="cuda"))
+    result = run("verify", out, "--quiet")
+    assert result.exit_code == 0 and result.output.count("\n") == 1, result.output  # no note when it passes
+    key = store.shard_key(store.stored_shards()[0])
+    data = bytearray((out / key).read_bytes())
+    for i in range(40, 60):
+        data[i] ^= 0x5A
+    (out / key).write_bytes(bytes(data))
+    result = run("verify", out, "--quiet")
+    assert result.exit_code == 1
+    note = "computed on cuda, checked on cpu: rounding differs between devices; check on cuda (--device cuda)"
+    assert (note in result.output) == (not torch.cuda.is_available()), result.output
+    result = run("verify", out, "--quiet", "--device", "cpu")  # asked for explicitly: the note all the same
+    assert result.exit_code == 1 and note in result.output, result.output
+
+
 def test_a_lost_shard_fails_integrity_naming_the_task(good, tmp_path):
     out = copy_of(good, tmp_path)
     store = open_store(out)

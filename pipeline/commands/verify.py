@@ -32,8 +32,10 @@ See docs/verify.md.""".format(**TOLERANCES)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples and probes.")
 @click.option("--write", is_flag=True,
               help="Record the result in the store: its verification, and complete = finished and passed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where the rebuilt network runs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Where the rebuilt network runs (default: where the store was computed when that device is "
+                   "here, else cpu). On another device, x0's forward pass rounds differently: ReLU masks near 0 "
+                   "and statistics frozen from near-flat maps can differ, and the probes with them.")
 @click.option("--weights", default=None,
               help="The weight file the stores were computed with, when it is neither a project default nor in the "
                    "weight cache (checked against the sha256 the store records).")
@@ -43,19 +45,23 @@ See docs/verify.md.""".format(**TOLERANCES)
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify(stores, samples, seed, write, device, weights, model, trust_pickle, quiet):
+    import torch
+
     from pipeline import verify as checks
     from pipeline.commands.errors import one_line
     from pipeline.compute import resolve_device
     from pipeline.store import StoreError, open_store
 
     try:
-        device = resolve_device(device)
+        chosen = device and resolve_device(device)
     except ValueError as err:
         raise click.ClickException(one_line(err)) from None
     failed = False
     for path in stores:
         try:
             store = open_store(path, mode="r+" if write else "r")
+            computed_on = store.attrs.get("timings", {}).get("device", "cpu")
+            device = chosen or ("cuda" if computed_on == "cuda" and torch.cuda.is_available() else "cpu")
             report = checks.verify_store(store, samples=samples, seed=seed, device=device, weights=weights,
                                          model=model, trust_pickle=trust_pickle, progress=not quiet)
         except StoreError as err:
@@ -75,6 +81,9 @@ def verify(stores, samples, seed, write, device, weights, model, trust_pickle, q
             click.echo(f"  {summary_line(store)}")
         for check in report.failed:
             click.echo(f"  FAILED {check.line()}")
+        if report.failed and device != computed_on:
+            click.echo(f"  computed on {computed_on}, checked on {device}: rounding differs between devices; "
+                       f"check on {computed_on} (--device {computed_on}) to tell it from a bad store")
         reasons: dict[str, list[str]] = {}  # checks that could not run for one reason share its line
         for check in report.not_run:
             reasons.setdefault(check.detail, []).append(check.name)
