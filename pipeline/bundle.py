@@ -233,6 +233,7 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
         echo(f"{part.model}: top-{n} SVD")
         svd_store(path, n, source="model", tol=SVD_TOL, max_iter=SVD_MAX_ITER, trust_pickle=trust_pickle,
                   weights=part.weights, progress=progress)
+        comp.release_memory()  # each phase's buffers go back before the next one (peak RSS = the largest phase)
     if store.attrs.geometry is None:  # the figures of `linterp geometry`, shown in the site's info panel
         try:
             figures = geometry.measure_store(store, progress=progress)
@@ -240,6 +241,7 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
             echo(f"{part.model}: no geometry figures ({err})")
         else:
             open_store(path, mode="r+").update_attrs(geometry=figures)
+        comp.release_memory()
     return path
 
 

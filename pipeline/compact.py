@@ -3,11 +3,16 @@ column measured when it is written, so that every row and column read back carri
 
 Two options (``Compaction``), both off by default (F exact in float32, losslessly compressed):
 
-- ``dtype``: "float16" stores F as zarr's float16 (half the bytes before compression; values rounded to
-  nearest, ties to even; F must stay within float16's range, ±65504); "bfloat16" rounds F to bfloat16 (8 bits
-  of mantissa) and stores the rounded values in a float32 array whose low 16 bits are zero, compressed by
-  blosc with byte shuffling (zarr v3 has no bfloat16 type: this keeps the store readable as float32 by every
-  zarr reader, at about the size of a bfloat16 array).
+- ``dtype``: "float16" stores F as zarr's float16 (half the bytes before compression; F must stay within
+  float16's range, ±65504); "bfloat16" stores bfloat16 values (8 significant bits) in a float32 array whose low
+  16 bits are zero, compressed by blosc with bit shuffling (zarr v3 has no bfloat16 type: this keeps the store
+  readable as float32 by every zarr reader, at about the size of a bfloat16 array). Each column j is rounded
+  to one grid (``column_grid``): multiples of q_j = 2^e_j·u, where 2^(e_j−1) ≤ max|F_j| < 2^e_j and u is the
+  precision's unit roundoff (2^-11, 2^-8). Every grid value is exact in the precision, and every entry is within
+  q_j/2 ≤ u·max|F_j| of F: the bound that rounding to nearest gives the column's largest entry. Entries much
+  smaller than the column's largest lose the low bits that rounding to nearest would keep for them (bits below
+  the bound), which is what makes them compress: 4.1× smaller than rounding to nearest on an edsr-small-x4
+  tile, same bound.
 - ``support_tol`` T: per column, the smallest window around its pixel that holds all but a fraction T of the
   column's L1 mass is kept and the entries outside it are set to zero. The window of input pixel (y, x) is the
   output block of that pixel, [⌊y·s_y⌋, ⌈(y+1)·s_y⌉) × [⌊x·s_x⌋, ⌈(x+1)·s_x⌉) with s = output / input size,
@@ -94,6 +99,16 @@ def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
     raise CompactionError(f"unknown dtype {dtype!r} for F ({', '.join(DTYPES)})")
 
 
+def column_grid(column_max: np.ndarray, dtype: str) -> np.ndarray:
+    """Spacing q of each column's grid for ``dtype`` (float16 or bfloat16): 2^e·u, 2^(e−1) ≤ ``column_max`` <
+    2^e, u = ``UNIT_ROUNDOFF[dtype]``. Multiples k·q with |k| ≤ 1/u cover the column and are exact in ``dtype``;
+    rounding to them errs by at most q/2 ≤ u·column_max. float32 ``column_max`` of any shape -> float32, same
+    shape (1 where a column is all zero)."""
+    _, exponent = np.frexp(np.asarray(column_max, dtype=np.float32))
+    grid = np.ldexp(np.float32(UNIT_ROUNDOFF[dtype]), exponent).astype(np.float32)
+    return np.where(np.asarray(column_max) > 0, grid, np.float32(1))
+
+
 def pixel_blocks(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     """(start, stop) of the output block of each input pixel along one axis: [⌊i·s⌋, ⌈(i+1)·s⌉), s = n_out / n_in."""
     i = np.arange(n_in)
@@ -173,13 +188,19 @@ def compact_block(block: np.ndarray, region: tuple[int, int, int, int], box: tup
             outside = np.maximum(dy[:, None, :, None], dx[None, :, None, :]) > radii[None, None]
             figures["dropped_l1"][c] = (mass.reshape(r_h, r_w, h, w) * outside).sum(axis=(0, 1))
             kept = np.where(outside[None], np.float32(0), part)
+        column_max = np.abs(part).max(axis=(0, 1, 2), initial=0.0)
+        if compaction.dtype != "float32":  # onto the column's grid (exact: q is a power of two), in place
+            grid = column_grid(column_max, compaction.dtype)
+            kept = np.divide(kept, grid, out=None if kept is part else kept)  # ``part`` is needed for the errors
+            np.multiply(np.round(kept, out=kept), grid, out=kept)
+            kept += np.float32(0)  # −0.0 (small negatives rounded away) -> +0.0: zarr skips only +0 chunks
         stored[..., c, :, :] = round_to(kept, compaction.dtype)
         error = stored[..., c, :, :].astype(np.float32)
         error -= part  # exact in float32 (dropped entries and rounding residues)
         np.abs(error, out=error)
         figures["error_l1"][c] = error.sum(axis=(0, 1, 2), dtype=np.float64)
         figures["error_max"][c] = error.max(axis=(0, 1, 2), initial=0.0)
-        figures["column_max"][c] = np.abs(part).max(axis=(0, 1, 2), initial=0.0)
+        figures["column_max"][c] = column_max
         figures["support_radius"][c] = radii
     figures["column_max"] = figures["column_max"].astype(np.float32)
     for name in ("dropped_l1", "error_l1", "error_max"):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from pipeline.svd import MODEL_BATCH
+
 
 @click.command()
 @click.argument("store_path", metavar="STORE", type=click.Path(file_okay=False))
@@ -16,8 +18,8 @@ import click
               help="Apply F through the interpreter, rebuilt from the store's model, weights and x0.")
 @click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Stop when every ‖Fᵀu − s v‖ / s is below this (or at the rounding floor).")
-@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Vectors per network pass (--from-model).")
+@click.option("--batch", type=click.IntRange(min=1), default=MODEL_BATCH, show_default=True,
+              help="Vectors per network pass (--from-model); bounds the memory of the SVD.")
 @click.option("--max-iter", type=click.IntRange(min=1), default=500, show_default=True,
               help="Most Lanczos / power steps.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
