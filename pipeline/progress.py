@@ -124,11 +124,13 @@ def iterate(items: Iterable, desc: str, *, total: int | None = None, unit: str =
             bar.update()
 
 
-def dask_progress(desc: str, total: int, *, unit: str = "task", enabled: bool = True):
-    """A dask callback (for ``with``) that reports each finished task of a local-scheduler graph of ``total``
-    tasks. Only the tasks of the graph's delayed calls should count: pass their number as ``total``;
-    internal tasks (finalisers) are not counted beyond it."""
+def dask_progress(desc: str, calls: list, *, unit: str = "task", enabled: bool = True):
+    """A dask callback (for ``with``) that reports each finished delayed call of ``calls`` in a local-scheduler
+    graph. Only those calls count: the graph's other tasks (their inputs, finalisers, a call's own inner
+    delayed functions) do not, so the bar moves with the work the user asked for."""
     from dask.callbacks import Callback
+
+    wanted = {call.key for call in calls}
 
     class _Callback(Callback):
         def __init__(self):
@@ -136,10 +138,10 @@ def dask_progress(desc: str, total: int, *, unit: str = "task", enabled: bool = 
             self.bar = None
 
         def _start(self, dsk):
-            self.bar = progress(total, desc, unit=unit, enabled=enabled)
+            self.bar = progress(len(wanted), desc, unit=unit, enabled=enabled)
 
         def _posttask(self, key, result, dsk, state, worker_id):
-            if self.bar.n < total:
+            if key in wanted:
                 self.bar.update()
 
         def _finish(self, dsk, state, errored):

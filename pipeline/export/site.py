@@ -423,7 +423,7 @@ def _run(tasks, scheduler: str, workers: int | None, progress: bool, desc: str):
     kwargs = {"scheduler": scheduler}
     if workers and scheduler != "synchronous":
         kwargs["num_workers"] = workers
-    with dask_progress(desc, len(tasks), unit="tasks", enabled=progress):
+    with dask_progress(desc, tasks, unit="tasks", enabled=progress):
         return list(dask.compute(*tasks, **kwargs))
 
 
