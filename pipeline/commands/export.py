@@ -13,7 +13,7 @@ from pipeline.export.site import SCHEDULERS
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="site folder to write")
 @click.option("--normalise", type=click.Choice(["filter", "global"]), default="filter", show_default=True,
               help="colour scale: each filter at its own ±max, or one scale per kind and channel pair")
-@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="threads", show_default=True,
+@click.option("--scheduler", type=click.Choice(SCHEDULERS), default="processes", show_default=True,
               help="dask scheduler (distributed: a local cluster of --workers processes)")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="dask workers (default: one per core)")
 @click.option("--progress/--no-progress", default=True, show_default=True)
