@@ -257,7 +257,8 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
           defaults: bool = False, store: bool = False, work: str | os.PathLike | None = None,
           trust_pickle: bool = False, device: str = "auto", scheduler: str = "threads",
           workers: int | None = None, progress: bool = True, command: str | None = None,
-          dtype: str = "float32", support_tol: float | None = None, echo=print) -> Path:
+          dtype: str = "float32", support_tol: float | None = None, export_scheduler: str = "threads",
+          echo=print) -> Path:
     """Build bundle ``name``; returns the path of the site's index.html (folder output) or of the archive.
 
     ``out``: a folder (the site goes to ``out/site``, stores to ``out/stores``) or a ``.zip`` file (work files
@@ -265,6 +266,7 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     (default: the built-in astronaut face); ``crop``: "X,Y,W,H", "full" for the whole image, or None for the
     bundle's default (on the default image; a given image is used whole). ``store``: put the stores into the zip.
     ``dtype`` / ``support_tol``: compact stores (``linterp compute --dtype / --support-tol``).
+    ``export_scheduler``: the export's (``export_site``'s ``scheduler``; ``linterp bundle`` uses "processes").
     """
     from pipeline.export.site import export_site
     from pipeline.models import build as build_model
@@ -288,7 +290,7 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
                                   echo=echo))
     site = folder / "site"
     echo(f"exporting the site {site}")
-    export_site(stores, site, progress=progress)
+    export_site(stores, site, scheduler=export_scheduler, progress=progress)
     notes = [n for n in (stand_in_note(bundle, p) for p in parts) if n] + list(bundle.notes)
     if notes:
         add_banner(site / "index.html", notes)

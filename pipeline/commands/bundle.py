@@ -46,7 +46,8 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
                                store=with_store, work=work, trust_pickle=trust_pickle, device=device,
                                scheduler=scheduler, workers=workers, progress=not quiet,
                                command=command_line(click.get_current_context()), dtype=dtype,
-                               support_tol=support_tol, echo=lambda m: click.echo(m, err=True))
+                               support_tol=support_tol, export_scheduler="processes",
+                               echo=lambda m: click.echo(m, err=True))
     except (ValueError, StoreError, OSError) as err:  # BundleError, ImageError, WeightsError, ExportError, …
         raise click_error(err) from err
     if result.suffix == ".zip":

@@ -22,8 +22,8 @@ row is read there anyway), so it shows what the store holds: F·x0 + r = y0 is a
 
 F is read one source chunk at a time (``F.chunks``), the whole destination domain per read (only the
 shards that are stored), so every chunk of F is decompressed once per kind. Tasks run in parallel on a dask
-scheduler (worker processes by default: zarr's reads and the per-row quantisation hold the GIL, so threads barely
-overlap); each sheet file is
+scheduler (the command line uses worker processes: zarr's reads and the per-row quantisation hold the GIL, so
+threads barely overlap); each sheet file is
 written atomically and each task leaves a marker with its result, so a killed export resumes where it stopped.
 """
 from __future__ import annotations
@@ -468,16 +468,17 @@ def _finish(result, marker: str, key: str):
     return result
 
 
-def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str = "processes",
+def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str = "threads",
                 workers: int | None = None, progress: bool = True, sheet_pixels: int = SHEET_PIXELS,
                 allow_unverified: bool = False, tile: int = tiles.TILE) -> dict:
     """Render the stores (one image, one panel per model) into the static site folder ``out``.
 
     ``normalise``: "filter" (each plane at its own ±max) or "global" (one scale per kind, source and target
-    channel over all pixels). ``scheduler``: "processes" (the default: rendering holds the GIL in zarr's reads and
-    the quantisation, so threads barely overlap; 1.34× faster on the full-face EDSR4x store, 2 cores), "threads",
-    "synchronous" (local dask schedulers) or "distributed" (a local ``distributed`` cluster of ``workers``
-    processes). ``sheet_pixels``: target size of
+    channel over all pixels). ``scheduler``: "threads" (the default), "processes" (what ``linterp export`` and
+    ``linterp bundle`` use: rendering holds the GIL in zarr's reads and the quantisation, so threads barely
+    overlap; 1.34× faster on the full-face EDSR4x store, 2 cores; a script that asks for it needs Python's
+    ``if __name__ == "__main__":`` guard, as every use of spawned worker processes does), "synchronous" (local
+    dask schedulers) or "distributed" (a local ``distributed`` cluster of ``workers`` processes). ``sheet_pixels``: target size of
     a filter sheet; ``tile``: side of the tiles of whole images. Unfinished stores are refused, and so are failed
     or unverified ones unless ``allow_unverified`` (their panels then carry a warning). Returns a summary:
     seconds, filters, files, bytes and per-model details.
