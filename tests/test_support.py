@@ -203,3 +203,18 @@ def test_operations_that_do_not_commute_with_cropping_use_the_whole_image(model_
     (r_top, r_left, r_h, r_w), block = tile_columns(li, (3, 32, 32), (12, 12, 4, 4), batch=48)
     full = np.moveaxis(dense_columns(li)[:, 12:16, 12:16], (0, 1, 2), (3, 4, 5))
     assert np.abs(block - full[:, r_top:r_top + r_h, r_left:r_left + r_w]).max() <= 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_columns_assembled_on_a_gpu_equal_those_on_the_cpu():
+    """The block is built on the device and copied once into page-locked host memory (compute.host_array)."""
+    torch.manual_seed(1)
+    model = SpatialGate().eval()
+    x0 = _x0()
+    cpu = interpret(model, x0)
+    gpu = interpret(model.cuda(), x0.cuda())
+    for box in [(0, 0, 8, 8), (12, 12, 4, 4)]:
+        region_c, block_c = tile_columns(cpu, (3, 32, 32), box, batch=7)
+        region_g, block_g = tile_columns(gpu, (3, 32, 32), box, batch=7)
+        assert region_c == region_g and isinstance(block_g, np.ndarray)
+        assert np.abs(block_g - block_c).max() <= 1e-5 * max(1.0, np.abs(block_c).max())
