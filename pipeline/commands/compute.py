@@ -11,11 +11,11 @@ from pipeline.commands.models import model_and_image_options
 @click.option("--out", "out_path", required=True, type=click.Path(file_okay=False),
               help="The store (a folder, e.g. face.zarr); an unfinished store of the same inputs is resumed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the network runs (cuda: one worker per GPU).")
+              help="Where the network runs (cuda: two worker threads per GPU).")
 @click.option("--scheduler", default="threads", show_default=True,
               help="threads, processes, or the address of a dask.distributed scheduler (tcp://HOST:PORT).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local workers (default: one per core, or one per GPU).")
+              help="Local workers (default: one per core, or two per GPU).")
 @click.option("--tile", type=click.IntRange(min=1), default=None,
               help="Input tile side in pixels: one task per tile (default: the largest that fits 512 MiB).")
 @click.option("--mode", type=click.Choice(["auto", "columns", "rows"]), default="auto", show_default=True,
