@@ -449,8 +449,8 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     ``pipeline.sources.model_source``). ``scheduler``: "threads" (default),
     "processes", "tcp://HOST:PORT" or a ``distributed.Client``. ``workers``: local worker count (default:
     one per core on CPU, ``GPU_WORKERS`` threads per GPU with CUDA). ``dtype`` ("float32", "float16",
-    "bfloat16") and ``support_tol`` (None or a fraction): a compact store (see ``pipeline.compact``; columns stores only); both are part of the
-    store's identity when set. Returns the completed, verified store.
+    "bfloat16") and ``support_tol`` (None or a fraction): a compact store (see ``pipeline.compact``; columns
+    stores only); both are part of the store's identity when set. Returns the completed, verified store.
 
     A resumed run first recomputes finished tasks whose shards do not decode or are missing. The run ends
     with the checks of ``pipeline.verify`` against a freshly built interpreter (``verify_samples`` sampled
