@@ -281,52 +281,6 @@ def test_translation_batches_pair_each_crop_with_its_own_target():
         assert torch.allclose((target + 1) / 2, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6)
 
 
-def test_interpreted_response_is_the_interpreter_and_reaches_the_weights():
-    from pipeline.interpreter import interpret
-    from pipeline.models.cyclegan import ResnetGenerator
-    from pipeline.training.interpreted import interpreted_response
-
-    torch.manual_seed(0)
-    model = ResnetGenerator(3, 3, ngf=8, n_blocks=2).eval()
-    with torch.no_grad():  # biases large enough that masks, norms and Tanh are far from trivial
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.bias is not None:
-                m.bias.normal_(0, 0.5)
-    x, v = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randn(2, 3, 16, 16)
-    y, response = interpreted_response(model, x, v)
-    for i in range(2):  # each image of the batch against the interpreter built at that image alone
-        li = interpret(model, x[i:i + 1])
-        assert torch.allclose(y[i], model(x[i:i + 1])[0], atol=1e-6)
-        assert torch.allclose(response[i], li.forward(v[i:i + 1])[0], rtol=1e-5, atol=1e-5)
-    gain = response.abs().mean()
-    gain.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
-               if n.endswith("weight"))
-    with pytest.raises(TypeError, match="ResnetGenerator"):
-        interpreted_response(nn.Conv2d(3, 3, 1), x, v)
-
-
-def test_flat_pixels_are_the_inside_of_flat_areas_and_the_penalty_counts_them():
-    from pipeline.training.tasks import FLAT_STEP, flat_pixels
-
-    image = torch.zeros(1, 3, 12, 12)
-    image[..., 6:] = 1.0  # a step between columns 5 and 6
-    image[0, 1, 2, 2] += FLAT_STEP  # a step no larger than FLAT_STEP: still flat
-    flat = flat_pixels(image)[0, 0]
-    assert flat[:, :4].all() and flat[:, 8:].all() and not flat[:, 4:8].any()
-    torch.manual_seed(0)
-    task = Translation("label", patch=16, batch=2, photos=("coins",))
-    x, y = task.draw(np.random.default_rng(0))
-    model = build("i2i-label").eval()
-    torch.manual_seed(1)
-    plain = task.loss(model, x, y)
-    torch.manual_seed(1)
-    penalised = dataclasses.replace(task, flat_weight=0.05).loss(model, x, y)
-    assert penalised > plain  # the same L1 (the probed half's output is the model's) plus a positive penalty
-    from pipeline.training.interpreted import interpreted_response
-    assert torch.allclose(interpreted_response(model, x, torch.zeros_like(x))[0], model(x), atol=1e-6)
-
-
 def test_digits_accuracy_counts_correct_answers():
     _, (x, y) = data.digits_split()
 

@@ -71,7 +71,7 @@ def train(recipe: Recipe, out: Path, steps: int | None = None, seed: int | None 
     t0, cpu0 = time.perf_counter(), time.process_time()
     with stage(steps, f"train {recipe.name}", unit="steps", enabled=progress, initial=start) as bar:
         for k in range(start, steps):
-            torch.manual_seed(seed * 1_000_003 + k)  # dropout masks and random probes of step k
+            torch.manual_seed(seed * 1_000_003 + k)  # dropout masks of step k
             x, y = recipe.task.draw(np.random.default_rng([seed, k]))
             loss = recipe.task.loss(model, x, y)
             opt.zero_grad(set_to_none=True)

@@ -58,9 +58,6 @@ class Translation:
     patch: int = 96
     batch: int = 8
     photos: tuple[str, ...] = data.TRAIN_PHOTOS
-    #: weight of the flat-area penalty (0: none): the mean |F(x)·v| of the linear interpreter at each crop for a
-    #: random ±1 probe v on the pixels where the target is flat (``flat_pixels``), on the first half of the batch
-    flat_weight: float = 0.0
 
     @staticmethod
     def to_model(rgb: torch.Tensor) -> torch.Tensor:
@@ -79,35 +76,8 @@ class Translation:
         return self.to_model(x), self.to_model(y)
 
     def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """L1 in [-1, 1] units (pix2pix's reconstruction loss, without the adversarial term), plus
-        ``flat_weight`` × the flat-area penalty. The probe's signs come from torch's generator (seeded per step
-        by the training loop)."""
-        if not self.flat_weight:
-            return F.l1_loss(model(x), target)
-        from pipeline.training.interpreted import interpreted_response
-
-        half = max(1, len(x) // 2)  # the probed half goes through once, with its probe (norms are per image)
-        signs = torch.randint(0, 2, x[:half].shape, dtype=torch.int8).to(x.dtype) * 2 - 1
-        y, response = interpreted_response(model, x[:half], signs * flat_pixels(target[:half]))
-        out = torch.cat([y, model(x[half:])]) if half < len(x) else y
-        return F.l1_loss(out, target) + self.flat_weight * response.abs().mean()
-
-
-#: a pixel is flat when no neighbour (3×3) differs from it by more than this, in any channel ([-1, 1] units)
-FLAT_STEP = 0.04
-
-
-def flat_pixels(images: torch.Tensor, step: float = FLAT_STEP) -> torch.Tensor:
-    """(N, 1, H, W) float 0/1: pixels of images (N, C, H, W) whose 3×3 neighbourhood holds no step between
-    neighbours larger than ``step`` (in any channel): the inside of flat areas."""
-    g = torch.zeros_like(images[:, :1])
-    dy = (images[:, :, 1:] - images[:, :, :-1]).abs().amax(1, keepdim=True)
-    dx = (images[..., 1:] - images[..., :-1]).abs().amax(1, keepdim=True)
-    g[:, :, 1:] = dy
-    g[:, :, :-1] = torch.maximum(g[:, :, :-1], dy)
-    g[..., 1:] = torch.maximum(g[..., 1:], dx)
-    g[..., :-1] = torch.maximum(g[..., :-1], dx)
-    return (F.max_pool2d(g, 3, 1, 1) <= step).to(images.dtype)
+        """L1 in [-1, 1] units (pix2pix's reconstruction loss, without the adversarial term)."""
+        return F.l1_loss(model(x), target)
 
 
 @dataclass(frozen=True)
