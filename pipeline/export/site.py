@@ -23,8 +23,8 @@ row is read there anyway), so it shows what the store holds: F·x0 + r = y0 is a
 F is read one source chunk at a time (``F.chunks``), the whole destination domain per read (only the
 shards that are stored), so every chunk of F is decompressed once per kind. Tasks run in parallel on a dask
 scheduler (the command line uses worker processes: zarr's reads and the per-row quantisation hold the GIL, so
-threads barely overlap); each sheet file is
-written atomically and each task leaves a marker with its result, so a killed export resumes where it stopped.
+threads barely overlap); each sheet file is written atomically and each task leaves a marker with its result, so
+a killed export resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -251,8 +251,8 @@ def render_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder
     """Write the sheets of the blocks in one task region (one sheet per block and source channel).
 
     ``fixed_scales``: None for per-filter normalisation, or (n_sources, nt) global scales. ``listing``:
-    the :func:`listing_token` of the stored shards of F (listed once per process rather than once per task). ``fx0_piece`` (rows only): a
-    ``.npz`` path where the task saves F·x0 at its output pixels, contracted from the rows it reads
+    the :func:`listing_token` of the stored shards of F (listed once per process rather than once per task).
+    ``fx0_piece`` (rows only): a ``.npz`` path where the task saves F·x0 at its output pixels, contracted from the rows it reads
     (``origin`` (y, x) and ``values`` (C_out, h, w)), so F·x0 costs no extra read of F.
     Returns {'filters', 'bytes', 'files'}.
     """
@@ -478,8 +478,8 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     ``linterp bundle`` use: rendering holds the GIL in zarr's reads and the quantisation, so threads barely
     overlap; 1.34× faster on the full-face EDSR4x store, 2 cores; a script that asks for it needs Python's
     ``if __name__ == "__main__":`` guard, as every use of spawned worker processes does), "synchronous" (local
-    dask schedulers) or "distributed" (a local ``distributed`` cluster of ``workers`` processes). ``sheet_pixels``: target size of
-    a filter sheet; ``tile``: side of the tiles of whole images. Unfinished stores are refused, and so are failed
+    dask schedulers) or "distributed" (a local ``distributed`` cluster of ``workers`` processes).
+    ``sheet_pixels``: target size of a filter sheet; ``tile``: side of the tiles of whole images. Unfinished stores are refused, and so are failed
     or unverified ones unless ``allow_unverified`` (their panels then carry a warning). Returns a summary:
     seconds, filters, files, bytes and per-model details.
     """
