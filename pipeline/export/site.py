@@ -252,8 +252,8 @@ def render_task(store_path: str, kind: str, plan: dict, y0: int, x0: int, folder
 
     ``fixed_scales``: None for per-filter normalisation, or (n_sources, nt) global scales. ``listing``:
     the :func:`listing_token` of the stored shards of F (listed once per process rather than once per task).
-    ``fx0_piece`` (rows only): a ``.npz`` path where the task saves F·x0 at its output pixels, contracted from the rows it reads
-    (``origin`` (y, x) and ``values`` (C_out, h, w)), so F·x0 costs no extra read of F.
+    ``fx0_piece`` (rows only): a ``.npz`` path where the task saves F·x0 at its output pixels, contracted from
+    the rows it reads (``origin`` (y, x) and ``values`` (C_out, h, w)), so F·x0 costs no extra read of F.
     Returns {'filters', 'bytes', 'files'}.
     """
     store = open_store(store_path)
@@ -479,9 +479,9 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     overlap; 1.34× faster on the full-face EDSR4x store, 2 cores; a script that asks for it needs Python's
     ``if __name__ == "__main__":`` guard, as every use of spawned worker processes does), "synchronous" (local
     dask schedulers) or "distributed" (a local ``distributed`` cluster of ``workers`` processes).
-    ``sheet_pixels``: target size of a filter sheet; ``tile``: side of the tiles of whole images. Unfinished stores are refused, and so are failed
-    or unverified ones unless ``allow_unverified`` (their panels then carry a warning). Returns a summary:
-    seconds, filters, files, bytes and per-model details.
+    ``sheet_pixels``: target size of a filter sheet; ``tile``: side of the tiles of whole images. Unfinished
+    stores are refused, and so are failed or unverified ones unless ``allow_unverified`` (their panels then carry
+    a warning). Returns a summary: seconds, filters, files, bytes and per-model details.
     """
     import dask
 
