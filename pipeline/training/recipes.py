@@ -40,7 +40,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            target=("gain", 0.3)),
     Recipe("edsr-small-x4", SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=48, batch=8),
            steps=5000, lr=6e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
-    Recipe("i2i-paint", Translation("paint"), steps=4800, lr=5e-4, target=("reduction", 0.3)),
+    Recipe("i2i-paint", Translation("paint"), steps=5400, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-woodcut", Translation("woodcut"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-label", Translation("label"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
     Recipe("digits-vgg", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
