@@ -338,3 +338,17 @@ def test_committed_default_weights_meet_their_targets(name):
     for other in rec.beats:
         assert rep.metrics[metric] > evaluate(build(other), task_for(other)).metrics[metric]
 
+
+def test_sr_edge_term_is_the_l1_of_neighbour_differences():
+    task = SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=4, batch=2, edge_weight=0.5)
+    x = torch.rand(2, 3, 4, 4) * 255
+    model = nn.Upsample(scale_factor=4, mode="nearest")  # blocky output: its differences are 0 inside each block
+    target = torch.rand(2, 3, 16, 16) * 255
+    out = model(x)
+    by_hand = (out - target).abs().mean()
+    for axis in (-1, -2):
+        by_hand += 0.5 * (out.diff(dim=axis) - target.diff(dim=axis)).abs().mean()
+    assert torch.allclose(task.loss(model, x, target), by_hand / 255)
+    plain = dataclasses.replace(task, edge_weight=0.0)
+    assert torch.allclose(plain.loss(model, x, target), (out - target).abs().mean() / 255)
+    assert task.loss(model, x, out) == 0  # a perfect output scores 0 on both terms

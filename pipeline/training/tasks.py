@@ -27,6 +27,9 @@ class SuperResolution:
     patch: int = 32          # LR patch side, pixels
     batch: int = 16
     photos: tuple[str, ...] = data.TRAIN_PHOTOS
+    #: weight of the edge term (0: none): the L1 distance between the horizontal and vertical differences of
+    #: neighbouring pixels of output and target, which rewards edges as sharp as the target's
+    edge_weight: float = 0.0
 
     def to_model(self, rgb: torch.Tensor) -> torch.Tensor:
         """RGB (N, 3, H, W) in [0, 1] -> the model's input/output units."""
@@ -43,9 +46,15 @@ class SuperResolution:
         return self.to_model(lr), self.to_model(hr)
 
     def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean absolute error in [0, 1] units (EDSR's L1 loss)."""
+        """Mean absolute error in [0, 1] units (EDSR's L1 loss), plus ``edge_weight`` × that of the
+        differences between neighbouring pixels."""
         scale = 1.0 if self.channels == 1 else self.rgb_range
-        return F.l1_loss(model(x), target) / scale
+        out = model(x)
+        loss = F.l1_loss(out, target)
+        if self.edge_weight:
+            loss = loss + self.edge_weight * (F.l1_loss(out.diff(dim=-1), target.diff(dim=-1))
+                                              + F.l1_loss(out.diff(dim=-2), target.diff(dim=-2)))
+        return loss / scale
 
 
 @dataclass(frozen=True)
