@@ -51,6 +51,9 @@ TOLERANCES = {"integrity": 0, "reconstruction": 1e-4, "model": 1e-4, "probe": 1e
 DEFAULT_SAMPLES = 8
 #: Most values of F decoded at once while reading the store.
 READ_VALUES = 2**23
+#: Most vectors per network pass in the model checks: a whole-image pass holds every feature map once per vector
+#: (the full-face EDSR4x store: ≈ 120 MB a vector), so the checks' samples go through a few at a time.
+PASS_VECTORS = 2
 
 
 class VerificationError(ValueError):
@@ -405,8 +408,8 @@ def _model_checks(sub: _Subject, model, li, Fv, FTu, v, u, *, samples: int, rng:
                   tolerances: dict) -> tuple[list[Check], dict]:
     """The checks that need the model: model, probe, rows (columns), jacobian and windows.
 
-    Network passes are batched: one forward pass (the probe v and the sampled columns), one transpose pass
-    (the probe u and the sampled rows) and one batch of jvp (vjp) of the original model."""
+    Network passes are batched, ``PASS_VECTORS`` vectors at a time: forward passes (the probe v and the sampled
+    columns), transpose passes (the probe u and the sampled rows) and jvp (vjp) of the original model."""
     store, mode = sub.store, sub.mode
     in_shape, out_shape = store.in_shape, store.out_shape
     net_out = tuple(li.output.shape[1:])
@@ -414,14 +417,18 @@ def _model_checks(sub: _Subject, model, li, Fv, FTu, v, u, *, samples: int, rng:
     checks, figures = [], {}
 
     def forward(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = li.forward(torch.as_tensor(batch, dtype=x0.dtype, device=x0.device))
-        return out.float().cpu().numpy().reshape((len(batch),) + out_shape)
+        def one(part):
+            with torch.no_grad():
+                out = li.forward(torch.as_tensor(part, dtype=x0.dtype, device=x0.device))
+            return out.float().cpu().numpy().reshape((len(part),) + out_shape)
+        return _in_parts(one, batch)
 
     def transpose(batch: np.ndarray) -> np.ndarray:
-        t = torch.as_tensor(batch, dtype=x0.dtype, device=x0.device).reshape((len(batch),) + net_out)
-        with torch.no_grad():
-            return li.transpose(t).float().cpu().numpy().reshape((len(batch),) + in_shape)
+        def one(part):
+            t = torch.as_tensor(part, dtype=x0.dtype, device=x0.device).reshape((len(part),) + net_out)
+            with torch.no_grad():
+                return li.transpose(t).float().cpu().numpy().reshape((len(part),) + in_shape)
+        return _in_parts(one, batch)
 
     rel, _, _ = _relative(li.output.float().cpu().numpy().reshape(out_shape), store.y0)
     checks.append(_judge("model", rel, tolerances, "the rebuilt model's f(x0) against the stored y0"))
@@ -478,7 +485,7 @@ def _model_checks(sub: _Subject, model, li, Fv, FTu, v, u, *, samples: int, rng:
 def _jacobian_check(sub: _Subject, model, x0, Fv, FTu, v, u, *, samples, rng, tolerances) -> Check:
     """The Jacobian J of the original model at x0 against the stored F: J·v (for the probe v, against the
     stored F·v) and sampled columns, by ``torch.func.jvp``; for rows stores Jᵀ·u and sampled rows, by
-    ``torch.func.vjp``. One batch (vmap) of ``samples // 2`` + 1 vectors, float32."""
+    ``torch.func.vjp``. ``samples // 2`` + 1 vectors (vmap, ``PASS_VECTORS`` at a time), float32."""
     store = sub.store
     n = max(1, samples // 2)
     if sub.mode == "columns":
@@ -505,17 +512,26 @@ def _jacobian_check(sub: _Subject, model, x0, Fv, FTu, v, u, *, samples, rng, to
                   + (f"{what} {picks[at[0] - 1]}" if at[0] else "the random probe"))
 
 
+def _in_parts(fn, batch):
+    """fn (a batch -> an array with one entry per vector) applied ``PASS_VECTORS`` vectors at a time, joined."""
+    return np.concatenate([fn(batch[i:i + PASS_VECTORS]) for i in range(0, len(batch), PASS_VECTORS)])
+
+
 def _batched(fn, vectors: torch.Tensor, shape) -> np.ndarray:
-    """fn applied to each of ``vectors`` (vmap, or one by one where the model does not vmap): (n, *shape)."""
+    """fn applied to each of ``vectors`` (vmap over ``PASS_VECTORS`` at a time, or one by one where the model
+    does not vmap): (n, *shape)."""
     import warnings
+
+    def part(vs: torch.Tensor) -> np.ndarray:
+        try:
+            out = torch.func.vmap(fn)(vs)
+        except Exception:  # noqa: BLE001 - in-place or data-dependent code that vmap cannot batch
+            out = torch.stack([fn(t) for t in vs])
+        return out.detach().float().cpu().numpy().reshape((len(vs),) + tuple(shape))
 
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-        try:
-            out = torch.func.vmap(fn)(vectors)
-        except Exception:  # noqa: BLE001 - in-place or data-dependent code that vmap cannot batch
-            out = torch.stack([fn(t) for t in vectors])
-    return out.detach().float().cpu().numpy().reshape((len(vectors),) + tuple(shape))
+        return _in_parts(part, vectors)
 
 
 def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = None, *,
