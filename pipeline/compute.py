@@ -306,15 +306,23 @@ def tile_columns(li, in_shape: tuple[int, int, int], box: tuple[int, int, int, i
             out = forward(v.contiguous(memory_format=torch.channels_last))
             # columns last, made contiguous where the network ran, so that the copy below moves rows of n floats
             out = out.reshape(n, c_out, out_box[2], out_box[3]).permute(1, 2, 3, 0).float().contiguous()
-            index = (part[:, 0] * h + part[:, 1] - top) * w + part[:, 2] - left
+            index = ((part[:, 0] * h + part[:, 1] - top) * w + part[:, 2] - left).tolist()
             target = block[:, oy:oy + out_box[2], ox:ox + out_box[3]]
-            first = int(index[0])
-            if torch.equal(index, torch.arange(first, first + n)):  # consecutive columns: one strided copy
-                target[..., first:first + n] = out
-            else:
-                target[..., index.to(device)] = out
+            for k, first, length in _runs(index):  # a slice copy per run of consecutive columns (an index_put,
+                target[..., first:first + length] = out[..., k:k + length]  # or a 6-D view copy, is 4x slower)
     return (r_top, r_left, r_bottom - r_top, r_right - r_left), host_array(block).reshape(
         (c_out, r_bottom - r_top, r_right - r_left, c_in, h, w))
+
+
+def _runs(index: list[int]) -> list[tuple[int, int, int]]:
+    """(position, first, length) of each maximal run of consecutive values in ``index``."""
+    runs = []
+    for k, i in enumerate(index):
+        if runs and i == runs[-1][1] + runs[-1][2]:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((k, i, 1))
+    return runs
 
 
 def host_array(t: torch.Tensor) -> np.ndarray:

@@ -31,6 +31,7 @@ from torch import fx, nn
 
 from .errors import UnsupportedOperation
 from .graph import Bound
+from .sparse import conv2d_on_support
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -593,8 +594,10 @@ class ConvModule(Rule):
         return b(), None, _channel_view(m.bias.detach(), b.input().dim()) if m.bias is not None else None
 
     def linear(self, b, state):
-        m = b.fn
-        return m._conv_forward(b.input(), m.weight, None)
+        m, v = b.fn, b.input()
+        if v.dim() == 4 and v.device.type == "cpu" and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            return conv2d_on_support(v, m.weight, m.stride, m.padding, m.dilation, m.groups)
+        return m._conv_forward(v, m.weight, None)
 
     def transpose(self, b, state, cot):
         m = b.fn

@@ -39,8 +39,16 @@ def _geometry(li) -> dict | None:
     convolutions, sy the product of resampling factors on the way from the input), likewise columns.
 
     None when some linear node is not a 4-D feature map (a global head) or the sizes do not follow this
-    pattern (e.g. odd sizes through strided layers): such networks are not cut into windows.
+    pattern (e.g. odd sizes through strided layers): such networks are not cut into windows. Computed once per
+    interpreter (every window asks for it).
     """
+    if "_geometry" not in li.__dict__:
+        li.__dict__["_geometry"] = _feature_geometry(li)
+    return li.__dict__["_geometry"]
+
+
+def _feature_geometry(li) -> dict | None:
+    """`_geometry`, computed."""
     H, W = li.x0.shape[2:]
     placeholder = next(n for n in li.nodes if n.op == "placeholder")
     size = {placeholder: (H, W)}
