@@ -183,20 +183,44 @@ def work_folder(bundle: Bundle, parts: list[Part], image: str | None, crop: str 
     return Path("out") / "bundles" / f"{bundle.name}-{work_key(bundle, parts, image, crop, compaction)}"
 
 
-def _matches(store_path: Path, identity: dict) -> bool:
-    """True when ``store_path`` is a complete store whose identity agrees with ``identity`` on its keys."""
+def _stored(store_path: Path):
+    """The store at ``store_path``, or None where there is none (or what is there cannot be opened as one)."""
     from pipeline.store import StoreError, open_store
 
     if not store_path.is_dir():
-        return False
+        return None
     try:
-        store = open_store(store_path)
+        return open_store(store_path)
     except StoreError:
-        return False
+        return None
+
+
+def _agrees(store, identity: dict) -> bool:
+    """Whether a store's identity agrees with ``identity`` on its keys."""
     exact = {"dtype": "float32", "support_tol": None}  # only compact stores record these: never mixed up
     found = dict(exact, **store.attrs.identity)
     wanted = dict(exact, **json.loads(json.dumps(identity)))
-    return store.complete and all(found.get(key) == value for key, value in wanted.items())
+    return all(found.get(key) == value for key, value in wanted.items())
+
+
+def _matches(store_path: Path, identity: dict) -> bool:
+    """True when ``store_path`` is a complete store whose identity agrees with ``identity`` on its keys."""
+    store = _stored(store_path)
+    return store is not None and store.complete and _agrees(store, identity)
+
+
+def _set_aside(store_path: Path, identity: dict, echo) -> None:
+    """A store of other inputs where this bundle's store goes (e.g. ``make demo`` after the default weights
+    changed) is renamed to ``<name>.replaced-<n>``, not deleted: nothing is lost, and the bundle goes on."""
+    store = _stored(store_path)
+    if store is None or _agrees(store, identity):
+        return
+    n = 1
+    while store_path.with_name(f"{store_path.name}.replaced-{n}").exists():
+        n += 1
+    aside = store_path.with_name(f"{store_path.name}.replaced-{n}")
+    store_path.rename(aside)
+    echo(f"{store_path.name}: the store there was made from other inputs; kept as {aside}")
 
 
 def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None, k: int,
@@ -222,6 +246,7 @@ def build_store(part: Part, folder: Path, *, image: str | None, crop: str | None
         path = found
         echo(f"{part.model}: reusing the complete store {path}")
     else:
+        _set_aside(path, dict(identity, **compact), echo)
         echo(f"{part.model}: computing F(x0) into {path}")
         comp.compute(path, source, identity=identity, attrs=attrs, scheduler=scheduler, workers=workers,
                      device=device, progress=progress, **compact)

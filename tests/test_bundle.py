@@ -227,3 +227,21 @@ def test_compact_bundle_keeps_its_own_store_and_says_so(tmp_path, stand_ins, mon
     exact = run(["EDSR4x", "--defaults", "--crop", CROP, "--out", "dist/exact.zip"])
     assert exact.exit_code == 0, exact.output
     assert len(list((tmp_path / "out" / "bundles").glob("EDSR4x-*"))) == 2  # the exact store has its own folder
+
+
+def test_folder_bundle_of_other_inputs_keeps_the_old_store_aside(tmp_path):
+    """`make demo` after the inputs changed (here the crop; in practice new default weights): the store of the
+    old inputs is renamed, not deleted and not an error, and the new site shows the new store."""
+    out = tmp_path / "site-folder"
+    first = run(["Bicubic4x", "--crop", CROP, "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    old = open_store(out / "stores" / "bicubic-x4.zarr").attrs.identity
+    second = run(["Bicubic4x", "--crop", "40,40,8,8", "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    aside = out / "stores" / "bicubic-x4.zarr.replaced-1"
+    assert "kept as" in second.output and str(aside) in second.output
+    assert open_store(aside).attrs.identity == old  # nothing lost
+    new = open_store(out / "stores" / "bicubic-x4.zarr", require_complete=True)
+    assert new.attrs.identity["crop"] != old["crop"]
+    third = run(["Bicubic4x", "--crop", "40,40,8,8", "--out", str(out)])  # same inputs: reused, nothing moved
+    assert third.exit_code == 0 and not (out / "stores" / "bicubic-x4.zarr.replaced-2").exists()
