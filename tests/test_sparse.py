@@ -61,7 +61,7 @@ def test_the_box_is_really_cropped(monkeypatch):
     v = _sparse_input((2, 8, 40, 40), (20, 20, 2, 2))
     w = torch.randn(32, 8, 3, 3)
     conv2d_on_support(v, w, (1, 1), (1, 1), (1, 1), 1)
-    assert seen == [(6, 6)]  # outputs 19..22 read input rows 18..23
+    assert seen == [(10, 10)]  # outputs 19..22, widened to 16..23 (SPAN_STEP 8), read input rows 15..24
 
 
 def test_dense_and_cheap_convolutions_go_whole(monkeypatch):
