@@ -56,19 +56,16 @@ def conv2d_on_support(v: torch.Tensor, weight: torch.Tensor, stride: tuple[int, 
         return F.conv2d(v, weight, None, stride, padding, dilation, groups)
     nonzero = v.abs().amax(dim=(0, 1)) != 0  # (H, W); NaN counts as non-zero
     rows, cols = _extent(nonzero.any(dim=1)), _extent(nonzero.any(dim=0))
+    i0, i1 = _output_span(*rows, h_out, kh, stride[0], padding[0], dilation[0]) if rows else (0, -1)
+    j0, j1 = _output_span(*cols, w_out, kw, stride[1], padding[1], dilation[1]) if cols else (0, -1)
+    if max(0, i1 - i0 + 1) * max(0, j1 - j0 + 1) > MAX_FRACTION * h_out * w_out:
+        return F.conv2d(v, weight, None, stride, padding, dilation, groups)
     layout = torch.channels_last if v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() \
         else torch.contiguous_format
     out = torch.empty((v.shape[0], weight.shape[0], h_out, w_out), dtype=v.dtype, device=v.device,
-                      memory_format=layout)
-    if rows is None:
-        return out.zero_()
-    i0, i1 = _output_span(*rows, h_out, kh, stride[0], padding[0], dilation[0])
-    j0, j1 = _output_span(*cols, w_out, kw, stride[1], padding[1], dilation[1])
-    if i1 < i0 or j1 < j0:
-        return out.zero_()
-    if (i1 - i0 + 1) * (j1 - j0 + 1) > MAX_FRACTION * h_out * w_out:
-        return F.conv2d(v, weight, None, stride, padding, dilation, groups)
-    out.zero_()
+                      memory_format=layout).zero_()
+    if i1 < i0 or j1 < j0:  # no non-zero input, or none that any output reads
+        return out
     # input rows [r0, r1] and columns [c0, c1] that outputs [i0, i1] × [j0, j1] read; outside the map: padding
     r0, r1 = stride[0] * i0 - padding[0], stride[0] * i1 - padding[0] + dilation[0] * (kh - 1)
     c0, c1 = stride[1] * j0 - padding[1], stride[1] * j1 - padding[1] + dilation[1] * (kw - 1)
