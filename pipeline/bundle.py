@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -390,16 +391,61 @@ def readme_text(bundle: Bundle, parts: list[Part], stores: list[Path], *, image:
 
 #: Suffixes stored without compression in archives (already compressed).
 STORED_SUFFIXES = {".png", ".zip", ".gz"}
+#: Threads compressing the scripts that carry PNG sheets and tiles (zlib releases the GIL).
+ZIP_THREADS = 2
+
+
+def carries_png(relative: Path) -> bool:
+    """Whether a site file is a script carrying base64 PNG data (every script of a model's folder data/<model>/)."""
+    return len(relative.parts) == 3 and relative.parts[0] == "data" and relative.suffix == ".js"
+
+
+def huffman_deflate(path: Path) -> tuple[Path, bytes, int]:
+    """(path, raw deflate stream, CRC-32) of a file, compressed by Huffman coding alone: on base64 text of PNG
+    data it gets back what base64 spent (≈ 25 %) like deflate's levels 1–6 do, within 4 % of their size and
+    3–4× faster (no string matching: compressed data has nothing to match)."""
+    data = path.read_bytes()
+    deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15, 9, zlib.Z_HUFFMAN_ONLY)
+    return path, deflate.compress(data) + deflate.flush(), zlib.crc32(data)
+
+
+def add_deflated(zf: zipfile.ZipFile, path: Path, arcname: str, stream: bytes, crc: int) -> None:
+    """Append ``path`` as ``arcname`` with its deflate ``stream`` made beforehand (``huffman_deflate``, in
+    parallel): ``zipfile`` compresses inside ``write``, one file at a time, so the entry is laid out here as
+    ``ZipFile.write`` lays out its own (header at the end of the archive, then the data)."""
+    zinfo = zipfile.ZipInfo.from_file(path, arcname)
+    zinfo.compress_type, zinfo.compress_size, zinfo.CRC = zipfile.ZIP_DEFLATED, len(stream), crc
+    zf.fp.seek(zf.start_dir)
+    zinfo.header_offset = zf.fp.tell()
+    zf._writecheck(zinfo)  # noqa: SLF001 - zipfile's own checks (duplicate names, zip64 needs)
+    zf._didModify = True  # noqa: SLF001
+    zf.fp.write(zinfo.FileHeader())
+    zf.fp.write(stream)
+    zf.filelist.append(zinfo)
+    zf.NameToInfo[zinfo.filename] = zinfo
+    zf.start_dir = zf.fp.tell()
 
 
 def write_zip(out: Path, name: str, site: Path, stores: list[Path]) -> None:
-    """Pack ``site`` as ``name/`` (and each store as ``name/store/<store>``) into ``out``, atomically."""
+    """Pack ``site`` as ``name/`` (and each store as ``name/store/<store>``) into ``out``, atomically.
+
+    Scripts carrying PNG data are compressed in ``ZIP_THREADS`` threads by Huffman coding alone; the other text
+    files of the site by deflate; PNG files and stores (compressed already) are stored."""
+    from pipeline.parallel import ordered_map
+
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".part")
+    files = sorted(p for p in site.rglob("*") if p.is_file() and ".done" not in p.relative_to(site).parts)
+    sheets = [p for p in files if carries_png(p.relative_to(site))]
+    others = [p for p in files if not carries_png(p.relative_to(site))]
     with zipfile.ZipFile(partial, "w") as zf:
-        for root, prefix in [(site, name)] + [(s, f"{name}/store/{s.name}") for s in stores]:
-            for path in sorted(p for p in root.rglob("*") if p.is_file() and ".done" not in p.relative_to(root).parts):
-                method = zipfile.ZIP_STORED if path.suffix.lower() in STORED_SUFFIXES or root != site \
-                    else zipfile.ZIP_DEFLATED
-                zf.write(path, f"{prefix}/{path.relative_to(root).as_posix()}", compress_type=method)
+        for path in others:
+            method = zipfile.ZIP_STORED if path.suffix.lower() in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
+            zf.write(path, f"{name}/{path.relative_to(site).as_posix()}", compress_type=method)
+        for path, stream, crc in ordered_map(huffman_deflate, sheets, ZIP_THREADS):
+            add_deflated(zf, path, f"{name}/{path.relative_to(site).as_posix()}", stream, crc)
+        for store in stores:
+            for path in sorted(p for p in store.rglob("*") if p.is_file()):
+                zf.write(path, f"{name}/store/{store.name}/{path.relative_to(store).as_posix()}",
+                         compress_type=zipfile.ZIP_STORED)
     partial.replace(out)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .compact import Compaction, CompactionError, compact_block
+from .shard_io import write_box
 from .store import Store, create_store, layout, open_store
 
 #: Default columns (or rows) per forward (transpose) pass. Part of a store's identity: batch composition
@@ -405,7 +406,8 @@ def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, t
         if compaction.active:
             block, figures = compact_block(block, region, box, plan.in_shape, plan.out_shape, compaction)
             store.write_errors(box, figures)
-        store.F[:, r_top:r_top + r_h, r_left:r_left + r_w, :, top:top + h, left:left + w] = block
+        write_box(store.F, (slice(None), slice(r_top, r_top + r_h), slice(r_left, r_left + r_w), slice(None),
+                            slice(top, top + h), slice(left, left + w)), block)
         sy, sx = plan.shards[1:3]
         shards = sum(bool(np.any(block[:, i:i + sy, j:j + sx])) for i in range(0, r_h, sy) for j in range(0, r_w, sx))
     else:
@@ -413,7 +415,8 @@ def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, t
         step = plan.shards[0]
         channels = range(block_c * step, min(plan.out_shape[0], (block_c + 1) * step))
         rows = row_block(li, channels, y, x, batch=plan.batch)
-        store.F[channels.start:channels.stop, y:y + 1, x:x + 1] = rows[:, None, None]
+        write_box(store.F, (slice(channels.start, channels.stop), slice(y, y + 1), slice(x, x + 1)) + (slice(None),) * 3,
+                  rows[:, None, None])
         shards = int(np.any(rows))
     store.mark_done(index, shards=shards)  # the count lets `linterp verify` find lost shards
     return time.perf_counter() - start

@@ -29,6 +29,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .shard_io import read_box
+
 #: Version of the definitions below, stored with the figures.
 METHOD = "linterp-geometry/1"
 #: Default number of sampled pixels (columns of every input channel each).
@@ -53,6 +55,8 @@ PERMUTATIONS = 200
 NOISE = 1e-4
 #: Most bytes of F read from a store at once.
 READ_BYTES = 256 * 2**20
+#: Shards of F decoded in parallel by each read (``shard_io.read_box``; decoding releases the GIL).
+READ_THREADS = 2
 #: Names of the flashlight's descriptors of local image structure, in order.
 DESCRIPTORS = ("patch", "gradient", "segment")
 
@@ -376,15 +380,17 @@ def store_columns(store, *, read_bytes: int = READ_BYTES) -> ColumnSource:
         columns = np.zeros((c_out, h_out, w_out, c_in, len(pixels)), dtype=np.float32)
         for c in range(0, c_out, F.chunks[0]):
             for r in range(0, h_out, F.chunks[1]):
-                rows = F[c:c + F.chunks[0], r:r + F.chunks[1]]
+                rows = read_box(F, (slice(c, c + F.chunks[0]), slice(r, r + F.chunks[1])) + (slice(None),) * 4,
+                                READ_THREADS)
                 columns[c:c + F.chunks[0], r:r + F.chunks[1]] = rows[..., pixels[:, 0], pixels[:, 1]]
         yield np.arange(len(pixels)), columns
 
-    def read_box(top, bottom, left, right, ys, xs):
+    def read_pixels(top, bottom, left, right, ys, xs):
         columns = np.zeros((c_out, h_out, w_out, c_in, len(ys)), dtype=np.float32)
         if bottom > top and right > left:  # else no shard of this tile is stored: its columns are zero
             y_lo, x_lo, y_hi, x_hi = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
-            block = F[:, top:bottom, left:right, :, y_lo:y_hi, x_lo:x_hi]
+            block = read_box(F, (slice(None), slice(top, bottom), slice(left, right), slice(None), slice(y_lo, y_hi),
+                                 slice(x_lo, x_hi)), READ_THREADS)
             columns[:, top:bottom, left:right] = block[..., ys - y_lo, xs - x_lo]
         return columns
 
@@ -401,10 +407,10 @@ def store_columns(store, *, read_bytes: int = READ_BYTES) -> ColumnSource:
             box = reach.get((ys[0] // sy * sy, xs[0] // sx * sx), (0, 0, 0, 0))
             box_size = (box[1] - box[0]) * (box[3] - box[2]) * (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
             if 4 * c_out * c_in * box_size <= read_bytes:
-                yield idx, read_box(*box, ys, xs)
+                yield idx, read_pixels(*box, ys, xs)
             else:
                 for k, i in enumerate(idx):
-                    yield np.array([i]), read_box(*box, ys[k:k + 1], xs[k:k + 1])
+                    yield np.array([i]), read_pixels(*box, ys[k:k + 1], xs[k:k + 1])
 
     return read
 

@@ -56,7 +56,10 @@ READABLE_VERSIONS = (1, 2)
 IN_DIMS = ("c_in", "y_in", "x_in")
 OUT_DIMS = ("c_out", "y_out", "x_out")
 F_DIMS = OUT_DIMS + IN_DIMS
-_CODEC = ZstdCodec(level=3, checksum=True)  # a damaged chunk fails to decode instead of reading as noise
+#: Compressor of exact arrays. The checksum: a damaged chunk fails to decode instead of reading as noise. Level 1:
+#: on 1644 inner chunks of the full-face EDSR4x F, 0.842 of raw size (level 3: 0.845) in 0.69× level 3's encoding
+#: time; decoding is as fast.
+_CODEC = ZstdCodec(level=1, checksum=True)
 #: Compressor of compact F (float16, or bfloat16 values in float32): blosc's bit shuffle gathers the zero low bits
 #: and the similar exponents before zstd (0.86–0.88 of zstd alone on an edsr-small tile, benchmarks/bench_compute.py).
 _COMPACT_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")

@@ -48,6 +48,8 @@ from typing import Callable
 
 import numpy as np
 
+from .shard_io import read_box
+
 #: The methods `truncated_svd` accepts.
 METHODS = ("lanczos", "randomized")
 #: The checkpoint file `svd_store` keeps inside the store folder while it runs (not part of the Zarr layout).
@@ -404,7 +406,7 @@ def store_operator(store) -> Operator:
         by_output.setdefault(tuple((s.start, s.stop) for s in region[:3]), []).append(region)
 
     def read(region) -> np.ndarray:
-        block = F[region]
+        block = read_box(F, region)
         return block.reshape(math.prod(block.shape[:3]), -1).astype(np.float64)
 
     def part(a: np.ndarray, slices) -> np.ndarray:

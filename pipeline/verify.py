@@ -42,6 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import shard_io
 from .store import LEDGER_COUNT_MAX, Store
 
 #: Default tolerance of each check (see the module docstring).
@@ -51,6 +52,8 @@ TOLERANCES = {"integrity": 0, "reconstruction": 1e-4, "model": 1e-4, "probe": 1e
 DEFAULT_SAMPLES = 8
 #: Most values of F decoded at once while reading the store.
 READ_VALUES = 2**23
+#: shards decoded in parallel by ``read_shards`` (decoding releases the GIL)
+READ_THREADS = 2
 #: Most vectors per network pass in the model checks: a whole-image pass holds every feature map once per vector
 #: (the full-face EDSR4x store: ≈ 120 MB a vector), so the checks' samples go through a few at a time.
 PASS_VECTORS = 2
@@ -176,51 +179,31 @@ def _bad_chunk(F, piece: tuple[slice, ...]) -> tuple[int, ...] | None:
     return None
 
 
-def present_box(store: Store, region: tuple[slice, ...]) -> tuple[slice, ...]:
-    """The part of a shard region that holds its stored inner chunks (the rest of the shard is zero).
-
-    Read from the shard's index as the Zarr v3 sharding specification lays it out (with zarr's default index
-    codecs: little-endian uint64 (offset, nbytes) per inner chunk, 2^64 − 1 for an absent one, at the end of
-    the file, then a CRC32C, which zarr itself checks when the box is read). The whole region when the index
-    cannot be read this way; at least one inner chunk, so that zarr always reads and checks the index."""
-    F = store.F
-    codec = F.metadata.codecs[0] if F.metadata.codecs else None
-    try:
-        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-
-        if not isinstance(codec, ShardingCodec) or codec.index_location.value != "end" or \
-                [type(c) for c in codec.index_codecs] != [BytesCodec, Crc32cCodec] or \
-                codec.index_codecs[0].endian.value != "little":
-            return region
-        chunks = codec.chunk_shape
-        per_shard = tuple(-(-(F.shards[i]) // chunks[i]) for i in range(len(chunks)))
-        size = 16 * math.prod(per_shard) + 4
-        with open(store.path / store.shard_key(region), "rb") as f:
-            f.seek(-size, 2)
-            raw = f.read(size)
-        index = np.frombuffer(raw[:-4], "<u8").reshape(per_shard + (2,))
-    except (OSError, ValueError, ImportError, AttributeError):
-        return region
-    present = index[..., 0] != np.iinfo(np.uint64).max
-    box = []
-    for axis, (sl, c) in enumerate(zip(region, chunks)):
-        hit = np.nonzero(present.any(axis=tuple(i for i in range(present.ndim) if i != axis)))[0]
-        lo, hi = (int(hit.min()), int(hit.max()) + 1) if hit.size else (0, 1)
-        box.append(slice(sl.start + lo * c, min(sl.start + hi * c, sl.stop)))
-    return tuple(box)
-
-
-def read_shards(store: Store, regions, visit: Callable | None = None, *, progress: bool = False,
-                desc: str = "reading F") -> list[tuple[tuple[slice, ...], str]]:
-    """Decode every shard region of ``regions`` once, piece by piece, calling ``visit(piece, block)`` on each
-    decoded piece; returns (region, line) for each shard that does not decode (its key, inner chunk, error)."""
+def read_shards(store: Store, regions, visit: Callable | None = None, *, measure: Callable | None = None,
+                progress: bool = False, desc: str = "reading F") -> list[tuple[tuple[slice, ...], str]]:
+    """Decode every shard region of ``regions`` once, calling ``visit(piece, measure(piece, block))`` on each
+    decoded piece (an inner chunk, or a part of the region where zarr reads it; ``measure`` None passes the block);
+    returns (region, line) for each shard that does not decode (its key, inner chunk, error). Stores in linterp's
+    layout are decoded by ``shard_io`` in ``READ_THREADS`` threads, ``measure`` included (it must not change shared
+    state), while ``visit`` runs in the calling thread, in order; absent inner chunks (zero) are not visited."""
     from .progress import progress as bar
 
     bad = []
-    chunks = store.F.chunks
+    lay = shard_io.layout(store.F)
     with bar(len(regions), desc, unit="shard", enabled=progress) as tick:
+        if lay is not None:
+            jobs = [(tuple(s.start // g for s, g in zip(region, lay.shard)), region) for region in regions]
+            for (_, region), found in shard_io.decoded(lay, jobs, READ_THREADS, measure):
+                if isinstance(found, shard_io.ShardReadError):
+                    bad.append((region, f"{store.shard_key(region)} does not decode: {found}"))
+                elif visit is not None:
+                    for piece, result in found:
+                        visit(piece, result)
+                tick.update()
+            return bad
+        chunks = store.F.chunks
         for region in regions:
-            for piece in _pieces(present_box(store, region), chunks, READ_VALUES):
+            for piece in _pieces(region, chunks, READ_VALUES):
                 try:
                     block = store.F[piece]
                 except Exception as err:  # noqa: BLE001 - zarr/numcodecs raise many kinds on damaged data
@@ -231,7 +214,7 @@ def read_shards(store: Store, regions, visit: Callable | None = None, *, progres
                                 + f": {type(err).__name__}: {message}"))
                     break
                 if visit is not None:
-                    visit(piece, block)
+                    visit(piece, block if measure is None else measure(piece, block))
             tick.update()
     return bad
 
@@ -564,12 +547,15 @@ def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = Non
     Fx0v = np.zeros(store.out_shape + (2,), np.float64)
     FTu = np.zeros(store.in_shape, np.float64)
 
-    def visit(piece, block):
+    def products(piece, block):  # in the reading threads
         out, inp = piece[:3], piece[3:]
-        Fx0v[out] += np.tensordot(block, both[inp], axes=3)
-        FTu[inp] += np.tensordot(u[out], block, axes=([0, 1, 2], [0, 1, 2]))
+        return np.tensordot(block, both[inp], axes=3), np.tensordot(u[out], block, axes=([0, 1, 2], [0, 1, 2]))
 
-    bad = [line for _, line in read_shards(store, regions, visit, progress=progress,
+    def add(piece, result):  # in order: the sums do not depend on the threads
+        Fx0v[piece[:3]] += result[0]
+        FTu[piece[3:]] += result[1]
+
+    bad = [line for _, line in read_shards(store, regions, add, measure=products, progress=progress,
                                            desc=f"verify {store.path.name}")]
     phases = {"read_s": time.perf_counter() - started}
     bad += list(ledger_mismatches(store, mode, regions).values())

@@ -7,6 +7,7 @@ a linear upscaler (torch's bicubic / bilinear interpolation), built column by co
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +130,9 @@ def test_pack_and_unpack_sheet():
     assert sheet.shape == (2 * 4, 3 * 2 * 5) and cell == (4, 5)
     for i, e in enumerate(entries):
         np.testing.assert_array_equal(render.unpack_entry(sheet, cell, 2, 3, i, *e.shape[1:]), e)
-    back = render.png_decode(render.png_bytes(sheet))
-    np.testing.assert_array_equal(back, sheet)  # lossless
+    for strategy in (render.QUANTISED_STRATEGY, zlib.Z_DEFAULT_STRATEGY):
+        back = render.png_decode(render.png_bytes(sheet, strategy))
+        np.testing.assert_array_equal(back, sheet)  # lossless
 
 
 # ---- the site --------------------------------------------------------------------------------------------

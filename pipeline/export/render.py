@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,10 @@ ZERO = 128
 LEVELS = 127
 #: zlib level of the sheets: 4 encodes about twice as fast as 6 for 3 % larger sheets (measured on EDSR filters)
 PNG_LEVEL = 4
+#: zlib strategy of quantised sheets (filters and signed images: long runs of the zero level 128): run-length
+#: matches only. On 234 sheets of the full-face EDSR4x site: 1.12 s instead of 1.66 s to encode, 3 % smaller
+#: (the strategy makes the level irrelevant). Natural images keep zlib's default strategy.
+QUANTISED_STRATEGY = zlib.Z_RLE
 
 
 def diverging_lut() -> np.ndarray:
@@ -149,11 +154,11 @@ def unpack_entry(sheet: np.ndarray, cell, nt: int, columns: int, i: int, h: int,
     return np.stack([sheet[r * ch:r * ch + h, (c * nt + t) * cw:(c * nt + t) * cw + w] for t in range(nt)])
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """Lossless PNG of a (h, w) grey or (h, w, 3) RGB uint8 image."""
+def png_bytes(image: np.ndarray, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> bytes:
+    """Lossless PNG of a (h, w) grey or (h, w, 3) RGB uint8 image; ``strategy``: zlib's (e.g. ``QUANTISED_STRATEGY``)."""
     import imageio.v3 as iio
 
-    return iio.imwrite("<bytes>", image, extension=".png", compress_level=PNG_LEVEL)
+    return iio.imwrite("<bytes>", image, extension=".png", compress_level=PNG_LEVEL, compress_type=strategy)
 
 
 def png_decode(data: bytes) -> np.ndarray:
@@ -192,12 +197,14 @@ def pack_grey(image: np.ndarray) -> np.ndarray:
     return np.pad(image, ((0, 0), (0, wp - w))).reshape(h, wp // 3, 3)
 
 
-def write_sheet(folder: Path, name: str, meta: dict, image: np.ndarray) -> int:
+def write_sheet(folder: Path, name: str, meta: dict, image: np.ndarray, quantised: bool = True) -> int:
     """Write the sheet ``name`` ("<model>/<sheet>") of a uint8 image as ``folder/<sheet>.js``; returns bytes.
-    A grey (h, w) image is stored packed (:func:`pack_grey`), with ``grey: [h, w]`` added to its meta."""
+    A grey (h, w) image is stored packed (:func:`pack_grey`), with ``grey: [h, w]`` added to its meta.
+    ``quantised``: q values of signed data (encoded with ``QUANTISED_STRATEGY``), not a natural image."""
     if image.ndim == 2:
         meta, image = {**meta, "grey": list(image.shape)}, pack_grey(image)
-    return write_atomic(Path(folder) / f"{name.rsplit('/', 1)[-1]}.js", sheet_script(name, meta, png_bytes(image)))
+    png = png_bytes(image, QUANTISED_STRATEGY if quantised else zlib.Z_DEFAULT_STRATEGY)
+    return write_atomic(Path(folder) / f"{name.rsplit('/', 1)[-1]}.js", sheet_script(name, meta, png))
 
 
 def parse_sheet_script(text: str) -> tuple[str, dict, np.ndarray]:

@@ -40,6 +40,7 @@ import numpy as np
 
 from pipeline.export import render, tiles
 from pipeline.export.render import with_sum
+from pipeline.shard_io import read_box
 from pipeline.store import Store, StoreError, open_store
 
 TEMPLATE_FILES = ("index.html", "viewer.js", "viewer.css")
@@ -132,7 +133,7 @@ def read_source_chunk(F, kind: str, sy: int, sx: int, h: int, w: int, regions=No
                 for region in index.get((y, x), ())]
         for ax in dst[1:]:
             want[ax] = (min((r[ax].start for r in hits), default=0), max((r[ax].stop for r in hits), default=0))
-    block = F[tuple(slice(a, b) for a, b in want)]
+    block = read_box(F, tuple(slice(a, b) for a, b in want))
     if kind == "col":
         block = np.moveaxis(block, (3, 4, 5), (0, 1, 2))
     return block, (want[dst[1]][0], want[dst[2]][0])

@@ -59,7 +59,7 @@ def write_natural(folder: Path, model: str, name: str, image: np.ndarray, tile: 
     for ty, tx in origins:
         part = q[ty:ty + tile, tx:tx + tile]
         meta = {"origin": [ty, tx], "size": list(part.shape[:2]), "lo": lo, "hi": hi, "channels": image.shape[0]}
-        written += render.write_sheet(folder, f"{model}/nat_{name}_{ty}_{tx}", meta, part)
+        written += render.write_sheet(folder, f"{model}/nat_{name}_{ty}_{tx}", meta, part, quantised=False)
     return {"lo": lo, "hi": hi, "channels": int(image.shape[0]), "bytes": written, "files": len(origins)}
 
 
@@ -77,5 +77,6 @@ def write_thumbnail(folder: Path, model: str, image: np.ndarray) -> dict:
     small = thumbnail(image)
     q, lo, hi = render.natural(small)
     meta = {"origin": [0, 0], "size": list(small.shape[1:]), "lo": lo, "hi": hi, "channels": image.shape[0]}
-    return {"size": list(small.shape[1:]), "bytes": render.write_sheet(folder, f"{model}/thumb", meta, q),
+    return {"size": list(small.shape[1:]), "bytes": render.write_sheet(folder, f"{model}/thumb", meta, q,
+                                                                       quantised=False),
             "files": 1}
