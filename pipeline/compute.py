@@ -393,11 +393,20 @@ def make_plan(li, in_shape, *, mode: str = "auto", tile: int | None = None,
 def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, threads: int | None,
              compaction: Compaction = Compaction()) -> float:
     """Compute one task's part of F, write it (only this task's shards; for compact stores, F truncated and rounded
-    as ``compaction`` says and the error figures of its columns) and mark it done; returns seconds."""
+    as ``compaction`` says and the error figures of its columns) and mark it done; returns seconds.
+
+    The freed memory goes back to the OS after each task (``release_memory``): tasks of other window shapes would
+    otherwise fragment the heap that ``tune_malloc`` keeps, and the peak RSS grew over the run."""
     start = time.perf_counter()
     if threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    li = engine(source, device)
+    _write_task(engine(source, device), path, plan, index, compaction)
+    release_memory()
+    return time.perf_counter() - start
+
+
+def _write_task(li, path: str, plan: Plan, index: tuple, compaction: Compaction) -> None:
+    """The body of ``run_task``."""
     store = open_store(path, mode="r+")
     if plan.mode == "columns":
         box = top, left, h, w = plan.input_tile(index)
@@ -419,7 +428,6 @@ def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, t
                   rows[:, None, None])
         shards = int(np.any(rows))
     store.mark_done(index, shards=shards)  # the count lets `linterp verify` find lost shards
-    return time.perf_counter() - start
 
 
 def _run_graph(calls: list, scheduler, workers: int | None, progress: bool, desc: str) -> list:

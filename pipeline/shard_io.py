@@ -16,8 +16,7 @@ An absent shard or inner chunk reads as the fill value. Any other layout (or a b
 is read by zarr, so ``read_box`` always returns exactly what ``F[box]`` returns (tests/test_shard_io.py).
 Decoding releases the GIL: ``threads`` > 1 decodes the shards of one box in parallel.
 
-``write_box`` writes whole shards (a box aligned to the shard grid, as compute's tasks write them) of a zstd
-layout the same way: inner chunks that hold only the fill value are left out, as zarr leaves them out, a shard
+``write_box`` writes whole shards (a box aligned to the shard grid, as compute's tasks write them) the same way: inner chunks that hold only the fill value are left out, as zarr leaves them out, a shard
 without any stored chunk has no file, and each file is written under a temporary name and then renamed, so a
 killed writer never leaves a partial shard. zarr reads what it writes (tests/test_shard_io.py); other layouts
 and unaligned boxes are written by zarr. Encoding through zarr was about an eighth of a compute task.
@@ -36,6 +35,8 @@ from .parallel import ordered_map
 
 #: index entry of an inner chunk that is not stored
 ABSENT = np.iinfo(np.uint64).max
+#: numcodecs' numbers of zarr's blosc shuffles
+BLOSC_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 
 class ShardReadError(ValueError):
@@ -45,8 +46,8 @@ class ShardReadError(ValueError):
 @dataclass(frozen=True)
 class Layout:
     """What ``read_box`` needs to know of a sharded array: ``root`` (its folder), ``shape``, ``shard`` and
-    ``chunk`` (inner chunk) shapes, ``dtype`` (little endian), ``fill`` value and the inner ``codec`` (numcodecs);
-    ``writable``: ``write_box`` can encode it (zstd: the codec's level and checksum are all its configuration)."""
+    ``chunk`` (inner chunk) shapes, ``dtype`` (little endian), ``fill`` value and the inner ``codec`` (numcodecs,
+    configured as the array's metadata says, so ``write_box`` encodes as zarr would)."""
 
     root: Path
     shape: tuple[int, ...]
@@ -55,7 +56,6 @@ class Layout:
     dtype: np.dtype
     fill: object
     codec: object
-    writable: bool
 
     @property
     def per_shard(self) -> tuple[int, ...]:
@@ -87,16 +87,17 @@ def layout(F) -> Layout | None:
                 getattr(meta.chunk_key_encoding, "separator", None) != "/" or \
                 type(meta.chunk_key_encoding).__name__ != "DefaultChunkKeyEncoding":
             return None
-        if isinstance(inner[1], ZstdCodec):
-            codec = Zstd(level=inner[1].level, checksum=inner[1].checksum)
-        elif isinstance(inner[1], BloscCodec):
-            codec = Blosc()  # a blosc frame describes itself (compressor, shuffle, type size)
+        c = inner[1]
+        if isinstance(c, ZstdCodec):
+            codec = Zstd(level=c.level, checksum=c.checksum)
+        elif isinstance(c, BloscCodec):  # configured as zarr configures it (a blosc frame also describes itself)
+            codec = Blosc.from_config({"cname": c.cname.name, "clevel": c.clevel, "blocksize": c.blocksize,
+                                       "shuffle": BLOSC_SHUFFLES[c.shuffle.name], "typesize": c.typesize})
         else:
             return None
         dtype = np.dtype(F.dtype).newbyteorder("<")
         return Layout(Path(store.root) / F.store_path.path, tuple(F.shape), tuple(F.shards),
-                      tuple(sharding.chunk_shape), dtype, dtype.type(F.fill_value), codec,
-                      isinstance(inner[1], ZstdCodec))
+                      tuple(sharding.chunk_shape), dtype, dtype.type(F.fill_value), codec)
     except (AttributeError, ImportError, TypeError, ValueError):
         return None
 
@@ -233,7 +234,7 @@ def write_box(F, box: tuple[slice, ...], values: np.ndarray) -> None:
     covers whole shards (each axis starts on the shard grid and stops on it or at F's edge), else by zarr (which
     also refuses a read-only F)."""
     lay, normal = layout(F), normalised(F, box)
-    aligned = lay is not None and lay.writable and normal is not None and not F.store_path.store.read_only and all(
+    aligned = lay is not None and normal is not None and not F.store_path.store.read_only and all(
         s.start % g == 0 and (s.stop % g == 0 or s.stop == n) and s.stop > s.start
         for s, g, n in zip(normal, lay.shard, lay.shape))
     if not aligned:
