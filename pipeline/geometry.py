@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .shard_io import read_box
+from .shard_io import READ_THREADS, read_box
 
 #: Version of the definitions below, stored with the figures.
 METHOD = "linterp-geometry/1"
@@ -55,8 +55,6 @@ PERMUTATIONS = 200
 NOISE = 1e-4
 #: Most bytes of F read from a store at once.
 READ_BYTES = 256 * 2**20
-#: Shards of F decoded in parallel by each read (``shard_io.read_box``; decoding releases the GIL).
-READ_THREADS = 2
 #: Names of the flashlight's descriptors of local image structure, in order.
 DESCRIPTORS = ("patch", "gradient", "segment")
 

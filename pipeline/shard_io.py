@@ -16,8 +16,9 @@ An absent shard or inner chunk reads as the fill value. Any other layout (or a b
 is read by zarr, so ``read_box`` always returns exactly what ``F[box]`` returns (tests/test_shard_io.py).
 Decoding releases the GIL: ``threads`` > 1 decodes the shards of one box in parallel.
 
-``write_box`` writes whole shards (a box aligned to the shard grid, as compute's tasks write them) the same way: inner chunks that hold only the fill value are left out, as zarr leaves them out, a shard
-without any stored chunk has no file, and each file is written under a temporary name and then renamed, so a
+``write_box`` writes whole shards (a box aligned to the shard grid, as compute's tasks write them) the same way:
+inner chunks that hold only the fill value are left out, as zarr leaves them out, a shard without any stored chunk
+has no file, and each file is written under a temporary name and then renamed, so a
 killed writer never leaves a partial shard. zarr reads what it writes (tests/test_shard_io.py); other layouts
 and unaligned boxes are written by zarr. Encoding through zarr was about an eighth of a compute task.
 """
@@ -35,6 +36,8 @@ from .parallel import ordered_map
 
 #: index entry of an inner chunk that is not stored
 ABSENT = np.iinfo(np.uint64).max
+#: Shards decoded in parallel by the readers of whole stores (verify, geometry): decoding releases the GIL.
+READ_THREADS = 2
 #: numcodecs' numbers of zarr's blosc shuffles
 BLOSC_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
@@ -105,19 +108,23 @@ def layout(F) -> Layout | None:
 def shard_index(lay: Layout, index: tuple[int, ...]) -> np.ndarray | None:
     """The index of shard ``index``: uint64 array (*per_shard, 2) of (offset, nbytes), or None when the shard
     is not stored. Raises ``ShardReadError`` for a truncated file or an index whose CRC32C does not match."""
-    import google_crc32c
-
-    path = lay.shard_path(index)
-    size = 16 * math.prod(lay.per_shard) + 4
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() < size:
-                raise ShardReadError(f"{_key(lay, index)}: shard file of {f.tell()} bytes is shorter than its index")
-            f.seek(-size, os.SEEK_END)
-            raw = f.read(size)
+        with open(lay.shard_path(index), "rb") as f:
+            return _read_index(lay, index, f)
     except FileNotFoundError:
         return None
+
+
+def _read_index(lay: Layout, index: tuple[int, ...], f) -> np.ndarray:
+    """``shard_index`` from the open shard file ``f``."""
+    import google_crc32c
+
+    size = 16 * math.prod(lay.per_shard) + 4
+    f.seek(0, os.SEEK_END)
+    if f.tell() < size:
+        raise ShardReadError(f"{_key(lay, index)}: shard file of {f.tell()} bytes is shorter than its index")
+    f.seek(-size, os.SEEK_END)
+    raw = f.read(size)
     if np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
         raise ShardReadError(f"{_key(lay, index)}: the shard index does not match its CRC32C checksum")
     return np.frombuffer(raw[:-4], "<u8").reshape(lay.per_shard + (2,))
@@ -131,14 +138,16 @@ def decode_shard(lay: Layout, index: tuple[int, ...], box: tuple[slice, ...]) ->
     """The stored inner chunks of shard ``index`` that meet ``box``, decoded: a list of (region, values), the
     region (a tuple of slices of F) clipped to ``box`` and the values of F there. Absent chunks are left out
     (they hold the fill value). Raises ``ShardReadError`` naming the shard and inner chunk of damaged data."""
-    entries = shard_index(lay, index)
-    if entries is None:
+    try:
+        f = open(lay.shard_path(index), "rb")
+    except FileNotFoundError:
         return []
     base = [i * s for i, s in zip(index, lay.shard)]
     ranges = [range(max(b.start - o, 0) // c, min(-(-(b.stop - o) // c), n))
               for b, o, c, n in zip(box, base, lay.chunk, lay.per_shard)]
     found = []
-    with open(lay.shard_path(index), "rb") as f:
+    with f:
+        entries = _read_index(lay, index, f)
         for inner in np.ndindex(*[len(r) for r in ranges]):
             ix = tuple(r[i] for r, i in zip(ranges, inner))
             offset, nbytes = (int(v) for v in entries[ix])
@@ -160,9 +169,9 @@ def decode_shard(lay: Layout, index: tuple[int, ...], box: tuple[slice, ...]) ->
     return found
 
 
-def shards_of(lay: Layout, box: tuple[slice, ...]) -> list[tuple[int, ...]]:
-    """Indices of the shards that meet ``box``, in C order."""
-    ranges = [range(s.start // g, -(-s.stop // g)) for s, g in zip(box, lay.shard)]
+def shards_of(grid: tuple[int, ...], box: tuple[slice, ...]) -> list[tuple[int, ...]]:
+    """Indices of the shards (of shape ``grid``) that meet ``box``, in C order."""
+    ranges = [range(s.start // g, -(-s.stop // g)) for s, g in zip(box, grid)]
     return [tuple(r[i] for r, i in zip(ranges, ix)) for ix in np.ndindex(*[len(r) for r in ranges])]
 
 
@@ -200,7 +209,7 @@ def read_box(F, box: tuple[slice, ...], threads: int = 1) -> np.ndarray:
     box = normal
     out = np.full([max(s.stop - s.start, 0) for s in box], lay.fill, lay.dtype)
     if out.size:
-        for _, found in decoded(lay, [(ix, box) for ix in shards_of(lay, box)], threads):
+        for _, found in decoded(lay, [(ix, box) for ix in shards_of(lay.shard, box)], threads):
             if isinstance(found, ShardReadError):
                 raise found
             for region, values in found:
@@ -229,21 +238,34 @@ def encode_shard(lay: Layout, values: np.ndarray) -> bytes | None:
     return b"".join(parts) + raw + np.uint32(google_crc32c.value(raw)).tobytes()
 
 
-def write_box(F, box: tuple[slice, ...], values: np.ndarray) -> None:
+def _within(index: tuple[int, ...], grid: tuple[int, ...], box: tuple[slice, ...]) -> tuple[slice, ...]:
+    """The part of shard ``index`` (of shape ``grid``) inside ``box``, as slices of the box's array."""
+    return tuple(slice(max(i * g, b.start) - b.start, min((i + 1) * g, b.stop) - b.start)
+                 for i, g, b in zip(index, grid, box))
+
+
+def write_box(F, box: tuple[slice, ...], values: np.ndarray) -> int:
     """``F[box] = values`` for a zarr array F: shard files encoded here when ``layout`` can write F and ``box``
     covers whole shards (each axis starts on the shard grid and stops on it or at F's edge), else by zarr (which
-    also refuses a read-only F)."""
+    also refuses a read-only F). Returns the number of shards of the box that hold a value other than the fill
+    value (stored shards, when the box covers them whole)."""
     lay, normal = layout(F), normalised(F, box)
     aligned = lay is not None and normal is not None and not F.store_path.store.read_only and all(
         s.start % g == 0 and (s.stop % g == 0 or s.stop == n) and s.stop > s.start
         for s, g, n in zip(normal, lay.shard, lay.shape))
     if not aligned:
         F[box] = values
-        return
+        normal = normalised(F, box)
+        if normal is None:
+            return int(np.any(np.asarray(values) != F.fill_value))
+        values = np.broadcast_to(values, [s.stop - s.start for s in normal])
+        grid = F.shards or F.chunks
+        return sum(bool(np.any(values[_within(index, grid, normal)] != F.fill_value))
+                   for index in shards_of(grid, normal))
     values = np.broadcast_to(np.asarray(values, lay.dtype), [s.stop - s.start for s in normal])
-    for index in shards_of(lay, normal):
-        part = tuple(slice(i * g - b.start, min((i + 1) * g, b.stop) - b.start)
-                     for i, g, b in zip(index, lay.shard, normal))
+    stored = 0
+    for index in shards_of(lay.shard, normal):
+        part = _within(index, lay.shard, normal)
         shard = np.full(lay.shard, lay.fill, lay.dtype)
         shard[tuple(slice(0, p.stop - p.start) for p in part)] = values[part]
         data, path = encode_shard(lay, shard), lay.shard_path(index)
@@ -254,3 +276,5 @@ def write_box(F, box: tuple[slice, ...], values: np.ndarray) -> None:
         partial = path.with_name(path.name + ".partial")
         partial.write_bytes(data)
         os.replace(partial, path)
+        stored += 1
+    return stored

@@ -52,8 +52,6 @@ TOLERANCES = {"integrity": 0, "reconstruction": 1e-4, "model": 1e-4, "probe": 1e
 DEFAULT_SAMPLES = 8
 #: Most values of F decoded at once while reading the store.
 READ_VALUES = 2**23
-#: shards decoded in parallel by ``read_shards`` (decoding releases the GIL)
-READ_THREADS = 2
 #: Most vectors per network pass in the model checks: a whole-image pass holds every feature map once per vector
 #: (the full-face EDSR4x store: ≈ 120 MB a vector), so the checks' samples go through a few at a time.
 PASS_VECTORS = 2
@@ -184,8 +182,9 @@ def read_shards(store: Store, regions, visit: Callable | None = None, *, measure
     """Decode every shard region of ``regions`` once, calling ``visit(piece, measure(piece, block))`` on each
     decoded piece (an inner chunk, or a part of the region where zarr reads it; ``measure`` None passes the block);
     returns (region, line) for each shard that does not decode (its key, inner chunk, error). Stores in linterp's
-    layout are decoded by ``shard_io`` in ``READ_THREADS`` threads, ``measure`` included (it must not change shared
-    state), while ``visit`` runs in the calling thread, in order; absent inner chunks (zero) are not visited."""
+    layout are decoded by ``shard_io`` in ``shard_io.READ_THREADS`` threads, ``measure`` included (it must not
+    change shared state), while ``visit`` runs in the calling thread, in order; absent inner chunks (zero) are not
+    visited."""
     from .progress import progress as bar
 
     bad = []
@@ -193,7 +192,7 @@ def read_shards(store: Store, regions, visit: Callable | None = None, *, measure
     with bar(len(regions), desc, unit="shard", enabled=progress) as tick:
         if lay is not None:
             jobs = [(tuple(s.start // g for s, g in zip(region, lay.shard)), region) for region in regions]
-            for (_, region), found in shard_io.decoded(lay, jobs, READ_THREADS, measure):
+            for (_, region), found in shard_io.decoded(lay, jobs, shard_io.READ_THREADS, measure):
                 if isinstance(found, shard_io.ShardReadError):
                     bad.append((region, f"{store.shard_key(region)} does not decode: {found}"))
                 elif visit is not None:

@@ -112,8 +112,10 @@ def test_writes_of_whole_shards_read_back_in_zarr_and_match_zarrs_own_files(tmp_
                 (slice(None),) * 6]:
         values = rng.standard_normal(ours.F[box].shape).astype(ours.F.dtype)
         values[:, :, :, :, :, :2] = 0  # whole inner chunks of zeros: left out, as zarr leaves them out
-        write_box(ours.F, box, values)
+        stored = write_box(ours.F, box, values)
         theirs.F[box] = values
+        assert stored == len([r for r in ours.stored_shards()
+                              if all(s.start >= b.start and s.stop <= b.stop for s, b in zip(r, shard_io.normalised(ours.F, box)))])
         assert np.array_equal(zarr.open_array(tmp_path / "ours.zarr" / "F", mode="r")[...], theirs.F[...])
         assert [r for r in ours.stored_shards()] == [r for r in theirs.stored_shards()]
         for region in ours.stored_shards():  # the same inner chunks stored in each shard
@@ -130,6 +132,7 @@ def test_unaligned_writes_go_through_zarr(tmp_path):
     before = store.F[...]
     box = (slice(None), slice(3, 10), slice(0, 8), slice(None), slice(1, 4), slice(0, 4))
     values = np.full(store.F[box].shape, 2.5, np.float32)
-    write_box(store.F, box, values)
+    values[:, 4:] = 0  # the box meets 2 shards along y_out: one of them gets only zeros
+    assert write_box(store.F, box, values) == 1
     before[box] = values
     assert np.array_equal(store.F[...], before)

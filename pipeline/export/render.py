@@ -155,7 +155,8 @@ def unpack_entry(sheet: np.ndarray, cell, nt: int, columns: int, i: int, h: int,
 
 
 def png_bytes(image: np.ndarray, strategy: int = zlib.Z_DEFAULT_STRATEGY) -> bytes:
-    """Lossless PNG of a (h, w) grey or (h, w, 3) RGB uint8 image; ``strategy``: zlib's (e.g. ``QUANTISED_STRATEGY``)."""
+    """Lossless PNG of a (h, w) grey or (h, w, 3) RGB uint8 image; ``strategy``: zlib's strategy (e.g.
+    ``QUANTISED_STRATEGY``)."""
     import imageio.v3 as iio
 
     return iio.imwrite("<bytes>", image, extension=".png", compress_level=PNG_LEVEL, compress_type=strategy)
