@@ -30,7 +30,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Filled in by the training work when a file is committed; None = no file yet (build(name) then fails clearly).
 TRAINED_SHA256: dict[str, str | None] = {
     "pixelshuffle-x4": "b5d6b7e60d5175a9639f69102c6f139f918812217b7ebf9314f005cacffb4d0e",
-    "edsr-small-x4": "fe9620fca5d05af8fbe75799f724b07e29185642012f9dc70259a4f97dfacc7a",
+    "edsr-small-x4": "69e56f9eb0270abe5c8c35cec6ac2a8f3cb2cfd54727e86a37a7848ed0d7bda9",
     "i2i-paint": "aca37bdb6ee56bed7f6f3ccd65bff54d37d9089d276623dfcbabaa8bd707eac9",
     "i2i-woodcut": "ac27d2adb9de832dc0df9d007b64080a923c423f6dde82e894ab6d2c60f4258e",
     "i2i-label": "78ddb35181a237a3370b11280990c809ea4d91bf65c446e7e6593f99f9d91e61",

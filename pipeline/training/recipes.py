@@ -39,7 +39,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                                               photos=data.SKIMAGE_TRAIN_PHOTOS), steps=3000, lr=1e-3,
            target=("gain", 0.3)),
     Recipe("edsr-small-x4", SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=48, batch=8,
-                                            edge_weight=2.0),
+                                            edge_weight=4.0),
            steps=5000, lr=6e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
     Recipe("i2i-paint", Translation("paint"), steps=5400, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-woodcut", Translation("woodcut"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
