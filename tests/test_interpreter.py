@@ -125,6 +125,22 @@ def test_forward_equals_jacobian_for_piecewise_linear_nets(which):
     assert (ours - jac).abs().max() <= 1e-10 * max(1.0, jac.abs().max().item())
 
 
+def test_differentiable_forward_gives_the_weights_gradients_of_the_jvp():
+    """For a piecewise-linear net, F v is the JVP at x0, and its weight gradients (masks held, as the frozen
+    state is) equal autograd's through torch.func.jvp; without `differentiable`, nothing is recorded."""
+    torch.manual_seed(0)
+    model = randomize(EDSR(scale=2, n_resblocks=2, n_feats=8)).double()
+    x0, v = 255 * torch.rand(1, 3, 8, 8, dtype=torch.float64), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    li = interpret(model, x0)
+    assert li.forward(v).grad_fn is None
+    weights = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    ours = torch.autograd.grad((li.forward(v, differentiable=True) ** 2).sum(), weights)
+    jvp = torch.cat([torch.func.jvp(model, (x0,), (v[i:i + 1],))[1] for i in range(2)])
+    theirs = torch.autograd.grad((jvp ** 2).sum(), weights)
+    for a, b in zip(ours, theirs):
+        assert b.abs().max() > 0 and torch.allclose(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item())
+
+
 def test_contributions_are_the_papers_forward_projected_masked_biases():
     """A small sequential ReLU net: Q_i b̂_i with Ŵ_k = A_k W_k, b̂_k = A_k b_k, Q_i = Ŵ_n···Ŵ_{i+1}, by hand."""
     torch.manual_seed(3)

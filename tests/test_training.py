@@ -16,8 +16,9 @@ from pipeline.training import data, render, styles
 from pipeline.training import evaluate as evaluate_module
 from pipeline.training.evaluate import evaluate, evaluate_digits, psnr, task_for
 from pipeline.training.loop import checkpoint_path, train
-from pipeline.training.recipes import RECIPES, Recipe
-from pipeline.training.tasks import Digits, SuperResolution, Translation
+from pipeline.interpreter import interpret
+from pipeline.training.recipes import RECIPES, Recipe, Stage
+from pipeline.training.tasks import Digits, FlatColumns, SuperResolution, Translation, label_edges
 
 TINY_SR = SuperResolution(scale=4, channels=1, patch=8, batch=4, photos=("coins",))
 
@@ -66,9 +67,13 @@ def test_styles_are_what_their_docstrings_say():
     # woodcut: posterised levels, paper-tinted lights, dark outlines
     outline = woodcut.max(axis=2) < 0.16
     assert 0.01 < outline.mean() < 0.5
-    # label: palette colours only, with untextured areas in the background class
+    # label: palette colours only, inside (0.1, 0.9) where a tanh output reaches them, with untextured areas in
+    # the background class
     colours = {tuple(c) for c in label.reshape(-1, 3).tolist()}
-    assert colours <= {tuple(c) for c in styles.LABEL_PALETTE.tolist()} and len(colours) >= 2
+    palette = styles.label_colours().astype(np.float32)
+    assert colours <= {tuple(c) for c in palette.tolist()} and len(colours) >= 2
+    assert palette.min() == pytest.approx(0.1) and palette.max() == pytest.approx(0.9)
+    assert np.array_equal(np.argmax(palette, 1), np.argmax(styles.LABEL_PALETTE, 1))  # the same hues
     flat = np.full((64, 64, 3), 0.4) + np.linspace(0, 0.1, 64)[None, :, None]  # a smooth gradient: no texture
     assert (styles.label_map(flat) == 0).all()
 
@@ -237,6 +242,92 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_killed_run_resumes_inside_its_finetune_stage(tmp_path):
+    task = Digits(batch=8, augment=True)
+
+    def rec(finetune_task):
+        return dataclasses.replace(tiny_recipe("digits-vgg", task, steps=3),
+                                   finetune=Stage(finetune_task, steps=4, lr=1e-4, clip=1.0))
+
+    whole = train(rec(task), tmp_path / "whole.pt", progress=False)
+    assert len(whole["losses"]) == whole["steps"] == 7 and whole["skipped"] == 0
+    assert whole["losses"][:3] == train(tiny_recipe("digits-vgg", task, steps=3), tmp_path / "one.pt",
+                                        progress=False)["losses"]  # stage 1 is the one-stage run
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(rec(CrashingTask(task, 3)), out, checkpoint_every=2, progress=False)
+    rest = train(rec(task), out, checkpoint_every=2, progress=False)
+    assert rest["losses"] == whole["losses"][5:]  # resumed in the fine-tune stage at its step 2
+    a, b = torch.load(tmp_path / "whole.pt", weights_only=True), torch.load(out, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    boundary = tmp_path / "boundary.pt"  # killed at the fine-tune's first batch: resumed from the stage boundary
+    with pytest.raises(KeyboardInterrupt):
+        train(rec(CrashingTask(task, 0)), boundary, checkpoint_every=2, progress=False)
+    assert train(rec(task), boundary, checkpoint_every=2, progress=False)["losses"] == whole["losses"][3:]
+    c = torch.load(boundary, weights_only=True)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+@dataclasses.dataclass(frozen=True)
+class NanOnce:
+    """Wraps a task; the loss of its second step is NaN."""
+
+    inner: object
+    calls: list = dataclasses.field(default_factory=list)
+
+    def draw(self, rng):
+        return self.inner.draw(rng)
+
+    def loss(self, model, x, y):
+        self.calls.append(1)
+        loss = self.inner.loss(model, x, y)
+        return loss * float("nan") if len(self.calls) == 2 else loss
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped(tmp_path):
+    result = train(tiny_recipe(task=NanOnce(TINY_SR), steps=4), tmp_path / "nan.pt", progress=False)
+    assert result["skipped"] == 1 and np.isnan(result["losses"][1])
+    assert all(torch.isfinite(v).all() for v in torch.load(tmp_path / "nan.pt", weights_only=True).values())
+
+
+def test_label_edges_mark_both_sides_of_a_colour_change():
+    t = torch.zeros(1, 3, 6, 6)
+    t[0, 2, :, 3:] = 1.0
+    edges = label_edges(t)[0]
+    assert edges[:, 2:4].all() and not edges[:, :2].any() and not edges[:, 4:].any()
+
+
+def test_flat_columns_term_is_the_log_ratio_of_flat_and_edge_column_masses():
+    base = Translation("label", patch=48, batch=3, photos=("rocket",))
+    task = FlatColumns(base, weight=0.5, crops=2, probes=4, margin=2)
+    x, (y, impulses) = task.draw(np.random.default_rng(3))
+    assert torch.equal(x, base.draw(np.random.default_rng(3))[0]) and len(impulses) == 2
+    edges = label_edges(y)
+    for i, v in enumerate(impulses):
+        assert v is not None
+        far = torch.nn.functional.max_pool2d(edges[i][None, None].float(), 5, 1, 2)[0, 0] == 0
+        flat_at, edge_at = (v[k].abs().sum(0) > 0 for k in (0, 1))
+        assert (flat_at <= far).all() and (edge_at <= edges[i]).all()
+        assert flat_at.sum() == 4 and sorted(flat_at[a:a + 24, b:b + 24].sum().item()
+                                             for a in (0, 24) for b in (0, 24)) == [1, 1, 1, 1]
+        assert torch.allclose(v[0][:, flat_at].norm(dim=0), torch.ones(4))  # unit impulses
+    assert task._impulses(torch.zeros(3, 16, 16), np.random.default_rng(0)) is None  # no edge: no probe
+    torch.manual_seed(0)
+    model = RECIPES["i2i-label"].make_model()
+    loss = task.loss(model, x, (y, impulses))
+    logs = []
+    for i, v in enumerate(impulses):
+        mass = interpret(model, x[i:i + 1]).forward(v).abs().sum(dim=(1, 2, 3))
+        logs.append(torch.log(mass[0] / mass[1]))
+    assert loss.item() == pytest.approx(base.loss(model, x, y).item() + 0.5 * torch.stack(logs).mean().item(),
+                                        rel=1e-5)
+    loss.backward()  # the term reaches the weights: its gradient is not the L1's alone
+    with_term = model.model[1].weight.grad.clone()
+    model.zero_grad()
+    base.loss(model, x, y).backward()
+    assert (with_term - model.model[1].weight.grad).abs().max() > 1e-3 * with_term.abs().max()
+
+
 # --- evaluation ------------------------------------------------------------------------------------------------
 
 def test_psnr_matches_its_definition():
@@ -279,6 +370,14 @@ def test_translation_batches_pair_each_crop_with_its_own_target():
     for crop, target in zip(x, y):
         expected = styles.woodcut(((crop + 1) / 2).permute(1, 2, 0).numpy().astype(np.float64))
         assert torch.allclose((target + 1) / 2, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6)
+
+
+def test_translation_noise_moves_the_inputs_only():
+    clean, noisy = (Translation("label", patch=32, batch=4, photos=("coins",), noise=n) for n in (0.0, 0.05))
+    (x0, y0), (x1, y1) = clean.draw(np.random.default_rng(5)), noisy.draw(np.random.default_rng(5))
+    assert torch.equal(y0, y1)  # the same crops, and the targets of the clean crops
+    d = (x1 - x0).double()
+    assert abs(d.mean().item()) < 0.005 and d.std().item() == pytest.approx(0.05, rel=0.05)
 
 
 def test_digits_accuracy_counts_correct_answers():

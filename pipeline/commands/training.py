@@ -10,7 +10,8 @@ import click
 @click.argument("name")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the state dict (default: pipeline/models/weights/NAME.pt).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the recipe's).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Steps of each training stage (default: the recipe's).")
 @click.option("--seed", type=int, default=None, help="Seed (default: the recipe's, 0).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -42,7 +43,8 @@ def train(name, out, steps, seed, threads, quiet):
     losses = result["losses"]
     tail = losses[-min(50, len(losses)):] if losses else []
     click.echo(f"{name}: {result['steps']} steps, {result['seconds']:.0f} s wall and {result['cpu_seconds']:.0f} s "
-               f"of CPU in this process, final loss (mean of last {len(tail)}) {sum(tail) / max(1, len(tail)):.4g}")
+               f"of CPU in this process, final loss (mean of last {len(tail)}) {sum(tail) / max(1, len(tail)):.4g}"
+               + (f", {result['skipped']} steps skipped (non-finite loss)" if result["skipped"] else ""))
     click.echo(f"wrote {out} (sha256 {file_sha256(out)})")
 
 

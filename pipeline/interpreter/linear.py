@@ -333,10 +333,15 @@ class LinearInterpreter:
     # ---------------------------------------------------------------------------------------------------
     # public API
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        """F v for a batch v of shape (B, C, H, W) -> (B, *out). No biases."""
+    def forward(self, v: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
+        """F v for a batch v of shape (B, C, H, W) -> (B, *out). No biases.
+
+        With `differentiable`, autograd records the pass: gradients reach v and the model's weights through
+        each rule's linear part, the state recorded at x0 (masks, gains, switches, frozen statistics) held
+        constant (a loss on the columns themselves, as in `pipeline.training.tasks.FlatColumns`).
+        """
         self._check(v, self.x0.shape[1:], "forward")
-        with torch.no_grad():
+        with torch.set_grad_enabled(differentiable):
             return self._forward(v)
 
     def transpose(self, u: torch.Tensor) -> torch.Tensor:

@@ -9,23 +9,40 @@ from dataclasses import dataclass
 from torch import nn
 
 from pipeline.training import data
-from pipeline.training.tasks import Digits, SuperResolution, Translation
+from pipeline.training.tasks import Digits, FlatColumns, SuperResolution, Translation
+
+
+@dataclass(frozen=True)
+class Stage:
+    """`steps` Adam steps on `task` (one batch of `task.draw` each), the learning rate cosine-decayed from
+    `lr` to 0; gradients clipped to norm `clip` (None: not clipped); a step whose loss is not finite is skipped."""
+
+    task: object
+    steps: int
+    lr: float
+    clip: float | None = None
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Adam with a learning rate cosine-decayed from `lr` to 0 over `steps`, one batch of `task.draw` per
-    step, from torch seed `seed`; the architecture is the registry's for `name`."""
+    step, from torch seed `seed`, then the `finetune` stage (if any) from the weights reached; the
+    architecture is the registry's for `name`."""
 
     name: str
     task: object
     steps: int
     lr: float
     seed: int = 0
+    finetune: Stage | None = None
     #: the held-out quality the model must reach: (metric of `evaluate`, minimum value).
     target: tuple[str, float] | None = None
     #: registry names (with their default weights) this model must beat on the metric of `target`.
     beats: tuple[str, ...] = ()
+
+    def stages(self) -> list[Stage]:
+        """The training stages, in order."""
+        return [Stage(self.task, self.steps, self.lr), *([self.finetune] if self.finetune else [])]
 
     def make_model(self) -> nn.Module:
         """The untrained network (its family's own initialisation; seed torch before calling)."""
@@ -33,6 +50,10 @@ class Recipe:
 
         return spec(self.name).factory()
 
+
+#: i2i-label: the standard deviation of the noise on its inputs ([-1, 1] units), and its fine-tune stage's
+#: weight of the flat-column term and step count (docs/models.md).
+LABEL_NOISE, FLAT_WEIGHT, FLAT_STEPS = 0.02, 0.3, 1200
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("pixelshuffle-x4", SuperResolution(scale=4, channels=1, patch=32, batch=16,
@@ -43,7 +64,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            steps=5000, lr=6e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
     Recipe("i2i-paint", Translation("paint"), steps=5400, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-woodcut", Translation("woodcut"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
-    Recipe("i2i-label", Translation("label"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
+    Recipe("i2i-label", Translation("label", noise=LABEL_NOISE), steps=3000, lr=5e-4, target=("reduction", 0.3),
+           finetune=Stage(FlatColumns(Translation("label", noise=LABEL_NOISE), weight=FLAT_WEIGHT),
+                          steps=FLAT_STEPS, lr=5e-5, clip=1.0)),
     Recipe("digits-vgg", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
     Recipe("digits-vgg-bn", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
 )}

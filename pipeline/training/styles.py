@@ -13,7 +13,10 @@ invariant to them too, so such a network can learn it.
 - `label` (for CycleGAN-Photo2Label): a segmentation in a facade-label-like palette of saturated colours:
   untextured areas are the uniform background class (blue), textured areas are split by brightness and warmth
   into five classes, cleaned into blocky segments; segments smaller than a window disappear into the
-  background (boxes switching on and off).
+  background (boxes switching on and off). The palette is rendered inside (`LABEL_MARGIN`, 1 − `LABEL_MARGIN`):
+  a colour a tanh output reaches at a finite pre-activation, so that the loss sees an output that moves with
+  its input inside a segment (with 0 and 1, any large pre-activation scores the same, and the generator is free
+  to stay sensitive to its input where the label is flat).
 
 Distances are in pixels of the image given; all filters use reflected borders (like the generators'
 reflection padding).
@@ -145,6 +148,9 @@ LABEL_PALETTE = np.array([
 LABEL_TEXTURE = 0.045
 #: Segments smaller than this many pixels join the background.
 LABEL_MIN_AREA = 96
+#: The label target's colours are `LABEL_PALETTE` squeezed into (margin, 1 − margin): 0.1 / 0.9, i.e. ±0.8 in
+#: the generator's [-1, 1] units, a tanh pre-activation of ±1.10.
+LABEL_MARGIN = 0.1
 
 
 def label_map(photo: np.ndarray) -> np.ndarray:
@@ -172,8 +178,14 @@ def label_map(photo: np.ndarray) -> np.ndarray:
 
 
 def label(photo: np.ndarray) -> np.ndarray:
-    """The label target: `label_map` rendered in `LABEL_PALETTE`, float32 (H, W, 3) in [0, 1]."""
-    return LABEL_PALETTE[label_map(photo)].astype(np.float32)
+    """The label target: `label_map` rendered in `label_colours()`, float32 (H, W, 3) in [0, 1]."""
+    return label_colours()[label_map(photo)].astype(np.float32)
+
+
+def label_colours() -> np.ndarray:
+    """(6, 3) float64: the colours of the label target, `LABEL_PALETTE` squeezed into (`LABEL_MARGIN`,
+    1 − `LABEL_MARGIN`)."""
+    return LABEL_PALETTE * (1 - 2 * LABEL_MARGIN) + LABEL_MARGIN
 
 
 #: name -> target function, for the training tasks and the model cards.

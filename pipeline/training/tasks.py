@@ -3,6 +3,7 @@
 A task turns data from `pipeline.training.data` into (input, target) batches in the model's own units:
 - `SuperResolution`: LR -> HR patches, on Y in [0, 1] (1 channel) or RGB in [0, rgb_range] (3 channels).
 - `Translation`: photo -> one of the styles of `pipeline.training.styles`, RGB in [-1, 1] (CycleGAN's convention).
+- `FlatColumns`: a `Translation` whose loss also asks the linear interpreter's columns to vanish in flat areas.
 - `Digits`: (N, 1, 32, 32) images in [0, 1] (8×8 digits rendered by `render`) -> class indices.
 """
 from __future__ import annotations
@@ -61,12 +62,15 @@ class SuperResolution:
 class Translation:
     """Photo -> `styles.STYLES[style]` of that photo, RGB in [-1, 1] (CycleGAN's convention): random crops
     (with flips and turns) of `photos`, each crop's target made from the crop alone (the model sees nothing
-    else)."""
+    else). With `noise` > 0, Gaussian noise of that standard deviation ([-1, 1] units, drawn from the step's
+    generator after the crops) is added to the inputs only: the target stays that of the clean crop, so the
+    loss sees how much the output moves with small input changes that should not move it."""
 
     style: str
     patch: int = 96
     batch: int = 8
     photos: tuple[str, ...] = data.TRAIN_PHOTOS
+    noise: float = 0.0
 
     @staticmethod
     def to_model(rgb: torch.Tensor) -> torch.Tensor:
@@ -82,11 +86,82 @@ class Translation:
         photos = [data.to_tensor(data.load_photo(name)) for name in self.photos]
         x, _ = data.random_crops([(p, p) for p in photos], self.batch, self.patch, 1, rng)
         y = torch.cat([self.target(crop[None]) for crop in x])
-        return self.to_model(x), self.to_model(y)
+        x = self.to_model(x)
+        if self.noise:
+            x = x + torch.from_numpy(rng.normal(0, self.noise, x.shape).astype(np.float32))
+        return x, self.to_model(y)
 
     def loss(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """L1 in [-1, 1] units (pix2pix's reconstruction loss, without the adversarial term)."""
         return F.l1_loss(model(x), target)
+
+
+def label_edges(target: torch.Tensor) -> torch.Tensor:
+    """Boolean (N, H, W): pixels of a target (N, C, H, W) whose colour differs from a 4-neighbour's."""
+    differs = torch.zeros(target.shape[0], *target.shape[2:], dtype=torch.bool)
+    dy = (target.diff(dim=-2) != 0).any(1)
+    dx = (target.diff(dim=-1) != 0).any(1)
+    differs[:, 1:] |= dy
+    differs[:, :-1] |= dy
+    differs[:, :, 1:] |= dx
+    differs[:, :, :-1] |= dx
+    return differs
+
+
+@dataclass(frozen=True)
+class FlatColumns:
+    """`base`'s batches and L1 loss, plus `weight` × the mean over probed crops of log(flat mass / edge mass).
+
+    Masses are exact L1 masses of columns of the linear interpreter (`pipeline.interpreter`) at each crop, its
+    state (ReLU masks, instance-norm statistics, tanh secant gains) frozen: the first `crops` crops of a batch
+    each get `probes` unit impulses (a random mix of the channels) at flat pixels of the target (farther than
+    `margin` pixels from its label edges, `label_edges`), one per cell of a 2×2 grid of the crop so that their
+    columns rarely overlap and the L1 of their sum is the sum of their L1s, and `probes` more at edge pixels.
+    A scale-free term: it falls when flat areas ignore the input, not when every column shrinks.
+    """
+
+    base: Translation
+    weight: float
+    crops: int = 2
+    probes: int = 4
+    margin: int = 2
+
+    def _impulses(self, target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor | None:
+        """(2, C, H, W) impulse sums at flat and at edge pixels of one target (C, H, W); None if it lacks a class."""
+        edge = label_edges(target[None])[0]
+        near = F.max_pool2d(edge[None, None].float(), 2 * self.margin + 1, 1, self.margin)[0, 0] > 0
+        c, h, w = target.shape
+        v = torch.zeros(2, c, h, w)
+        for k, where in enumerate((~near, edge)):
+            cells = [where[i:i + h // 2, j:j + w // 2] for i in (0, h // 2) for j in (0, w // 2)]
+            offsets = [(i, j) for i in (0, h // 2) for j in (0, w // 2)]
+            usable = [(cell, off) for cell, off in zip(cells, offsets) if cell.any()]
+            if not usable:
+                return None
+            for n in range(self.probes):
+                cell, (i, j) = usable[n % len(usable)]
+                ys, xs = torch.nonzero(cell, as_tuple=True)
+                pick = int(rng.integers(0, len(ys)))
+                mix = rng.normal(size=c)
+                v[k, :, i + ys[pick], j + xs[pick]] += torch.from_numpy(mix / np.linalg.norm(mix)).float()
+        return v
+
+    def draw(self, rng: np.random.Generator):
+        """(x, (target, impulses)): `base`'s batch, and per probed crop its impulses or None."""
+        x, y = self.base.draw(rng)
+        return x, (y, [self._impulses(y[i], rng) for i in range(min(self.crops, len(y)))])
+
+    def loss(self, model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+        from pipeline.interpreter import interpret
+
+        y, impulses = target
+        loss = self.base.loss(model, x, y)
+        logs = []
+        for i, v in enumerate(impulses):
+            if v is not None:
+                mass = interpret(model, x[i:i + 1]).forward(v, differentiable=True).abs().sum(dim=(1, 2, 3))
+                logs.append(torch.log(mass[0] / mass[1]))
+        return loss + self.weight * torch.stack(logs).mean() if logs else loss
 
 
 @dataclass(frozen=True)
