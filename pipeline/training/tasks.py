@@ -133,9 +133,8 @@ class FlatColumns:
         c, h, w = target.shape
         v = torch.zeros(2, c, h, w)
         for k, where in enumerate((~near, edge)):
-            cells = [where[i:i + h // 2, j:j + w // 2] for i in (0, h // 2) for j in (0, w // 2)]
-            offsets = [(i, j) for i in (0, h // 2) for j in (0, w // 2)]
-            usable = [(cell, off) for cell, off in zip(cells, offsets) if cell.any()]
+            cells = [(where[i:i + h // 2, j:j + w // 2], (i, j)) for i in (0, h // 2) for j in (0, w // 2)]
+            usable = [(cell, corner) for cell, corner in cells if cell.any()]
             if not usable:
                 return None
             for n in range(self.probes):
