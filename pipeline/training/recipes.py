@@ -51,9 +51,9 @@ class Recipe:
         return spec(self.name).factory()
 
 
-#: i2i-label: the standard deviation of the noise on its inputs ([-1, 1] units), and its fine-tune stage's
+#: i2i-label's task (noise of standard deviation 0.02 on its inputs, [-1, 1] units), and its fine-tune stage's
 #: weight of the flat-column term and step count (docs/models.md).
-LABEL_NOISE, FLAT_WEIGHT, FLAT_STEPS = 0.02, 0.3, 1200
+LABEL_TASK, FLAT_WEIGHT, FLAT_STEPS = Translation("label", noise=0.02), 0.3, 1200
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("pixelshuffle-x4", SuperResolution(scale=4, channels=1, patch=32, batch=16,
@@ -64,9 +64,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            steps=5000, lr=6e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
     Recipe("i2i-paint", Translation("paint"), steps=5400, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-woodcut", Translation("woodcut"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
-    Recipe("i2i-label", Translation("label", noise=LABEL_NOISE), steps=3000, lr=5e-4, target=("reduction", 0.3),
-           finetune=Stage(FlatColumns(Translation("label", noise=LABEL_NOISE), weight=FLAT_WEIGHT),
-                          steps=FLAT_STEPS, lr=5e-5, clip=1.0)),
+    Recipe("i2i-label", LABEL_TASK, steps=3000, lr=5e-4, target=("reduction", 0.3),
+           finetune=Stage(FlatColumns(LABEL_TASK, weight=FLAT_WEIGHT), steps=FLAT_STEPS, lr=5e-5, clip=1.0)),
     Recipe("digits-vgg", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
     Recipe("digits-vgg-bn", Digits(batch=64, augment=True), steps=2000, lr=1e-3, target=("worst", 0.97)),
 )}
