@@ -148,6 +148,12 @@ LABEL_PALETTE = np.array([
 LABEL_TEXTURE = 0.045
 #: Segments smaller than this many pixels join the background.
 LABEL_MIN_AREA = 96
+#: Side of the square window of the local luma standard deviation (pixels).
+LABEL_WINDOW = 11
+#: Standard deviation of the Gaussian blur before the brightness / warmth classes (pixels).
+LABEL_BLUR = 3
+#: Side of the square of the opening and closing that make segments blocky (pixels).
+LABEL_BLOCK = 7
 #: The label target's colours are `LABEL_PALETTE` squeezed into (margin, 1 − margin): 0.1 / 0.9, i.e. ±0.8 in
 #: the generator's [-1, 1] units, a tanh pre-activation of ±1.10.
 LABEL_MARGIN = 0.1
@@ -157,15 +163,15 @@ def label_map(photo: np.ndarray) -> np.ndarray:
     """The class of each pixel (H, W) int in 0..5 (`LABEL_PALETTE` order); see `label`."""
     z = normalise(photo)
     lum = luminance(z)
-    mean = ndimage.uniform_filter(lum, 11, mode="reflect")
-    std = np.sqrt(np.clip(ndimage.uniform_filter(lum * lum, 11, mode="reflect") - mean ** 2, 0, None))
-    g = ndimage.gaussian_filter(z, (3, 3, 0), mode="reflect")
+    mean = ndimage.uniform_filter(lum, LABEL_WINDOW, mode="reflect")
+    std = np.sqrt(np.clip(ndimage.uniform_filter(lum * lum, LABEL_WINDOW, mode="reflect") - mean ** 2, 0, None))
+    g = ndimage.gaussian_filter(z, (LABEL_BLUR, LABEL_BLUR, 0), mode="reflect")
     gl = luminance(g)
     warm = g[..., 0] - g[..., 2] > 0.0
     cls = np.where(gl < 0.44, np.where(warm, 3, 1), np.where(gl > 0.56, np.where(warm, 4, 2), 5))
     cls = np.where(std < LABEL_TEXTURE, 0, cls)
-    # blocky segments: per class, opening then closing with a 7×7 square; later classes win overlaps
-    square = np.ones((7, 7), dtype=bool)
+    # blocky segments: per class, opening then closing with a square; later classes win overlaps
+    square = np.ones((LABEL_BLOCK, LABEL_BLOCK), dtype=bool)
     out = np.zeros_like(cls)
     for k in range(1, len(LABEL_PALETTE)):
         mask = ndimage.binary_closing(ndimage.binary_opening(cls == k, square), square)
