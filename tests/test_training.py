@@ -297,28 +297,45 @@ def test_label_edges_mark_both_sides_of_a_colour_change():
     assert edges[:, 2:4].all() and not edges[:, :2].any() and not edges[:, 4:].any()
 
 
+def test_flat_columns_probes_the_outputs_flat_pixels_and_its_true_edges_inside_the_crop():
+    from pipeline.geometry import flat_edge_classes
+
+    task = FlatColumns(Translation("label"), weight=0.5, probes=4, border=8, true_edges=1)
+    y0 = np.zeros((3, 48, 48), dtype=np.float32)
+    y0[:, :, 20:] = 1.0   # the model's edge: columns 19 and 20
+    y0[:, 40:, :] = 0.5   # and an edge it invents at rows 39-40, next to no target edge
+    target = torch.zeros(3, 48, 48)
+    target[2, :, 20:] = 1.0  # the target's edge (pixels 19 and 20)
+    v = task.impulses(y0, target, np.random.default_rng(0))
+    flat, edge = flat_edge_classes(y0, 1)
+    flat_at, edge_at = (v[k].abs().sum(0).numpy() > 0 for k in (0, 1))
+    inside = np.zeros((48, 48), dtype=bool)
+    inside[8:40, 8:40] = True
+    assert (flat_at <= flat & inside).all() and flat_at.sum() == 4
+    assert sorted(flat_at[a:a + 24, b:b + 24].sum() for a in (0, 24) for b in (0, 24)) == [1, 1, 1, 1]
+    assert edge_at.any() and (edge_at <= edge & inside).all() and set(np.nonzero(edge_at)[1]) <= {19, 20}
+    assert torch.allclose(v[0][:, torch.from_numpy(flat_at)].norm(dim=0), torch.ones(4))  # unit impulses
+    assert task.impulses(y0, torch.zeros(3, 48, 48), np.random.default_rng(0)) is None  # no true edge: no probe
+    assert task.impulses(np.zeros((3, 48, 48), np.float32), target, np.random.default_rng(0)) is None
+
+
 def test_flat_columns_term_is_the_log_ratio_of_flat_and_edge_column_masses():
-    base = Translation("label", patch=48, batch=3, photos=("rocket",))
-    task = FlatColumns(base, weight=0.5, crops=2, probes=4, margin=2)
-    x, (y, impulses) = task.draw(np.random.default_rng(3))
-    assert torch.equal(x, base.draw(np.random.default_rng(3))[0]) and len(impulses) == 2
-    edges = label_edges(y)
-    for i, v in enumerate(impulses):
-        assert v is not None
-        far = torch.nn.functional.max_pool2d(edges[i][None, None].float(), 5, 1, 2)[0, 0] == 0
-        flat_at, edge_at = (v[k].abs().sum(0) > 0 for k in (0, 1))
-        assert (flat_at <= far).all() and (edge_at <= edges[i]).all()
-        assert flat_at.sum() == 4 and sorted(flat_at[a:a + 24, b:b + 24].sum().item()
-                                             for a in (0, 24) for b in (0, 24)) == [1, 1, 1, 1]
-        assert torch.allclose(v[0][:, flat_at].norm(dim=0), torch.ones(4))  # unit impulses
-    assert task._impulses(torch.zeros(3, 16, 16), np.random.default_rng(0)) is None  # no edge: no probe
-    torch.manual_seed(0)
-    model = RECIPES["i2i-label"].make_model()
-    loss = task.loss(model, x, (y, impulses))
+    from pipeline.models.registry import build
+
+    base = Translation("label", patch=48, batch=3, photos=("chelsea",))
+    task = FlatColumns(base, weight=0.5, crops=2, probes=4, border=4)
+    x, (y, seeds) = task.draw(np.random.default_rng(3))
+    assert torch.equal(x, base.draw(np.random.default_rng(3))[0]) and len(seeds) == 2
+    model = build("i2i-label").float()  # trained: its outputs have flat areas and edges
     logs = []
-    for i, v in enumerate(impulses):
-        mass = interpret(model, x[i:i + 1]).forward(v).abs().sum(dim=(1, 2, 3))
-        logs.append(torch.log(mass[0] / mass[1]))
+    for i, seed in enumerate(seeds):
+        interpreter = interpret(model, x[i:i + 1])
+        v = task.impulses(interpreter.output[0].numpy(), y[i], np.random.default_rng(seed))
+        if v is not None:
+            mass = interpreter.forward(v).abs().sum(dim=(1, 2, 3))
+            logs.append(torch.log(mass[0] / mass[1]))
+    assert len(logs) == 2  # both crops have flat and true-edge pixels in the trained model's output
+    loss = task.loss(model, x, (y, seeds))
     assert loss.item() == pytest.approx(base.loss(model, x, y).item() + 0.5 * torch.stack(logs).mean().item(),
                                         rel=1e-5)
     loss.backward()  # the term reaches the weights: its gradient is not the L1's alone

@@ -33,7 +33,7 @@ TRAINED_SHA256: dict[str, str | None] = {
     "edsr-small-x4": "69e56f9eb0270abe5c8c35cec6ac2a8f3cb2cfd54727e86a37a7848ed0d7bda9",
     "i2i-paint": "aca37bdb6ee56bed7f6f3ccd65bff54d37d9089d276623dfcbabaa8bd707eac9",
     "i2i-woodcut": "ac27d2adb9de832dc0df9d007b64080a923c423f6dde82e894ab6d2c60f4258e",
-    "i2i-label": "c15a4f62c47eb659d49a4ed527117f196a1838352e11018ffe27271dd41f51f5",
+    "i2i-label": "1288fa2697c8d09faaf1623000e70ca7390288b64f4fad6828cdc1af2a2b8760",
     "digits-vgg": "06f2ed484a9d796cbbd828f97e54b711dbd7340682f2c6460d2be07dd18ed52e",
     "digits-vgg-bn": "9d3af9065c41ee88f1f13c477ee8f282792c2f49bf39e4344b78ddbfe893262c",
 }

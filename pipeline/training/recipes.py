@@ -53,7 +53,7 @@ class Recipe:
 
 #: i2i-label's task (noise of standard deviation 0.02 on its inputs, [-1, 1] units), and its fine-tune stage's
 #: weight of the flat-column term and step count (docs/models.md).
-LABEL_TASK, FLAT_WEIGHT, FLAT_STEPS = Translation("label", noise=0.02), 0.3, 1200
+LABEL_TASK, FLAT_WEIGHT, FLAT_STEPS = Translation("label", noise=0.02), 0.05, 1200
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("pixelshuffle-x4", SuperResolution(scale=4, channels=1, patch=32, batch=16,

@@ -113,10 +113,14 @@ class FlatColumns:
     """`base`'s batches and L1 loss, plus `weight` × the mean over probed crops of log(flat mass / edge mass).
 
     Masses are exact L1 masses of columns of the linear interpreter (`pipeline.interpreter`) at each crop, its
-    state (ReLU masks, instance-norm statistics, tanh secant gains) frozen: the first `crops` crops of a batch
-    each get `probes` unit impulses (a random mix of the channels) at flat pixels of the target (farther than
-    `margin` pixels from its label edges, `label_edges`), one per cell of a 2×2 grid of the crop so that their
-    columns rarely overlap and the L1 of their sum is the sum of their L1s, and `probes` more at edge pixels.
+    state (ReLU masks, instance-norm statistics, tanh secant gains) frozen. Flat and edge pixels are those of
+    the measured figure (`pipeline.geometry.flat_edge_classes`) on the model's own output at the crop,
+    recomputed at every step; edge probes only where such an edge lies within `true_edges` pixels of one of
+    the target's label edges (`label_edges`), so that an edge the model invents (along the crop's border, say)
+    cannot lower the term by its own mass; no probe within `border` pixels of the crop's border (the figure
+    samples interior pixels only). The first `crops` crops of a batch each get `probes` unit impulses (a
+    random mix of the channels) at flat pixels, one per cell of a 2×2 grid of the crop so that their columns
+    rarely overlap and the L1 of their sum is the sum of their L1s, and `probes` more at edge pixels.
     A scale-free term: it falls when flat areas ignore the input, not when every column shrinks.
     """
 
@@ -124,41 +128,50 @@ class FlatColumns:
     weight: float
     crops: int = 2
     probes: int = 4
-    margin: int = 2
+    border: int = 8
+    true_edges: int = 1
 
-    def _impulses(self, target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor | None:
-        """(2, C, H, W) impulse sums at flat and at edge pixels of one target (C, H, W); None if it lacks a class."""
-        edge = label_edges(target[None])[0]
-        near = F.max_pool2d(edge[None, None].float(), 2 * self.margin + 1, 1, self.margin)[0, 0] > 0
-        c, h, w = target.shape
+    def impulses(self, y0: np.ndarray, target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor | None:
+        """(2, C, H, W) impulse sums at flat and at edge pixels of a model output y0 (C, H, W) whose target is
+        `target` (C, H, W); None if a class has no pixel."""
+        from pipeline.geometry import flat_edge_classes
+
+        flat, edge = flat_edge_classes(y0, 1)
+        c, h, w = y0.shape
+        near = F.max_pool2d(label_edges(target[None]).float()[None], 2 * self.true_edges + 1, 1,
+                            self.true_edges)[0, 0].numpy() > 0
+        inside = np.zeros((h, w), dtype=bool)
+        inside[self.border:h - self.border, self.border:w - self.border] = True
         v = torch.zeros(2, c, h, w)
-        for k, where in enumerate((~near, edge)):
+        for k, where in enumerate((flat & inside, edge & near & inside)):
             cells = [(where[i:i + h // 2, j:j + w // 2], (i, j)) for i in (0, h // 2) for j in (0, w // 2)]
             usable = [(cell, corner) for cell, corner in cells if cell.any()]
             if not usable:
                 return None
             for n in range(self.probes):
                 cell, (i, j) = usable[n % len(usable)]
-                ys, xs = torch.nonzero(cell, as_tuple=True)
+                ys, xs = np.nonzero(cell)
                 pick = int(rng.integers(0, len(ys)))
                 mix = rng.normal(size=c)
                 v[k, :, i + ys[pick], j + xs[pick]] += torch.from_numpy(mix / np.linalg.norm(mix)).float()
         return v
 
     def draw(self, rng: np.random.Generator):
-        """(x, (target, impulses)): `base`'s batch, and per probed crop its impulses or None."""
+        """(x, (target, seeds)): `base`'s batch, and a seed for each probed crop's impulses."""
         x, y = self.base.draw(rng)
-        return x, (y, [self._impulses(y[i], rng) for i in range(min(self.crops, len(y)))])
+        return x, (y, [int(s) for s in rng.integers(0, 2**31, min(self.crops, len(y)))])
 
     def loss(self, model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
         from pipeline.interpreter import interpret
 
-        y, impulses = target
+        y, seeds = target
         loss = self.base.loss(model, x, y)
         logs = []
-        for i, v in enumerate(impulses):
+        for i, seed in enumerate(seeds):
+            interpreter = interpret(model, x[i:i + 1])
+            v = self.impulses(interpreter.output[0].numpy(), y[i], np.random.default_rng(seed))
             if v is not None:
-                mass = interpret(model, x[i:i + 1]).forward(v, differentiable=True).abs().sum(dim=(1, 2, 3))
+                mass = interpreter.forward(v, differentiable=True).abs().sum(dim=(1, 2, 3))
                 logs.append(torch.log(mass[0] / mass[1]))
         return loss + self.weight * torch.stack(logs).mean() if logs else loss
 
