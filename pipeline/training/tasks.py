@@ -121,7 +121,8 @@ class FlatColumns:
     samples interior pixels only). The first `crops` crops of a batch each get `probes` unit impulses (a
     random mix of the channels) at flat pixels, one per cell of a 2×2 grid of the crop so that their columns
     rarely overlap and the L1 of their sum is the sum of their L1s, and `probes` more at edge pixels.
-    A scale-free term: it falls when flat areas ignore the input, not when every column shrinks.
+    A scale-free term: it does not fall when every column shrinks, only when flat columns weaken or edge
+    columns strengthen (against a fine-tune without it, i2i-label's mostly strengthen: docs/models.md).
     """
 
     base: Translation
