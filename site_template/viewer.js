@@ -606,6 +606,7 @@
   function show(v) {
     if (v === null || v === undefined) return "—";
     if (typeof v === "number") return fmt(v);
+    if (typeof v === "boolean") return v ? "yes" : "no";
     if (typeof v === "string") return /^[0-9a-f]{64}$/.test(v) ? v.slice(0, 12) + "…" : v;
     if (Array.isArray(v)) return v.map(show).join(", ");
     return Object.entries(v).map(([k, x]) => k + " " + show(x)).join(" · ");

@@ -238,7 +238,7 @@ def test_banner_and_approximations_in_words(browser, tmp_path):
                      jacobian_exact=[True, False, None], approximations=[[], approximations, None],
                      geometry=[None, geometry, None])
     rewrite_manifest(tmp_path / "site", attrs=[a.attrs.for_viewer(), b.attrs.for_viewer(),
-                                               dict(c.attrs.for_viewer(), verification={"checks": checks})])
+                                               dict(c.attrs.for_viewer(), verification={"checks": checks, "jacobian_exact": True})])
     page = Page(browser, tmp_path / "site")
     panel = [page.page.locator(f"section.panel:nth-of-type({i})") for i in (1, 2, 3)]
     assert panel[0].locator(".panel-warning").count() == 0
@@ -253,6 +253,8 @@ def test_banner_and_approximations_in_words(browser, tmp_path):
         assert text in geo, (text, geo)
     assert panel[0].locator("dl.geometry").count() == 0
     assert [panel[i].locator("dd.verification").inner_text() for i in range(3)] == ["passed", "unverified", "failed"]
+    verification_rows = panel[2].locator("dl").first.inner_text()  # booleans in words, not blank
+    assert "jacobian exact\nyes" in verification_rows, verification_rows
     page.clean()
 
 
