@@ -48,6 +48,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from .shard_io import read_box
+
 #: Version of the layout and attribute schema described here. Format 1 (weights and image recorded as paths, the
 #: verification figures without a status) is still read; other versions are refused.
 FORMAT_VERSION = 2
@@ -310,6 +312,11 @@ class SvdAttrs(_Attributes):
     extra: dict = field(default_factory=dict)
 
 
+def _point(c: int, y: int, x: int) -> tuple[slice, slice, slice]:
+    """One pixel (c, y, x) as a box of three length-1 slices."""
+    return slice(c, c + 1), slice(y, y + 1), slice(x, x + 1)
+
+
 def _as_chw(a: np.ndarray) -> np.ndarray:
     """(C,H,W), (1,C,H,W), (N,) or (1,N) -> float32 (C,H,W); a vector of N values becomes (N,1,1)."""
     a = np.asarray(a, dtype=np.float32)
@@ -412,12 +419,15 @@ class Store:
         return "F/c/" + "/".join(str(s.start // g) for s, g in zip(region, grid))
 
     def column(self, c: int, y: int, x: int) -> np.ndarray:
-        """Column ``F[..., c, y, x]``: the response to a unit impulse at input (c, y, x); (C_out, H_out, W_out)."""
-        return np.asarray(self.F[:, :, :, c, y, x], dtype=np.float32)
+        """Column ``F[..., c, y, x]``: the response to a unit impulse at input (c, y, x); (C_out, H_out, W_out).
+        Damaged data raises ``shard_io.ShardReadError`` (or zarr's error), as ``row`` does."""
+        whole = (slice(None),) * 3
+        return np.asarray(read_box(self.F, whole + _point(c, y, x))[..., 0, 0, 0], dtype=np.float32)
 
     def row(self, c: int, y: int, x: int) -> np.ndarray:
         """Row ``F[c, y, x]``: the filter of output pixel (c, y, x) over the input; (C_in, H_in, W_in)."""
-        return np.asarray(self.F[c, y, x], dtype=np.float32)
+        whole = (slice(None),) * 3
+        return np.asarray(read_box(self.F, _point(c, y, x) + whole)[0, 0, 0], dtype=np.float32)
 
     # ---- compact stores ---------------------------------------------------------------------------
     @property

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -15,6 +17,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.commands.errors import one_line
 from pipeline.export.site import export_site
+from pipeline.shard_io import ShardReadError
 from pipeline.interpreter import rules
 from pipeline.store import StoreError, open_store
 
@@ -82,6 +85,18 @@ def test_a_corrupted_chunk_fails_verify_names_it_and_a_resumed_compute_repairs_i
     for i in range(40, 60):  # inside the first inner chunk's compressed bytes
         data[i] ^= 0x5A
     (out / key).write_bytes(bytes(data))
+
+    # damaged data raises the shard reader's one-line error (zarr's own reader leaves asynchronous reads of the
+    # shard's other chunks pending, which flood stderr at exit)
+    with pytest.raises(ShardReadError, match="does not decode"):
+        store.column(region[3].start, region[4].start, region[5].start)
+    # in a process of its own, as a user runs it: the failed checks and nothing else (no asynchronous reads of
+    # the damaged shard left pending at exit)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "verify", str(out), "--quiet"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "FAILED integrity" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stderr == "" and all(line.startswith("  FAILED ") for line in proc.stdout.splitlines()[1:]), \
+        proc.stdout + proc.stderr
 
     result = run("verify", out, "--quiet", "--write")
     assert result.exit_code == 1

@@ -298,6 +298,19 @@ def test_bad_inputs_are_one_line(pair, tmp_path):
         write_video([pair[0][0].path, other.path], tmp_path / "w.mp4", progress=False)
     with pytest.raises(VideoError, match="names"):
         write_video([pair[0][0].path], tmp_path / "w.mp4", names=["a", "b"], progress=False)
+    notes = tmp_path / "notes.txt"  # a file of the user's under a name that is not a video's: refused, kept
+    notes.write_text("mine")
+    store = pair[0][0].path
+    for kwargs, match in (({"out": notes}, "must end in .mp4 or .gif"), ({"out": tmp_path / "junk.mp4"}, None),
+                          ({"out": tmp_path / "w.mp4", "subtitles_out": notes}, "--subtitles"),
+                          ({"out": tmp_path / "w.mp4", "still": tmp_path / "s.jpg"}, "--still"),
+                          ({"out": tmp_path / "w.mp4", "zoom": 10**4}, "at most 8192")):
+        if kwargs["out"].name == "junk.mp4":
+            kwargs["out"].mkdir()
+            match = "is a folder"
+        with pytest.raises(VideoError, match=match):
+            write_video([store], progress=False, **kwargs)
+    assert notes.read_text() == "mine" and not (tmp_path / "w.mp4").exists()
 
 
 # ---- the paper's films -----------------------------------------------------------------------------------------

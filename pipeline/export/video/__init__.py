@@ -29,10 +29,26 @@ from pipeline.store import open_store
 FPS = {"mp4": 30, "gif": 10}
 #: frames sampled to make a GIF's palette
 PALETTE_SAMPLES = 16
+#: the largest frame side in screen pixels (a frame is held in memory several times over while it is drawn)
+MAX_SIDE = 8192
 
 
 class VideoError(ValueError):
     """Stores that cannot be shown in a video (one line)."""
+
+
+def _check_outputs(out: Path, subtitles_out, still) -> None:
+    """Refuse output paths of the wrong kind before any work: a video must be named .mp4 or .gif, subtitles
+    .vtt or .srt, a still .png, and none of them may be an existing folder."""
+    for path, suffixes, what in ((out, (".mp4", ".gif"), "--out"), (subtitles_out, (".vtt", ".srt"), "--subtitles"),
+                                 (still, (".png",), "--still")):
+        if path is None:
+            continue
+        path = Path(path)
+        if path.suffix.lower() not in suffixes:
+            raise VideoError(f"{what} {path}: the name must end in {' or '.join(suffixes)}")
+        if path.is_dir():
+            raise VideoError(f"{what} {path}: is a folder")
 
 
 def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None = None, zoom: int | None = None,
@@ -60,6 +76,7 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
     if duration <= 0 or (fps is not None and fps <= 0):
         raise VideoError("--duration and --fps must be positive")
     out = Path(out)
+    _check_outputs(out, subtitles_out, still)
     gif = out.suffix.lower() == ".gif"
     fps = fps or FPS["gif" if gif else "mp4"]
     encode.ffmpeg_exe()  # fail in one line before any work
@@ -70,6 +87,9 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
     story = tell(stores, duration=duration, fps=fps, names=names, notes=tuple(notes))
     subtitles.check(story.cues, story.duration)
     layout = Layout(stores, zoom)
+    if max(layout.size) > MAX_SIDE:
+        raise VideoError(f"--zoom {layout.zoom} makes frames of {layout.size[1]}×{layout.size[0]} pixels; at most "
+                         f"{MAX_SIDE} a side (use a smaller --zoom)")
     titles = [n if n == m else f"{n} ({m})" for n, m in zip(names, models)]
     renderer = Renderer(stores, layout, titles)
 
