@@ -510,6 +510,10 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     if done and not store.complete:  # resuming: recompute tasks whose shards were damaged or lost
         store.unmark(checks.damaged_tasks(store, progress=progress))
         done = store.done_tasks()
+    elif store.complete and (lost := checks.lost_tasks(store)):  # finished earlier, shards lost since: redo
+        store.update_attrs(complete=False)
+        store.unmark(lost)
+        done = store.done_tasks()
     todo = [ix for ix in np.ndindex(*plan.tasks) if ix not in done]
     if store.complete and not todo:
         return store  # finished and verified earlier

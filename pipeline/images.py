@@ -30,16 +30,43 @@ def load_image(path: str | os.PathLike, composite_alpha: bool = False) -> np.nda
     """The image at ``path`` as uint8 (H, W, 3) RGB, or (H, W, 1) when the file is grayscale.
 
     Alpha is dropped (``composite_alpha``: composited, see ``flatten_alpha``), 16-bit samples are scaled to
-    8 bits, and an animation gives its first frame.
+    8 bits, and an animation gives its first frame. As image viewers show it: CMYK converted to RGB, and the
+    EXIF orientation applied (so that a crop's X, Y are those of the picture on screen).
     """
     import imageio.v3 as iio
 
     try:
         data = np.asarray(iio.imread(path, index=0))
+        mode, orientation = _pillow_mode_and_orientation(path)
+        if mode == "CMYK":
+            data = np.asarray(iio.imread(path, index=0, plugin="pillow", mode="RGB"))
     except Exception as err:  # imageio raises many types (OSError, ValueError, plugin errors) for bad files
         detail = str(err).strip().splitlines()
         raise ImageError(f"cannot read image {path}: {detail[0] if detail else type(err).__name__}") from err
-    return as_uint8_image(data, str(path), composite_alpha)
+    return as_uint8_image(_oriented(data, orientation), str(path), composite_alpha)
+
+
+#: EXIF orientation (tag 274) -> the turns and flips that show the stored pixels upright: (quarter turns
+#: anticlockwise, flip left-right first)
+EXIF_ORIENTATION = {1: (0, False), 2: (0, True), 3: (2, False), 4: (2, True), 5: (1, True), 6: (3, False),
+                    7: (3, True), 8: (1, False)}
+
+
+def _pillow_mode_and_orientation(path) -> tuple[str | None, int]:
+    """(PIL mode, EXIF orientation 1..8) of an image file; (None, 1) for files Pillow does not open."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.mode, int(im.getexif().get(274, 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None, 1
+
+
+def _oriented(data: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels (H, W, …) as stored -> as shown upright, for an EXIF orientation (unknown values: unchanged)."""
+    turns, flip = EXIF_ORIENTATION.get(orientation, (0, False))
+    return np.rot90(data[:, ::-1] if flip else data, turns)
 
 
 def as_uint8_image(data: np.ndarray, label: str = "image", composite_alpha: bool = False) -> np.ndarray:
@@ -53,6 +80,10 @@ def as_uint8_image(data: np.ndarray, label: str = "image", composite_alpha: bool
     elif data.dtype == bool:
         data = data.astype(np.uint8) * 255
     elif np.issubdtype(data.dtype, np.floating):
+        low, high = (float(data.min()), float(data.max())) if np.isfinite(data).all() else (np.nan, np.nan)
+        if not -0.5 / 255 <= low <= high <= 1 + 0.5 / 255:  # samples that round to 0..255 are clipped, not refused
+            raise ImageError(f"{label} holds floating-point samples from {low:g} to {high:g}, not in 0..1; save "
+                             f"it with 8- or 16-bit integer samples")
         data = np.round(np.clip(data, 0.0, 1.0) * 255).astype(np.uint8)
     elif data.dtype != np.uint8:
         raise ImageError(f"{label} has unsupported sample type {data.dtype}")
@@ -75,7 +106,7 @@ def flatten_alpha(data: np.ndarray) -> np.ndarray:
 
 def parse_crop(text: str) -> tuple[int, int, int, int]:
     """``"X,Y,W,H"`` (left, top, width, height in pixels) -> (x, y, w, h); raises ``ImageError`` when malformed."""
-    match = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*", text or "")
+    match = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*", text or "", re.ASCII)
     if not match:
         raise ImageError(f"crop '{text}' is not X,Y,W,H (four non-negative integers, e.g. 10,20,64,64)")
     x, y, w, h = map(int, match.groups())

@@ -485,6 +485,7 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
     the checkpoint file ``CHECKPOINT`` inside the store folder (deleted when the SVD is written).
     """
     from pipeline.store import SvdAttrs, open_store
+    from pipeline.verify import require_intact
 
     store = open_store(path, mode="r+")
     if source == "auto":
@@ -492,6 +493,7 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
     if source == "store":
         if not store.complete:
             raise SVDError(f"{store.path}: the store is incomplete; finish `linterp compute` or use --from-model")
+        require_intact(store)
         op = store_operator(store)
     elif source == "model":
         op = model_operator(interpreter_from_store(store, trust_pickle, weights=weights, model=model), batch=batch)

@@ -231,12 +231,24 @@ def ledger_mismatches(store: Store, mode: str, regions) -> dict[tuple[int, ...],
     return lines
 
 
+def _finished_regions(store: Store, mode: str) -> list[tuple[slice, ...]]:
+    """The stored shards of F that belong to finished tasks."""
+    done = store.done_tasks()
+    return [r for r in store.stored_shards() if task_of(store, r, mode) in done]
+
+
+def lost_tasks(store: Store) -> dict[tuple[int, ...], str]:
+    """Finished tasks with fewer or more shard files than their ledger entry counts: task -> reason. Cheap (it
+    lists files, it decodes nothing): the check a rerun of a finished compute makes before it says "done"."""
+    mode = store_mode(store)
+    return ledger_mismatches(store, mode, _finished_regions(store, mode))
+
+
 def damaged_tasks(store: Store, *, progress: bool = False) -> dict[tuple[int, ...], str]:
     """Finished tasks whose shards do not decode or are missing: task -> reason. Shards that do not decode
     are deleted, so that the resumed compute that recomputes these tasks rewrites them from scratch."""
     mode = store_mode(store)
-    done = store.done_tasks()
-    regions = [r for r in store.stored_shards() if task_of(store, r, mode) in done]
+    regions = _finished_regions(store, mode)
     damaged = ledger_mismatches(store, mode, regions)
     for region, line in read_shards(store, regions, progress=progress, desc="checking shards"):
         damaged[task_of(store, region, mode)] = line
@@ -661,13 +673,25 @@ def gate(store: Store, build: Callable[[], torch.nn.Module], *, device: str = "c
     return report
 
 
+def require_intact(store: Store) -> None:
+    """Refuse (``StoreError``, one line) a store that has lost or gained shard files since its tasks finished
+    (a lost shard would read as zeros): the cheap file count of ``lost_tasks``, before F is read."""
+    from .store import StoreError
+
+    if lost := lost_tasks(store):
+        task, line = next(iter(lost.items()))
+        raise StoreError(f"{store.path}: {len(lost)} finished {'task has' if len(lost) == 1 else 'tasks have'} "
+                         f"lost shards of F since ({line}); rerun `linterp compute` with the same arguments")
+
+
 def require_exportable(store: Store, allow_unverified: bool = False) -> None:
-    """Refuse (``StoreError``, one line) an unfinished store, and a failed or unverified one unless
-    ``allow_unverified``."""
+    """Refuse (``StoreError``, one line) an unfinished store or one that has lost shards, and a failed or
+    unverified one unless ``allow_unverified``."""
     from .store import StoreError
 
     if not (store.complete or store.finished):  # complete implies finished
         raise StoreError(f"{store.path}: the store is incomplete (rerun `linterp compute` with the same arguments)")
+    require_intact(store)
     state = status(store)
     if state != "passed" and not allow_unverified:
         checks = (store.attrs.get("verification") or {}).get("checks") or []

@@ -44,6 +44,31 @@ def test_alpha_palette_and_16_bit_files(tmp_path):
     assert np.array_equal(images.load_image(tmp_path / "deep.png")[:, :, 0], np.round(deep / 257).astype(np.uint8))
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path, orientation):
+    """Pixels come as Pillow's exif_transpose shows them (orientation 6: a portrait stored on its side)."""
+    from PIL import ImageOps
+
+    stored = Image.fromarray(random_rgb(6, 10))
+    exif = stored.getexif()
+    exif[274] = orientation
+    stored.save(tmp_path / "o.png", exif=exif)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "o.png")).convert("RGB"))
+    assert np.array_equal(images.load_image(tmp_path / "o.png"), shown)
+    assert shown.shape[:2] == ((10, 6) if orientation >= 5 else (6, 10))
+
+
+def test_cmyk_is_converted_and_float_samples_outside_0_1_are_refused(tmp_path):
+    rgb = random_rgb(12, 12)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.tif")  # lossless: C = 255 − R, K = 0
+    assert np.array_equal(images.load_image(tmp_path / "c.tif"), rgb)
+    iio.imwrite(tmp_path / "f.tif", rgb[:, :, 0].astype(np.float32))  # 0..255 stored as floats
+    with pytest.raises(ImageError, match="floating-point samples from .* not in 0..1"):
+        images.load_image(tmp_path / "f.tif")
+    iio.imwrite(tmp_path / "u.tif", rgb[:, :, 0].astype(np.float32) / 255)
+    assert np.array_equal(images.load_image(tmp_path / "u.tif")[:, :, 0], rgb[:, :, 0])
+
+
 def test_jpeg_loads(tmp_path):
     img = random_rgb(16, 16)
     iio.imwrite(tmp_path / "a.jpg", img, quality=95)
@@ -67,7 +92,7 @@ def test_unreadable_files_give_one_line(tmp_path, content):
 
 def test_parse_crop_and_crop():
     assert images.parse_crop("3, 4,5,6") == (3, 4, 5, 6)
-    for bad in ("1,2,3", "a,b,c,d", "-1,0,4,4", "0,0,0,4", ""):
+    for bad in ("1,2,3", "a,b,c,d", "-1,0,4,4", "0,0,0,4", "", "\uff11,0,4,4"):  # a full-width digit
         with pytest.raises(ImageError):
             images.parse_crop(bad)
     img = random_rgb(10, 14)

@@ -145,6 +145,17 @@ def test_a_lost_shard_fails_integrity_naming_the_task(good, tmp_path):
     task = (region[4].start // 4, region[5].start // 4)
     assert f"task {task} stored" in result.output and "on disk" in result.output
     assert "FAILED probe" in result.output  # the random probe sees the missing values too
+    for args in (["export", out, "--out", tmp_path / "site"], ["svd", out, "--k", 2, "--from-store"],
+                 ["geometry", out, "--no-write"], ["video", out, "--out", tmp_path / "walk.gif"]):
+        result = run(*args)  # the store still says "complete", but a lost shard would read as zeros: refused
+        assert result.exit_code != 0 and f"task {task} stored" in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1, result.output
+    # the same compute again: the store says it is finished, but the lost shard is counted and recomputed
+    result = run(*compute_args(good[0], out))
+    assert result.exit_code == 0, result.output
+    store = open_store(out, require_complete=True)
+    assert store.attrs["timings"]["last_run_tasks"] == 1
+    assert np.array_equal(store.F[...], open_store(good[1]).F[...])
 
 
 def test_stray_files_in_the_chunk_folders_are_ignored(good, tmp_path):

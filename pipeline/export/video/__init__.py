@@ -24,6 +24,7 @@ from pipeline.export.video.frames import Layout, Renderer
 from pipeline.export.video.story import model_names, tell
 from pipeline.progress import progress as progress_bar
 from pipeline.store import open_store
+from pipeline.verify import require_intact
 
 #: default frame rates: MP4, GIF (GIF frames cost far more bytes)
 FPS = {"mp4": 30, "gif": 10}
@@ -66,6 +67,8 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
     """
     t0 = time.perf_counter()
     stores = [open_store(p, require_complete=True) for p in store_paths]
+    for s in stores:
+        require_intact(s)
     if not stores:
         raise VideoError("no store given")
     check_same_image(stores)
