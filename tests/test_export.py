@@ -337,6 +337,10 @@ def test_two_models_of_one_image(tmp_path):
     export_site([a.path, b.path], tmp_path / "site", progress=False)
     m = (tmp_path / "site" / "data" / "manifest.js").read_text()
     assert '"id":"bicubic-x4"' in m and '"id":"bilinear-x4"' in m
+    two = export_site([a.path, b.path], tmp_path / "site", progress=False)["files"]
+    one = export_site([b.path], tmp_path / "site", progress=False)  # the same site, now one panel
+    assert sorted(p.name for p in (tmp_path / "site" / "data").iterdir() if p.is_dir()) == ["bilinear-x4"]
+    assert one["files"] < two and one["files"] == export_site([b.path], tmp_path / "fresh", progress=False)["files"]
     c, _ = linear_upscaler_store(tmp_path / "c.zarr", mode="bilinear", h=8, w=8, tile=4, seed=5)
     with pytest.raises(ExportError, match="another image"):
         export_site([a.path, c.path], tmp_path / "site2", progress=False)

@@ -328,11 +328,16 @@ def test_run_default_image_and_crop(tmp_path):
     (["--model", "bicubic-x2", "--image", "BAD", "--out", "o.png"], "cannot read image"),
     (["--model", "bicubic-x2"], "--out"),
     (["--model", "resnet18", "--weights", "BAD"], "not a valid PyTorch checkpoint"),
+    (["--model", "pixelshuffle-x4", "--weights", "NAN", "--image", "GRAY", "--out", "o.png"],
+     "the model's output holds 1024 NaN or infinite values"),
 ])
 def test_run_errors_are_one_line(tmp_path, args, message):
     iio.imwrite(tmp_path / "gray.png", np.zeros((8, 8), np.uint8))
     (tmp_path / "bad").write_text("not an image")
-    args = [a.replace("GRAY", str(tmp_path / "gray.png")).replace("BAD", str(tmp_path / "bad")) for a in args]
+    weights = build("pixelshuffle-x4", "random").state_dict()
+    torch.save({k: torch.full_like(v, float("nan")) for k, v in weights.items()}, tmp_path / "nan.pt")
+    args = [a.replace("GRAY", str(tmp_path / "gray.png")).replace("BAD", str(tmp_path / "bad"))
+            .replace("NAN", str(tmp_path / "nan.pt")) for a in args]
     args = [str(tmp_path / a) if a == "o.png" else a for a in args]
     result = CliRunner().invoke(main, ["run", *args])
     assert result.exit_code != 0

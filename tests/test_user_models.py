@@ -245,6 +245,14 @@ BAD = """
         def forward(self, x):
             return torch.sin(self.body(x))
 
+    class Spectrum(nn.Module):  # a complex intermediate: named, not mistaken for a constant
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            return torch.fft.fft2(self.body(x)).real
+
     class Odd(nn.Module):  # control flow on the input's shape: torch.fx cannot trace it
         def __init__(self):
             super().__init__()
@@ -272,6 +280,8 @@ def test_bad_specs_give_one_line(tmp_path, monkeypatch):
         (["--model", "bad.py:Shrinks"], "output (1, 3, 6, 6) on the input (1, 3, 8, 8) is neither an image"),
         (["--model", "bad.py:Pair"], "returns tuple on the input (1, 3, 8, 8), not a tensor"),
         (["--model", "bad.py:Wave"], "no linear-interpreter rule for function"),
+        (["--model", "bad.py:Spectrum"], "fft2 at 'fft_fft2': it gives complex values"),
+        (["--model", "bad.py"], "unknown model 'bad.py'; for your own model name its factory too: bad.py:FACTORY"),
         (["--model", "bad.py:Odd"], f"cannot be traced by torch.fx (symbolically traced variables cannot be used "
                                     f"as inputs to control flow) at bad.py:{ODD_LINE}: if x.shape[-1] % 2:"),
         (["--model", "broken.py:make"], "broken.py failed to import (line 1): SyntaxError"),

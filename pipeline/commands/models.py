@@ -114,6 +114,9 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
         raise click_error(err) from err
     with torch.no_grad():
         y = model(x0)
+    if not torch.isfinite(y).all():
+        raise click.ClickException(f"the model's output holds {int((~torch.isfinite(y)).sum())} NaN or infinite "
+                                   f"values on this image (check the weights)")
     if model_spec.task == "classify":
         probabilities = torch.softmax(y[0].double(), 0)
         labels = [str(i) for i in range(y.shape[-1])] if user else class_names(name)

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -591,11 +592,20 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
                 "normalise": normalise, "zero": render.ZERO, "levels": render.LEVELS}
     render.write_atomic(data / "manifest.js",
                         "LINTERP.manifest(" + json.dumps(manifest, separators=(",", ":"), default=str) + ");\n")
+    _remove_stale_panels(data, {m["id"] for m in models})
     files, size = site_size(out)
     seconds = time.perf_counter() - t_start
     filters = sum(s["filters"] for s in summaries)
     return {"seconds": seconds, "filters": filters, "filters_per_s": filters / seconds if seconds else 0.0,
             "files": files, "bytes": size, "rendered_tasks": len(pending), "tasks": len(tasks), "models": summaries}
+
+
+def _remove_stale_panels(data: Path, ids: set[str]) -> None:
+    """Delete the panel folders (those with export's ``.done`` markers) that an earlier export into the same
+    site wrote and this one's manifest no longer shows."""
+    for folder in data.iterdir():
+        if folder.name not in ids and (folder / ".done").is_dir():
+            shutil.rmtree(folder)
 
 
 def site_size(out: Path) -> tuple[int, int]:

@@ -167,6 +167,9 @@ class LinearInterpreter:
             b = Bound(target, args, kwargs, env)
             if rule is None:
                 value = b()
+                if isinstance(value, torch.Tensor) and value.is_complex():
+                    raise UnsupportedOperation(f"no linear-interpreter rule for {describe(node, target)} at "
+                                               f"'{where(node)}': it gives complex values")
                 if _is_float_tensors(value):
                     raise UnsupportedOperation(
                         f"no linear-interpreter rule for {describe(node, target)} at '{where(node)}'")

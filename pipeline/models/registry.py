@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -166,6 +167,8 @@ def spec(name: str) -> ModelSpec:
         return table[name]
     close = difflib.get_close_matches(name, table, n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `linterp models` lists them"
+    if name.endswith(".py") or "/" in name or os.sep in name:  # a user's file without its factory
+        hint = f"; for your own model name its factory too: {name}:FACTORY (a function that returns the module)"
     raise UnknownModelError(f"unknown model '{name}'{hint}")
 
 
