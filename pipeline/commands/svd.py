@@ -24,7 +24,7 @@ from pipeline.svd import MODEL_BATCH
               help="Most Lanczos / power steps.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads for --from-model (default: torch's; 1 is fastest on a busy machine).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the starting block.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the starting block.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="--from-model: the store's weight file, when it is neither the model's default nor in the "
                    "weight cache (checked against the sha256 the store records).")

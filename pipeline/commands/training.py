@@ -12,7 +12,7 @@ import click
               help="Where to write the state dict (default: pipeline/models/weights/NAME.pt).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of each training stage (default: the recipe's).")
-@click.option("--seed", type=int, default=None, help="Seed (default: the recipe's, 0).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the recipe's, 0).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(name, out, steps, seed, threads, quiet):

@@ -29,7 +29,8 @@ See docs/verify.md.""".format(**TOLERANCES)
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--samples", type=click.IntRange(min=1), default=DEFAULT_SAMPLES, show_default=True,
               help="Sampled rows or columns per check.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samples and probes.")
+@click.option("--seed", type=click.IntRange(min=0),
+              default=0, show_default=True, help="Seed of the samples and probes.")
 @click.option("--write", is_flag=True,
               help="Record the result in the store: its verification, and complete = finished and passed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
