@@ -344,3 +344,10 @@ def test_cli_on_rgb_photos_with_an_imagenet_classifier(tmp_path):
     assert res.exit_code == 0, res.output
     again = json.loads((tmp_path / "out" / "results.json").read_text())
     assert again[0] == recs[0] and again[1]["score"] != recs[1]["score"]
+
+
+def test_image_folders_give_their_image_files_only(tmp_path):
+    for name in ("b.png", "a.JPG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.png").mkdir()  # a folder whose name looks like an image's
+    assert [p.name for p in R.image_files([tmp_path])] == ["a.JPG", "b.png"]
