@@ -48,6 +48,10 @@ CLASSIFIERS = [
     ("resnet18", 32), ("resnet34", 32), ("resnet50", 32), ("resnet101", 32), ("resnet152", 32),
     ("densenet121", 32), ("densenet161", 32), ("densenet169", 32), ("densenet201", 32),
     ("inception_v3", 75),
+    # layer norm over channels and stochastic depth; squeeze-excitation gates (on 1×1 maps at this size),
+    # hardswish and SiLU; grouped convolutions; channel shuffles
+    ("convnext_tiny", 32), ("efficientnet_b0", 32), ("mobilenet_v3_small", 32), ("mobilenet_v2", 32),
+    ("regnet_x_400mf", 32), ("shufflenet_v2_x0_5", 32),
 ]
 
 
@@ -367,3 +371,109 @@ def test_global_networks_have_no_radius():
     li = interpret(_classifier("resnet18"), torch.rand(1, 3, 32, 32))
     assert li.receptive_radius is None
     assert li.window((0, 0, 4, 4)).in_box == (0, 0, 32, 32)
+
+
+class _ChannelLayerNorm(nn.Module):
+    """ConvNeXt's layer norm over channels: to channels-last, nn.LayerNorm(C), back."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.linspace(0.5, 2.0, c))
+            self.norm.bias.copy_(torch.linspace(-0.3, 0.4, c))
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("c,w", [(4, 5), (5, 5)])  # also C == W, where a per-channel reading broadcasts silently
+def test_layer_norm_over_channels_is_diagonal_with_its_own_weights_over_each_pixels_sigma(c, w):
+    norm = _ChannelLayerNorm(c).double()
+    x0 = torch.randn(1, c, 3, w, dtype=torch.float64) * 2 + 0.5
+    li = interpret(norm, x0)
+    sigma = torch.sqrt(x0.var(dim=1, unbiased=False, keepdim=True) + norm.norm.eps)  # (1, 1, H, W)
+    gains = norm.norm.weight.detach().reshape(1, c, 1, 1) / sigma
+    assert torch.allclose(dense(li, x0), torch.diag(gains.flatten()), atol=1e-12)
+    assert torch.allclose(li.forward(x0) + li.residual, norm(x0), atol=1e-12)
+
+
+class _Broadcasts(nn.Module):
+    """A learnable offset of shape (1,), a constant row (1, W) and a quotient of constants, added to features."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.beta = nn.Parameter(torch.full((1,), 0.3))
+        self.register_buffer("row", torch.linspace(-1, 1, w)[None])
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.beta + y + self.row + 0.5 / torch.ones(1)
+
+
+def test_constants_of_lower_rank_broadcast_along_the_last_dimensions():
+    torch.manual_seed(0)
+    model, x0 = _Broadcasts(7).double().eval(), torch.rand(1, 3, 5, 7, dtype=torch.float64)
+    li = _check_identities(model, x0)
+    jacobian = torch.autograd.functional.jacobian(model, x0).reshape(li.output.numel(), x0.numel())
+    assert torch.allclose(dense(li, x0), jacobian, atol=1e-12)
+
+
+def test_a_reduction_over_the_whole_batch_is_refused_naming_a_fix():
+    class Centred(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y - y.mean()
+
+    with pytest.raises(UnsupportedOperation, match=r"\.mean\(\) at 'mean' gives a scalar.*dim=\(1, 2, 3\)"):
+        interpret(Centred(), torch.rand(1, 3, 4, 4))
+
+
+class _Gated(nn.Module):
+    """A squeeze-excitation gate on a 1×1 map: gate and features have the same number of elements."""
+
+    def __init__(self, gate_first: bool):
+        super().__init__()
+        self.gate_first = gate_first
+        self.conv, self.pool = nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        f = self.pool(torch.relu(self.conv(x)))
+        s = self.fc(f)
+        return s * f if self.gate_first else f * s
+
+
+def test_on_a_tie_the_gate_is_frozen_not_the_features_whichever_side_it_is_on():
+    torch.manual_seed(0)
+    a = _Gated(True).double().eval()
+    b = _Gated(False).double().eval()
+    b.load_state_dict(a.state_dict())
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    gate = a.fc(a.pool(torch.relu(a.conv(x0)))).detach()
+    frozen = torch.autograd.functional.jacobian(lambda x: gate * a.pool(torch.relu(a.conv(x))), x0)
+    for model in (a, b):
+        assert torch.allclose(dense(interpret(model, x0), x0), frozen.reshape(4, -1), atol=1e-12)
+
+
+def test_random_units_are_refused_in_training_and_the_identity_in_eval():
+    from torchvision.ops import StochasticDepth
+
+    class Drop(nn.Module):
+        def __init__(self, training: bool):
+            super().__init__()
+            self.conv, self.drop, self.on = nn.Conv2d(3, 3, 1), StochasticDepth(0.2, "row"), training
+
+        def forward(self, x):
+            return self.drop(nn.functional.dropout(self.conv(x), 0.1, training=self.on))
+
+    x0 = torch.rand(1, 3, 4, 4)
+    li = _check_identities(Drop(False).eval(), x0)
+    assert li.jacobian_exact
+    with pytest.raises(UnsupportedOperation, match="dropout at 'dropout': it drops values at random"):
+        interpret(Drop(True).eval(), x0)

@@ -186,10 +186,14 @@ class LinearInterpreter:
             if not _is_float_tensors(value):
                 self._freeze(node, value, env)
                 continue
-            if any(isinstance(v, torch.Tensor) and v.dim() and v.shape[0] != 1 for v in
-                   (value if isinstance(value, (tuple, list)) else [value])):
+            values = value if isinstance(value, (tuple, list)) else [value]
+            if any(isinstance(v, torch.Tensor) and v.dim() and v.shape[0] != 1 for v in values):
                 raise UnsupportedOperation(
                     f"{describe(node, target)} at '{where(node)}' mixes the batch dimension")
+            if any(isinstance(v, torch.Tensor) and v.dim() == 0 for v in values):  # y.mean(), y.sum(), y[0, 0, 0, 0]
+                raise UnsupportedOperation(
+                    f"{describe(node, target)} at '{where(node)}' gives a scalar of the whole batch; keep the batch "
+                    f"dimension (e.g. y.mean(dim=(1, 2, 3), keepdim=True))")
             self.kind[node], env[node] = "linear", value
             self.sites[node] = Site(node, _out_of_place(node, target), rule, state, bias, _shape(value),
                                     where(node), _op_name(node, target), rule.approximation(state))

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision.ops
 from torch import fx, nn
 
 from .errors import UnsupportedOperation
@@ -160,6 +161,19 @@ class Identity(Rule):
         return {b.nodes()[0]: cot}
 
 
+class EvalOnly(Identity):
+    """A unit that is random in training (functional dropout, torchvision's stochastic depth) and the identity
+    when called with ``training=False`` or ``p=0``; a call that would drop values at random is refused."""
+
+    def record(self, b):
+        bound = inspect.signature(b.fn).bind(*b.args, **b.kwargs)
+        bound.apply_defaults()
+        if bound.arguments.get("training") and bound.arguments.get("p"):
+            raise UnsupportedOperation("it drops values at random (training=True): pass training=self.training "
+                                       "and put the model in eval mode")
+        return super().record(b)
+
+
 class Offset(Rule):
     """Jointly linear in its inputs and constant offsets (add, sub, cat, stack, where, constant pad).
 
@@ -189,8 +203,9 @@ class Offset(Rule):
         n0 = b.input()
         batch = n0.shape[0] if isinstance(n0, torch.Tensor) else None
 
-        def expand(x):  # constants of batch 1 next to inputs of batch B (cat, stack)
-            if isinstance(x, torch.Tensor) and batch and x.dim() and x.shape[0] == 1 and batch != 1:
+        def expand(x):  # constants of batch 1 next to inputs of batch B (cat, stack); not a (1,) or (1, W)
+            # constant of lower rank, which broadcasts along the last dimensions
+            if isinstance(x, torch.Tensor) and batch and x.dim() == n0.dim() and x.shape[0] == 1 and batch != 1:
                 return x.expand(batch, *x.shape[1:])
             return x
         args, kwargs = Bound(b.fn, args, kwargs, b.values).map_static(expand, self.positions, self.keys)
@@ -238,27 +253,49 @@ class Select(Offset):
         return _union(b)
 
 
+def _computed_from(node: fx.Node, source: fx.Node) -> bool:
+    """True when ``source`` is among the nodes that ``node`` is computed from (its ancestors in the graph)."""
+    seen, todo = set(), list(node.all_input_nodes)
+    while todo:
+        n = todo.pop()
+        if n is source:
+            return True
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
+    return False
+
+
 class Product(Rule):
     """Multiplication, division and matmul.
 
     With one factor depending on x it is linear as it is. When both do (gates, attention), the factor
-    with fewer elements (the right one on ties; the denominator of a division) is frozen at its x0 value,
-    so the interpreter is exact at x0 and linear in the other factor.
+    with fewer elements (the denominator of a division) is frozen at its x0 value, so the interpreter is exact
+    at x0 and linear in the other factor. On a tie of sizes (a squeeze-excitation gate on a 1×1 feature map)
+    the factor computed from the other is frozen (the gate, not the features it scales), whichever side of
+    the product it is written on; the right one when neither is computed from the other.
     """
 
     kind = "product"
     opens_static = True
 
     def __init__(self, frozen_if_both: Callable[[Any, Any], int] | None = None, denominator: bool = False):
-        self.choose = frozen_if_both or (lambda a, b: 0 if a.numel() < b.numel() else 1)
+        self.choose = frozen_if_both or Product.by_size
         self.denominator = denominator
+
+    @staticmethod
+    def by_size(a, b) -> int:
+        """The position of the factor to freeze: the one with fewer elements (the right one on ties)."""
+        return 0 if a.numel() < b.numel() else 1
 
     def record(self, b):
         a0, a1 = b.args[0], b.args[1]
         if self.denominator and isinstance(a1, fx.Node):
             pos = 1
         elif isinstance(a0, fx.Node) and isinstance(a1, fx.Node):
-            pos = self.choose(b.values[a0], b.values[a1])
+            v0, v1 = b.values[a0], b.values[a1]
+            tie = self.choose is Product.by_size and v0.numel() == v1.numel()
+            pos = (0 if _computed_from(a0, a1) and not _computed_from(a1, a0) else 1) if tie else self.choose(v0, v1)
         else:
             return b(), None, None
         frozen = b.values[b.args[pos]].detach().clone()
@@ -478,10 +515,13 @@ def _stats(x, dims):
     return x.mean(dim=dims, keepdim=True), x.var(dim=dims, unbiased=False, keepdim=True)
 
 
-def _gain_shift(x, mean, var, weight, bias, eps):
+def _gain_shift(x, mean, var, weight, bias, eps, per_channel: bool = True):
+    """(gain, shift) of a normalisation with statistics (mean, var): y = gain·x + shift. ``per_channel``: a 1-D
+    weight and bias are per channel (dim 1: batch, instance and group norm); else they are shaped like the
+    last dimensions, which they broadcast against as they are (layer norm)."""
     nd = x.dim()
-    w = _channel_view(weight, nd) if weight is not None and weight.dim() == 1 else weight
-    bb = _channel_view(bias, nd) if bias is not None and bias.dim() == 1 else bias
+    w = _channel_view(weight, nd) if per_channel and weight is not None and weight.dim() == 1 else weight
+    bb = _channel_view(bias, nd) if per_channel and bias is not None and bias.dim() == 1 else bias
     gain = torch.rsqrt(var + eps)
     if w is not None:
         gain = gain * w
@@ -523,7 +563,7 @@ def _group_norm(x, groups, weight, bias, eps):
 def _layer_norm(x, normalized_shape, weight, bias, eps):
     dims = list(range(x.dim() - len(normalized_shape), x.dim()))
     mean, var = _stats(x, dims)
-    return (*_gain_shift(x, mean, var, weight, bias, eps), True)
+    return (*_gain_shift(x, mean, var, weight, bias, eps, per_channel=False), True)
 
 
 def _rms_norm(x, normalized_shape, weight, eps):
@@ -787,11 +827,12 @@ for _fns, _rule in [
     (_functions("elu elu_ selu celu gelu silu mish softplus hardswish logsigmoid softsign tanhshrink "
                 "sigmoid tanh") + _functions("sigmoid tanh exp", torch), SECANT),
     (_functions("avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
-                "interpolate upsample upsample_nearest upsample_bilinear "
-                "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout") +
+                "interpolate upsample upsample_nearest upsample_bilinear") +
      _functions("flatten reshape permute transpose swapaxes squeeze unsqueeze chunk split tensor_split unbind "
                 "narrow select roll flip movedim sum mean neg avg_pool1d "
                 "cumsum unflatten", torch) + [operator.getitem, operator.neg], LINEAR),
+    (_functions("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
+     + _functions("stochastic_depth", torchvision.ops), EvalOnly()),
     (_functions("cat concat concatenate stack hstack vstack", torch), Offset(positions=(0,), keys=("tensors",))),
     (_functions("add", torch) + [operator.add, operator.iadd], Sum(negate_second=False)),
     (_functions("sub subtract", torch) + [operator.sub, operator.isub], Sum(negate_second=True)),
