@@ -477,3 +477,13 @@ def test_random_units_are_refused_in_training_and_the_identity_in_eval():
     assert li.jacobian_exact
     with pytest.raises(UnsupportedOperation, match="dropout at 'dropout': it drops values at random"):
         interpret(Drop(True).eval(), x0)
+
+
+@pytest.mark.parametrize("unit", [nn.Sigmoid(), nn.Softplus(), nn.GELU()])
+def test_secant_gains_of_a_float32_model_keep_their_digits_near_zero(unit):
+    """h(y0) − h(0) cancels most float32 digits where |y0| is small and h(0) ≠ 0: the gain is taken in float64."""
+    y0 = torch.tensor([1e-5, -3e-5, 1e-4, 1e-3, 0.1, 2.0]).reshape(1, 1, 2, 3)
+    li = interpret(unit, y0)
+    exact = (unit(y0.double()) - unit(torch.zeros(1, dtype=torch.float64))) / y0.double()
+    assert torch.allclose(dense(li, y0).diagonal().double(), exact.flatten(), rtol=1e-6, atol=0)
+    assert (li.forward(y0) + li.residual - unit(y0)).abs().max() <= 1e-6

@@ -402,7 +402,8 @@ class Unit(Diagonal):
                 h0 = h(torch.zeros_like(y0))
             out = b()
             small = y0.abs() <= 1e-6 * y0.abs().max().clamp_min(1.0)
-            gain = (out.detach() - h0) / torch.where(small, torch.ones_like(y0), y0)
+            denominator = torch.where(small, torch.ones_like(y0), y0)
+            gain = _secant(h, y0, denominator, out.detach() - h0) if h0.any() else out.detach() / denominator
             if small.any():
                 gain = torch.where(small, self._grad(b, torch.zeros_like(y0)), gain)
             offset = h0
@@ -410,6 +411,20 @@ class Unit(Diagonal):
 
     def approximation(self, state):
         return "secant" if self.kind == "secant" else None
+
+
+def _secant(h, y0, denominator, difference):
+    """The secant gain (h(y0) − h(0)) / y0 of a unit h with h(0) ≠ 0, in float64 when y0 is in a lower precision
+    and h runs in float64 (h(y0) − h(0) loses most of its digits to cancellation where |y0| is small: a sigmoid
+    near 0), else ``difference / denominator`` (the difference as the model computed it)."""
+    if y0.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        try:
+            with torch.no_grad():
+                y = y0.double()
+                return ((h(y.clone()) - h(torch.zeros_like(y))) / denominator.double()).to(y0.dtype)
+        except (RuntimeError, TypeError):  # a unit (or a device) without float64
+            pass
+    return difference / denominator
 
 
 def _relu_derivative(y, b):
