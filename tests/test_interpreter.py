@@ -487,3 +487,37 @@ def test_secant_gains_of_a_float32_model_keep_their_digits_near_zero(unit):
     exact = (unit(y0.double()) - unit(torch.zeros(1, dtype=torch.float64))) / y0.double()
     assert torch.allclose(dense(li, y0).diagonal().double(), exact.flatten(), rtol=1e-6, atol=0)
     assert (li.forward(y0) + li.residual - unit(y0)).abs().max() <= 1e-6
+
+
+class _MoreOps(nn.Module):
+    """Functional channel shuffles, rms norm, squares and constants made from a tensor's shape."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.op, self.conv = op, nn.Conv2d(3, 4, 3, padding=1)
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, 4))
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.op == "shuffle":
+            return nn.functional.channel_shuffle(y, 2) + torch.channel_shuffle(y, 4)
+        if self.op == "rms_norm":
+            return nn.functional.rms_norm(y.permute(0, 2, 3, 1), (4,), self.weight).permute(0, 3, 1, 2)
+        if self.op == "square":
+            return torch.square(y) + y.square()
+        return y + torch.zeros_like(y) + torch.full_like(y, 0.5) + y.new_ones(y.shape)
+
+
+@pytest.mark.parametrize("op,exact", [("shuffle", True), ("constants", True), ("rms_norm", False),
+                                      ("square", False)])
+def test_functional_shuffles_rms_norm_squares_and_shape_constants(op, exact):
+    torch.manual_seed(0)
+    model, x0 = _MoreOps(op).double().eval(), torch.rand(1, 3, 5, 6, dtype=torch.float64)
+    li = _check_identities(model, x0)
+    assert li.jacobian_exact == exact
+    if exact:
+        jacobian = torch.autograd.functional.jacobian(model, x0).reshape(li.output.numel(), x0.numel())
+        assert torch.allclose(dense(li, x0), jacobian, atol=1e-12)
+    if op == "square":  # the secant of y² through 0 is y0: F = 2·diag(y0)·conv, half the Jacobian
+        jacobian = torch.autograd.functional.jacobian(model, x0).reshape(li.output.numel(), x0.numel())
+        assert torch.allclose(2 * dense(li, x0), jacobian, atol=1e-12)

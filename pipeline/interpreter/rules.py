@@ -174,6 +174,26 @@ class EvalOnly(Identity):
         return super().record(b)
 
 
+class Constant(Rule):
+    """A tensor made from an input's shape, not its values (zeros_like, ones_like, full_like, new_zeros, ...): a
+    constant, which is its own bias and no part of the linear map."""
+
+    kind = "constant"
+
+    def record(self, b):
+        out = b()
+        return out, None, (out.detach().clone() if out.any() else None)
+
+    def linear(self, b, state):
+        return None
+
+    def transpose(self, b, state, cot):
+        return {}
+
+    def support(self, b, state):
+        return None
+
+
 class Offset(Rule):
     """Jointly linear in its inputs and constant offsets (add, sub, cat, stack, where, constant pad).
 
@@ -637,6 +657,7 @@ _F_GROUP_NORM = _functional(F.group_norm, lambda x, g: _group_norm(
     x, g("num_groups"), g("weight"), g("bias"), g("eps")))
 _F_LAYER_NORM = _functional(F.layer_norm, lambda x, g: _layer_norm(
     x, g("normalized_shape"), g("weight"), g("bias"), g("eps")))
+_F_RMS_NORM = _functional(F.rms_norm, lambda x, g: _rms_norm(x, g("normalized_shape"), g("weight"), g("eps")))
 
 
 class ConvModule(Rule):
@@ -840,9 +861,10 @@ for _fns, _rule in [
     (_functions("relu6 leaky_relu leaky_relu_ prelu hardtanh hardtanh_ hardsigmoid threshold threshold_ "
                 "hardshrink softshrink rrelu") + _functions("clamp clip clamp_ clip_ abs prelu", torch), TANGENT),
     (_functions("elu elu_ selu celu gelu silu mish softplus hardswish logsigmoid softsign tanhshrink "
-                "sigmoid tanh") + _functions("sigmoid tanh exp", torch), SECANT),
+                "sigmoid tanh") + _functions("sigmoid tanh exp square", torch), SECANT),
+    (_functions("zeros_like ones_like full_like", torch), Constant()),
     (_functions("avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
-                "interpolate upsample upsample_nearest upsample_bilinear") +
+                "interpolate upsample upsample_nearest upsample_bilinear channel_shuffle") +
      _functions("flatten reshape permute transpose swapaxes squeeze unsqueeze chunk split tensor_split unbind "
                 "narrow select roll flip movedim sum mean neg avg_pool1d "
                 "cumsum unflatten", torch) + [operator.getitem, operator.neg], LINEAR),
@@ -867,7 +889,7 @@ for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "
     if hasattr(torch, _name):
         FUNCTION_RULES[getattr(torch, _name)] = _rule
 for _fn, _affine in [(F.batch_norm, _F_BATCH_NORM), (F.instance_norm, _F_INSTANCE_NORM),
-                     (F.group_norm, _F_GROUP_NORM), (F.layer_norm, _F_LAYER_NORM)]:
+                     (F.group_norm, _F_GROUP_NORM), (F.layer_norm, _F_LAYER_NORM), (F.rms_norm, _F_RMS_NORM)]:
     FUNCTION_RULES[_fn] = Norm(_affine)
 def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """The documented argument list of F.conv1d/2d/3d (builtins carry no signature)."""
@@ -893,7 +915,8 @@ METHOD_RULES: dict[str, Rule] = {}
 for _names, _rule in [
     ("relu relu_", RELU),
     ("clamp clamp_ clip clip_ abs abs_ hardtanh", TANGENT),
-    ("sigmoid sigmoid_ tanh tanh_ exp exp_", SECANT),
+    ("sigmoid sigmoid_ tanh tanh_ exp exp_ square square_", SECANT),
+    ("new_zeros new_ones new_full", Constant()),
     ("view view_as reshape reshape_as permute transpose transpose_ swapaxes flatten unflatten contiguous "
      "squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as repeat chunk split tensor_split unbind narrow select "
      "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum", LINEAR),
