@@ -521,3 +521,34 @@ def test_functional_shuffles_rms_norm_squares_and_shape_constants(op, exact):
     if op == "square":  # the secant of y² through 0 is y0: F = 2·diag(y0)·conv, half the Jacobian
         jacobian = torch.autograd.functional.jacobian(model, x0).reshape(li.output.numel(), x0.numel())
         assert torch.allclose(2 * dense(li, x0), jacobian, atol=1e-12)
+
+
+class _SpatialAttention(nn.Module):
+    """CBAM's spatial attention: channel mean and channel max (amax), a convolution, a sigmoid gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.mix = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(2, 1, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        pooled = torch.cat([y.mean(dim=1, keepdim=True), torch.amax(y, dim=1, keepdim=True)], dim=1)
+        return y * torch.sigmoid(self.mix(pooled)) + y.amax(dim=(2, 3), keepdim=True) + torch.amax(y, 1)[:, None]
+
+
+def test_amax_follows_the_switches_of_x0_and_ties_split_as_autograd_splits_them():
+    torch.manual_seed(0)
+    model, x0 = _SpatialAttention().double().eval(), torch.rand(1, 3, 5, 6, dtype=torch.float64)
+    li = _check_identities(model, x0)
+    assert [a["kind"] for a in li.approximations] == ["secant", "frozen-factor"]
+    plain = torch.amax  # alone, amax is exact: F is autograd's Jacobian, ties included
+    x0 = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]], [[0.5, 0.5], [0.5, 0.5]]]], dtype=torch.float64)
+    for dims in (1, (2, 3), -1):
+        class Max(nn.Module):
+            def forward(self, x):
+                return plain(x, dim=dims, keepdim=True)
+
+        li = interpret(Max(), x0)
+        jacobian = torch.autograd.functional.jacobian(Max(), x0).reshape(li.output.numel(), x0.numel())
+        assert li.jacobian_exact and torch.allclose(dense(li, x0), jacobian, atol=1e-12)
+        assert torch.allclose(li.forward(x0) + li.residual, Max()(x0), atol=1e-12)

@@ -70,7 +70,8 @@ def _tuple_reason(value) -> str:
     """Why a rule-less operation's tuple result (sort, topk, max with dim, ...) cannot be interpreted."""
     if hasattr(value, "values") and hasattr(value, "indices"):
         return ("it returns (values, indices), and values selected by comparing the input's values have no "
-                "linear-interpreter rule (for the indices alone use argmax, argmin or argsort)")
+                "linear-interpreter rule (for the values alone use amax, for the indices argmax, argmin or "
+                "argsort)")
     return "it returns several tensors, some of them floating-point values that depend on the input"
 
 

@@ -496,6 +496,42 @@ class MaxPool(Rule):
         return {"idx": torch.where(valid, y * w + x, 0), "in_spatial": (h, w), "valid": valid}
 
 
+def _amax_signature(input, dim=(), keepdim=False):
+    """The documented argument list of torch.amax and Tensor.amax."""
+
+
+class AMax(Rule):
+    """``amax`` over some dimensions (channel max in spatial attention): the switches x0 selects, split evenly
+    between tied maxima as autograd splits them, so that F is the Jacobian."""
+
+    kind = "switches"
+
+    def record(self, b):
+        x0, out = b.input(), b()
+        args = inspect.signature(_amax_signature).bind(*map_values(b, b.args), **map_values(b, b.kwargs))
+        args.apply_defaults()
+        dim, keepdim = args.arguments["dim"], bool(args.arguments["keepdim"])
+        dims = tuple(sorted(d % x0.dim() for d in ((dim,) if isinstance(dim, int) else dim)))
+        top = out if keepdim else out.reshape([1 if d in dims else n for d, n in enumerate(x0.shape)])
+        chosen = (x0 == top).to(x0.dtype)
+        return out, {"weights": chosen / chosen.sum(dims, keepdim=True), "dims": dims, "keepdim": keepdim}, None
+
+    def linear(self, b, state):
+        return (b.input() * state["weights"]).sum(state["dims"], keepdim=state["keepdim"])
+
+    def transpose(self, b, state, cot):
+        if not state["keepdim"]:
+            for d in state["dims"]:
+                cot = cot.unsqueeze(d)
+        return {b.nodes()[0]: cot * state["weights"]}
+
+    def support(self, b, state):
+        return b()  # the max of 0/1 indicators: every element of a reduced group reaches its output
+
+    def crop(self, state, crop):
+        return {**state, "weights": crop(state["weights"])}
+
+
 def _module_pool_indices(b):
     m: nn.Module = b.fn
     nd = len(b.input().shape) - 2
@@ -799,6 +835,7 @@ MATMUL = Product(frozen_if_both=lambda a, b: 1)
 TANGENT = Unit("tangent")
 RELU = Unit("tangent", derivative=_relu_derivative)
 SECANT = Unit("secant")
+AMAX = AMax()
 
 MODULE_RULES: dict[type, Rule] = {
     nn.Conv1d: ConvModule(), nn.Conv2d: ConvModule(), nn.Conv3d: ConvModule(),
@@ -888,6 +925,7 @@ for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "
     FUNCTION_RULES[getattr(F, _name)] = _rule
     if hasattr(torch, _name):
         FUNCTION_RULES[getattr(torch, _name)] = _rule
+FUNCTION_RULES[torch.amax] = AMAX
 for _fn, _affine in [(F.batch_norm, _F_BATCH_NORM), (F.instance_norm, _F_INSTANCE_NORM),
                      (F.group_norm, _F_GROUP_NORM), (F.layer_norm, _F_LAYER_NORM), (F.rms_norm, _F_RMS_NORM)]:
     FUNCTION_RULES[_fn] = Norm(_affine)
@@ -917,6 +955,7 @@ for _names, _rule in [
     ("clamp clamp_ clip clip_ abs abs_ hardtanh", TANGENT),
     ("sigmoid sigmoid_ tanh tanh_ exp exp_ square square_", SECANT),
     ("new_zeros new_ones new_full", Constant()),
+    ("amax", AMAX),
     ("view view_as reshape reshape_as permute transpose transpose_ swapaxes flatten unflatten contiguous "
      "squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as repeat chunk split tensor_split unbind narrow select "
      "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum", LINEAR),
