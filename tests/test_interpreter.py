@@ -276,6 +276,13 @@ def test_unsupported_operation_names_the_operation_and_where():
     with pytest.raises(UnsupportedOperation, match="cannot be traced"):
         interpret(Branchy(), torch.rand(1, 3, 4, 4))
 
+    class Labels(nn.Module):
+        def forward(self, x):
+            return x.argmax(dim=1, keepdim=True)
+
+    with pytest.raises(UnsupportedOperation, match=r"its values are int64 \(from 'argmax'\), not floating-point"):
+        interpret(Labels(), torch.rand(1, 3, 4, 4))
+
 
 def _with_softmax():
     net = nn.Sequential()
