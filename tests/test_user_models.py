@@ -467,3 +467,13 @@ def test_run_applies_a_user_model(tmp_path):
     assert "wrote" in result.output
     # untrained, the example is its bilinear skip alone: twice the size of the crop
     assert iio.imread(out).shape == (32, 40, 3)
+
+
+def test_input_ranges_written_with_decimals_are_the_same_ranges():
+    from pipeline.models.user import UserModelError, input_range
+
+    assert input_range("0.0, 1.0") == input_range("0,1") == (0.0, 1.0)
+    assert input_range("-1.,1") == (-1.0, 1.0) and input_range("0,255.0") == (0.0, 255.0)
+    for bad in ("0,2", "a,b", "1"):
+        with pytest.raises(UserModelError, match="is not one of 0,1 | 0,255 | -1,1"):
+            input_range(bad)

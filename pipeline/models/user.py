@@ -127,9 +127,13 @@ def input_range(text) -> tuple[float, float]:
     if isinstance(text, (tuple, list)) and len(text) == 2:
         return float(text[0]), float(text[1])
     key = str(text).replace(" ", "")
-    if key not in INPUT_RANGES:
+    try:  # the same numbers written otherwise: "0.0,1.0", "-1.,1"
+        pair = tuple(float(v) for v in key.split(","))
+    except ValueError:
+        pair = None
+    if key not in INPUT_RANGES and pair not in INPUT_RANGES.values():
         raise UserModelError(f"input range {text!r} is not one of {' | '.join(INPUT_RANGES)}")
-    return INPUT_RANGES[key]
+    return INPUT_RANGES.get(key, pair)
 
 
 def parse_spec(text: str, args: dict | None = None) -> UserSpec:
