@@ -238,7 +238,8 @@ def test_banner_and_approximations_in_words(browser, tmp_path):
                      jacobian_exact=[True, False, None], approximations=[[], approximations, None],
                      geometry=[None, geometry, None])
     rewrite_manifest(tmp_path / "site", attrs=[a.attrs.for_viewer(), b.attrs.for_viewer(),
-                                               dict(c.attrs.for_viewer(), verification={"checks": checks, "jacobian_exact": True})])
+                                               dict(c.attrs.for_viewer(),
+                                                    verification={"checks": checks, "jacobian_exact": True})])
     page = Page(browser, tmp_path / "site")
     panel = [page.page.locator(f"section.panel:nth-of-type({i})") for i in (1, 2, 3)]
     assert panel[0].locator(".panel-warning").count() == 0

@@ -201,8 +201,9 @@ class LinearInterpreter:
         out = self.output_node.args[0]
         if not isinstance(out, fx.Node) or self.kind.get(out) != "linear" or not isinstance(env[out], torch.Tensor):
             found = self.static.get(out, env.get(out)) if isinstance(out, fx.Node) else None
-            why = (f": its values are {str(found.dtype).replace('torch.', '')} (from '{where(out)}'), not floating-point"
-                   if isinstance(found, torch.Tensor) and not found.is_floating_point() else "")
+            integer = isinstance(found, torch.Tensor) and not found.is_floating_point()
+            dtype = str(found.dtype).replace("torch.", "") if integer else ""
+            why = f": its values are {dtype} (from '{where(out)}'), not floating-point" if integer else ""
             raise UnsupportedOperation(f"the model's output must be one tensor that depends on its input{why}")
         return env[out].detach()
 
