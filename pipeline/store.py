@@ -234,8 +234,16 @@ class StoreAttrs(_Attributes):
 
     @classmethod
     def from_json(cls, raw: dict) -> "StoreAttrs":
-        """From a group's attributes (format 1 attributes are migrated first)."""
-        return super().from_json(migrate_v1(raw) if raw.get("format_version") == 1 else raw)
+        """From a group's attributes (format 1 attributes are migrated first); ``ValueError`` when a value the
+        schema defines has another JSON type (a scale of "four", a complete of "yes")."""
+        raw = migrate_v1(raw) if raw.get("format_version") == 1 else raw
+        for name, kinds in JSON_TYPES.items():
+            value = raw.get(name)
+            if value is not None and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+                wanted = " or ".join({int: "an integer", float: "a number", bool: "true or false", str: "text",
+                                      list: "a list", dict: "an object"}[k] for k in kinds)
+                raise ValueError(f"attribute {name!r} is {value!r}, not {wanted}")
+        return super().from_json(raw)
 
     def for_viewer(self) -> dict:
         """The attributes as the site's manifest gives them to the viewer: the schema's JSON with ``weights`` and
@@ -310,6 +318,16 @@ class SvdAttrs(_Attributes):
     residual_forward: list[float] | None = None
     residual_transpose: list[float] | None = None
     extra: dict = field(default_factory=dict)
+
+
+#: the JSON types of the store attributes that a reader checks (None is allowed for each)
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("model", "task", "colour", "mode", "dtype", "note"), (str,)),
+    **dict.fromkeys(("scale", "tile", "receptive_radius", "format_version"), (int,)),
+    **dict.fromkeys(("complete", "jacobian_exact"), (bool,)), "support_tol": (int, float),
+    **dict.fromkeys(("value_range", "crop", "output_shape", "approximations"), (list,)),
+    **dict.fromkeys(("identity", "verification", "timings", "versions", "model_spec", "geometry"), (dict,)),
+}
 
 
 def _point(c: int, y: int, x: int) -> tuple[slice, slice, slice]:

@@ -107,6 +107,11 @@ def test_refuses_foreign_and_corrupt(tmp_path):
     zarr.open_group(tmp_path / "odd.zarr", mode="r+").attrs["weights"] = ["edsr.pt"]
     with pytest.raises(StoreError, match=r"corrupt store attributes \(expected \{'name', 'sha256'\}"):
         open_store(tmp_path / "odd.zarr")
+    for name, value, wanted in (("scale", "four", "an integer"), ("complete", "yes", "true or false")):
+        make(tmp_path / f"{name}.zarr")
+        zarr.open_group(tmp_path / f"{name}.zarr", mode="r+").attrs[name] = value
+        with pytest.raises(StoreError, match=f"corrupt store attributes \\(attribute '{name}' is '{value}', not {wanted}"):
+            open_store(tmp_path / f"{name}.zarr")
     make(tmp_path / "newer.zarr")  # values from a newer vocabulary are read as they are
     zarr.open_group(tmp_path / "newer.zarr", mode="r+").attrs["verification"] = {"status": "partial"}
     assert open_store(tmp_path / "newer.zarr").attrs.verification["status"] == "partial"
