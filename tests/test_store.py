@@ -110,7 +110,8 @@ def test_refuses_foreign_and_corrupt(tmp_path):
     for name, value, wanted in (("scale", "four", "an integer"), ("complete", "yes", "true or false")):
         make(tmp_path / f"{name}.zarr")
         zarr.open_group(tmp_path / f"{name}.zarr", mode="r+").attrs[name] = value
-        with pytest.raises(StoreError, match=f"corrupt store attributes \\(attribute '{name}' is '{value}', not {wanted}"):
+        message = f"corrupt store attributes \\(attribute '{name}' is '{value}', not {wanted}"
+        with pytest.raises(StoreError, match=message):
             open_store(tmp_path / f"{name}.zarr")
     make(tmp_path / "newer.zarr")  # values from a newer vocabulary are read as they are
     zarr.open_group(tmp_path / "newer.zarr", mode="r+").attrs["verification"] = {"status": "partial"}
