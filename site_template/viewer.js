@@ -116,8 +116,11 @@
   }
 
   // ---- views: zoom and pan -----------------------------------------------------------------------------
+  const MAX_ZOOM = 256; // screen pixels per image pixel, at most (fit included)
+  // CSS px beside the two views: the side column (about 348 px with its gaps and paddings) and a scrollbar
+  const SIDE = 372;
   function viewMax() { // largest canvas of one view, CSS px: two views and the side column side by side
-    const w = Math.max(256, Math.floor((window.innerWidth - 340) / 2));
+    const w = Math.max(256, Math.floor((window.innerWidth - SIDE) / 2));
     return [Math.max(256, Math.min(w, window.innerHeight - 150)), w];
   }
   let fitted = null; // {key: window size, z}
@@ -125,7 +128,7 @@
     const [mh, mw] = viewMax(), key = mh + "x" + mw;
     if (fitted && fitted.key === key) return fitted.z;
     const d = dims(ref(), "out");
-    let z = Math.max(1, Math.min(Math.floor(mw / d.w), Math.floor(mh / d.h)));
+    let z = Math.max(1, Math.min(MAX_ZOOM, Math.floor(mw / d.w), Math.floor(mh / d.h)));
     const fits = (z) => M.models.every((m) => ["in", "out"].every(function (dom) {
       const e = dims(m, dom), k = zoomAt(z, m, dom);
       return e.w * k <= mw && e.h * k <= mh;
@@ -164,7 +167,7 @@
   // anchor: {view, model, dom, fy, fx, clientY, clientX}: image fraction (fy, fx) of the view stays at that point
   // of the window (the views are resized first: a zoom changes their sizes, and so where they sit on the page)
   function setZoom(z, anchor) {
-    z = Math.max(1, Math.min(256, Math.round(z)));
+    z = Math.max(1, Math.min(MAX_ZOOM, Math.round(z)));
     state.zoom = z;
     panels.forEach(sizeViews);
     if (anchor) {
@@ -464,15 +467,20 @@
     const d = (dom) => (dom === "in" ? "input" : "output");
     if (req.kind === "filter") return req.label + " of " + d(other(req.dom)) + " pixel (" + req.y + ", " + req.x + ") · " + req.src + " → " + req.dst;
     if (req.kind === "natural") return req.dom === "in" ? "input x₀" : "output y₀ = f(x₀)";
-    if (state.k !== null && model.svd) return (req.dom === "in" ? "eigen-input v" : "eigen-output u") + (state.k + 1) + " · " + req.dst;
+    if (state.k !== null && model.svd) { // the pair shown: this model's last one when it has fewer than state.k + 1
+      const shown = Number(req.image.slice(1)) + 1;
+      return (req.dom === "in" ? "eigen-input v" : "eigen-output u") + shown + (shown < state.k + 1 ? " (its last)" : "") + " · " + req.dst;
+    }
     return ({x0: "x₀", y0: "y₀", fx0: "F·x₀ (contracted from the stored F)", residual: "residual r(x₀)"})[req.image] + " · " + req.dst;
   }
   function reqKey(req, lay) {
-    return [req.kind === "filter" ? req.name + ":" + req.y + ":" + req.x : req.prefix, req.t, lay.z, lay.oy, lay.ox, lay.cw, lay.ch].join("|");
+    return [req.kind === "filter" ? req.name + ":" + req.y + ":" + req.x : req.prefix, req.t, lay.z, lay.oy, lay.ox, lay.cw, lay.ch,
+      state.k].join("|"); // state.k: an eigen-pair caption names the pair asked for when a model has fewer
   }
 
   function render() {
     if (!M) return;
+    clampChannels(); // before the requests are built: what is drawn is what the selectors and the address say
     const token = ++renderToken, t0 = eventTime;
     eventTime = null;
     L.lastRequested = token;
@@ -538,13 +546,19 @@
     sel.value = String(value);
   }
 
+  function clampChannels() { // the pixel and shown channels within the labels of the current mode
+    const kind = kindOf(state.dom);
+    state.src = Math.min(state.src, channelLabels(kind, "sources").length - 1);
+    state.dst = Math.min(state.dst, channelLabels(kind, "targets").length - 1);
+  }
+
   let controlsKey = null;
   function updateControls() {
     const key = JSON.stringify([state.dom, state.src, state.dst, state.show, state.k, state.pinned, state.zoom, state.lens, refZoom()]);
     if (key === controlsKey) return;
     controlsKey = key;
     const kind = kindOf(state.dom), sources = channelLabels(kind, "sources"), targets = channelLabels(kind, "targets");
-    state.src = Math.min(state.src, sources.length - 1); state.dst = Math.min(state.dst, targets.length - 1);
+    clampChannels();
     fillSelect(document.getElementById("src-channel"), sources, state.src);
     fillSelect(document.getElementById("dst-channel"), targets, state.dst);
     document.querySelectorAll("[data-mode]").forEach((b) => b.classList.toggle("on", kindOf(state.dom) === b.dataset.mode));
@@ -583,7 +597,8 @@
 
   function readHash() {
     const q = {};
-    location.hash.replace(/^#/, "").split("&").forEach(function (kv) { const [k, v] = kv.split("="); if (k) q[k] = decodeURIComponent(v || ""); });
+    const decode = function (v) { try { return decodeURIComponent(v); } catch (err) { return ""; } }; // "%zz": ignored
+    location.hash.replace(/^#/, "").split("&").forEach(function (kv) { const [k, v] = kv.split("="); if (k) q[k] = decode(v || ""); });
     const int = (v, d) => (v !== undefined && /^-?\d+$/.test(v) ? parseInt(v, 10) : d);
     const frac = (v, d) => (v !== undefined && /^\d*\.?\d+$/.test(v) ? Math.max(0, Math.min(1, parseFloat(v))) : d);
     if (q.m === "row" || q.m === "col") {
@@ -593,7 +608,7 @@
     state.src = Math.max(0, int(q.s, state.src)); state.dst = Math.max(0, int(q.t, state.dst));
     if (["filter", "y0", "fx0", "residual"].includes(q.show)) state.show = q.show;
     state.pinned = q.pin === "1";
-    state.zoom = Math.max(0, Math.min(256, int(q.z, state.zoom)));
+    state.zoom = Math.max(0, Math.min(MAX_ZOOM, int(q.z, state.zoom)));
     state.cy = frac(q.cy, state.cy); state.cx = frac(q.cx, state.cx);
     clampCentre();
     state.k = q.k !== undefined && svdK() ? Math.max(0, Math.min(svdK() - 1, int(q.k, 0))) : null;

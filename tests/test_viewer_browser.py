@@ -285,3 +285,21 @@ def test_views_of_two_models_pan_and_zoom_together(browser, site):
         got, scale = page.shown_values(panel, "out")
         assert (np.abs(got - dense[0, rows, cols, 0, 5, 11]) <= scale / 254 + 1e-6).all()
     page.clean()
+
+
+def test_junk_addresses_and_channels_beyond_the_labels(browser, site):
+    """A malformed escape in the address is ignored (the page still draws); channels past the last label are
+    clamped before anything is drawn, so the caption, the selectors and the address say the same."""
+    folder, (a, fa), _ = site
+    page = Page(browser, folder, "#m=col&y=%zz&x=1")
+    assert page.page.evaluate("LINTERP.state()")["x"] == 1
+    page.clean()
+    page = Page(browser, folder, "#m=col&y=3&x=4&s=9&t=9&pin=1")
+    page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
+    caption = page.page.locator("section.panel:nth-of-type(1) figure.view.out figcaption").inner_text()
+    chosen = [page.page.locator(f"#{name} option:checked").inner_text() for name in ("src-channel", "dst-channel")]
+    assert chosen == ["Σ", "Σ"] and "Σ → Σ" in caption, (chosen, caption)
+    page.page.wait_for_function("location.hash.includes('s=3&t=3')")
+    got, scale = page.shown_values(0, "out")
+    assert (np.abs(got - fa[:, :, :, :, 3, 4].sum(axis=(0, 3))) <= scale / 254 + 1e-5).all()
+    page.clean()
