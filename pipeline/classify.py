@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as nnf
 
 #: classes back-projected per ``transpose`` call when building PDs for a vote (memory: chunk × C × H × W).
 VOTE_CHUNK = 32
@@ -239,7 +238,9 @@ def fgsm(model: torch.nn.Module, x0: torch.Tensor, target: int, eps: float,
     """Fast gradient sign attack: returns (x_adv, delta) with delta = ε·sign(∇ₓ CE(f(x0), target)).
 
     x_adv = clip(x0 + delta, value_range); the model is used in eval mode. ``delta`` (before clipping) has
-    sup-norm ε unless the gradient vanishes everywhere.
+    sup-norm ε unless the gradient vanishes everywhere. The gradient is taken as ∇ₓ CE / (1 − p_target) =
+    Σ_{k≠target} q_k ∇s_k − ∇s_target, q the softmax of the other classes' scores (float64): the same sign, but
+    on a confident image 1 − p_target underflows in float32 and CE's own gradient loses the target's term.
     """
     if eps < 0:
         raise ValueError(f"eps must be ≥ 0, got {eps}")
@@ -247,8 +248,10 @@ def fgsm(model: torch.nn.Module, x0: torch.Tensor, target: int, eps: float,
     model.eval()
     try:
         x = x0.detach().clone().requires_grad_(True)
-        loss = nnf.cross_entropy(model(x), torch.tensor([target]))
-        (grad,) = torch.autograd.grad(loss, x)
+        scores = model(x)[0]
+        others = torch.arange(scores.numel()) != target
+        weights = torch.softmax(scores.detach().double()[others], 0).to(scores.dtype)
+        (grad,) = torch.autograd.grad((weights * scores[others]).sum() - scores[target], x)
     finally:
         model.train(was_training)
     delta = eps * grad.sign()
