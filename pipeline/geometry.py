@@ -163,12 +163,19 @@ def mass_profile(mass: np.ndarray, y: int, x: int, scale: int, rings: int) -> np
 
 # ---- the figures ----------------------------------------------------------------------------------------
 
+def mean_column(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(c̄, live): the mean of the columns (n, D) that are not all zero, and which those are (n,) bool. An input
+    pixel without any effect (a masked region) is no evidence of what a non-adaptive column looks like."""
+    live = np.abs(flat).sum(1) > 0
+    return (flat[live].mean(0) if live.any() else np.zeros(flat.shape[1])), live
+
+
 def adaptivity(windows: np.ndarray) -> tuple[float, float]:
     """(mean, standard error) over pixels of ‖c_p − c̄‖ / ‖c_p‖; ``windows`` (n, ...) column windows, c̄ their
-    mean. All-zero columns are left out (NaN when all are zero)."""
+    mean (``mean_column``). All-zero columns are left out (NaN when all are zero)."""
     flat = windows.reshape(len(windows), -1).astype(np.float64)
-    norms = np.linalg.norm(flat, axis=1)
-    ratios = np.linalg.norm(flat - flat.mean(0), axis=1)[norms > 0] / norms[norms > 0]
+    centre, live = mean_column(flat)
+    ratios = np.linalg.norm(flat[live] - centre, axis=1) / np.linalg.norm(flat[live], axis=1)
     return _mean_se(ratios)
 
 
@@ -247,8 +254,9 @@ def flashlight(windows: np.ndarray, descs: dict[str, np.ndarray], *, seed: int =
     """
     n = len(windows)
     flat = windows.reshape(n, -1).astype(np.float64)
-    adaptive = (flat - flat.mean(0)).reshape(windows.shape).sum(-1)
-    noise = np.linalg.norm(adaptive.reshape(n, -1), axis=1) <= NOISE * np.linalg.norm(flat, axis=1)
+    centre, live = mean_column(flat)
+    adaptive = (flat - centre).reshape(windows.shape).sum(-1)
+    noise = ~live | (np.linalg.norm(adaptive.reshape(n, -1), axis=1) <= NOISE * np.linalg.norm(flat, axis=1))
     adaptive[noise] = 0.0
     names = list(descs)
     scores = similarity(adaptive, descs)

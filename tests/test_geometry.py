@@ -157,6 +157,20 @@ def test_columns_that_are_the_local_patch_are_a_perfect_flashlight(tmp_path):
     assert at_chance(g) and g["adaptivity"] > 0.1
 
 
+def test_a_shift_invariant_operator_with_a_masked_half_is_not_adaptive_and_at_chance(tmp_path):
+    """Input pixels of the left half have no effect (all-zero columns): they say nothing about the mean column,
+    and their adaptive parts are zero, so the shift-invariant right half gives adaptivity 0 and every figure of
+    the flashlight, control included, sits exactly at chance."""
+    store = upscaler_store(tmp_path / "half.zarr",
+                           lambda y0, y, x, s: gaussian(y0.shape, y, x, s) * (x >= 10))
+    g = geo.measure_store(store, samples=144)
+    n = g["flashlight_candidates"]
+    assert g["adaptivity"] < 1e-5 and g["zero_columns"] > 0
+    assert g["flashlight_noise_columns"] == n
+    assert g["flashlight_top1"] == pytest.approx(1 / n, abs=1e-12) == g["flashlight_chance"]
+    assert g["flashlight_control_top1"] == pytest.approx(1 / n, abs=1e-12)  # every permutation ties: chance
+
+
 def test_columns_unrelated_to_the_image_score_at_chance(tmp_path):
     rng = np.random.default_rng(5)
     store = upscaler_store(tmp_path / "random.zarr", lambda y0, y, x, s: gaussian(y0.shape, y, x, s)
