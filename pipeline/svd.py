@@ -78,7 +78,7 @@ class Operator:
     transpose: (b, *out_shape) -> (b, *in_shape), Fᵀ u.
     normal: (b, *in_shape) -> (b, *in_shape), FᵀF v (defaults to transpose(forward(v))).
     precision: the relative accuracy of one application of FᵀF (its rounding floor: about 1e-6 when the
-    network runs in float32); residuals below precision·s₁² count as converged.
+    network runs in float32); residuals below precision·s₁·sᵢ count as converged.
     step_width: the Lanczos directions per step that suit this operator: few (``STEP_WIDTH``) when the cost
     is per vector (a network), None (the whole block) when the cost is per pass (a read of a stored F).
     """
@@ -208,7 +208,7 @@ def _truncated_svd(
 
     op: the operator. k: how many triplets (1 <= k <= min(n, m)). method: "lanczos" or "randomized".
     tol: stop when every ‖Fᵀuᵢ − sᵢvᵢ‖/sᵢ <= tol, or is down to the operator's rounding floor
-    (‖FᵀF vᵢ − sᵢ² vᵢ‖ <= op.precision·s₁²). oversample: extra block vectors (default max(8, k/4)).
+    (‖FᵀF vᵢ − sᵢ² vᵢ‖ <= op.precision·s₁·sᵢ). oversample: extra block vectors (default max(8, k/4)).
     max_iter: most power / Lanczos steps, counted in blocks of vectors (a Lanczos step of `step_width`
     vectors is step_width / block of one). max_basis: most basis vectors Lanczos keeps before a thick restart
     (default: as many as fit in BASIS_BYTES, at least 4 blocks). seed: the starting block's random seed.
@@ -260,7 +260,8 @@ def _truncated_svd(
             top = max(theta[0], np.finfo(float).tiny)
             worst = float((norms / np.maximum(theta[:k], 1e-300)).max())
             bar.note(residual=f"{worst:.1e}", passes=passes)
-            converged = bool(np.all(norms <= np.maximum(tol * theta[:k], op.precision * top)))
+            floor = op.precision * np.sqrt(top * np.maximum(theta, 0.0))  # rounding of FᵀF v: about ε·s₁·sᵢ
+            converged = bool(np.all(norms <= np.maximum(tol * theta[:k], floor[:k])))
             history.append(worst)
             if converged or step >= limit or q.shape[1] >= n or _stalled(history, STALL_STEPS * per_block):
                 break
@@ -278,7 +279,7 @@ def _truncated_svd(
                 keep = y[:, : max(block, max_basis // 2)]
                 q, z = q @ keep, z @ keep
             # the residuals of the leading unconverged Ritz pairs span the next Krylov directions
-            ok = np.linalg.norm(residual, axis=0) <= np.maximum(tol * theta[:block], op.precision * top)
+            ok = np.linalg.norm(residual, axis=0) <= np.maximum(tol * theta[:block], floor[:block])
             pending = np.flatnonzero(~ok)
             width = min(step_width, max_basis - q.shape[1])
             fresh = _orthonormalize(residual[:, pending[:width]], q, rng)

@@ -78,6 +78,17 @@ def test_explicit_matrix_matches_dense_svd(method):
     assert res.residual_transpose.max() < 1e-9 and res.residual_forward.max() < 1e-9
 
 
+def test_a_float32_operator_with_a_wide_spectrum_is_not_stopped_by_the_largest_value():
+    """The rounding floor of a pair is about ε·s₁·sᵢ, not ε·s₁²: with s₁/s₆ ≈ 550 (a label map's F), the small
+    pairs are still refined instead of counted as converged after one step."""
+    s = np.concatenate([[1044, 31, 7.8, 4.2, 2.5, 1.89], np.linspace(1.5, 0.01, 60)])
+    mat = random_matrix(200, 66, s, seed=3).astype(np.float32)
+    op = Operator((66,), (200,), lambda v: (v.astype(np.float32) @ mat.T).astype(np.float64),
+                  lambda u: (u.astype(np.float32) @ mat).astype(np.float64), precision=1e-6)
+    res = truncated_svd(op, 6, tol=1e-6, progress=False)
+    np.testing.assert_allclose(res.S, np.linalg.svd(mat.astype(np.float64), compute_uv=False)[:6], rtol=5e-4)
+
+
 def test_sign_convention_and_repeatability():
     mat = random_matrix(200, 80, np.geomspace(5, 0.01, 80), seed=3)
     op = dense_operator(mat, (80,), (200,))
