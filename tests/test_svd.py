@@ -255,3 +255,15 @@ truncated_svd(op, 3, tol=1e-9, progress=False, checkpoint={str(checkpoint)!r}, c
     second = truncated_svd(op, 3, tol=1e-9, progress=False, checkpoint=checkpoint)
     assert second.info["resumed"] and second.info["converged"] and not checkpoint.exists()
     assert second.info["operator_passes"] > first.info["operator_passes"]
+
+
+def test_asking_for_more_pairs_than_the_rank_warns_with_the_rank(tmp_path):
+    from test_geometry import dense_store
+
+    F = random_matrix(36, 36, np.concatenate([np.linspace(2, 1, 10), np.zeros(26)]), seed=4)
+    store = dense_store(tmp_path / "rank10.zarr", F.reshape(1, 6, 6, 1, 6, 6).astype(np.float32),
+                        np.zeros((1, 6, 6), np.float32))
+    result = CliRunner().invoke(main, ["svd", str(store.path), "--k", "20", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "warning: only 10 of the 20 singular values are above 1e-06·s1" in result.output
+    assert "use --k 10" in result.output and "raise --max-iter" not in result.output

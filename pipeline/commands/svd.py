@@ -5,6 +5,9 @@ import click
 
 from pipeline.svd import MODEL_BATCH
 
+#: singular values below RANK_TOL·s1 count as zero (F's numerical rank) in the command's warning
+RANK_TOL = 1e-6
+
 
 @click.command()
 @click.argument("store_path", metavar="STORE", type=click.Path(file_okay=False))
@@ -58,5 +61,9 @@ def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, weig
     click.echo(f"wrote svd of {store_path}: k={k}, s = {result.S[0]:.6g} … {result.S[-1]:.6g}; {state}; "
                f"max relative residual {worst:.2e}; {info['operator_passes']} vector passes in "
                f"{info['seconds']:.1f} s ({method})")
-    if not info["converged"]:
+    rank = int((result.S > RANK_TOL * result.S[0]).sum())
+    if rank < k:  # more pairs than F's numerical rank: those beyond it cannot converge
+        click.echo(f"warning: only {rank} of the {k} singular values are above {RANK_TOL:g}·s1 (F's numerical "
+                   f"rank); the pairs beyond it are rounding noise: use --k {rank}", err=True)
+    elif not info["converged"]:
         click.echo("warning: raise --max-iter (or --tol) for tighter singular vectors", err=True)
