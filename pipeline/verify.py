@@ -679,9 +679,19 @@ def require_intact(store: Store) -> None:
     from .store import StoreError
 
     if lost := lost_tasks(store):
-        task, line = next(iter(lost.items()))
+        line = next(iter(lost.values()))
         raise StoreError(f"{store.path}: {len(lost)} finished {'task has' if len(lost) == 1 else 'tasks have'} "
                          f"lost shards of F since ({line}); rerun `linterp compute` with the same arguments")
+
+
+def open_complete(path, mode: str = "r") -> Store:
+    """A store that finished, passed its verification and has every shard it finished with (``StoreError``,
+    one line, otherwise): what the readers of a whole store (geometry, video) start from."""
+    from .store import open_store
+
+    store = open_store(path, mode=mode, require_complete=True)
+    require_intact(store)
+    return store
 
 
 def require_exportable(store: Store, allow_unverified: bool = False) -> None:

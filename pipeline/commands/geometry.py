@@ -29,13 +29,11 @@ def geometry(store_paths, as_json, samples, seed, radius, global_radius, no_writ
     """Measure how the columns of F(x0) adapt to the image in each STORE, write the figures into its
     `geometry` attribute and print them: adaptivity, flashlight top-1 / MRR against chance with the shuffled
     control, diagonal share, reach90, global share and the flat / edge mass ratio."""
-    from pipeline.store import StoreError, open_store
-    from pipeline.verify import require_intact
+    from pipeline.store import StoreError
+    from pipeline.verify import open_complete
 
     try:
-        stores = [open_store(p, mode="r" if no_write else "r+", require_complete=True) for p in store_paths]
-        for store in stores:
-            require_intact(store)
+        stores = [open_complete(p, mode="r" if no_write else "r+") for p in store_paths]
         results = []
         for path, store in zip(store_paths, stores):
             figures = geo.measure_store(store, samples=samples, seed=seed, radius=radius,

@@ -23,8 +23,7 @@ from pipeline.export.video import encode, subtitles
 from pipeline.export.video.frames import Layout, Renderer
 from pipeline.export.video.story import model_names, tell
 from pipeline.progress import progress as progress_bar
-from pipeline.store import open_store
-from pipeline.verify import require_intact
+from pipeline.verify import open_complete
 
 #: default frame rates: MP4, GIF (GIF frames cost far more bytes)
 FPS = {"mp4": 30, "gif": 10}
@@ -66,9 +65,7 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
     "seconds"}.
     """
     t0 = time.perf_counter()
-    stores = [open_store(p, require_complete=True) for p in store_paths]
-    for s in stores:
-        require_intact(s)
+    stores = [open_complete(p) for p in store_paths]
     if not stores:
         raise VideoError("no store given")
     check_same_image(stores)
