@@ -28,9 +28,6 @@ import torch
 VOTE_CHUNK = 32
 #: how contributions are reported (``--group``): summed per layer, or one per raw bias source.
 GROUPINGS = ("layer", "source")
-#: rule kinds of operations that act pixel by pixel on one input (normalisations with frozen statistics,
-#: activations, identities): they belong to the layer of the weighted operation before them.
-POINTWISE_KINDS = ("frozen statistics", "tangent", "secant", "identity")
 
 
 class NotAClassifier(ValueError):
@@ -91,7 +88,7 @@ def layer_groups(li) -> "OrderedDict[str, list[str]]":
     """The bias sources of ``li`` grouped by layer, in network order: layer name -> its source names.
 
     A layer is the paper's y_n = W_n x + b_n, x_n = h(y_n): a weighted operation (conv, linear, conv-transpose;
-    rule kind 'affine') with the pointwise operations that follow it in a chain (`POINTWISE_KINDS`: a batch norm,
+    rule kind 'affine') with the pointwise operations that follow it in a chain (`li.continues_layer`: a batch norm,
     an activation), so a conv's bias and the shift of the batch norm after it are one source. Its name joins
     the modules' names ("features.0 + features.1"). A source outside any such chain (an offset on the input, a
     norm after an addition) is a group of its own under its source name. Every source is in exactly one group.
@@ -100,10 +97,10 @@ def layer_groups(li) -> "OrderedDict[str, list[str]]":
     for node, site in li.sites.items():  # network order
         if site.rule.kind == "affine":
             anchor[node] = node
-        elif site.rule.kind in POINTWISE_KINDS:
-            inputs = [a for a in node.all_input_nodes if li.kind.get(a) == "linear"]
-            if len(inputs) == 1 and inputs[0] in anchor:
-                anchor[node] = anchor[inputs[0]]
+        elif li.continues_layer(node):
+            source = next(a for a in node.all_input_nodes if li.kind.get(a) == "linear")
+            if source in anchor:
+                anchor[node] = anchor[source]
     members: dict = {}  # layer anchor node (or the source's own name) -> sources, in network order
     for source in li.sources:
         members.setdefault(anchor.get(li.source_site(source).node, source), []).append(source)

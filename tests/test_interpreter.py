@@ -315,20 +315,42 @@ def test_model_modes_are_restored_and_train_mode_batch_norm_freezes_x0_statistic
     assert torch.allclose(li.forward(x0) + li.residual, y, atol=1e-5)
 
 
-def test_backprojections_are_adjoint_to_contributions():
-    """<Q_i b̂_i, u> = <b̂_i, Q_iᵀ u>: with u = ones, P_i b̂_i summed over the input equals <b̂_i, P_iᵀ 1>."""
+def test_backprojections_carry_each_masked_bias_from_its_layer_output():
+    """P_i b̂_i (appendix, eq. 9–10): b̂ = A(G b + β) + c at the output of the layer conv → BN → unit, then the
+    transpose of the map from the input to there, Wᵀ G A; per source the layer's three parts, which add up."""
     torch.manual_seed(0)
-    net = randomize(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1)))
+    net = randomize(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Sigmoid(),
+                                  nn.Conv2d(4, 2, 3, padding=1))).double().eval()
+    conv1, bn, _, conv2 = net
     x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64)
-    li = interpret(net.double(), x0)
+    li = interpret(net, x0)
     back = li.backprojections()
-    assert list(back) == li.sources
-    # the last source is the last conv's bias: its back-projection is conv2ᵀ b2 masked by the ReLU, then conv1ᵀ
-    b2 = li.bias("2 (bias)").expand(1, 2, 6, 6)
-    mask = (net[0](x0) > 0).double()
-    t = torch.nn.grad.conv2d_input((1, 4, 6, 6), net[2].weight, b2, padding=1) * mask
-    want = torch.nn.grad.conv2d_input((1, 3, 6, 6), net[0].weight, t, padding=1)
-    assert torch.allclose(back["2 (bias)"], want, atol=1e-12)
+    assert list(back) == li.sources == ["0 (bias)", "1 (shift)", "2 (offset)", "3 (bias)"]
+    with torch.no_grad():
+        gain = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(1, 4, 1, 1)
+        shift = bn.bias.view(1, 4, 1, 1) - gain * bn.running_mean.view(1, 4, 1, 1)
+        z = net[:2](x0)
+        a = (torch.sigmoid(z) - 0.5) / z  # the sigmoid's secant gain; its constant c = h(0) = 0.5
+    b1 = conv1.bias.view(1, 4, 1, 1).expand(1, 4, 6, 6)
+
+    def from_layer1(masked):  # P_1 = W_1ᵀ G A
+        return torch.nn.grad.conv2d_input((1, 3, 6, 6), conv1.weight, gain * a * masked, padding=1)
+    want = {"0 (bias)": from_layer1(a * gain * b1), "1 (shift)": from_layer1(a * shift.expand(1, 4, 6, 6)),
+            "2 (offset)": from_layer1(torch.full((1, 4, 6, 6), 0.5, dtype=torch.float64))}
+    b2 = conv2.bias.view(1, 2, 1, 1).expand(1, 2, 6, 6)  # the last layer has no unit: b̂ = b
+    want["3 (bias)"] = from_layer1(torch.nn.grad.conv2d_input((1, 4, 6, 6), conv2.weight, b2, padding=1))
+    for name, expected in want.items():
+        assert torch.allclose(back[name], expected, rtol=1e-10, atol=1e-12), name
+    layer = from_layer1(a * (gain * b1 + shift) + 0.5)
+    assert torch.allclose(back["0 (bias)"] + back["1 (shift)"] + back["2 (offset)"], layer, atol=1e-12)
+    # a ReLU mask is idempotent: the first conv's bias comes back masked once, through conv1ᵀ
+    relu_net = randomize(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                       nn.Conv2d(4, 2, 3, padding=1))).double()
+    li = interpret(relu_net, x0)
+    mask = (relu_net[0](x0) > 0).double()
+    b1 = relu_net[0].bias.view(1, 4, 1, 1).expand(1, 4, 6, 6)
+    want = torch.nn.grad.conv2d_input((1, 3, 6, 6), relu_net[0].weight, mask * b1, padding=1)
+    assert 0 < mask.mean() < 1 and torch.allclose(li.backprojections()["0 (bias)"], want, atol=1e-12)
 
 
 class _SmallUnet(nn.Module):

@@ -27,6 +27,9 @@ from .graph import Bound, describe, trace, where
 
 #: sources per batch when contributions or back-projections are computed
 SOURCE_BATCH = 16
+#: rule kinds of operations that act element by element on one input (normalisations with frozen statistics,
+#: activations, identities): they belong to the layer of the weighted operation before them (`continues_layer`).
+POINTWISE_KINDS = ("frozen statistics", "tangent", "secant", "identity")
 
 
 @dataclass
@@ -302,8 +305,9 @@ class LinearInterpreter:
             return a if kind == "linear" else (env[a] if kind == "meta" else statics[a])
         return map_aggregate(node.args, fill), map_aggregate(node.kwargs, fill)
 
-    def _transpose(self, u, inject=None):
-        """Reverse pass: Fᵀ u for u (B, *out). `inject`: node -> (B,) weights of its bias as a cotangent."""
+    def _transpose(self, u, add=None):
+        """Reverse pass: Fᵀ u for u (B, *out). `add`: node -> (B, *node's shape) cotangent added at that node's
+        output (then transposed through it and everything before it)."""
         batch, dtype, device = u.shape[0], u.dtype, u.device
         env: dict[fx.Node, Any] = {}
         for node in self.nodes:  # shapes of this batch size, and meta values computed from them
@@ -320,11 +324,8 @@ class LinearInterpreter:
             if self.kind[node] != "linear":
                 continue
             c = cot.pop(node, None)
-            if inject is not None and node in inject:
-                site = self.sites[node]
-                w = inject[node].reshape(-1, *([1] * (len(site.shape) - 1)))
-                extra = (w * site.bias).expand(batch, *site.shape[1:])
-                c = extra if c is None else c + extra
+            if add is not None and node in add:
+                c = add[node] if c is None else c + add[node]
             if c is None:
                 continue
             if node.op == "placeholder":
@@ -426,23 +427,61 @@ class LinearInterpreter:
 
         In network order; the values sum to `residual`.
         """
-        return self._per_source(lambda z, inject: self._forward(z, inject=inject), self.x0)
+        return self._per_source(lambda nodes: self._forward(*self._bias_rows(nodes)))
 
     def backprojections(self) -> "OrderedDict[str, torch.Tensor]":
-        """name -> P_i b̂_i, shape (1, C, H, W): each source's bias back-projected to the input through the
-        transposed layers up to its own (same names and order as `contributions`)."""
-        return self._per_source(lambda z, inject: self._transpose(z, inject=inject), self.output)
+        """name -> P_i b̂_i, shape (1, C, H, W): each source's masked bias back-projected to the input (eq. 9–10).
 
-    def _per_source(self, run, like) -> "OrderedDict[str, torch.Tensor]":
+        b̂_i is the source's bias carried to the output of its layer (`layer_end`) through the pointwise
+        operations that follow it there: a conv bias through the batch norm's gain and the unit's mask or
+        secant gain, the paper's A_n b_n + c_n. P_i is the transpose of the map from the input to that output
+        (Ŵ_1ᵀ⋯Ŵ_iᵀ, with Ŵ_i = A_i W_i: the unit's gain acts again on the way back). Same names and order as
+        `contributions`; the sources of one layer add up to the layer's P_n b̂_n.
+        """
+        return self._per_source(self._backproject)
+
+    def layer_end(self, node: fx.Node) -> fx.Node:
+        """The output of `node`'s layer: the last of the pointwise operations (`continues_layer`) that follow
+        `node` in a chain, each the only linear user of the one before; `node` itself if none does."""
+        while True:
+            users = [u for u in node.users if self.kind.get(u) == "linear"]
+            if len(users) != 1 or not self.continues_layer(users[0]):
+                return node
+            node = users[0]
+
+    def continues_layer(self, node: fx.Node) -> bool:
+        """True for a pointwise operation (`POINTWISE_KINDS`) on a single linear input: the paper's layer
+        y_n = W_n x + b_n, x_n = h(y_n) takes it in after the operation that computes that input."""
+        inputs = [a for a in node.all_input_nodes if self.kind.get(a) == "linear"]
+        return self.sites[node].rule.kind in POINTWISE_KINDS and len(inputs) == 1
+
+    def _backproject(self, nodes: list[fx.Node]) -> torch.Tensor:
+        """P_i b̂_i for the sources at `nodes`, one per row: (B, C, H, W)."""
+        ends = [self.layer_end(n) for n in nodes]
+        at_end: dict[fx.Node, torch.Tensor] = {}
+        self._forward(*self._bias_rows(nodes),
+                      observe=lambda node, value: at_end.__setitem__(node, value) if node in ends else None)
+        cotangents: dict[fx.Node, torch.Tensor] = {}
+        for row, end in enumerate(ends):  # row i keeps its own source's masked bias only
+            cotangents.setdefault(end, torch.zeros_like(at_end[end]))[row] = at_end[end][row]
+        u = torch.zeros((len(nodes), *self.output.shape[1:]), dtype=self.output.dtype, device=self.output.device)
+        return self._transpose(u, add=cotangents)
+
+    def _bias_rows(self, nodes: list[fx.Node]):
+        """(zeros of shape (B, *x0), node -> (B,) weights): row i of a forward pass carries the bias of nodes[i]
+        alone."""
+        eye = torch.eye(len(nodes), dtype=self.x0.dtype, device=self.x0.device)
+        z = torch.zeros((len(nodes), *self.x0.shape[1:]), dtype=self.x0.dtype, device=self.x0.device)
+        return z, {node: eye[:, i] for i, node in enumerate(nodes)}
+
+    def _per_source(self, run: Callable) -> "OrderedDict[str, torch.Tensor]":
+        """name -> row of `run(nodes)` (a (B, ...) batch, row i for nodes[i]), over the sources in batches."""
         names = list(self._names)
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         with torch.no_grad():
             for start in range(0, len(names), SOURCE_BATCH):
                 chunk = names[start:start + SOURCE_BATCH]
-                eye = torch.eye(len(chunk), dtype=like.dtype, device=like.device)
-                inject = {self._names[n]: eye[:, i] for i, n in enumerate(chunk)}
-                z = torch.zeros((len(chunk), *like.shape[1:]), dtype=like.dtype, device=like.device)
-                values = run(z, inject)
+                values = run([self._names[n] for n in chunk])
                 for i, n in enumerate(chunk):
                     out[n] = values[i:i + 1]
         return out
