@@ -150,14 +150,11 @@ NAMED_TUPLES = {
     "torch.sort(x).values": (lambda y: torch.sort(y, dim=1).values, "sort"),
     "x.sort().values": (lambda y: y.sort(dim=1).values, "sort"),
     "torch.topk": (lambda y: torch.topk(y, 2, dim=1).values, "topk"),
-    "x.max(dim=1).values": (lambda y: y.max(dim=1).values, "max"),
-    "x.max(dim=1)[0]": (lambda y: y.max(dim=1)[0], "max"),
-    "torch.min(x, 1)[0]": (lambda y: torch.min(y, 1, keepdim=True)[0] + y, "min"),
     "x.median(dim=1).values": (lambda y: y.median(dim=1).values, "median"),
     "torch.mode": (lambda y: torch.mode(y, 1).values, "mode"),
     "torch.kthvalue": (lambda y: torch.kthvalue(y, 2, 1).values, "kthvalue"),
-    "x.max(dim=1).indices only": (lambda y: y.max(dim=1).indices.float()[:, None] * y, "max"),
-}
+    "torch.cummax(x, 1)[0]": (lambda y: torch.cummax(y, 1)[0], "cummax"),
+}  # torch.max / torch.min along a dim have a rule (tests/test_interpreter.py)
 
 
 @pytest.mark.parametrize("case", list(NAMED_TUPLES))

@@ -581,3 +581,109 @@ def test_amax_follows_the_switches_of_x0_and_ties_split_as_autograd_splits_them(
         jacobian = torch.autograd.functional.jacobian(Max(), x0).reshape(li.output.numel(), x0.numel())
         assert li.jacobian_exact and torch.allclose(dense(li, x0), jacobian, atol=1e-12)
         assert torch.allclose(li.forward(x0) + li.residual, Max()(x0), atol=1e-12)
+
+
+class _Extrema(nn.Module):
+    """conv → one form of max / min → conv, so that switches of mixed signs matter on both sides."""
+
+    FORMS = {
+        "torch.max(y, 1)[0]": lambda y: torch.max(y, 1)[0][:, None] + y,
+        "y.max(dim=1).values": lambda y: y.max(dim=1).values.unsqueeze(1) * 2 + y,
+        "torch.min(y, 1, keepdim=True)": lambda y: torch.min(y, 1, keepdim=True)[0] - y,
+        "y.min(-1).values": lambda y: y.min(-1).values[..., None].expand(-1, -1, -1, 6),
+        "torch.max(y, dim=2).indices": lambda y: y * (torch.max(y, dim=2, keepdim=True).indices == 1),
+        "torch.max(a, b)": lambda y: torch.max(y, y.flip(3)),
+        "torch.min(a, other=b)": lambda y: torch.min(y, other=y.roll(1, 1)),
+        "y.max(b)": lambda y: y.max(y.flip(2)),
+        "torch.maximum": lambda y: torch.maximum(y, y.flip(3)),
+        "torch.minimum(constant, y)": lambda y: torch.minimum(torch.linspace(-0.3, 0.3, 6, dtype=y.dtype), y),
+        "amin": lambda y: torch.amin(y, 1, keepdim=True) + y.amin(dim=(2, 3), keepdim=True),
+    }
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.a, self.b, self.form = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 1), self.FORMS[form]
+
+    def forward(self, x):
+        return self.b(self.form(self.a(x)))
+
+
+@pytest.mark.parametrize("form", list(_Extrema.FORMS))
+def test_max_and_min_in_every_form_follow_the_switches_of_x0(form):
+    """torch.max / torch.min along a dim (values, indices), of two tensors, maximum / minimum, amin: F is the
+    float64 Jacobian (columns and rows), F x0 + r = f(x0) and Fᵀ is the adjoint."""
+    torch.manual_seed(0)
+    model, x0 = randomize(_Extrema(form)).double(), torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    li = _check_identities(model, x0)
+    jacobian = torch.func.jacrev(model)(x0).reshape(li.output.numel(), x0.numel())
+    rows = li.transpose(torch.eye(li.output.numel(), dtype=torch.float64).reshape(-1, *li.output.shape[1:]))
+    assert li.jacobian_exact and jacobian.abs().max() > 0
+    assert (dense(li, x0) - jacobian).abs().max() <= 1e-12 * jacobian.abs().max()
+    assert (rows.reshape(li.output.numel(), -1) - jacobian).abs().max() <= 1e-12 * jacobian.abs().max()
+    other = interpret(model, -x0)  # a control: the switches of another input give another F
+    assert (dense(other, x0) - jacobian).abs().max() > 1e-3 * jacobian.abs().max()
+
+
+@pytest.mark.parametrize("op", ["max-dim", "min-dim", "max-pair", "min-pair"])
+def test_max_and_min_ties_follow_autograd(op):
+    """Ties: along a dim, all of the gradient goes to the index torch returns (not split as amax splits it);
+    of two tensors, half to each (as torch.maximum's autograd splits it)."""
+    fn = {"max-dim": lambda x: torch.max(x, 1, keepdim=True)[0] + x.max(-1).values[..., None],
+          "min-dim": lambda x: torch.min(x, 2, keepdim=True).values,
+          "max-pair": lambda x: torch.max(x, x.flip(3)), "min-pair": lambda x: torch.min(x, x.flip(1))}[op]
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return fn(x)
+
+    x0 = torch.tensor([[[[1.0, 3.0], [3.0, 2.0]], [[3.0, 0.5], [0.5, 3.0]]]], dtype=torch.float64)
+    li = interpret(Net(), x0)
+    jacobian = torch.autograd.functional.jacobian(Net(), x0).reshape(li.output.numel(), x0.numel())
+    assert li.jacobian_exact and torch.equal(dense(li, x0), jacobian)
+    assert torch.allclose(li.forward(x0) + li.residual, Net()(x0), atol=1e-12)
+
+
+@pytest.mark.parametrize("fn,what", [
+    (lambda y: y - torch.max(y), "gives a scalar of the whole batch"),
+    (lambda y: y - y.min(), "gives a scalar of the whole batch"),
+    (lambda y: y - torch.amax(y), "gives a scalar of the whole batch"),
+    (lambda y: y - torch.max(y, 0, keepdim=True)[0], "reduces over the batch dimension"),
+    (lambda y: y - y.amin(dim=(0, 1), keepdim=True), "reduces over the batch dimension"),
+], ids=["torch.max(y)", "y.min()", "torch.amax(y)", "torch.max(y, 0)", "y.amin(dim=(0, 1))"])
+def test_max_and_min_over_the_batch_are_refused_naming_a_fix(fn, what):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return fn(self.conv(x))
+
+    with pytest.raises(UnsupportedOperation, match=rf"at '\w+': it {what}; keep the batch dimension "
+                                                   r"\(e\.g\. dim=\(1, 2, 3\), keepdim=True\)") as err:
+        interpret(Net(), torch.rand(1, 3, 4, 4))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("layer", ["LazyLinear", "LazyConv2d"])
+def test_lazy_layers_are_refused_until_initialised_and_then_interpreted(layer):
+    """An uninitialised lazy layer is refused in one line naming it (interpret makes up no weights and leaves the
+    model as it is); once run on an input, or loaded from a state dict, it is interpreted exactly."""
+    def make():
+        lazy = nn.LazyLinear(5) if layer == "LazyLinear" else nn.LazyConv2d(4, 3)
+        return nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Flatten(), lazy) if layer == "LazyLinear" \
+            else nn.Sequential(lazy, nn.ReLU())
+
+    torch.manual_seed(0)
+    x0 = torch.rand(1, 3, 5, 5)
+    model = make()
+    with pytest.raises(UnsupportedOperation, match=rf"^module {layer} at '\d' is a lazy layer whose parameters do "
+                                                   r"not exist yet: run the model once on an input") as err:
+        interpret(model, x0)
+    assert "\n" not in str(err.value)
+    assert type(model[-1 if layer == "LazyLinear" else 0]).__name__ == layer  # not materialised by interpret
+    model(x0)
+    _check_identities(model, x0)
+    loaded = make()
+    loaded.load_state_dict(model.state_dict())  # initialised, still of the lazy class (in_channels 0 for a conv)
+    assert torch.equal(interpret(loaded, x0).forward(x0), interpret(model, x0).forward(x0))

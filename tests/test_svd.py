@@ -210,6 +210,21 @@ def test_cli_errors_are_one_line(stores, tmp_path):
     assert len(too_many.output.strip().splitlines()) == 1
 
 
+def test_cli_sources_are_mutually_exclusive(stores):
+    """--from-store and --from-model together are refused in one line before any work (the last one used to win
+    silently); each alone picks its source."""
+    path = str(stores["pixelshuffle-x4"])
+    runner = CliRunner()
+    for flags in (["--from-store", "--from-model"], ["--from-model", "--from-store"]):
+        both = runner.invoke(main, ["svd", path, "--k", "2", "--quiet", *flags])
+        assert both.exit_code == 1 and both.output.strip() == (
+            "Error: --from-store and --from-model exclude each other: give one (or neither: the stored F when the "
+            "store is complete, else the model)")
+    for flag, source in (("--from-model", "model"), ("--from-store", "store")):
+        alone = runner.invoke(main, ["svd", path, "--k", "2", "--quiet", flag])
+        assert alone.exit_code == 0, alone.output
+        assert open_store(path).svd_attrs.source == source
+
 def test_checkpoint_resumes_after_sigkill(tmp_path):
     """A run killed with SIGKILL mid-way resumes from its checkpoint and converges to the dense SVD."""
     import os

@@ -477,3 +477,29 @@ def test_input_ranges_written_with_decimals_are_the_same_ranges():
     for bad in ("0,2", "a,b", "1"):
         with pytest.raises(UserModelError, match="is not one of 0,1 | 0,255 | -1,1"):
             input_range(bad)
+
+
+LAZY = """
+    from torch import nn
+
+    def make():
+        return nn.Sequential(nn.LazyConv2d(4, 3, padding=1), nn.ReLU(), nn.LazyConv2d(3, 3, padding=1))
+"""
+
+
+def test_lazy_layers_need_weights_or_a_first_run(tmp_path, monkeypatch):
+    """A lazy layer without parameters is refused in one line naming it; its weights, saved from a model that ran
+    once, give it its shapes, and then F is the Jacobian's columns."""
+    write(tmp_path, "lazy.py", LAZY)
+    monkeypatch.chdir(tmp_path)
+    args = ["compute", "--model", "lazy.py:make", "--crop", "0,0,8,8", "--quiet"]
+    one_line_error(CliRunner().invoke(main, [*args, "--out", "never.zarr"]),
+                   "module LazyConv2d at '0' is a lazy layer whose parameters do not exist yet")
+    assert not Path("never.zarr").exists()
+    torch.manual_seed(0)
+    ran = torch.nn.Sequential(torch.nn.LazyConv2d(4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.LazyConv2d(3, 3, padding=1))
+    ran(torch.zeros(1, 3, 8, 8))
+    torch.save(ran.state_dict(), tmp_path / "lazy.pt")
+    cli(*args, "--weights", "lazy.pt", "--out", "lazy.zarr")
+    cli("verify", "lazy.zarr", "--quiet")

@@ -15,10 +15,11 @@ RANK_TOL = 1e-6
 @click.option("--method", type=click.Choice(["lanczos", "randomized"]), default="lanczos", show_default=True,
               help="Block Lanczos with thick restarts, or randomized subspace iteration (less memory, slower "
                    "on flat spectra).")
-@click.option("--from-store", "source", flag_value="store",
+@click.option("--from-store", is_flag=True,
               help="Apply F from the stored matrix, shard by shard (default when the store is complete).")
-@click.option("--from-model", "source", flag_value="model",
-              help="Apply F through the interpreter, rebuilt from the store's model, weights and x0.")
+@click.option("--from-model", is_flag=True,
+              help="Apply F through the interpreter, rebuilt from the store's model, weights and x0 (default when "
+                   "the store is not complete). Not with --from-store.")
 @click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Stop when every ‖Fᵀu − s v‖ / s is below this (or at the rounding floor).")
 @click.option("--batch", type=click.IntRange(min=1), default=MODEL_BATCH, show_default=True,
@@ -36,7 +37,8 @@ RANK_TOL = 1e-6
                    "the current folder (checked against the sha256 the store records).")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, weights, model, trust_pickle, quiet):
+def svd(store_path, k, method, from_store, from_model, tol, batch, max_iter, threads, seed, weights, model,
+        trust_pickle, quiet):
     """Truncated SVD of F(x0), matrix-free; writes svd/S, svd/U (eigen-outputs) and svd/V (eigen-inputs)
     with the per-pair residuals into STORE. A killed run resumes from its checkpoint when rerun."""
     from pipeline import svd as svdmod
@@ -44,13 +46,17 @@ def svd(store_path, k, method, source, tol, batch, max_iter, threads, seed, weig
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.store import StoreError
 
+    if from_store and from_model:
+        raise click.ClickException("--from-store and --from-model exclude each other: give one (or neither: the "
+                                   "stored F when the store is complete, else the model)")
+    source = "store" if from_store else "model" if from_model else "auto"
     if threads:
         import torch
 
         torch.set_num_threads(threads)
 
     try:
-        result = svdmod.svd_store(store_path, k, method=method, source=source or "auto", tol=tol, batch=batch,
+        result = svdmod.svd_store(store_path, k, method=method, source=source, tol=tol, batch=batch,
                                   max_iter=max_iter, seed=seed, trust_pickle=trust_pickle, weights=weights,
                                   model=model, progress=not quiet)
     except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # SVDError, WeightsError, …

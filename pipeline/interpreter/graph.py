@@ -6,6 +6,7 @@ subclass) stays a leaf of the graph; every other user module is traced into, so 
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable
 
 import torch
@@ -30,7 +31,33 @@ def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.GraphMod
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsupportedOperation(
             f"{type(model).__name__} cannot be traced by torch.fx ({first}){_model_line(err)}") from err
+    _fields_by_position(graph)
     return fx.GraphModule(model, graph)
+
+
+#: the fields of torch's (values, indices) results (torch.max / torch.min along a dim, sort, topk, ...)
+_FIELDS = {"values": 0, "indices": 1}
+
+
+def _fields_by_position(graph: fx.Graph) -> None:
+    """Read the fields of torch's (values, indices) results by position: `x.max(dim=1).values` becomes
+    `x.max(dim=1)[0]`, as linear passes hold such a result as a plain tuple. (A tensor's own `.values` and
+    `.indices` are methods, which the graph calls rather than reads.)"""
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is getattr and node.args[1] in _FIELDS:
+            node.target, node.args = operator.getitem, (node.args[0], _FIELDS[node.args[1]])
+
+
+def uninitialised(model: nn.Module) -> str | None:
+    """Why `model` cannot be interpreted yet, naming the layer, if it has a lazy layer (nn.LazyLinear,
+    nn.LazyConv2d, ...) whose parameters do not exist yet (interpreting it would make up random weights, and
+    change the model); else None."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
+            return (f"module {type(m).__name__} at '{name or type(m).__name__}' is a lazy layer whose parameters do "
+                    f"not exist yet: run the model once on an input (e.g. model(x0)) or load its weights before "
+                    f"interpreting it")
+    return None
 
 
 def _model_line(err: BaseException) -> str:

@@ -23,7 +23,7 @@ from torch.fx.node import map_aggregate
 
 from . import rules
 from .errors import InputError, UnsupportedOperation
-from .graph import Bound, describe, trace, where
+from .graph import Bound, describe, trace, uninitialised, where
 
 #: sources per batch when contributions or back-projections are computed
 SOURCE_BATCH = 16
@@ -70,11 +70,11 @@ def _op_name(node: fx.Node, target) -> str:
 
 
 def _tuple_reason(value) -> str:
-    """Why a rule-less operation's tuple result (sort, topk, max with dim, ...) cannot be interpreted."""
+    """Why a rule-less operation's tuple result (sort, topk, median with dim, ...) cannot be interpreted."""
     if hasattr(value, "values") and hasattr(value, "indices"):
         return ("it returns (values, indices), and values selected by comparing the input's values have no "
-                "linear-interpreter rule (for the values alone use amax, for the indices argmax, argmin or "
-                "argsort)")
+                "linear-interpreter rule (for the largest or smallest values use max or min with a dim, amax or "
+                "amin; for the indices argmax, argmin or argsort)")
     return "it returns several tensors, some of them floating-point values that depend on the input"
 
 
@@ -187,7 +187,7 @@ class LinearInterpreter:
                 value, state, bias = rule.record(b)
             except UnsupportedOperation as err:
                 raise UnsupportedOperation(f"{describe(node, target)} at '{where(node)}': {err}") from None
-            if not _is_float_tensors(value):
+            if not _has_float_tensor(value):  # (values, indices) of max along a dim: linear, its indices static
                 self._freeze(node, value, env)
                 continue
             values = value if isinstance(value, (tuple, list)) else [value]
@@ -242,7 +242,8 @@ class LinearInterpreter:
             if site.bias is None:
                 continue
             what = {"affine": "bias", "frozen statistics": "shift", "offset": "offset",
-                    "tangent": "offset", "secant": "offset", "product": "constant"}.get(site.rule.kind, "bias")
+                    "tangent": "offset", "secant": "offset", "product": "constant",
+                    "switches": "offset"}.get(site.rule.kind, "bias")
             name, k = f"{site.where} ({what})", 2
             while name in names:
                 name, k = f"{site.where} ({what} #{k})", k + 1
@@ -511,10 +512,13 @@ def _is_leaf(m: nn.Module) -> bool:
 
 
 def _first_conv_channels(model: nn.Module) -> int | None:
+    """The input channels of the first convolution, from its weight (a lazy one loaded from a state dict keeps
+    in_channels 0); None when a linear layer comes first, or there is no convolution."""
     for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                          nn.ConvTranspose3d)):
-            return m.in_channels
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return m.weight.shape[1] * m.groups
+        if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            return m.weight.shape[0]
         if isinstance(m, nn.Linear):
             return None
     return None
@@ -544,6 +548,8 @@ def interpret(model: nn.Module, x0: torch.Tensor, eval_mode: bool = True) -> Lin
         raise InputError(f"x0 must be a floating-point tensor, got {getattr(x0, 'dtype', type(x0).__name__)}")
     if x0.dim() != 4 or x0.shape[0] != 1:
         raise InputError(f"x0 must have shape (1, C, H, W), got {tuple(x0.shape)}")
+    if (why := uninitialised(model)) is not None:
+        raise UnsupportedOperation(why)
     channels = _first_conv_channels(model)
     if channels is not None and channels != x0.shape[1]:
         raise InputError(f"{type(model).__name__} expects {channels} input channels, x0 has {x0.shape[1]}")

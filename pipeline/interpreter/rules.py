@@ -497,24 +497,51 @@ class MaxPool(Rule):
 
 
 def _amax_signature(input, dim=(), keepdim=False):
-    """The documented argument list of torch.amax and Tensor.amax."""
+    """The documented argument list of torch.amax / torch.amin, their tensor methods and torch.max / torch.min
+    of the whole tensor."""
+
+
+def _along_signature(input, dim, keepdim=False):
+    """The documented argument list of torch.max / torch.min along a dimension (function or tensor method)."""
+
+
+def _pair_signature(input, other):
+    """The documented argument list of torch.maximum / torch.minimum and of torch.max / torch.min of two tensors."""
+
+
+def _reduced_dims(dim, ndim: int) -> tuple:
+    """The dimensions a reduction over `dim` (an int, a tuple, or () / None: every dimension) removes, sorted
+    and non-negative. One over the batch dimension (dim 0) is refused: linear passes run on batches."""
+    dims = (dim,) if isinstance(dim, int) else tuple(dim or range(ndim))
+    dims = tuple(sorted(d % ndim for d in dims))
+    if 0 in dims:
+        what = "gives a scalar of the whole batch" if len(dims) == ndim else "reduces over the batch dimension"
+        raise UnsupportedOperation(f"it {what}; keep the batch dimension (e.g. dim=(1, 2, 3), keepdim=True)")
+    return dims
 
 
 class AMax(Rule):
-    """``amax`` over some dimensions (channel max in spatial attention): the switches x0 selects, split evenly
-    between tied maxima as autograd splits them, so that F is the Jacobian."""
+    """``amax`` or ``amin`` over some dimensions (channel max in spatial attention): the switches x0 selects,
+    split evenly between tied extrema as autograd splits them, so that F is the Jacobian.
+
+    State: `weights` (x0's shape), the share of each element in its group's extremum; `dims`, `keepdim`."""
 
     kind = "switches"
+    signature = staticmethod(_amax_signature)
 
     def record(self, b):
         x0, out = b.input(), b()
-        args = inspect.signature(_amax_signature).bind(*map_values(b, b.args), **map_values(b, b.kwargs))
+        args = inspect.signature(self.signature).bind(*map_values(b, b.args), **map_values(b, b.kwargs))
         args.apply_defaults()
-        dim, keepdim = args.arguments["dim"], bool(args.arguments["keepdim"])
-        dims = tuple(sorted(d % x0.dim() for d in ((dim,) if isinstance(dim, int) else dim)))
+        dims, keepdim = _reduced_dims(args.arguments["dim"], x0.dim()), bool(args.arguments["keepdim"])
+        return out, {"weights": self.switches(x0, out, dims, keepdim), "dims": dims, "keepdim": keepdim}, None
+
+    @staticmethod
+    def switches(x0, out, dims, keepdim) -> torch.Tensor:
+        """The weights (x0's shape): 1 / (number of ties) on the elements equal to their group's extremum."""
         top = out if keepdim else out.reshape([1 if d in dims else n for d, n in enumerate(x0.shape)])
         chosen = (x0 == top).to(x0.dtype)
-        return out, {"weights": chosen / chosen.sum(dims, keepdim=True), "dims": dims, "keepdim": keepdim}, None
+        return chosen / chosen.sum(dims, keepdim=True)
 
     def linear(self, b, state):
         return (b.input() * state["weights"]).sum(state["dims"], keepdim=state["keepdim"])
@@ -530,6 +557,111 @@ class AMax(Rule):
 
     def crop(self, state, crop):
         return {**state, "weights": crop(state["weights"])}
+
+
+class MaxAlong(AMax):
+    """torch.max / torch.min along one dimension (function or tensor method): the named tuple (values, indices).
+
+    The values are the switches of x0, each group's whole weight on the element its index names (autograd routes
+    the gradient there, ties included, so that F is the Jacobian); the indices are frozen at x0 (integers, static
+    for every later operation). Linear passes give (values, the indices of x0)."""
+
+    signature = staticmethod(_along_signature)
+
+    def record(self, b):
+        out, state, bias = super().record(b)
+        return out, {**state, "indices": out.indices}, bias
+
+    @staticmethod
+    def switches(x0, out, dims, keepdim) -> torch.Tensor:
+        """One-hot weights (x0's shape) at the indices x0 selects."""
+        (dim,) = dims
+        indices = out.indices if keepdim else out.indices.unsqueeze(dim)
+        return torch.zeros_like(x0).scatter_(dim, indices, 1.0)
+
+    def linear(self, b, state):
+        return super().linear(b, state), state["indices"]
+
+    def transpose(self, b, state, cot):
+        return super().transpose(b, state, cot[0])  # the indices carry no cotangent
+
+
+class Switch(Offset):
+    """The element-wise max or min of two tensors (torch.maximum, torch.max(a, b), ...): w·a + (1 − w)·b with
+    the switches of x0, w = 1 where a wins (`wins(a0, b0)`), 0 where b does and ½ on ties (as autograd splits
+    them), so that F is the Jacobian. State: w, shaped like the output. A static operand (a threshold map) is an
+    offset: its share goes to the bias."""
+
+    kind = "switches"
+
+    def __init__(self, wins: Callable):
+        super().__init__()
+        self.wins = wins
+
+    def record(self, b):
+        bound = inspect.signature(_pair_signature).bind(*map_values(b, b.args), **map_values(b, b.kwargs))
+        first, second, out = bound.arguments["input"], bound.arguments["other"], b()
+        weight = self.wins(first, second).to(out.dtype) + 0.5 * (first == second).to(out.dtype)
+        _, _, bias = super().record(self._blended(b, weight))
+        return out, weight, bias
+
+    @staticmethod
+    def _blended(b, weight):
+        """The call as weight·input + (1 − weight)·other, on the same operands."""
+        return Bound(lambda input, other: weight * input + (1 - weight) * other, b.args, b.kwargs, b.values)
+
+    def linear(self, b, state):
+        return super().linear(self._blended(b, state), None)
+
+    def transpose(self, b, state, cot):
+        return super().transpose(self._blended(b, state), None, cot)
+
+    def support(self, b, state):
+        return _union(b)
+
+    def crop(self, state, crop):
+        return crop(state)
+
+
+class Overloads(Rule):
+    """A function with several call forms (torch.max: of the whole tensor, along a dimension, of two tensors),
+    one rule each: `form(b)` picks the rule of the call, and every pass goes to it. State: (rule, its state)."""
+
+    kind = "switches"
+
+    def __init__(self, form: Callable[[Bound], Rule]):
+        self.form = form
+
+    def record(self, b):
+        rule = self.form(b)
+        out, state, bias = rule.record(b)
+        return out, (rule, state), bias
+
+    def linear(self, b, state):
+        return state[0].linear(b, state[1])
+
+    def transpose(self, b, state, cot):
+        return state[0].transpose(b, state[1], cot)
+
+    def support(self, b, state):
+        return state[0].support(b, state[1])
+
+    def approximation(self, state):
+        return state[0].approximation(state[1])
+
+    def crop(self, state, crop):
+        return state[0], state[0].crop(state[1], crop)
+
+
+def _extremum(along: Rule, pair: Rule, whole: Rule) -> Overloads:
+    """torch.max or torch.min (function or tensor method): `pair` when the second operand is a tensor, `along`
+    when it is a dimension, `whole` without one."""
+    def form(b):
+        second = b.args[1] if len(b.args) > 1 else b.kwargs.get("dim", b.kwargs.get("other"))
+        if isinstance(second, (fx.Node, torch.Tensor)):
+            return pair
+        return whole if second is None else along
+    return Overloads(form)
 
 
 def _module_pool_indices(b):
@@ -836,6 +968,9 @@ TANGENT = Unit("tangent")
 RELU = Unit("tangent", derivative=_relu_derivative)
 SECANT = Unit("secant")
 AMAX = AMax()
+ALONG = MaxAlong()
+MAXIMUM, MINIMUM = Switch(torch.gt), Switch(torch.lt)
+MAX, MIN = _extremum(ALONG, MAXIMUM, AMAX), _extremum(ALONG, MINIMUM, AMAX)
 
 MODULE_RULES: dict[type, Rule] = {
     nn.Conv1d: ConvModule(), nn.Conv2d: ConvModule(), nn.Conv3d: ConvModule(),
@@ -925,7 +1060,8 @@ for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "
     FUNCTION_RULES[getattr(F, _name)] = _rule
     if hasattr(torch, _name):
         FUNCTION_RULES[getattr(torch, _name)] = _rule
-FUNCTION_RULES[torch.amax] = AMAX
+FUNCTION_RULES.update({torch.amax: AMAX, torch.amin: AMAX, torch.max: MAX, torch.min: MIN,
+                       torch.maximum: MAXIMUM, torch.minimum: MINIMUM})
 for _fn, _affine in [(F.batch_norm, _F_BATCH_NORM), (F.instance_norm, _F_INSTANCE_NORM),
                      (F.group_norm, _F_GROUP_NORM), (F.layer_norm, _F_LAYER_NORM), (F.rms_norm, _F_RMS_NORM)]:
     FUNCTION_RULES[_fn] = Norm(_affine)
@@ -955,7 +1091,11 @@ for _names, _rule in [
     ("clamp clamp_ clip clip_ abs abs_ hardtanh", TANGENT),
     ("sigmoid sigmoid_ tanh tanh_ exp exp_ square square_", SECANT),
     ("new_zeros new_ones new_full", Constant()),
-    ("amax", AMAX),
+    ("amax amin", AMAX),
+    ("max", MAX),
+    ("min", MIN),
+    ("maximum", MAXIMUM),
+    ("minimum", MINIMUM),
     ("view view_as reshape reshape_as permute transpose transpose_ swapaxes flatten unflatten contiguous "
      "squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as repeat chunk split tensor_split unbind narrow select "
      "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum", LINEAR),

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.interpreter.graph import uninitialised
 from pipeline.models import weights as wts
 from pipeline.models.registry import ModelSpec
 
@@ -261,7 +262,10 @@ def instantiate(spec: UserSpec) -> nn.Module:
 
 
 def state_digest(model: nn.Module) -> str:
-    """sha256 of a module's state: every parameter and buffer by name, dtype, shape and bytes."""
+    """sha256 of a module's state: every parameter and buffer by name, dtype, shape and bytes. A lazy layer
+    without parameters yet is refused (`UserModelError`, naming it)."""
+    if (why := uninitialised(model)) is not None:
+        raise UserModelError(why)
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous().reshape(-1)

@@ -259,6 +259,11 @@ ADAPTERS: tuple[Callable[[nn.Module, dict], dict], ...] = (
 )
 
 
+def _lazy(t: torch.Tensor) -> bool:
+    """A lazy layer's parameter that does not exist yet: loading gives it the file's shape."""
+    return isinstance(t, nn.parameter.UninitializedTensorMixin)
+
+
 def listed(keys) -> str:
     keys = sorted(keys)
     more = f" and {len(keys) - LISTED_KEYS} more" if len(keys) > LISTED_KEYS else ""
@@ -278,7 +283,8 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], origin: st
     if unexpected:
         problems.append(f"unexpected keys: {listed(unexpected)}")
     wrong = [f"{k} {tuple(state[k].shape)} (model {tuple(own[k].shape)})"
-             for k in sorted(own.keys() & state.keys()) if own[k].shape != state[k].shape]
+             for k in sorted(own.keys() & state.keys())
+             if not _lazy(own[k]) and own[k].shape != state[k].shape]
     if wrong:
         problems.append(f"wrong shapes: {listed(wrong)}")
     if problems:
