@@ -24,9 +24,10 @@
   let lut32 = null; // Uint32Array(256) RGBA colours of q
 
   const state = {
-    dom: "in", y: 0, x: 0, pinned: false, src: 0, dst: 0, show: "filter", k: null,
+    dom: "in", y: 0, x: 0, panel: 0, // the selection: pixel (y, x) of domain dom of the model of panel `panel`
+    pinned: false, src: 0, dst: 0, show: "filter", k: null,
     zoom: 0, cy: 0.5, cx: 0.5, // zoom: screen px per output pixel of the first model (0: fit); view centre
-    lens: true, hover: null, // {dom, y, x} under the cursor
+    lens: true, hover: null, // {dom, y, x, model}: the pixel under the cursor, in the grid of the model hovered
   };
   let panels = [];
   let eventTime = null;
@@ -102,7 +103,9 @@
       return [Math.min(b.h - 1, Math.floor((y + 0.5) * b.h / a.h)), Math.min(b.w - 1, Math.floor((x + 0.5) * b.w / a.w))];
     };
   }
-  function selIn(model) { return mapPixel(state.y, state.x, ref())(model, state.dom); }
+  const owner = () => M.models[state.panel]; // the model in whose grid the selection was made
+  // the selection in a model's grid: the selected pixel itself, or the pixel of `model` at its centre
+  function selIn(model) { return mapPixel(state.y, state.x, owner())(model, state.dom); }
   function corresponding(model, dom, y, x) { // the box in the other domain that pixel (y, x) maps onto
     const a = dims(model, dom), b = dims(model, other(dom));
     const sy = b.h / a.h, sx = b.w / a.w;
@@ -184,13 +187,13 @@
     setZoom(sign > 0 ? Math.max(z + 1, Math.round(z * 1.25)) : Math.min(z - 1, Math.round(z / 1.25)), anchor);
   }
   function selectionAnchor() { // the selected pixel, at its place on screen
-    const p = panels[0], view = p.views[state.dom], lay = view.lay, d = dims(ref(), state.dom);
+    const p = panels[state.panel], view = p.views[state.dom], lay = view.lay, d = dims(p.model, state.dom);
     const r = view.overlay.getBoundingClientRect();
-    return {view: view, model: ref(), dom: state.dom, fy: (state.y + 0.5) / d.h, fx: (state.x + 0.5) / d.w,
+    return {view: view, model: p.model, dom: state.dom, fy: (state.y + 0.5) / d.h, fx: (state.x + 0.5) / d.w,
             clientY: r.top + (state.y + 0.5 - lay.oy) * lay.z, clientX: r.left + (state.x + 0.5 - lay.ox) * lay.z};
   }
-  function reveal(dom, y, x) { // pan the least so that pixel (y, x) of the first model's domain is in view
-    const lay = layout(ref(), dom), d = dims(ref(), dom);
+  function reveal(model, dom, y, x) { // pan the least so that pixel (y, x) of a model's domain is in view
+    const lay = layout(model, dom), d = dims(model, dom);
     const outY = y < lay.oy || y >= lay.oy + Math.floor(lay.ch / lay.z);
     const outX = x < lay.ox || x >= lay.ox + Math.floor(lay.cw / lay.z);
     if (!outY && !outX) return false;
@@ -359,15 +362,17 @@
       const view = p.views[dom], g = view.overlay.getContext("2d"), lay = view.lay, z = lay.z;
       g.clearRect(0, 0, view.overlay.width, view.overlay.height);
       const box = markerBox(p, dom);
-      if (box) {
-        const X = (box[1] - lay.ox) * z, Y = (box[0] - lay.oy) * z;
+      if (box) { // a frame 3 px wide around the box, drawn inside the image where the box touches its border
+        const d = dims(p.model, dom), X = (box[1] - lay.ox) * z, Y = (box[0] - lay.oy) * z;
+        const l = Math.max(-lay.ox * z, X - 3), t = Math.max(-lay.oy * z, Y - 3);
+        const r = Math.min((d.w - lay.ox) * z, X + box[3] * z + 3), b = Math.min((d.h - lay.oy) * z, Y + box[2] * z + 3);
         g.lineWidth = 2; g.strokeStyle = state.pinned ? "#ffb000" : "#111";
-        g.strokeRect(X - 1, Y - 1, box[3] * z + 2, box[2] * z + 2);
+        g.strokeRect(l + 2, t + 2, r - l - 4, b - t - 4);
         g.lineWidth = 1; g.strokeStyle = "#fff";
-        g.strokeRect(X - 2.5, Y - 2.5, box[3] * z + 5, box[2] * z + 5);
+        g.strokeRect(l + 0.5, t + 0.5, r - l - 1, b - t - 1);
       }
       if (state.hover && state.hover.dom === dom && state.pinned) {
-        const [hy, hx] = mapPixel(state.hover.y, state.hover.x, ref())(p.model, dom);
+        const [hy, hx] = mapPixel(state.hover.y, state.hover.x, state.hover.model)(p.model, dom);
         g.lineWidth = 1; g.strokeStyle = "#0a0";
         g.strokeRect((hx - lay.ox) * z + 0.5, (hy - lay.oy) * z + 0.5, Math.max(1, z - 1), Math.max(1, z - 1));
       }
@@ -378,15 +383,17 @@
     const focus = p.focus, v = p.current && p.current[focus];
     for (const dom of ["in", "out"]) p.views[dom].lens.hidden = true;
     if (!state.lens || !v) return;
-    const home = p.views[state.dom], lens = home.lens, g = lens.getContext("2d");
-    let t, l, h, w;
+    const home = p.views[state.dom], lens = home.lens, lay = home.lay, g = lens.getContext("2d");
     const mark = markerBox(p, focus);
-    if (v.sh && v.box[2] > 0) { [t, l, h, w] = v.box; t -= 1; l -= 1; h += 2; w += 2; }
-    else if (mark) { t = mark[0] - 12; l = mark[1] - 12; h = mark[2] + 24; w = mark[3] + 24; }
-    else { lens.hidden = true; return; }
-    const side = Math.max(h, w), step = Math.max(1, Math.ceil(side / LENS)); // at most LENS samples a side
-    const n = Math.ceil(side / step), z = LENS / n;
-    t = Math.round(t + h / 2 - side / 2); l = Math.round(l + w / 2 - side / 2);
+    let box, pad; // what is magnified (top, left, height, width: the size in the label) and the margin around it
+    if (v.sh && v.box[2] > 0) { box = v.box; pad = 1; }
+    else if (mark) { box = [mark[0] - 12, mark[1] - 12, mark[2] + 24, mark[3] + 24]; pad = 0; }
+    else return;
+    const [h, w] = box.slice(2), size = Math.min(LENS, lay.cw, lay.ch); // a smaller lens in a smaller view
+    if (lens.width !== size) { lens.width = size; lens.height = size; }
+    const side = Math.max(h, w) + 2 * pad, step = Math.max(1, Math.ceil(side / size)); // at most `size` samples a side
+    const n = Math.ceil(side / step), z = size / n;
+    const t = Math.round(box[0] + h / 2 - side / 2), l = Math.round(box[1] + w / 2 - side / 2);
     const pc = pieceOf(n, n), im = pc.g.createImageData(n, n), out = new Uint32Array(im.data.buffer);
     for (let yy = 0; yy < n; yy++) for (let xx = 0; xx < n; xx++) {
       const y = t + yy * step, x = l + xx * step;
@@ -394,20 +401,22 @@
     }
     pc.g.putImageData(im, 0, 0);
     g.imageSmoothingEnabled = false;
-    g.drawImage(pc, 0, 0, n, n, 0, 0, LENS, LENS);
+    g.drawImage(pc, 0, 0, n, n, 0, 0, size, size);
     if (mark) {
       g.lineWidth = 1.5; g.strokeStyle = "#111";
       g.strokeRect((mark[1] - l) / step * z - 1, (mark[0] - t) / step * z - 1, Math.max(2, mark[3] / step * z) + 2, Math.max(2, mark[2] / step * z) + 2);
     }
-    g.fillStyle = "rgba(17,19,23,0.75)"; g.fillRect(0, LENS - 18, LENS, 18);
-    g.fillStyle = "#e6e6e6"; g.font = "11px system-ui, sans-serif";
     const what = v.sh ? (v.req.label === "column" ? "column" : "row") : "around the cursor";
-    g.fillText(what + " ×" + (step > 1 ? "1/" + step : Math.round(z * 10) / 10) + " · " + (focus === "in" ? "input" : "output") + " " + h + "×" + w + " px", 5, LENS - 5);
-    // beside the cursor, inside its view where there is room
-    const lay = home.lay, [sy, sx] = selIn(p.model);
+    const label = what + " ×" + (step > 1 ? "1/" + step : Math.round(z * 10) / 10) + " · " + (focus === "in" ? "input" : "output") + " " + h + "×" + w + " px";
+    g.fillStyle = "rgba(17,19,23,0.75)"; g.fillRect(0, size - 18, size, 18);
+    g.fillStyle = "#e6e6e6"; g.font = "11px system-ui, sans-serif";
+    g.fillText(label, 5, size - 5);
+    lens.setAttribute("aria-label", label);
+    // beside the cursor where there is room, and always inside its view
+    const [sy, sx] = selIn(p.model);
     const cx = (sx + 0.5 - lay.ox) * lay.z, cy = (sy + 0.5 - lay.oy) * lay.z, gap = 18 + lay.z / 2;
-    const left = cx + gap + LENS <= lay.cw || cx - gap - LENS < 0 ? cx + gap : cx - gap - LENS;
-    const top = Math.max(0, Math.min(lay.ch - LENS, cy - LENS / 2));
+    const beside = cx + gap + size <= lay.cw || cx - gap - size < 0 ? cx + gap : cx - gap - size;
+    const left = Math.max(0, Math.min(lay.cw - size, beside)), top = Math.max(0, Math.min(lay.ch - size, cy - size / 2));
     lens.style.left = Math.round(left) + "px"; lens.style.top = Math.round(top) + "px";
     lens.hidden = false;
   }
@@ -526,7 +535,7 @@
     parts.push((state.pinned ? "pinned " : "") + (state.dom === "in" ? "input" : "output") + " pixel (" + y + ", " + x + ")");
     const h = state.hover;
     if (h && p.current) {
-      const m = mapPixel(h.y, h.x, ref())(p.model, h.dom);
+      const m = mapPixel(h.y, h.x, h.model)(p.model, h.dom);
       const v = p.current[h.dom];
       const vals = v ? valueAt(v, m[0], m[1]) : null;
       if (vals) parts.push("under cursor (" + m[0] + ", " + m[1] + "): " + vals.map(fmt).join(", "));
@@ -573,15 +582,20 @@
     });
   }
 
-  function select(dom, y, x) {
-    const d = dims(ref(), dom);
-    state.dom = dom; state.y = Math.max(0, Math.min(d.h - 1, y)); state.x = Math.max(0, Math.min(d.w - 1, x));
+  function select(dom, y, x, panel) { // pixel (y, x) of a domain of the model of a panel
+    const d = dims(M.models[panel], dom);
+    state.dom = dom; state.panel = panel;
+    state.y = Math.max(0, Math.min(d.h - 1, y)); state.x = Math.max(0, Math.min(d.w - 1, x));
     state.k = null;
   }
 
+  // to the middle pixel of the box that the selection maps onto in the other domain, in the grid with the most
+  // pixels there: every other model's pixel at its centre is then the middle pixel of its own box too
   function switchDomain() {
-    const [y, x, h, w] = corresponding(ref(), state.dom, state.y, state.x);
-    select(other(state.dom), y + Math.floor(h / 2), x + Math.floor(w / 2));
+    const dom = other(state.dom), size = (m) => dims(m, dom).h * dims(m, dom).w;
+    const finest = M.models.reduce((best, m, i) => (size(m) > size(M.models[best]) ? i : best), state.panel);
+    const [y, x, h, w] = corresponding(M.models[finest], state.dom, ...selIn(M.models[finest]));
+    select(dom, y + Math.floor(h / 2), x + Math.floor(w / 2), finest);
   }
 
   let hashTimer = null;
@@ -589,7 +603,7 @@
     if (hashTimer === null) hashTimer = setTimeout(function () { hashTimer = null; writeHashNow(); }, 150);
   }
   function writeHashNow() {
-    const h = "#" + ["m=" + kindOf(state.dom), "y=" + state.y, "x=" + state.x, "s=" + state.src, "t=" + state.dst,
+    const h = "#" + ["m=" + kindOf(state.dom), "y=" + state.y, "x=" + state.x, "p=" + state.panel, "s=" + state.src, "t=" + state.dst,
       "show=" + state.show, "pin=" + (state.pinned ? 1 : 0), "z=" + state.zoom, "cy=" + state.cy.toFixed(4),
       "cx=" + state.cx.toFixed(4)].concat(state.k !== null ? ["k=" + state.k] : []).join("&");
     if (location.hash !== h) history.replaceState(null, "", h);
@@ -602,8 +616,9 @@
     const int = (v, d) => (v !== undefined && /^-?\d+$/.test(v) ? parseInt(v, 10) : d);
     const frac = (v, d) => (v !== undefined && /^\d*\.?\d+$/.test(v) ? Math.max(0, Math.min(1, parseFloat(v))) : d);
     if (q.m === "row" || q.m === "col") {
-      const dom = q.m === "col" ? "in" : "out", d = dims(ref(), dom);
-      select(dom, int(q.y, d.h >> 1), int(q.x, d.w >> 1));
+      const dom = q.m === "col" ? "in" : "out", panel = Math.max(0, Math.min(M.models.length - 1, int(q.p, 0)));
+      const d = dims(M.models[panel], dom);
+      select(dom, int(q.y, d.h >> 1), int(q.x, d.w >> 1), panel);
     }
     state.src = Math.max(0, int(q.s, state.src)); state.dst = Math.max(0, int(q.t, state.dst));
     if (["filter", "y0", "fx0", "residual"].includes(q.show)) state.show = q.show;
@@ -725,8 +740,8 @@
     p.svdList = list;
   }
 
-  function buildPanel(model) {
-    const p = {model: model, views: {}};
+  function buildPanel(model, index) {
+    const p = {model: model, index: index, views: {}};
     const sec = el("section", "panel", document.getElementById("panels"));
     sec.dataset.model = model.id;
     const head = el("div", "panel-head", sec);
@@ -739,7 +754,7 @@
       const fig = el("figure", "view " + dom, row_);
       const wrap = el("div", "canvas-wrap", fig);
       const canvas = el("canvas", "image", wrap), overlay = el("canvas", "overlay", wrap), lens = el("canvas", "lens", wrap);
-      lens.width = LENS; lens.height = LENS; lens.hidden = true;
+      lens.width = LENS; lens.height = LENS; lens.hidden = true; lens.setAttribute("role", "img");
       canvas.dataset.dom = dom; canvas.dataset.model = model.id;
       const caption = el("figcaption", null, fig);
       p.views[dom] = {canvas: canvas, overlay: overlay, lens: lens, wrap: wrap, caption: caption, zoom: 1, key: null};
@@ -778,19 +793,17 @@
     return [Math.max(0, Math.min(d.h - 1, lay.oy + Math.floor((e.clientY - r.top) / lay.z))),
             Math.max(0, Math.min(d.w - 1, lay.ox + Math.floor((e.clientX - r.left) / lay.z)))];
   }
-  function onPointer(p, dom, e, click) {
-    const [y, x] = pixelAt(p, dom, e), d = dims(p.model, dom);
-    // cursor in the first model's pixel units of this domain (the shared cursor)
-    const a = dims(ref(), dom);
-    const ry = Math.min(a.h - 1, Math.floor((y + 0.5) * a.h / d.h)), rx = Math.min(a.w - 1, Math.floor((x + 0.5) * a.w / d.w));
-    state.hover = {dom: dom, y: ry, x: rx};
+  function onPointer(p, dom, e, click) { // the pixel under the mouse, in this panel's grid (the shared cursor)
+    const [y, x] = pixelAt(p, dom, e);
+    state.hover = {dom: dom, y: y, x: x, model: p.model};
     eventTime = e.timeStamp || performance.now();
     if (click) {
-      if (state.pinned && state.dom === dom && state.y === ry && state.x === rx) state.pinned = false;
-      else { select(dom, ry, rx); state.pinned = true; }
+      const [sy, sx] = selIn(p.model); // clicking the pinned pixel, as this panel shows it, unpins
+      if (state.pinned && state.dom === dom && sy === y && sx === x) state.pinned = false;
+      else { select(dom, y, x, p.index); state.pinned = true; }
       render();
-    } else if (!state.pinned && (state.dom !== dom || state.y !== ry || state.x !== rx || state.k !== null)) {
-      select(dom, ry, rx); render();
+    } else if (!state.pinned && (state.dom !== dom || state.panel !== p.index || state.y !== y || state.x !== x || state.k !== null)) {
+      select(dom, y, x, p.index); render();
     } else { panels.forEach(function (q) { drawOverlay(q); readout(q); }); }
   }
   function onWheel(p, dom, e) {
@@ -820,13 +833,13 @@
     const pans = {w: [-1, 0], s: [1, 0], a: [0, -1], d: [0, 1]};
     eventTime = e.timeStamp || performance.now();
     const plan = () => ({sources: channelLabels(kindOf(state.dom), "sources"), targets: channelLabels(kindOf(state.dom), "targets")});
-    if (moves[e.key]) { select(state.dom, state.y + moves[e.key][0], state.x + moves[e.key][1]); reveal(state.dom, state.y, state.x); }
+    if (moves[e.key]) { select(state.dom, state.y + moves[e.key][0], state.x + moves[e.key][1], state.panel); reveal(owner(), state.dom, state.y, state.x); }
     else if (pans[e.key.toLowerCase()]) { // a quarter of the view
       const lay = panels[0].views.out.lay, d = dims(ref(), "out"), [py, px] = pans[e.key.toLowerCase()];
       state.cy += py * lay.ch / 4 / (lay.z * d.h); state.cx += px * lay.cw / 4 / (lay.z * d.w);
       clampCentre(); panels.forEach(sizeViews);
     }
-    else if (e.key === "t") { switchDomain(); reveal(state.dom, state.y, state.x); }
+    else if (e.key === "t") { switchDomain(); reveal(owner(), state.dom, state.y, state.x); }
     else if (e.key === "c") state.src = (state.src + 1) % plan().sources.length;
     else if (e.key === "v") state.dst = (state.dst + 1) % plan().targets.length;
     else if (e.key === "p" || e.key === "Enter") state.pinned = !state.pinned;
@@ -856,7 +869,7 @@
     document.getElementById("subtitle").textContent = (imageName(a.image) || "image") + " · " + M.models.map((m) => m.title).join(" · ");
     document.title = "linterp · " + (imageName(a.image) || "") + " · " + M.models.map((m) => m.title).join(", ");
     const d = dims(ref(), "in");
-    select("in", d.h >> 1, d.w >> 1);
+    select("in", d.h >> 1, d.w >> 1, 0);
     readHash();
     panels = M.models.map(buildPanel);
     document.querySelectorAll("[data-mode]").forEach(function (b) {
@@ -896,8 +909,8 @@
     const cy = (y + 0.5 - lay.oy) * lay.z, cx = (x + 0.5 - lay.ox) * lay.z;
     return cy < 0 || cx < 0 || cy >= lay.ch || cx >= lay.cw ? null : {x: r.left + cx, y: r.top + cy};
   };
-  L.reveal = function (dom, y, x) { if (reveal(dom, y, x)) render(); };
-  L.select = function (dom, y, x, opts) { select(dom, y, x); Object.assign(state, opts || {}); clampCentre(); panels.forEach(sizeViews); render(); };
+  L.reveal = function (dom, y, x) { if (reveal(ref(), dom, y, x)) render(); }; // pixel (y, x) of the first model
+  L.select = function (dom, y, x, opts) { select(dom, y, x, 0); Object.assign(state, opts || {}); clampCentre(); panels.forEach(sizeViews); render(); };
   L.memory = function () {
     let n = 0; for (const e of sheets.values()) if (e.data) n++;
     return {sheets: n, sheetBytes: sheetBytes, tiles: painted.size};

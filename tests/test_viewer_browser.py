@@ -63,6 +63,10 @@ class Page:
         self.page.wait_for_function(f"LINTERP.rendered > {before} && LINTERP.rendered === LINTERP.lastRequested",
                                     timeout=15000)
 
+    def settle(self):
+        """Wait until what was asked for last is drawn."""
+        self.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested", timeout=15000)
+
     def rendered(self) -> int:
         return self.page.evaluate("LINTERP.rendered")
 
@@ -123,7 +127,7 @@ def test_hovered_pixels_show_the_stored_filters(browser, site, tmp_path):
     # channel Σ → Σ: the row summed over output... here: source channel Σ (sum of the rows of R, G, B outputs)
     page.page.select_option("#src-channel", label="Σ")
     page.page.select_option("#dst-channel", label="G")
-    page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
+    page.settle()
     got, scale = page.shown_values(0, "in")
     want = with_sum(fa[:, 37, 20])[3][1]  # Σ over output channels of the rows, input channel G
     assert (np.abs(got - want) <= scale / 254 + 1e-6).all()
@@ -152,7 +156,7 @@ def test_pin_keys_and_link(browser, site):
     got, scale = page.shown_values(0, "out")
     assert (np.abs(got - fa[0, :, :, 0, 4, 5]) <= scale / 254 + 1e-6).all()
     page.page.keyboard.press("t")  # switch to the row of the matching output pixel
-    page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
+    page.settle()
     state = page.page.evaluate("LINTERP.state()")
     assert state["dom"] == "out" and (state["y"], state["x"]) == (4 * 4 + 2, 5 * 4 + 2)
     page.page.wait_for_function("location.hash.includes('m=row&y=18&x=22')")
@@ -166,7 +170,7 @@ def test_pin_keys_and_link(browser, site):
     # y0, F·x0 and residual toggles
     for key, image in (("l", np.tensordot(fa, a.x0, axes=3)), ("r", a.residual)):
         again.page.keyboard.press(key)
-        again.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
+        again.settle()
         got, scale = again.shown_values(0, "out")
         want = image[0]
         assert (np.abs(got - want) <= max(scale, 1e-12) / 254 + 1e-6).all()
@@ -295,11 +299,157 @@ def test_junk_addresses_and_channels_beyond_the_labels(browser, site):
     assert page.page.evaluate("LINTERP.state()")["x"] == 1
     page.clean()
     page = Page(browser, folder, "#m=col&y=3&x=4&s=9&t=9&pin=1")
-    page.page.wait_for_function("LINTERP.rendered === LINTERP.lastRequested")
+    page.settle()
     caption = page.page.locator("section.panel:nth-of-type(1) figure.view.out figcaption").inner_text()
     chosen = [page.page.locator(f"#{name} option:checked").inner_text() for name in ("src-channel", "dst-channel")]
     assert chosen == ["Σ", "Σ"] and "Σ → Σ" in caption, (chosen, caption)
     page.page.wait_for_function("location.hash.includes('s=3&t=3')")
     got, scale = page.shown_values(0, "out")
     assert (np.abs(got - fa[:, :, :, :, 3, 4].sum(axis=(0, 3))) <= scale / 254 + 1e-5).all()
+    page.clean()
+
+
+
+@pytest.fixture(scope="module", params=[2, 1], ids=["x2", "x1"])
+def mixed_site(request, tmp_path_factory):
+    """One 8×8 image through bicubic ×s (s = 2 or 1: the first panel, the coarser output) and bicubic ×4."""
+    s = request.param
+    root = tmp_path_factory.mktemp(f"mixed{s}")
+    coarse, fc = linear_upscaler_store(root / "coarse.zarr", mode="bicubic", c=1, h=8, w=8, scale=s, tile=4)
+    fine, ff = linear_upscaler_store(root / "fine.zarr", mode="bicubic", c=1, h=8, w=8, scale=4, tile=4)
+    export_site([coarse.path, fine.path], root / "site", progress=False)
+    return root / "site", s, fc, ff
+
+
+def test_mixed_scales_each_panel_selects_its_own_pixels(browser, mixed_site):
+    """Beside a coarser panel, every output pixel of the ×4 panel can be selected (the coarser panel shows its pixel
+    at that pixel's centre), hovering reads the pixel under the mouse, t goes to the middle pixel of each panel's
+    own box, and the address opens the same pixel."""
+    folder, s, fc, ff = mixed_site
+    page = Page(browser, folder)
+
+    def centre(v):  # the pixel of the coarser output at the centre of pixel v of the ×4 output: ⌊(v + ½)·s / 4⌋
+        return (2 * v + 1) * s // 8
+
+    def shows_rows(page, fine, coarse):  # each panel shows the row of its output pixel
+        for panel, dense, (y, x) in ((1, ff, fine), (0, fc, coarse)):
+            got, scale = page.shown_values(panel, "in")
+            assert (np.abs(got - dense[0, y, x, 0]) <= scale / 254 + 1e-6).all(), (panel, y, x)
+            caption = page.page.locator(f"section.panel:nth-of-type({panel + 1}) figure.view.in figcaption")
+            assert caption.inner_text().startswith(f"row of output pixel ({y}, {x})"), caption.inner_text()
+
+    for y, x in ((12, 20), (12, 21), (13, 20), (13, 21)):  # one 2×2 block of the ×4 output: each its own row
+        page.hover(1, "out", y, x)
+        page.settle()
+        shows_rows(page, (y, x), (centre(y), centre(x)))
+    # a pinned column: hovering the ×4 output reads the pixel under the mouse, the other panel its pixel there
+    page.hover(0, "in", 3, 5, click=True)
+    page.settle()
+    page.hover(1, "out", 12, 21)
+    page.page.wait_for_timeout(100)
+    for panel, dense, (y, x) in ((1, ff, (12, 21)), (0, fc, (centre(12), centre(21)))):
+        readout = page.page.locator(f"section.panel:nth-of-type({panel + 1}) .readout").inner_text()
+        assert f"under cursor ({y}, {x}): " in readout, readout
+        scale = np.abs(dense[0, :, :, 0, 3, 5]).max()
+        assert abs(float(readout.split("): ")[-1]) - dense[0, y, x, 0, 3, 5]) <= scale / 254 + 1e-6
+    page.page.keyboard.press("t")  # input pixel (3, 5): the middle pixel of its box in every output
+    page.settle()
+    shows_rows(page, (3 * 4 + 2, 5 * 4 + 2), (3 * s + s // 2, 5 * s + s // 2))
+    page.page.keyboard.press("t")  # and back
+    page.settle()
+    for panel, dense in ((0, fc), (1, ff)):
+        got, scale = page.shown_values(panel, "out")
+        assert (np.abs(got - dense[0, :, :, 0, 3, 5]) <= scale / 254 + 1e-6).all()
+    # the address keeps the pixel of the ×4 panel
+    page.hover(1, "out", 13, 20, click=True)
+    page.settle()
+    page.page.wait_for_function("location.hash.includes('m=row&y=13&x=20&p=1&')")
+    url = page.page.url
+    page.clean()
+    again = Page(browser, folder, "#" + url.split("#", 1)[1])
+    assert again.page.evaluate("LINTERP.state()") == page.page.evaluate("LINTERP.state()")
+    shows_rows(again, (13, 20), (centre(13), centre(20)))
+    again.clean()
+
+
+def lens_margins(page, panel: int) -> list[float]:
+    """CSS px from the lens shown in a panel to the left, top, right and bottom edges of its view."""
+    return page.page.evaluate(f"""(() => {{
+        const all = document.querySelectorAll('section.panel:nth-of-type({panel + 1}) canvas.lens');
+        const lens = [...all].find((c) => !c.hidden);
+        const a = lens.getBoundingClientRect(), b = lens.parentElement.getBoundingClientRect();
+        return [a.left - b.left, a.top - b.top, b.right - a.right, b.bottom - a.bottom]; }})()""")
+
+
+def test_lens_stays_inside_its_view(browser, site, tmp_path):
+    """At ×1 (a 64×64 output beside the side column) and on a 1-pixel-wide crop, the lens is inside its view."""
+    folder = site[0]
+    page = Page(browser, folder, "#m=col&y=5&x=11&pin=1&z=1")
+    for key in ("", "t"):  # a column (the lens in the input view), then a row (in the output view)
+        if key:
+            page.page.keyboard.press(key)
+            page.settle()
+        for panel in (0, 1):
+            assert min(lens_margins(page, panel)) >= 0, (key, panel, lens_margins(page, panel))
+    page.clean()
+    crop, _ = linear_upscaler_store(tmp_path / "crop.zarr", mode="bicubic", c=1, h=16, w=1, tile=4)
+    export_site([crop.path], tmp_path / "site", progress=False)
+    page = Page(browser, tmp_path / "site", "#m=col&y=8&x=0&pin=1")
+    assert page.page.evaluate("LINTERP.shown(0, 'in').w") == 1
+    for key in ("", "t"):
+        if key:
+            page.page.keyboard.press(key)
+            page.settle()
+        assert min(lens_margins(page, 0)) >= 0, (key, lens_margins(page, 0))
+    page.clean()
+
+
+def frame_sides(page, panel: int, dom: str, box) -> dict:
+    """Which sides of the selection frame around the box (y, x, h, w) of a view are drawn: an opaque overlay
+    pixel within 3 CSS px of that edge of the box, on its middle row or column."""
+    info = page.page.evaluate(f"LINTERP.shown({panel}, '{dom}')")
+    z, (y, x, h, w) = info["zoom"], box
+    top, left = (y - info["oy"]) * z, (x - info["ox"]) * z
+    height, alpha = page.page.evaluate(f"""(() => {{
+        const c = document.querySelector('section.panel:nth-of-type({panel + 1}) figure.view.{dom} canvas.overlay');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return [c.height, Array.from(d.filter((v, i) => i % 4 === 3))]; }})()""")
+    alpha = np.array(alpha, np.uint8).reshape(height, -1)
+    row, col = alpha[top + h * z // 2], alpha[:, left + w * z // 2]
+
+    def near(line, edge):
+        return line[max(0, edge - 3):edge + 3].any()
+
+    return {"left": near(row, left), "right": near(row, left + w * z),
+            "top": near(col, top), "bottom": near(col, top + h * z)}
+
+
+def test_selection_box_whole_at_image_borders(browser, site):
+    """A pixel at the border of the image, and its box in the other domain, show all four sides of their frame."""
+    folder = site[0]
+    for address, boxes in (("#m=col&y=0&x=0&pin=1", {"in": (0, 0, 1, 1), "out": (0, 0, 4, 4)}),
+                           ("#m=row&y=63&x=63&pin=1", {"out": (63, 63, 1, 1), "in": (15, 15, 1, 1)}),
+                           ("#m=col&y=15&x=0&pin=1", {"in": (15, 0, 1, 1), "out": (60, 0, 4, 4)})):
+        page = Page(browser, folder, address)
+        for panel in (0, 1):
+            for dom, box in boxes.items():
+                sides = frame_sides(page, panel, dom, box)
+                assert all(sides.values()), (address, panel, dom, sides)
+        page.clean()
+
+
+def test_lens_label_gives_the_size_of_the_filter(browser, site):
+    """The lens names the size of the non-zero box of the row / column it magnifies (not the box with its margin)."""
+    folder = site[0]
+    page = Page(browser, folder, "#m=col&y=5&x=11&pin=1")
+    for key, dom, word in (("", "out", "column"), ("t", "in", "row")):
+        if key:
+            page.page.keyboard.press(key)
+            page.settle()
+        got, _ = page.shown_values(0, dom)
+        rows, cols = np.nonzero(got)
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        label = page.page.locator("section.panel:nth-of-type(1) canvas.lens:not([hidden])").get_attribute("aria-label")
+        where = "output" if dom == "out" else "input"
+        assert label.startswith(word) and label.endswith(f" · {where} {h}×{w} px"), label
     page.clean()
