@@ -7,7 +7,9 @@ are short (a few seconds at 10 fps) and the stores tiny (8×8 inputs), so each t
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -282,6 +284,29 @@ def test_an_interrupted_encode_leaves_the_old_file_and_no_partial_one(tmp_path):
         encode.write_gif(tmp_path / "w.gif", [np.zeros((8, 8, 3), np.uint8)], (16, 16), 10,
                          [np.zeros((16, 16, 3), np.uint8)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["walk.mp4"]
+
+
+KILLED_ENCODE = """
+import os, signal, sys
+import numpy as np
+from pipeline.export.video import encode
+
+def frames():
+    for i in range(30):
+        if i == 3:
+            os.kill(os.getpid(), signal.SIGKILL)  # killed while ffmpeg encodes, its side files beside the output
+        yield np.full((16, 16, 3), 8 * i, np.uint8)
+
+encode.write_mp4(encode.Path(sys.argv[1]), frames(), (16, 16), 10, "WEBVTT\\n\\n00:00.000 --> 00:01.000\\nhi\\n")
+"""
+
+
+def test_a_killed_encode_leaves_nothing_that_the_next_run_does_not_clear(tmp_path):
+    out = tmp_path / "walk.mp4"
+    killed = subprocess.run([sys.executable, "-c", KILLED_ENCODE, str(out)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL and not out.exists()
+    encode.write_mp4(out, [np.full((16, 16, 3), 9, np.uint8)] * 4, (16, 16), 10, "WEBVTT\n\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["walk.mp4"]
 
 
 def test_bad_inputs_are_one_line(pair, tmp_path):

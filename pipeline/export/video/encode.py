@@ -12,9 +12,11 @@ the final name. :func:`probe` reads a file's streams back through the same binar
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -108,10 +110,10 @@ def write_mp4(out: Path, frames: Iterable[np.ndarray], size: tuple[int, int], fp
     part = out.with_name(out.stem + ".part" + out.suffix)
     video = (["-c:v", "libx264rgb", "-qp", "0", "-preset", "veryfast", "-pix_fmt", "rgb24"] if lossless else
              ["-c:v", "libx264", "-crf", "18", "-preset", "veryfast", "-tune", "animation", "-pix_fmt", "yuv420p"])
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".subs-") as tmp:
+    with _scratch(out, "subs") as tmp:
         cmd = [exe, "-hide_banner", "-loglevel", "error", "-y"] + _raw_input(size, fps)
         if vtt is not None:
-            subs = Path(tmp) / "subtitles.vtt"
+            subs = tmp / "subtitles.vtt"
             subs.write_text(vtt, encoding="utf-8")
             cmd += ["-i", str(subs), "-map", "0:v:0", "-map", "1:s:0", "-c:s", "mov_text",
                     "-metadata:s:s:0", f"language={language}", "-disposition:s:0", "default"]
@@ -127,8 +129,8 @@ def write_gif(out: Path, frames: Iterable[np.ndarray], size: tuple[int, int], fp
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.stem + ".part" + out.suffix)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".palette-") as tmp:
-        palette = Path(tmp) / "palette.png"
+    with _scratch(out, "palette") as tmp:
+        palette = tmp / "palette.png"
         _pipe([exe, "-hide_banner", "-loglevel", "error", "-y"] + _raw_input(size, fps)
               + ["-vf", "palettegen=max_colors=256:stats_mode=full", "-update", "1", str(palette)],
               palette_frames, size)
@@ -137,6 +139,19 @@ def write_gif(out: Path, frames: Iterable[np.ndarray], size: tuple[int, int], fp
                   str(part)])
         count = _finish(part, out, lambda: _pipe(cmd, frames, size))
     return count
+
+
+@contextlib.contextmanager
+def _scratch(out: Path, what: str):
+    """A folder for ffmpeg's side files beside ``out``, ``.NAME.WHAT``: a fixed name, so that what a killed run
+    left there is cleared by the next one; removed when the encode ends."""
+    folder = out.with_name(f".{out.name}.{what}")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _finish(part: Path, out: Path, encode) -> int:
