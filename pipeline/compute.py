@@ -427,29 +427,17 @@ def _write_task(li, path: str, plan: Plan, index: tuple, compaction: Compaction)
     store.mark_done(index, shards=shards)  # the count lets `linterp verify` find lost shards
 
 
-def _run_graph(calls: list, scheduler, workers: int | None, progress: bool, desc: str) -> list:
-    """Evaluate delayed calls on the threaded / process scheduler or a distributed cluster (address/Client),
-    reporting each finished call through ``pipeline.progress`` under ``desc``."""
-    import dask
+def _run_graph(calls: list, scheduler, workers: int | None, progress: bool, desc: str, done: int) -> list:
+    """Evaluate delayed calls on a local scheduler or a distributed cluster (address or Client) through
+    ``pipeline.parallel.compute_delayed``; a cluster given by its address is connected to for this run only."""
+    from .parallel import compute_delayed
 
-    from .progress import dask_progress, track_futures
-
-    if not calls:
-        return []
-    if isinstance(scheduler, str) and scheduler in LOCAL:
-        with dask_progress(desc, calls, unit="tasks", enabled=progress):
-            return list(dask.compute(*calls, scheduler=scheduler, num_workers=workers))
+    if not isinstance(scheduler, str) or scheduler in LOCAL:
+        return compute_delayed(calls, scheduler, workers, desc=desc, progress=progress, done=done)
     from distributed import Client
 
-    owned = isinstance(scheduler, str)
-    client = Client(scheduler) if owned else scheduler
-    try:
-        futures = client.compute(calls)
-        track_futures(futures, desc, unit="tasks", enabled=progress)
-        return client.gather(futures)
-    finally:
-        if owned:
-            client.close()
+    with Client(scheduler) as client:
+        return compute_delayed(calls, client, desc=desc, progress=progress, done=done)
 
 
 # ---- the whole run --------------------------------------------------------------------------------------
@@ -519,13 +507,14 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
         return store  # finished and verified earlier
     from dask import delayed
 
-    path = str(store.path)
+    path = str(store.path.absolute())  # workers of a cluster may run in another folder
     calls = [delayed(run_task, pure=False)(source, device, path, plan, ix, threads, compaction,
                                            dask_key_name=f"task-{'-'.join(map(str, ix))}-{source.key[:12]}")
              for ix in todo]
     saved = torch.get_num_threads()
     try:
-        seconds = _run_graph(calls, scheduler, workers, progress, f"compute {store.path.name}")
+        seconds = _run_graph(calls, scheduler, workers, progress, f"compute {store.path.name}",
+                             int(np.prod(plan.tasks)) - len(todo))
     finally:
         torch.set_num_threads(saved)
         with _ENGINES_LOCK:  # the workers' interpreters (recorded state, windows) are not needed after the tasks

@@ -344,7 +344,7 @@ def measure(columns: ColumnSource, in_shape, y0: np.ndarray, *, samples: int = S
     todo = np.concatenate([pixels, extra])
     n, rings = len(pixels), max(h, w)
     windows, profiles = [None] * n, np.zeros((len(todo), rings))
-    with bar(len(todo), desc, unit="pixel", enabled=progress) as shown:
+    with bar(len(todo), desc, unit="pixels", enabled=progress) as shown:
         for idx, block in columns(todo):
             masses = np.abs(block).sum(axis=(0, 3))  # (H_out, W_out, m)
             for k, i in enumerate(idx):

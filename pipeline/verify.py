@@ -189,7 +189,7 @@ def read_shards(store: Store, regions, visit: Callable | None = None, *, measure
 
     bad = []
     lay = shard_io.layout(store.F)
-    with bar(len(regions), desc, unit="shard", enabled=progress) as tick:
+    with bar(len(regions), desc, unit="shards", enabled=progress) as tick:
         if lay is not None:
             jobs = [(tuple(s.start // g for s, g in zip(region, lay.shard)), region) for region in regions]
             for (_, region), found in shard_io.decoded(lay, jobs, shard_io.READ_THREADS, measure):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -145,15 +146,21 @@ def test_windowed_store_equals_interpreter(threaded):
     assert store.attrs.verification["rows_max_abs"] <= 1e-6
 
 
-def test_process_and_distributed_schedulers_give_identical_stores(threaded, tmp_path):
+def test_process_and_distributed_schedulers_give_identical_stores(threaded, tmp_path, monkeypatch):
     from distributed import LocalCluster
 
     x0, src, identity, reference = threaded
     procs = compute(tmp_path / "procs.zarr", src, identity=identity, tile=4, device="cpu", progress=False,
                     scheduler="processes", workers=2)
+    # the cluster's workers run in another folder than the client, which names the store relative to its own
+    (tmp_path / "workers").mkdir()
+    (tmp_path / "client").mkdir()
+    monkeypatch.chdir(tmp_path / "workers")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        dist = compute(tmp_path / "dist.zarr", src, identity=identity, tile=4, device="cpu", progress=False,
+        monkeypatch.chdir(tmp_path / "client")
+        dist = compute("dist.zarr", src, identity=identity, tile=4, device="cpu", progress=False,
                        scheduler=cluster.scheduler_address)
+    assert not (tmp_path / "workers" / "dist.zarr").exists()
     for store in (procs, dist):
         assert np.array_equal(store.F[...], reference.F[...])
         assert np.array_equal(store.y0, reference.y0) and np.array_equal(store.residual, reference.residual)
@@ -161,7 +168,70 @@ def test_process_and_distributed_schedulers_give_identical_stores(threaded, tmp_
         assert sorted(f for f in store.stored_shards()) == sorted(reference.stored_shards())
     # the kind of scheduler is recorded, never the cluster's address
     assert procs.attrs.timings["scheduler"] == "processes" and dist.attrs.timings["scheduler"] == "distributed"
-    assert "tcp://" not in (tmp_path / "dist.zarr" / "zarr.json").read_text()
+    assert "tcp://" not in (tmp_path / "client" / "dist.zarr" / "zarr.json").read_text()
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` from /proc ("R", "S", "Z" ...), None when there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _living(pids) -> list[int]:
+    """Those of ``pids`` that still run (neither gone nor a zombie waiting to be reaped)."""
+    return [pid for pid in pids if _process_state(pid) not in (None, "Z")]
+
+
+def _children(pid: int) -> list[int]:
+    """The living processes whose parent is ``pid``."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return _living(kids)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
+def test_workers_of_a_killed_processes_run_exit_and_the_run_resumes(tmp_path):
+    image = random_png(tmp_path / "gray.png", (24, 24))
+    args = ["--model", "pixelshuffle-x4", "--weights", "random", "--image", image, "--tile", "4"]
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "compute", *args, "--out", str(out), "--quiet",
+                             "--scheduler", "processes", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ledger = out / "ledger" / "c"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ledger.exists() and any(files for _, _, files in os.walk(ledger)):
+            break
+        time.sleep(0.02)
+    workers = _children(proc.pid)  # the spawned workers (and multiprocessing's resource tracker)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    try:
+        assert len(workers) >= 2, workers
+        deadline = time.time() + 30
+        while _living(workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _living(workers), "workers of the killed run are still running"
+    finally:
+        for pid in _living(workers):
+            os.kill(pid, signal.SIGKILL)
+
+    finished = len(open_store(out).done_tasks())
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "compute", *args, "--out", str(out),
+                              "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    # the log counts the tasks of the killed run as done, and says done at the end
+    assert f"compute killed.zarr: started, {finished} of 36 tasks done" in resumed.stderr, resumed.stderr
+    assert "compute killed.zarr: done, 36 tasks in" in resumed.stderr, resumed.stderr
+    assert open_store(out, require_complete=True).attrs.timings["last_run_tasks"] == 36 - finished
 
 
 def test_sigkill_mid_run_resumes_to_an_identical_store(tmp_path):

@@ -308,7 +308,7 @@ def test_global_normalisation_shares_one_scale(tmp_path):
             assert (np.abs(planes[0] - mats[0, y, x, 0]) <= peak / 254 + 1e-6).all()
 
 
-def test_export_resumes_and_is_deterministic(tmp_path):
+def test_export_resumes_and_is_deterministic(tmp_path, capsys):
     store, _ = linear_upscaler_store(tmp_path / "s.zarr", h=8, w=8, tile=4)
     site = tmp_path / "site"
     first = export_site([store.path], site, progress=False)
@@ -316,8 +316,14 @@ def test_export_resumes_and_is_deterministic(tmp_path):
     victim = sorted((site / "data" / "bicubic-x4").glob("row_*.js"))[0]
     victim.unlink()
     (site / "data" / "bicubic-x4" / ".done" / ("row_" + victim.stem.split("_", 2)[2])).unlink()
-    again = export_site([store.path], site, progress=False)
+    capsys.readouterr()
+    again = export_site([store.path], site)
     assert first["rendered_tasks"] == first["tasks"] and again["rendered_tasks"] == 1
+    # the progress log counts the tasks of the first run as done
+    log = capsys.readouterr().err.splitlines()
+    n = again["tasks"]
+    assert log[0] == f"export site: started, {n - 1} of {n} tasks done" and log[-1].startswith(
+        f"export site: done, {n} tasks in"), log
     assert {p: p.read_bytes() for p in (site / "data").rglob("*.js")} == files
 
 

@@ -448,28 +448,19 @@ def _task_key(identity, svd: dict | None, what: str, plan: dict | None, normalis
 SCHEDULERS = ("threads", "processes", "synchronous", "distributed")
 
 
-def _run(tasks, scheduler: str, workers: int | None, progress: bool, desc: str):
-    """Compute dask.delayed tasks with a local scheduler or a local ``distributed`` cluster, reporting each
-    finished task through ``pipeline.progress`` under ``desc``; returns their results in order."""
-    import dask
+def _run(tasks, scheduler: str, workers: int | None, progress: bool, desc: str, done: int = 0):
+    """Compute dask.delayed tasks with a local scheduler or a local ``distributed`` cluster of ``workers``
+    processes (``pipeline.parallel.compute_delayed``, ``done`` tasks finished earlier); returns their results in
+    order."""
+    from pipeline.parallel import compute_delayed
 
-    from pipeline.progress import dask_progress, track_futures
+    if scheduler != "distributed" or not tasks:
+        return compute_delayed(tasks, scheduler, workers, desc=desc, progress=progress, done=done)
+    from distributed import Client, LocalCluster
 
-    if not tasks:
-        return []
-    if scheduler == "distributed":
-        from distributed import Client, LocalCluster
-
-        with LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            futures = client.compute(list(tasks))
-            track_futures(futures, desc, unit="tasks", enabled=progress)
-            return client.gather(futures)
-    kwargs = {"scheduler": scheduler}
-    if workers and scheduler != "synchronous":
-        kwargs["num_workers"] = workers
-    with dask_progress(desc, tasks, unit="tasks", enabled=progress):
-        return list(dask.compute(*tasks, **kwargs))
+    with LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        return compute_delayed(tasks, client, desc=desc, progress=progress, done=done)
 
 
 def _done(marker: Path, key: str):
@@ -579,7 +570,8 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     pending = [(i, dask.delayed(_finish)(task, marker, key)) for i, (_, marker, key, task, _) in enumerate(tasks)
                if task is not None]
     results = [t[4] for t in tasks]
-    finished = _run([t for _, t in pending], scheduler, workers, progress, f"export {out.name}")
+    finished = _run([t for _, t in pending], scheduler, workers, progress, f"export {out.name}",
+                    len(tasks) - len(pending))
     for (i, _), result in zip(pending, finished):
         results[i] = result
     for (index, *_), result in zip(tasks, results):
