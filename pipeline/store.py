@@ -20,7 +20,9 @@ path           shape                                            meaning
                                                                 (see ``pipeline.compact``)
 =============  ===============================================  ============================================
 
-Networks whose output is a vector (classifiers, shape (N,)) are stored with output shape (N, 1, 1).
+Networks whose output is a vector (classifiers, shape (N,)) are stored with output shape (N, 1, 1). The ``svd`` group
+is replaced whole (``Store.write_svd``): folders ``.svd-new`` and ``.svd-old`` beside it are a write in progress or
+the leftovers of a killed one, never read.
 
 ``F`` is float32, zstd-compressed (compact stores: float16, or bfloat16 values in float32, blosc-compressed; see
 ``f_encoding``), sharded: one shard per (output tile, input tile) pair, which is exactly the
@@ -40,6 +42,7 @@ import json
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
@@ -72,6 +75,9 @@ ERROR_ARRAYS = ("dropped_l1", "error_l1", "error_max", "column_max", "support_ra
 LEDGER_COUNT_MAX = 255
 #: Most values in one inner chunk of F (64 Ki float32 = 256 KiB before compression).
 INNER_VALUES = 2**16
+#: Folders of the store where ``Store.write_svd`` writes a new SVD group before it takes the place of ``svd``, and
+#: where the replaced one waits until it is deleted (never read; a killed write's leftovers go with the next write).
+SVD_NEW, SVD_OLD = ".svd-new", ".svd-old"
 
 
 class StoreError(ValueError):
@@ -369,7 +375,10 @@ class Store:
 
     def update_attrs(self, **values) -> None:
         """Set group attributes: names of :class:`StoreAttrs`, values as its fields take them (JSON, or
-        :class:`FileRef`). Unknown names, invalid values and machine-bound strings raise ``ValueError``."""
+        :class:`FileRef`). Unknown names, invalid values and machine-bound strings raise ``ValueError``.
+
+        All of them are written at once (one atomic rewrite of ``zarr.json``): a kill leaves the old values or the
+        new ones, never some of each."""
         unknown = sorted(set(values) - set(StoreAttrs.names()))
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: not store attributes (the schema is pipeline.store.StoreAttrs)")
@@ -377,7 +386,7 @@ class Store:
         updated.check()
         written = {k: v for k, v in updated.to_json().items() if k in values}
         check_portable(written)
-        self.group.attrs.update(written)
+        self.group.update_attributes(written)
 
     @property
     def complete(self) -> bool:
@@ -541,6 +550,10 @@ class Store:
 
         ``residuals`` are the relative residuals ‖F v − σ u‖ / σ of the pairs; ``attrs`` (:class:`SvdAttrs`, or a
         dict of its fields) go on the ``svd`` group (method, tolerance, timings ...).
+
+        Whole or not at all: the group is written complete (attributes, then arrays) as ``SVD_NEW``, then the old
+        ``svd`` is renamed ``SVD_OLD``, ``SVD_NEW`` renamed ``svd`` and ``SVD_OLD`` deleted. A reader (linterp or
+        plain zarr) finds the old SVD, the new one, or — killed between the two renames — none; never a mix.
         """
         S = np.asarray(S, dtype=np.float32).reshape(-1)
         k = S.shape[0]
@@ -548,16 +561,18 @@ class Store:
         V = np.asarray(V, dtype=np.float32).reshape((k,) + self.in_shape)
         meta = (attrs if isinstance(attrs, SvdAttrs) else SvdAttrs.from_json(attrs or {})).to_json()
         check_portable(meta, "svd attributes")
-        svd = self.group.require_group("svd")
-        svd.attrs.clear()
-        svd.attrs.update(meta)
-        _write_array(svd, "S", S, ("k",))
-        _write_array(svd, "U", U, ("k",) + OUT_DIMS, chunks=(1,) + self.out_shape)
-        _write_array(svd, "V", V, ("k",) + IN_DIMS, chunks=(1,) + self.in_shape)
+        for name in (SVD_NEW, SVD_OLD):  # leftovers of a killed write
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        new = self.group.create_group(SVD_NEW, attributes=meta)
+        _write_array(new, "S", S, ("k",))
+        _write_array(new, "U", U, ("k",) + OUT_DIMS, chunks=(1,) + self.out_shape)
+        _write_array(new, "V", V, ("k",) + IN_DIMS, chunks=(1,) + self.in_shape)
         if residuals is not None:
-            _write_array(svd, "residuals", np.asarray(residuals, dtype=np.float32).reshape(k), ("k",))
-        elif "residuals" in svd:
-            del svd["residuals"]
+            _write_array(new, "residuals", np.asarray(residuals, dtype=np.float32).reshape(k), ("k",))
+        if (self.path / "svd").exists():
+            os.rename(self.path / "svd", self.path / SVD_OLD)
+        os.rename(self.path / SVD_NEW, self.path / "svd")
+        shutil.rmtree(self.path / SVD_OLD, ignore_errors=True)
 
 
 def _write_array(group, name, data, dims, chunks="auto"):
@@ -621,11 +636,10 @@ def _validate(group: zarr.Group, path: Path) -> None:
 
 
 def _upgrade(group: zarr.Group) -> None:
-    """Rewrite the attributes of a format 1 store in the current format (in place; arrays are unchanged)."""
+    """Rewrite the attributes of a format 1 store in the current format, in one atomic rewrite of ``zarr.json``
+    (a kill leaves format 1 or format 2, whole); arrays are unchanged."""
     if group.attrs.get("format_version") != FORMAT_VERSION:
-        migrated = StoreAttrs.from_json(dict(group.attrs)).to_json()
-        group.attrs.clear()
-        group.attrs.update(migrated)
+        group.attrs.put(StoreAttrs.from_json(dict(group.attrs)).to_json())
 
 
 def open_store(path, *, mode: str = "r", require_complete: bool = False) -> Store:
@@ -675,6 +689,11 @@ def create_store(path, *, identity: dict, attrs: dict, x0, y0, residual, shards:
     the region one task writes along its tiled axes). ``tasks``: the shape of the task grid (the ledger).
     ``dtype``: F's precision (see ``f_encoding``); ``compact``: also create the per-column error arrays
     (``pipeline.compact.ERROR_ARRAYS``), chunked by input tile like the tasks.
+
+    Written in this order, each step atomic: a new group's ``zarr.json`` with the identity and format version
+    (one write), the other attributes (one write), x0, y0 and residual, then the metadata of F, the error arrays
+    and the ledger (their chunks are the compute tasks'). A run killed at any step resumes when rerun with the
+    same inputs.
     """
     path = Path(path)
     identity = json.loads(json.dumps(identity))  # normalise tuples to lists, as stored
@@ -693,9 +712,9 @@ def create_store(path, *, identity: dict, attrs: dict, x0, y0, residual, shards:
     else:
         first = StoreAttrs(identity=identity).to_json()
         check_portable(first)
-        group = zarr.open_group(path, mode="w", zarr_format=3)
-        # identity first: a run killed during creation can then be resumed (arrays are recreated below)
-        group.attrs.update(first)
+        # the group's first zarr.json already holds the identity and format version, so a run killed at any later
+        # point resumes (the arrays are recreated below)
+        group = zarr.open_group(path, mode="w", zarr_format=3, attributes=first)
     Store(group, path).update_attrs(**attrs)
     fshape = y0.shape + x0.shape
     existing = {name for name in ("x0", "y0", "residual", "F", "ledger") if name in group}

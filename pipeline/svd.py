@@ -212,9 +212,15 @@ def _truncated_svd(
     max_iter: most power / Lanczos steps, counted in blocks of vectors (a Lanczos step of `step_width`
     vectors is step_width / block of one). max_basis: most basis vectors Lanczos keeps before a thick restart
     (default: as many as fit in BASIS_BYTES, at least 4 blocks). seed: the starting block's random seed.
-    progress: report the steps (``pipeline.progress``). checkpoint: a file (.npz) where the current Ritz vectors and their images
-    are saved every `checkpoint_seconds` and when a run stops unconverged (atomically); a run with the same
-    problem and settings resumes from it (a thick restart on those vectors); it is deleted on convergence.
+    progress: report the digits of accuracy reached, of the ``ceil(-log10(tol))`` asked for (``pipeline.progress``):
+    how many decades the worst pair's relative residual has come down below 1, all of them once every pair has
+    converged (a terminal bar also shows the steps, the worst residual, the pairs converged and the vector passes).
+    Residuals fall by about as many decades per step all along, while the pairs converge near the end, so digits
+    give an even rate of progress, an ETA and log lines throughout a long run. checkpoint: a file (.npz) where the
+    current Ritz vectors and their images are saved (atomically) every `checkpoint_seconds` and when the run stops,
+    converged or not, before the final passes; a run with the same problem and settings resumes from it (a thick
+    restart on those vectors; from a converged one, at once). It is left in place: the caller deletes it once the
+    result is stored (``svd_store``: after ``Store.write_svd``), so that a kill before then loses no work.
     step_width: new Lanczos directions per step (the residuals of the leading unconverged Ritz pairs);
     default: the operator's ``step_width``, else the whole block. desc: the stage's name in progress reports.
     """
@@ -247,11 +253,10 @@ def _truncated_svd(
         z = _apply(op, q)
         passes += q.shape[1]
     saved_at = time.perf_counter()
-    converged = False
     history: list[float] = []
-    bar = stage(limit, desc or f"svd k={k} ({method})", unit="steps", enabled=progress)
     step = 0
-    try:
+    digits = max(1, math.ceil(-math.log10(tol)))
+    with stage(digits, desc or f"svd k={k} ({method})", unit="digits", enabled=progress) as bar:
         while True:
             theta, y = _rayleigh_ritz(q, z)
             ritz, ritz_z = q @ y[:, :block], z @ y[:, :block]
@@ -259,14 +264,16 @@ def _truncated_svd(
             norms = np.linalg.norm(residual[:, :k], axis=0)
             top = max(theta[0], np.finfo(float).tiny)
             worst = float((norms / np.maximum(theta[:k], 1e-300)).max())
-            bar.note(residual=f"{worst:.1e}", passes=passes)
             floor = op.precision * np.sqrt(top * np.maximum(theta, 0.0))  # rounding of FᵀF v: about ε·s₁·sᵢ
-            converged = bool(np.all(norms <= np.maximum(tol * theta[:k], floor[:k])))
+            done = int(np.count_nonzero(norms <= np.maximum(tol * theta[:k], floor[:k])))
+            converged = done == k
+            reached = digits if converged else min(digits - 1, max(0, math.floor(-math.log10(max(worst, 1e-300)))))
+            bar.note(steps=step, residual=f"{worst:.1e}", pairs=f"{done}/{k}", passes=passes)
+            bar.update(max(0, reached - bar.n))
             history.append(worst)
             if converged or step >= limit or q.shape[1] >= n or _stalled(history, STALL_STEPS * per_block):
                 break
             step += 1
-            bar.update(1)
             if checkpoint is not None and time.perf_counter() - saved_at >= checkpoint_seconds:
                 _save_checkpoint(checkpoint, key, ritz, ritz_z, passes)
                 saved_at = time.perf_counter()
@@ -288,11 +295,7 @@ def _truncated_svd(
             q = np.concatenate([q, fresh], axis=1)
             z = np.concatenate([z, _apply(op, fresh)], axis=1)
             passes += fresh.shape[1]
-    finally:
-        bar.close()
-    if checkpoint is not None and converged:
-        Path(checkpoint).unlink(missing_ok=True)
-    elif checkpoint is not None:  # stopped early: a rerun (e.g. with a larger max_iter) continues from here
+    if checkpoint is not None:  # a rerun continues from here: at once when converged, else with more steps
         _save_checkpoint(checkpoint, key, ritz, ritz_z, passes)
 
     theta = theta[:k]
@@ -483,7 +486,8 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
     "auto" (the store when it is complete, else the model). The written residual of
     pair i is the full triplet residual sqrt(‖F vᵢ − sᵢuᵢ‖² + ‖Fᵀuᵢ − sᵢvᵢ‖²) / sᵢ, which bounds
     ‖F vᵢ − sᵢuᵢ‖ / sᵢ; both parts are also in the ``svd`` group's attributes. A killed run resumes from
-    the checkpoint file ``CHECKPOINT`` inside the store folder (deleted when the SVD is written).
+    the checkpoint file ``CHECKPOINT`` inside the store folder: written every 30 s and when the iteration stops,
+    deleted only after ``Store.write_svd`` has replaced the store's SVD (whole, never mixed with the old one).
     """
     from pipeline.store import SvdAttrs, open_store
     from pipeline.verify import require_intact
@@ -507,4 +511,5 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
                      residual_forward=result.residual_forward.tolist(),
                      residual_transpose=result.residual_transpose.tolist())
     store.write_svd(result.S, result.U, result.V, residuals, attrs)
+    (store.path / CHECKPOINT).unlink(missing_ok=True)
     return result

@@ -1,12 +1,19 @@
-"""The store layout: creation, validation, refusal of foreign / corrupt / mismatched stores, ledger, SVD."""
+"""The store layout: creation, validation, refusal of foreign / corrupt / mismatched stores, ledger, SVD, and
+stores interrupted at every write of their creation, attribute updates, format upgrade and SVD."""
+import contextlib
 import json
 import math
 import os
+import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import zarr
+from zarr.storage import LocalStore
 
 from pipeline.store import (FORMAT_VERSION, INNER_VALUES, FileRef, StoreAttrs, StoreError, SvdAttrs, create_store,
                             layout, open_store)
@@ -234,3 +241,177 @@ def test_format_1_stores_open_migrated_and_upgrade_when_written(tmp_path):
     v1_store(tmp_path / "v1b.zarr").mark_done((1, 1))
     resumed = make(tmp_path / "v1b.zarr", {"model": "m", "weights_sha256": "w" * 64, "crop": None})
     assert resumed.done_tasks() == {(1, 1)} and resumed.attrs.format_version == 2
+
+
+# ---- interruptions: a kill between any two writes leaves a store that opens and resumes -------------------
+
+class Killed(Exception):
+    """Stands for a kill: raised in place of a write, and of every write after it."""
+
+
+@contextlib.contextmanager
+def killed_at_write(monkeypatch, n):
+    """Every file write from the ``n``-th on (zarr's writes and deletions, the renames and deletions of
+    ``pipeline.store``) raises ``Killed`` instead of happening; yields a list that gets one entry per write tried."""
+    tried = []
+
+    def gate():
+        tried.append(None)
+        if len(tried) >= n:
+            raise Killed(f"killed at write {n}")
+
+    def wrap_async(method):
+        async def guarded(self, *args, **kwargs):
+            gate()
+            return await method(self, *args, **kwargs)
+        return guarded
+
+    def wrap(function):
+        def guarded(*args, **kwargs):
+            gate()
+            return function(*args, **kwargs)
+        return guarded
+
+    with monkeypatch.context() as patch:
+        for name in ("set", "set_if_not_exists", "delete", "delete_dir"):
+            patch.setattr(LocalStore, name, wrap_async(getattr(LocalStore, name)))
+        patch.setattr(os, "rename", wrap(os.rename))
+        patch.setattr(shutil, "rmtree", wrap(shutil.rmtree))
+        yield tried
+
+
+def at_every_write(monkeypatch, path, action, check):
+    """Run ``action()`` on the store folder ``path`` (or where it will be) killed at its 1st write, then, from the
+    same files, at its 2nd, … until it runs through; ``check(n)`` after the kill at write n. Returns how many
+    writes the whole action makes."""
+    before = path.with_name(path.name + ".before")
+    if path.exists():
+        shutil.copytree(path, before)
+    n = 1
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if before.exists():
+            shutil.copytree(before, path)
+        with killed_at_write(monkeypatch, n) as tried:
+            try:
+                action()
+            except Killed:
+                pass
+            else:
+                return len(tried)
+        check(n)
+        n += 1
+
+
+def contents(path) -> dict:
+    """Everything a store holds, as plain zarr reads it: attributes and arrays by name (the svd group's too)."""
+    group = zarr.open_group(path, mode="r")
+    out = {"attrs": dict(group.attrs)}
+    for name, array in group.arrays():
+        out[name] = array[...].tolist()
+    if "svd" in group:
+        out["svd"] = {"attrs": dict(group["svd"].attrs)} | {n: a[...].tolist() for n, a in group["svd"].arrays()}
+    return out
+
+
+def test_a_store_killed_at_any_write_of_its_creation_resumes(tmp_path, monkeypatch):
+    """The group's first zarr.json holds the identity: a kill after any write of create_store leaves a store that
+    the same call resumes, equal to one created in one go (a probe killed `linterp compute` as zarr.json appeared:
+    zarr.json held {"model": null, "model_spec": null} and the rerun said "not a linterp store")."""
+    reference = contents(make(tmp_path / "ref.zarr").path)
+    path = tmp_path / "s.zarr"
+
+    def check(n):
+        make(path)  # the rerun resumes
+        assert contents(path) == reference, f"killed at write {n}"
+
+    writes = at_every_write(monkeypatch, path, lambda: make(path), check)
+    assert writes >= 8  # zarr.json, the attributes, x0, y0, residual (metadata and chunks), F, ledger
+
+
+def test_a_store_killed_by_sigkill_right_after_its_zarr_json_resumes(tmp_path):
+    """The probe's case with a real kill: SIGKILL at the write after the group's first zarr.json."""
+    script = f"""
+import os, signal, sys
+from zarr.storage import LocalStore
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_store import make
+original, writes = LocalStore.set, []
+async def set(self, key, value):
+    writes.append(key)
+    if len(writes) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await original(self, key, value)
+LocalStore.set = set
+make({str(tmp_path / "k.zarr")!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert json.loads((tmp_path / "k.zarr" / "zarr.json").read_text())["attributes"]["identity"]
+    make(tmp_path / "k.zarr")
+    assert contents(tmp_path / "k.zarr") == contents(make(tmp_path / "ref.zarr").path)
+
+
+def test_attributes_are_written_all_at_once(tmp_path, monkeypatch):
+    """update_attrs writes its values in one write: a kill leaves the old values or the new ones (verify's record
+    wrote complete, then verification)."""
+    store = make(tmp_path / "s.zarr")
+    before = contents(store.path)["attrs"]
+    new = {"complete": True, "verification": {"status": "passed", "checks": []}, "note": "checked"}
+
+    def check(n):
+        found = open_store(store.path).attrs.to_json()
+        assert found == before or all(found[k] == v for k, v in new.items()), f"a mix after a kill at write {n}"
+
+    assert at_every_write(monkeypatch, store.path, lambda: open_store(store.path, mode="r+").update_attrs(**new),
+                          check) == 1
+    assert open_store(store.path).attrs.note == "checked"
+
+
+def test_a_format_1_store_killed_while_upgraded_still_opens(tmp_path, monkeypatch):
+    """The upgrade to format 2 replaces the attributes in one write: killed at any point, the store opens with the
+    same (migrated) attributes, and upgrades when opened for writing again."""
+    path = tmp_path / "v1.zarr"
+    v1_store(path)
+    migrated = open_store(path).attrs
+
+    def check(n):
+        assert open_store(path).attrs == migrated, f"killed at write {n}"
+
+    assert at_every_write(monkeypatch, path, lambda: open_store(path, mode="r+"), check) == 1
+    assert zarr.open_group(path, mode="r").attrs["format_version"] == FORMAT_VERSION
+
+
+def test_an_svd_killed_while_replaced_is_the_old_one_or_the_new_one(tmp_path, monkeypatch):
+    """write_svd replaces the svd group whole: after a kill at any of its writes, linterp and plain zarr find the
+    old SVD, the new one or none, never new S beside old U and V; the next write clears the leftovers."""
+    store = make(tmp_path / "s.zarr")
+    rng = np.random.default_rng(3)
+    old = (rng.random(4), rng.random((4, 3, 16, 16)), rng.random((4, 3, 8, 8)))
+    new = (rng.random(2), rng.random((2, 3, 16, 16)), rng.random((2, 3, 8, 8)))
+    store.write_svd(*old, residuals=[1e-7] * 4, attrs=SvdAttrs(method="lanczos", k=4))
+    seen = {"old": contents(store.path)["svd"]}
+    store.write_svd(*new, attrs=SvdAttrs(method="randomized", k=2))
+    seen["new"] = contents(store.path)["svd"]
+    store.write_svd(*old, residuals=[1e-7] * 4, attrs=SvdAttrs(method="lanczos", k=4))
+    found = set()
+
+    def check(n):
+        reopened = open_store(store.path)
+        svd = contents(store.path).get("svd")
+        state = next((name for name, value in seen.items() if svd == value), None if svd else "none")
+        assert state is not None, f"a mixed svd group after a kill at write {n}"
+        assert reopened.has_svd == (state != "none")
+        if reopened.has_svd:
+            S, U, V = reopened.svd()
+            expect = old if state == "old" else new
+            assert np.allclose(S, expect[0]) and np.allclose(U, expect[1]) and np.allclose(V, expect[2])
+            assert reopened.svd_attrs.k == len(S)
+        found.add(state)
+
+    at_every_write(monkeypatch, store.path,
+                   lambda: open_store(store.path, mode="r+").write_svd(*new, attrs=SvdAttrs(method="randomized", k=2)),
+                   check)
+    assert found == {"old", "none", "new"}
+    assert contents(store.path)["svd"] == seen["new"]
+    assert sorted(p.name for p in store.path.iterdir() if "svd" in p.name) == ["svd"]  # leftovers cleared

@@ -263,13 +263,79 @@ truncated_svd(op, 3, tol=1e-9, progress=False, checkpoint={str(checkpoint)!r}, c
     res = truncated_svd(op, 3, tol=1e-9, progress=False, checkpoint=checkpoint)
     assert res.info["resumed"] and res.info["converged"]
     np.testing.assert_allclose(res.S, s[:3], rtol=1e-10)
-    assert not checkpoint.exists()
+    assert checkpoint.exists()  # kept until the caller has stored the result
     # a run stopped by max_iter keeps its checkpoint, and a rerun continues from it
+    checkpoint.unlink()
     first = truncated_svd(op, 3, tol=1e-9, max_iter=2, progress=False, checkpoint=checkpoint)
     assert not first.info["converged"] and checkpoint.exists()
     second = truncated_svd(op, 3, tol=1e-9, progress=False, checkpoint=checkpoint)
-    assert second.info["resumed"] and second.info["converged"] and not checkpoint.exists()
+    assert second.info["resumed"] and second.info["converged"]
     assert second.info["operator_passes"] > first.info["operator_passes"]
+
+
+class Killed(Exception):
+    """Stands for a kill."""
+
+
+def test_a_converged_svd_killed_before_it_is_written_resumes_at_once(tmp_path, monkeypatch):
+    """The checkpoint outlives convergence until the SVD is in the store: a run killed in between (here: at
+    write_svd) loses no steps; the rerun writes the same SVD and only then deletes the checkpoint."""
+    from test_geometry import dense_store
+
+    from pipeline.store import Store
+    from pipeline.svd import CHECKPOINT
+
+    s = 1 - 0.01 * np.arange(36)  # flat: many steps
+    F = random_matrix(36, 36, s, seed=6).reshape(1, 6, 6, 1, 6, 6).astype(np.float32)
+    reference = svd_store(dense_store(tmp_path / "ref.zarr", F, np.zeros((1, 6, 6))).path, 3, tol=1e-9,
+                          progress=False)
+    path = dense_store(tmp_path / "s.zarr", F, np.zeros((1, 6, 6))).path
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "write_svd", killed)
+        with pytest.raises(Killed):
+            svd_store(path, 3, tol=1e-9, progress=False)
+    assert (path / CHECKPOINT).exists() and not open_store(path).has_svd
+    again = svd_store(path, 3, tol=1e-9, progress=False)
+    assert again.info["resumed"] and again.info["converged"] and again.info["iterations"] == 0
+    assert reference.info["iterations"] >= 3
+    assert again.info["operator_passes"] == reference.info["operator_passes"]  # only the final passes again
+    np.testing.assert_allclose(open_store(path).svd()[0], reference.S, rtol=1e-6)
+    assert not (path / CHECKPOINT).exists()
+
+
+def test_progress_counts_digits_of_accuracy_with_lines_throughout(capsys, monkeypatch):
+    """Progress is the decades the worst residual has come down, of those tol asks for (it was the step budget,
+    500 blocks, while runs converge in tens of steps: no 10 % line in a 13-minute log, a terminal bar ending at
+    3 %). In a log, lines come as the digits do; a run stopped early ends short of the total."""
+    import pipeline.progress
+
+    monkeypatch.setattr(pipeline.progress, "LOG_INTERVAL", 0.0)  # every 10 % step, however fast the run
+    op = dense_operator(random_matrix(300, 300, 1 - 0.002 * np.arange(300), seed=5), (300,), (300,))
+    res = truncated_svd(op, 4, tol=1e-8, desc="flat")
+    lines = capsys.readouterr().err.splitlines()
+    assert res.info["converged"] and res.info["iterations"] > 15
+    assert lines[0] == "flat: started, 0 of 8 digits done" and lines[-1].startswith("flat: done, 8 digits in ")
+    assert [line.split(" (")[0] for line in lines[1:-1]] == [f"flat: {d}/8 digits" for d in range(1, 8)], lines
+    truncated_svd(op, 4, tol=1e-8, desc="short", max_iter=3)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("short: done, ") and not lines[-1].startswith("short: done, 8 ")
+
+
+def test_svd_of_a_read_only_store_is_refused_before_any_work(tmp_path):
+    """One line, before the SVD runs (it computed until its first checkpoint write, then failed)."""
+    from test_geometry import dense_store
+    from test_verify import run_read_only
+
+    path = dense_store(tmp_path / "ro.zarr", random_matrix(36, 36, np.linspace(2, 1, 36)).reshape(
+        1, 6, 6, 1, 6, 6).astype(np.float32), np.zeros((1, 6, 6))).path
+    result = run_read_only(path, "svd", path, "--k", "2")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (f"Error: the SVD's checkpoint {path / 'svd-resume.npz'}: cannot write there "
+                             f"(Read-only file system)\n")
 
 
 def test_asking_for_more_pairs_than_the_rank_warns_with_the_rank(tmp_path):

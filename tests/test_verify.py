@@ -273,3 +273,25 @@ def test_bad_output_paths_give_one_line_errors(good, tmp_path):
 def test_errors_with_an_empty_message_still_say_something():
     assert one_line(ValueError("")) == "ValueError"
     assert one_line(OSError("\n  first line\nsecond")) == "first line"
+
+
+def run_read_only(folder, *args) -> subprocess.CompletedProcess:
+    """``linterp ARGS`` in a process that sees ``folder`` mounted read-only: a user and mount namespace with a
+    read-only bind mount, so writes there fail with EROFS as on a read-only file system, even for root."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare and user namespaces, to mount a folder read-only")
+    mount = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
+    return subprocess.run(["unshare", "-rm", "sh", "-c", mount, "sh", str(folder), sys.executable, "-m",
+                           "pipeline.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_verify_write_on_a_read_only_store_prints_the_results_and_one_line(good, tmp_path):
+    """The checks still run and print; recording them fails in one line (it was an 83-line EROFS traceback)."""
+    out = copy_of(good, tmp_path)
+    before = (out / "zarr.json").read_bytes()
+    result = run_read_only(out, "verify", "--write", "--quiet", out)
+    assert result.returncode == 1, result.stderr
+    summary, last = result.stdout.splitlines()
+    assert summary.startswith(f"{out}: passed: integrity 0, reconstruction ") and "windows" in summary
+    assert last == "  NOT WRITTEN: cannot record the result in the store (Read-only file system)"
+    assert result.stderr == "" and (out / "zarr.json").read_bytes() == before

@@ -41,10 +41,12 @@ def svd(store_path, k, method, from_store, from_model, tol, batch, max_iter, thr
         trust_pickle, quiet):
     """Truncated SVD of F(x0), matrix-free; writes svd/S, svd/U (eigen-outputs) and svd/V (eigen-inputs)
     with the per-pair residuals into STORE. A killed run resumes from its checkpoint when rerun."""
+    from pathlib import Path
+
     from pipeline import svd as svdmod
-    from pipeline.commands.errors import click_error
+    from pipeline.commands.errors import click_error, writable_file
     from pipeline.interpreter import UnsupportedOperation
-    from pipeline.store import StoreError
+    from pipeline.store import StoreError, open_store
 
     if from_store and from_model:
         raise click.ClickException("--from-store and --from-model exclude each other: give one (or neither: the "
@@ -56,6 +58,9 @@ def svd(store_path, k, method, from_store, from_model, tol, batch, max_iter, thr
         torch.set_num_threads(threads)
 
     try:
+        open_store(store_path)  # a missing or foreign store is refused as such, before its folder is probed
+        # the checkpoint is the first thing written: a read-only store is refused now, not after minutes of work
+        writable_file(Path(store_path) / svdmod.CHECKPOINT, "the SVD's checkpoint")
         result = svdmod.svd_store(store_path, k, method=method, source=source, tol=tol, batch=batch,
                                   max_iter=max_iter, seed=seed, trust_pickle=trust_pickle, weights=weights,
                                   model=model, progress=not quiet)

@@ -73,8 +73,6 @@ def verify(stores, samples, seed, write, device, weights, model, trust_pickle, q
             click.echo(f"{path}: cannot verify: {type(err).__name__}: {one_line(err)}")
             failed = True
             continue
-        if write:
-            checks.record(store, report)
         click.echo(f"{path}: {report.summary()}")
         if store.compact:
             from pipeline.compact import summary_line
@@ -91,5 +89,11 @@ def verify(stores, samples, seed, write, device, weights, model, trust_pickle, q
         for detail, names in reasons.items():
             click.echo(f"  NOT RUN {names[0]}: {detail}" + (f" (also {', '.join(names[1:])})" if names[1:] else ""))
         failed |= bool(report.failed or report.not_run)
+        if write:  # after the results are shown, so that a store that cannot be written still gets them
+            try:
+                checks.record(store, report)
+            except OSError as err:
+                click.echo(f"  NOT WRITTEN: cannot record the result in the store ({err.strerror or one_line(err)})")
+                failed = True
     if failed:
         raise SystemExit(1)
