@@ -64,6 +64,7 @@ class Progress:
         self._logged_step = 0
         self._logged_at = self.started
         self._closed = False
+        self._noted: dict = {}  # the latest figures of `note`
         if not enabled:
             return
         if _is_terminal(self.stream):
@@ -101,13 +102,16 @@ class Progress:
         step, now = self._step(), time.perf_counter()
         if step > self._logged_step and self.n < (self.total or 0) and now - self._logged_at >= LOG_INTERVAL:
             self._logged_step, self._logged_at = step, now
+            noted = "".join(f", {k} {v}" for k, v in self._noted.items())
             self._write(f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n // self.total} %), "
-                        f"{time.perf_counter() - self.started:.1f} s")
+                        f"{time.perf_counter() - self.started:.1f} s{noted}")
 
     def note(self, **values) -> None:
-        """Show figures next to a terminal bar (e.g. a loss); ignored in logs."""
+        """Show figures next to a terminal bar (e.g. a loss); in logs, the latest ones end the next progress
+        line."""
+        self._noted = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()}
         if self._bar is not None:
-            self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()})
+            self._bar.set_postfix(self._noted)
 
     def close(self, error: BaseException | None = None) -> None:
         """End the stage: close the bar, or write the final line with the stage's time and how it ended: "done"

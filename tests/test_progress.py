@@ -95,3 +95,18 @@ def test_a_terminal_that_reports_no_size_still_shows_the_bar():
     text = shown.decode(errors="replace")
     assert "demo: 100%" in text and "3/3" in text, repr(text)
     assert max(len(line) for line in re.split(r"[\r\n]+", text)) <= progress.FALLBACK_SIZE[0], repr(text)
+
+
+def test_log_lines_end_with_the_latest_noted_figures(monkeypatch):
+    import io
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)
+    log = io.StringIO()
+    with progress.Progress(4, "fit", unit="steps", stream=log) as bar:
+        for loss in (0.5, 0.25, 0.125, 0.0625):
+            bar.note(loss=loss, pairs="1/3")
+            bar.update()
+    lines = log.getvalue().splitlines()
+    assert lines[1:-1] == [f"fit: {n}/4 steps ({25 * n} %), {t}, loss {loss}, pairs 1/3"
+                           for n, t, loss in zip((1, 2, 3), [ln.split(", ")[1] for ln in lines[1:-1]],
+                                                 ("0.5", "0.25", "0.125"))], lines

@@ -5,6 +5,7 @@ Stores are real: made by `linterp compute` on small crops (≤ 300 columns), so 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -320,6 +321,7 @@ def test_progress_counts_digits_of_accuracy_with_lines_throughout(capsys, monkey
     assert res.info["converged"] and res.info["iterations"] > 15
     assert lines[0] == "flat: started, 0 of 8 digits done" and lines[-1].startswith("flat: done, 8 digits in ")
     assert [line.split(" (")[0] for line in lines[1:-1]] == [f"flat: {d}/8 digits" for d in range(1, 8)], lines
+    assert all(re.search(r", residual [0-9.e+-]+, pairs \d/4, passes \d+$", line) for line in lines[1:-1]), lines
     truncated_svd(op, 4, tol=1e-8, desc="short", max_iter=3)
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("short: done, ") and not lines[-1].startswith("short: done, 8 ")
