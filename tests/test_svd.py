@@ -350,3 +350,20 @@ def test_asking_for_more_pairs_than_the_rank_warns_with_the_rank(tmp_path):
     assert result.exit_code == 0, result.output
     assert "warning: only 10 of the 20 singular values are above 1e-06·s1" in result.output
     assert "use --k 10" in result.output and "raise --max-iter" not in result.output
+
+
+@pytest.mark.parametrize("command", [
+    ["svd", "S.zarr", "--k", "2", "--tol", "nan"], ["svd", "S.zarr", "--k", "2", "--tol", "inf"],
+    ["svd", "S.zarr", "--k", "2", "--tol", "1"], ["svd", "S.zarr", "--k", "2", "--threads", "1000000000"],
+    ["classify", "--model", "digits-vgg", "--dataset", "digits", "--attack", "fgsm", "--eps", "nan"],
+    ["video", "S.zarr", "--out", "w.mp4", "--fps", "inf"], ["run", "--model", "digits-vgg", "--top", "-1"],
+    ["compute", "--model", "bicubic-x4", "--support-tol", "-inf"],
+], ids=lambda c: " ".join(c[:1] + c[-2:]))
+def test_options_out_of_range_nan_or_inf_are_usage_errors_before_any_work(command, tmp_path, monkeypatch):
+    """click's FloatRange lets NaN and ±inf through (every comparison with NaN is false): each such value failed
+    later, as a traceback, a NaN in results.json or a video of billions of frames."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, command)
+    assert res.exit_code == 2 and "Invalid value for" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert "Traceback" not in res.output and sorted(p.name for p in tmp_path.iterdir()) == []

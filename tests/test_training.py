@@ -432,6 +432,16 @@ def test_train_and_evaluate_commands(tmp_path):
     assert "64×64 dark on white (RGB)" in res.output and "32×32 nearest" in res.output
 
 
+def test_train_without_out_never_replaces_the_committed_weights(tmp_path, monkeypatch):
+    committed = (WEIGHTS_DIR / "digits-vgg.pt").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["train", "digits-vgg", "--steps", "2", "--threads", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "train" / "digits-vgg.pt").is_file()
+    assert "use it with --weights out/train/digits-vgg.pt" in res.output
+    assert (WEIGHTS_DIR / "digits-vgg.pt").read_bytes() == committed
+
+
 def test_commands_reject_unknown_names_in_one_line():
     runner = CliRunner()
     res = runner.invoke(main, ["train", "resnet18"])

@@ -329,7 +329,11 @@ def test_bad_inputs_are_one_line(pair, tmp_path):
     for kwargs, match in (({"out": notes}, "must end in .mp4 or .gif"), ({"out": tmp_path / "junk.mp4"}, None),
                           ({"out": tmp_path / "w.mp4", "subtitles_out": notes}, "--subtitles"),
                           ({"out": tmp_path / "w.mp4", "still": tmp_path / "s.jpg"}, "--still"),
-                          ({"out": tmp_path / "w.mp4", "zoom": 10**4}, "at most 8192")):
+                          ({"out": tmp_path / "w.mp4", "zoom": 10**4}, "at most 8192"),
+                          ({"out": tmp_path / "w.mp4", "fps": 1e9}, r"--fps must be in \(0, 120\] for an MP4"),
+                          ({"out": tmp_path / "w.gif", "fps": 60}, r"\(0, 50\] for a GIF, got 60 \(GIF frame delays"),
+                          ({"out": tmp_path / "w.mp4", "duration": 1e9}, r"--duration must be .* \(0, 3600\]"),
+                          ({"out": tmp_path / "w.mp4", "duration": float("nan")}, "--duration must be")):
         if kwargs["out"].name == "junk.mp4":
             kwargs["out"].mkdir()
             match = "is a folder"

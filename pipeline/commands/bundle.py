@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from pipeline.commands.options import FiniteRange
+
 
 @click.command()
 @click.argument("name", metavar="NAME")
@@ -26,7 +28,7 @@ import click
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local workers (default: one per core).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="Precision of the stored F (see `linterp compute --dtype`).")
-@click.option("--support-tol", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--support-tol", type=FiniteRange(0, 1, max_open=True), default=None,
               help="Keep each column's smallest window holding all but this fraction of its L1 mass "
                    "(see `linterp compute --support-tol`).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

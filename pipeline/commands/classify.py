@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.commands.options import THREADS, FiniteRange
+
 from pipeline.commands.models import user_model_options
 
 #: bundled data sets that need no image files (`--dataset`).
@@ -81,7 +83,7 @@ def _inputs(images, dataset, limit, model_spec, size, crop, polarity):
               help="A bundled data set instead of --images: 'digits' = scikit-learn digits, test split.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N images.")
 @click.option("--attack", type=click.Choice(["fgsm"]), default=None, help="Also analyse attacked images.")
-@click.option("--eps", multiple=True, type=click.FloatRange(min=0), help="FGSM ε in input units; repeatable.")
+@click.option("--eps", multiple=True, type=FiniteRange(min=0), help="FGSM ε in input units; repeatable.")
 @click.option("--size", type=click.IntRange(min=1), default=None,
               help="Input side in pixels (default: the model's fixed or recommended size; your own model: 224).")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
@@ -95,7 +97,7 @@ def _inputs(images, dataset, limit, model_spec, size, crop, polarity):
 @click.option("--polarity", type=click.Choice(["auto", "keep", "invert"]), default="auto", show_default=True,
               help="Digits models: invert images whose border is light (auto), never, or always.")
 @click.option("--table", is_flag=True, help="Write Table 1 over all --model runs as OUT/table.{csv,md,html}.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
+@click.option("--threads", type=THREADS, default=None, help="torch CPU threads (default: torch's).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def classify(models, model_args, input_range, weights, trust_pickle, images, dataset, limit, attack, eps, size, top,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from pipeline.commands.options import FiniteRange
+
 from pipeline.commands.models import model_and_image_options
 
 
@@ -24,7 +26,7 @@ from pipeline.commands.models import model_and_image_options
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="Precision of the stored F (float16/bfloat16: a compact store whose error per "
                                       "column is stored; see docs/compact.md).")
-@click.option("--support-tol", type=click.FloatRange(0, 1, max_open=True), default=None,
+@click.option("--support-tol", type=FiniteRange(0, 1, max_open=True), default=None,
               help="Keep, per column, the smallest window around its pixel that holds all but this fraction of the "
                    "column's L1 mass (e.g. 1e-6); the dropped mass is stored. Default: the whole support.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.commands.options import FiniteRange
+
 from pipeline.export.site import SCHEDULERS
 
 
@@ -48,9 +50,9 @@ def export(stores, out, normalise, scheduler, workers, progress, allow_unverifie
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="--film: input image (default: the "
               "built-in astronaut face)")
 @click.option("--crop", default=None, help="--film: X,Y,W,H or 'full' (default: the bundles' crop)")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+@click.option("--duration", type=FiniteRange(min=0, min_open=True), default=30.0, show_default=True,
               help="seconds")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--fps", type=FiniteRange(min=0, min_open=True), default=None,
               help="frames per second (default: 30 for MP4, 10 for GIF)")
 @click.option("--zoom", type=click.IntRange(min=1), default=None,
               help="screen pixels per output pixel (default: frames about 1280 px wide)")

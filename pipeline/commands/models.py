@@ -69,7 +69,7 @@ def model_and_image_options(command):
 @model_and_image_options
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Output image (PNG) for super-resolution and image-to-image models.")
-@click.option("--top", default=5, show_default=True, help="How many classes a classifier prints.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many classes a classifier prints.")
 @click.option("--polarity", type=click.Choice(["auto", "keep", "invert"]), default="auto", show_default=True,
               help="Digits models: invert images whose border is light (auto), never, or always.")
 def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_range, out_path, top, polarity):

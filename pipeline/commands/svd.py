@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from pipeline.commands.options import THREADS, FiniteRange
+
 from pipeline.svd import MODEL_BATCH
 
 #: singular values below RANK_TOL·s1 count as zero (F's numerical rank) in the command's warning
@@ -20,13 +22,13 @@ RANK_TOL = 1e-6
 @click.option("--from-model", is_flag=True,
               help="Apply F through the interpreter, rebuilt from the store's model, weights and x0 (default when "
                    "the store is not complete). Not with --from-store.")
-@click.option("--tol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+@click.option("--tol", type=FiniteRange(0, 1, min_open=True, max_open=True), default=1e-6, show_default=True,
               help="Stop when every ‖Fᵀu − s v‖ / s is below this (or at the rounding floor).")
 @click.option("--batch", type=click.IntRange(min=1), default=MODEL_BATCH, show_default=True,
               help="Vectors per network pass (--from-model); bounds the memory of the SVD.")
 @click.option("--max-iter", type=click.IntRange(min=1), default=500, show_default=True,
               help="Most Lanczos / power steps.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=THREADS, default=None,
               help="torch threads for --from-model (default: torch's; 1 is fastest on a busy machine).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the starting block.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,

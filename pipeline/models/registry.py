@@ -207,7 +207,8 @@ def default_weights_path(model_spec: ModelSpec) -> Path:
     path = WEIGHTS_DIR / f"{model_spec.name}.pt"
     if not path.is_file():
         raise wts.WeightsError(f"the default weights of {model_spec.name} ({path}) are not in this installation; "
-                               f"run `linterp train {model_spec.name}` or pass --weights PATH")
+                               f"pass --weights PATH (`linterp train {model_spec.name}` writes "
+                               f"out/train/{model_spec.name}.pt)")
     wts.verify_sha256(path, TRAINED_SHA256.get(model_spec.name), str(path))
     return path
 

@@ -27,6 +27,10 @@ from pipeline.verify import open_complete
 
 #: default frame rates: MP4, GIF (GIF frames cost far more bytes)
 FPS = {"mp4": 30, "gif": 10}
+#: the highest frame rates (a GIF's frame delays are whole hundredths of a second: at most 50 frames a second
+#: keep their timing) and the longest film, in seconds, so that a typo cannot ask for billions of frames
+MAX_FPS = {"mp4": 120, "gif": 50}
+MAX_DURATION = 3600.0
 #: frames sampled to make a GIF's palette
 PALETTE_SAMPLES = 16
 #: the largest frame side in screen pixels (a frame is held in memory several times over while it is drawn)
@@ -73,11 +77,15 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
         if s.out_shape[1:] == (1, 1):
             raise VideoError(f"{s.path}: its output is a vector (a classifier), not an image; "
                              f"use `linterp classify` for classifiers")
-    if duration <= 0 or (fps is not None and fps <= 0):
-        raise VideoError("--duration and --fps must be positive")
     out = Path(out)
     _check_outputs(out, subtitles_out, still)
     gif = out.suffix.lower() == ".gif"
+    most = MAX_FPS["gif" if gif else "mp4"]
+    if not 0 < duration <= MAX_DURATION:  # NaN fails too
+        raise VideoError(f"--duration must be a number of seconds in (0, {MAX_DURATION:g}], got {duration:g}")
+    if fps is not None and not 0 < fps <= most:
+        raise VideoError(f"--fps must be in (0, {most:g}] for {'a GIF' if gif else 'an MP4'}, got {fps:g}"
+                         + (" (GIF frame delays are whole hundredths of a second)" if gif else ""))
     fps = fps or FPS["gif" if gif else "mp4"]
     encode.ffmpeg_exe()  # fail in one line before any work
     models = model_names(stores)
