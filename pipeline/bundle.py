@@ -74,7 +74,7 @@ BUNDLES: dict[str, Bundle] = {b.name: b for b in (
            ("pytorch/examples publishes no trained weights: the default is the project's own ×4 training run "
             "of that example's 4-layer net",)),
     Bundle("EDSR4x", ("edsr-baseline-x4",), ("edsr-small-x4",), DEMO_CROP, 8, "EDSR4x.zip, 953 MB",
-           ("the paper cites EDSR [Lim et al.] without naming the variant; this bundle uses the official "
+           ("the paper cites EDSR [Lim et al.] without naming the variant; the official model of this bundle is "
             "EDSR-baseline ×4 (16 blocks, 64 features, edsr_baseline_x4-6b446fab.pt)",)),
     Bundle("CycleGAN-VanGogh", ("cyclegan-style_vangogh",), ("i2i-paint",), DEMO_CROP, 8,
            "CycleGAN-VanGogh, 7.5 GB"),
@@ -304,6 +304,8 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     archive = out.suffix.lower() == ".zip"
     if store and not archive:
         raise BundleError("--store only applies to .zip outputs (a folder output keeps its stores)")
+    if work and not archive:
+        raise BundleError("--work only applies to .zip outputs (a folder output is its own work folder)")
     parts = resolve_parts(bundle, weights=weights, defaults=defaults)
     for part in parts:  # wrong keys, pickles, unreadable files: fail in one line before any work starts
         build_model(part.model, part.weights, trust_pickle=trust_pickle)

@@ -141,6 +141,7 @@ def test_official_weights_offline_fail_in_one_line(tmp_path, monkeypatch):
     (["demo", "--weights", "pyproject.toml", "--out", "x.zip"], "--weights needs one"),
     (["Bicubic4x", "--crop", "1,2", "--out", "x.zip"], "is not X,Y,W,H"),
     (["Bicubic4x", "--image", "missing.png", "--out", "x.zip"], "IMAGE=missing.png: no such file"),
+    (["Bicubic4x", "--out", "site", "--work", "w"], "--work only applies to .zip outputs"),
 ])
 def test_bad_input_is_one_line(args, message):
     result = run(args)

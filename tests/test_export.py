@@ -350,6 +350,10 @@ def test_two_models_of_one_image(tmp_path):
     c, _ = linear_upscaler_store(tmp_path / "c.zarr", mode="bilinear", h=8, w=8, tile=4, seed=5)
     with pytest.raises(ExportError, match="another image"):
         export_site([a.path, c.path], tmp_path / "site2", progress=False)
+    for inside in (b.path, b.path / "svd", tmp_path / "b.zarr" / "site"):  # a later SVD would replace it
+        with pytest.raises(ExportError, match=r"is inside the store .*b\.zarr; choose a folder outside it"):
+            export_site([a.path, b.path], inside, progress=False)
+    assert not (b.path / "site").exists() and not (b.path / "data").exists()
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):

@@ -509,6 +509,9 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         require_exportable(store, allow_unverified)
     check_same_image(stores)
     out = Path(out)
+    for store in stores:  # a site inside a store is not part of it: an SVD or a recomputed shard would replace it
+        if out.resolve().is_relative_to(store.path.resolve()):
+            raise ExportError(f"--out {out} is inside the store {store.path}; choose a folder outside it")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "data").is_dir():
