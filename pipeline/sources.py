@@ -69,7 +69,7 @@ def read_image(image=None, crop: str | None = None) -> tuple[np.ndarray, FileRef
         ref = FileRef("array", hashlib.sha256(img.tobytes()).hexdigest())
     else:
         img, ref = images.load_image(image), file_ref(image)
-    box = images.parse_crop(crop) if crop else None
+    box = images.parse_crop(crop) if crop is not None else None
     if box:
         img = images.crop(img, box)
     return img, ref, box

@@ -330,6 +330,8 @@ def test_run_default_image_and_crop(tmp_path):
     (["--model", "resnet18", "--weights", "BAD"], "not a valid PyTorch checkpoint"),
     (["--model", "pixelshuffle-x4", "--weights", "NAN", "--image", "GRAY", "--out", "o.png"],
      "the model's output holds 1024 NaN or infinite values"),
+    (["--model", "bicubic-x2", "--image", "GRAY", "--out", "GRAY"], "is the input image: choose another name"),
+    (["--model", "bicubic-x2", "--crop", "", "--out", "o.png"], "crop '' is not X,Y,W,H"),
 ])
 def test_run_errors_are_one_line(tmp_path, args, message):
     iio.imwrite(tmp_path / "gray.png", np.zeros((8, 8), np.uint8))
@@ -342,3 +344,4 @@ def test_run_errors_are_one_line(tmp_path, args, message):
     result = CliRunner().invoke(main, ["run", *args])
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
+    assert (tmp_path / "gray.png").stat().st_size > 0 and not (tmp_path / "o.png").exists()

@@ -1,6 +1,8 @@
 """`linterp models` (the registry as a table) and `linterp run` (apply a model to an image, as a user would)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -97,11 +99,13 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
         if not classifier and not out_path:
             raise click.UsageError(f"{name} produces an image: pass --out OUT.png")
         if out_path:
+            if image_path is not None and Path(out_path).resolve() == Path(image_path).resolve():
+                raise click.UsageError(f"--out {out_path} is the input image: choose another name")
             _check_image_writer(out_path)
             writable_file(out_path)
         if not user:
             img = images.default_image()[1] if image_path is None else images.load_image(image_path, classifier)
-            if crop_text:
+            if crop_text is not None:
                 img = images.crop(img, images.parse_crop(crop_text))
         if classifier:
             x0, record = preprocess.classifier_input(img, model_spec, polarity=polarity)
