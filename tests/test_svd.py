@@ -357,7 +357,8 @@ def test_asking_for_more_pairs_than_the_rank_warns_with_the_rank(tmp_path):
     ["svd", "S.zarr", "--k", "2", "--tol", "1"], ["svd", "S.zarr", "--k", "2", "--threads", "1000000000"],
     ["classify", "--model", "digits-vgg", "--dataset", "digits", "--attack", "fgsm", "--eps", "nan"],
     ["video", "S.zarr", "--out", "w.mp4", "--fps", "inf"], ["run", "--model", "digits-vgg", "--top", "-1"],
-    ["compute", "--model", "bicubic-x4", "--support-tol", "-inf"],
+    ["compute", "--model", "bicubic-x4", "--support-tol", "-inf"], ["train", "digits-vgg", "--seed", str(2**64)],
+    ["verify", "S.zarr", "--seed", "-1"],
 ], ids=lambda c: " ".join(c[:1] + c[-2:]))
 def test_options_out_of_range_nan_or_inf_are_usage_errors_before_any_work(command, tmp_path, monkeypatch):
     """click's FloatRange lets NaN and ±inf through (every comparison with NaN is false): each such value failed

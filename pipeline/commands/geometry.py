@@ -9,6 +9,7 @@ import json
 
 import click
 
+from pipeline.commands.options import SEED
 from pipeline import geometry as geo
 
 
@@ -17,7 +18,7 @@ from pipeline import geometry as geo
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per store, not a table.")
 @click.option("--samples", type=click.IntRange(min=2), default=geo.SAMPLES, show_default=True,
               help="Pixels sampled (their columns of every input channel are read).")
-@click.option("--seed", type=click.IntRange(min=0),
+@click.option("--seed", type=SEED,
               default=0, show_default=True, help="Seed of the sample, folds and permutations.")
 @click.option("--radius", type=click.IntRange(min=0), default=geo.RADIUS, show_default=True,
               help="Window radius in input pixels for adaptivity and the flashlight.")

@@ -21,3 +21,5 @@ class FiniteRange(click.FloatRange):
 
 #: torch CPU threads (far more than any machine has cores makes the OpenMP runtime fail to allocate their stacks)
 THREADS = click.IntRange(min=1, max=1024)
+#: random seeds: what torch.manual_seed and numpy take (a signed 64-bit integer), from 0
+SEED = click.IntRange(min=0, max=2**63 - 1)

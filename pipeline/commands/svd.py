@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.commands.options import THREADS, FiniteRange
+from pipeline.commands.options import SEED, THREADS, FiniteRange
 
 from pipeline.svd import MODEL_BATCH
 
@@ -30,7 +30,7 @@ RANK_TOL = 1e-6
               help="Most Lanczos / power steps.")
 @click.option("--threads", type=THREADS, default=None,
               help="torch threads for --from-model (default: torch's; 1 is fastest on a busy machine).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the starting block.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the starting block.")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="--from-model: the store's weight file, when it is neither the model's default nor in the "
                    "weight cache (checked against the sha256 the store records).")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.commands.options import THREADS
+from pipeline.commands.options import SEED, THREADS
 
 
 @click.command()
@@ -15,7 +15,7 @@ from pipeline.commands.options import THREADS
                    "sha256 the registry checks, are never replaced).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Steps of each training stage (default: the recipe's).")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the recipe's, 0).")
+@click.option("--seed", type=SEED, default=None, help="Seed (default: the recipe's, 0).")
 @click.option("--threads", type=THREADS, default=None, help="torch CPU threads (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(name, out, steps, seed, threads, quiet):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.commands.options import SEED
 from pipeline.verify import DEFAULT_SAMPLES, TOLERANCES
 
 _HELP = """Re-check STORES, finished or not, against a freshly built interpreter of the model they name.
@@ -29,7 +30,7 @@ See docs/verify.md.""".format(**TOLERANCES)
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--samples", type=click.IntRange(min=1), default=DEFAULT_SAMPLES, show_default=True,
               help="Sampled rows or columns per check.")
-@click.option("--seed", type=click.IntRange(min=0),
+@click.option("--seed", type=SEED,
               default=0, show_default=True, help="Seed of the samples and probes.")
 @click.option("--write", is_flag=True,
               help="Record the result in the store: its verification, and complete = finished and passed.")
