@@ -306,6 +306,7 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
         raise BundleError("--store only applies to .zip outputs (a folder output keeps its stores)")
     if work and not archive:
         raise BundleError("--work only applies to .zip outputs (a folder output is its own work folder)")
+    check_output(out, bundle.name, archive)
     parts = resolve_parts(bundle, weights=weights, defaults=defaults)
     for part in parts:  # wrong keys, pickles, unreadable files: fail in one line before any work starts
         build_model(part.model, part.weights, trust_pickle=trust_pickle)
@@ -426,6 +427,24 @@ def add_deflated(zf: zipfile.ZipFile, path: Path, arcname: str, stream: bytes, c
     zf.filelist.append(zinfo)
     zf.NameToInfo[zinfo.filename] = zinfo
     zf.start_dir = zf.fp.tell()
+
+
+def check_output(out: Path, name: str, archive: bool) -> None:
+    """Refuse, before any work, an ``out`` whose replacement would lose a file of the user's: an archive name that
+    is a folder or a file other than a ``name`` archive of linterp (one holding ``name/index.html``), a folder name
+    that is a file."""
+    if archive and out.is_dir():
+        raise BundleError(f"{out} is a folder, not an archive; choose another --out")
+    if archive and out.exists():
+        try:
+            with zipfile.ZipFile(out) as zf:
+                ours = f"{name}/index.html" in zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            ours = False
+        if not ours:
+            raise BundleError(f"{out} exists and is not a {name} archive of linterp; choose another --out")
+    if not archive and out.exists() and not out.is_dir():
+        raise BundleError(f"{out} exists and is not a folder; choose another --out")
 
 
 def write_zip(out: Path, name: str, site: Path, stores: list[Path]) -> None:

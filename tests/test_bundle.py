@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,11 +143,21 @@ def test_official_weights_offline_fail_in_one_line(tmp_path, monkeypatch):
     (["Bicubic4x", "--crop", "1,2", "--out", "x.zip"], "is not X,Y,W,H"),
     (["Bicubic4x", "--image", "missing.png", "--out", "x.zip"], "IMAGE=missing.png: no such file"),
     (["Bicubic4x", "--out", "site", "--work", "w"], "--work only applies to .zip outputs"),
+    (["Bicubic4x", "--out", "mine.zip"], "mine.zip exists and is not a Bicubic4x archive of linterp"),
+    (["Bicubic4x", "--out", "notes.txt"], "notes.txt exists and is not a folder"),
+    (["Bicubic4x", "--out", "folder.zip"], "folder.zip is a folder, not an archive"),
 ])
-def test_bad_input_is_one_line(args, message):
+def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the user's files, which a refused build must leave as they are
+    with zipfile.ZipFile("mine.zip", "w") as zf:
+        zf.writestr("holiday/photo.txt", "mine")
+    Path("notes.txt").write_text("mine")
+    Path("folder.zip").mkdir()
+    before = sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir())
     result = run(args)
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1 and message in result.output, result.output
+    assert sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir()) == before
 
 
 def test_weights_file_with_wrong_keys_names_them(tmp_path):
