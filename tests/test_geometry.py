@@ -337,6 +337,14 @@ def test_bad_stores_give_one_line_errors(tmp_path):
         assert result.exit_code == 1 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
     assert open_store(small.path).attrs.geometry is None
+    # several stores, one of them too small: the others are measured and printed, the error names its store
+    big = dense_store(tmp_path / "big.zarr", np.eye(32 * 32, dtype=np.float32).reshape(1, 32, 32, 1, 32, 32),
+                      np.zeros((1, 32, 32)))
+    result = run(small.path, big.path, "--radius", "8", "--samples", "16", "--json")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and lines[-1].startswith(f"Error: {small.path}: ") and "too small" in lines[-1]
+    (entry,) = json.loads("\n".join(lines[:-1]))
+    assert entry["store"] == str(big.path) and open_store(big.path).attrs.geometry["diagonal_share"] == 1.0
 
 
 def test_the_figures_reach_the_site_manifest(tmp_path):

@@ -33,24 +33,30 @@ def geometry(store_paths, as_json, samples, seed, radius, global_radius, no_writ
     from pipeline.store import StoreError
     from pipeline.verify import open_complete
 
+    from pipeline.commands.errors import one_line
+
     try:
         stores = [open_complete(p, mode="r" if no_write else "r+") for p in store_paths]
-        results = []
-        for path, store in zip(store_paths, stores):
+    except (ValueError, StoreError, OSError) as err:
+        raise click.ClickException(one_line(err)) from err
+    results, failed = [], None
+    for path, store in zip(store_paths, stores):
+        try:
             figures = geo.measure_store(store, samples=samples, seed=seed, radius=radius,
                                         global_radius=global_radius, progress=not quiet)
             if not no_write:
                 store.update_attrs(geometry=figures)
-            attrs = store.attrs
-            results.append({"store": str(path), "model": attrs.get("model"),
-                            "compute_seconds": _compute_seconds(attrs), **figures})
-    except (ValueError, StoreError, OSError) as err:  # GeometryError, StoreError, …
-        message = str(err).strip().splitlines()
-        raise click.ClickException(message[0] if message else type(err).__name__) from err
-    if as_json:
-        click.echo(json.dumps(results, indent=1))
-    else:
-        click.echo(table(results))
+        except (ValueError, StoreError, OSError) as err:  # GeometryError, StoreError, …
+            message = one_line(err)
+            failed = failed or (message if str(path) in message else f"{path}: {message}")
+            continue
+        attrs = store.attrs
+        results.append({"store": str(path), "model": attrs.get("model"),
+                        "compute_seconds": _compute_seconds(attrs), **figures})
+    if results:  # the stores measured, even when another one could not be
+        click.echo(json.dumps(results, indent=1) if as_json else table(results))
+    if failed:
+        raise click.ClickException(failed)
 
 
 def _compute_seconds(attrs: dict) -> float | None:
