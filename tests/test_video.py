@@ -314,7 +314,9 @@ def test_bad_inputs_are_one_line(pair, tmp_path):
     runner = CliRunner()
     for args in (["video", str(tmp_path / "junk"), "--out", str(tmp_path / "w.mp4")],
                  ["video", "--out", str(tmp_path / "w.mp4")],
-                 ["video", str(pair[0][0].path), "--film", "FilterMatrix_SR", "--out", str(tmp_path / "w.mp4")]):
+                 ["video", str(pair[0][0].path), "--film", "FilterMatrix_SR", "--out", str(tmp_path / "w.mp4")],
+                 ["video", str(pair[0][0].path), "--crop", "1,2", "--out", str(tmp_path / "w.mp4")],
+                 ["video", str(pair[0][0].path), "--defaults", "--image", "x.png", "--out", str(tmp_path / "w.mp4")]):
         res = runner.invoke(main, args)
         assert res.exit_code != 0 and "Error:" in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output

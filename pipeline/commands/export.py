@@ -78,6 +78,11 @@ def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossles
 
     if bool(stores) == bool(film):
         raise click.ClickException("give either STORES or --film NAME")
+    film_only = [name for name, given in (("--defaults", defaults), ("--image", image is not None),
+                                          ("--crop", crop is not None), ("--trust-pickle", trust_pickle),
+                                          ("--device", device != "auto")) if given]
+    if stores and film_only:
+        raise click.ClickException(f"{', '.join(film_only)}: only with --film (STORES are videoed as they are)")
     names, notes = None, []
     try:
         if film:
