@@ -314,6 +314,14 @@ def test_cli_errors(tmp_path, args, message):
     assert res.exit_code != 0 and message in res.output and len(res.output.strip().splitlines()) == 1, res.output
 
 
+def test_cli_refuses_a_folder_of_other_files(tmp_path):
+    (tmp_path / "thesis.tex").write_text("mine")
+    res = CliRunner().invoke(main, ["classify", "--model", "digits-vgg", "--dataset", "digits", "--limit", "2",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "is not empty and is not an output of linterp classify" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
 def test_cli_unreadable_image(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     res = CliRunner().invoke(main, ["classify", "--model", "digits-vgg", "--weights", "random", "--images",

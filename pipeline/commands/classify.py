@@ -34,6 +34,13 @@ def _class_names(name: str, n_classes: int) -> list[str] | None:
     return None
 
 
+def _earlier_output(out: Path) -> bool:
+    """True when the folder ``out`` holds what an earlier classify run wrote there (results, a table, or the
+    per-image cache a killed run resumes from), at its top or in one folder per model."""
+    return any((d / name).exists() for d in (out, *(p for p in out.iterdir() if p.is_dir()))
+               for name in ("results.json", "images", "table.csv"))
+
+
 def _weights(model_spec, weights):
     """--weights, else an official file already in the torch hub cache (``torch.hub.get_dir()/checkpoints``), else
     None (the registry's default: its own cache or a download)."""
@@ -132,6 +139,9 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
         raise click.ClickException("--attack fgsm needs at least one --eps")
     if eps and not attack:
         raise click.ClickException("--eps needs --attack fgsm")
+    if out.is_dir() and any(out.iterdir()) and not _earlier_output(out):
+        raise click.ClickException(f"{out} is not empty and is not an output of linterp classify; choose another "
+                                   f"--out")
     results = {}
     for name in models:
         try:
