@@ -98,7 +98,7 @@ def layer_groups(li) -> "OrderedDict[str, list[str]]":
         if site.rule.kind == "affine":
             anchor[node] = node
         elif li.continues_layer(node):
-            source = next(a for a in node.all_input_nodes if li.kind.get(a) == "linear")
+            source = li.linear_inputs(node)[0]
             if source in anchor:
                 anchor[node] = anchor[source]
     members: dict = {}  # layer anchor node (or the source's own name) -> sources, in network order

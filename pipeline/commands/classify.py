@@ -121,6 +121,7 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
     import torch
 
     from pipeline.classify import residual_table, summary
+    from pipeline.commands.errors import one_line
     from pipeline.classify_report import generate, write_table
     from pipeline.images import ImageError
     from pipeline.interpreter import UnsupportedOperation
@@ -173,7 +174,7 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
                           "preprocess": None if dataset else {"method": model_spec.preprocess, "polarity": polarity}},
                 progress=not quiet)
         except (ImageError, UnsupportedOperation, ValueError, OSError) as err:
-            raise click.ClickException(f"{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            raise click.ClickException(f"{name}: {one_line(err)}")
         click.echo(f"{name}: {len(results[name])} images -> {target / 'index.html'}")
         for row in summary(results[name]):
             acc = f", accuracy {row['accuracy']:.1%}" if "accuracy" in row else ""

@@ -453,8 +453,11 @@ class LinearInterpreter:
     def continues_layer(self, node: fx.Node) -> bool:
         """True for a pointwise operation (`POINTWISE_KINDS`) on a single linear input: the paper's layer
         y_n = W_n x + b_n, x_n = h(y_n) takes it in after the operation that computes that input."""
-        inputs = [a for a in node.all_input_nodes if self.kind.get(a) == "linear"]
-        return self.sites[node].rule.kind in POINTWISE_KINDS and len(inputs) == 1
+        return self.sites[node].rule.kind in POINTWISE_KINDS and len(self.linear_inputs(node)) == 1
+
+    def linear_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """The inputs of `node` that depend on x."""
+        return [a for a in node.all_input_nodes if self.kind.get(a) == "linear"]
 
     def _backproject(self, nodes: list[fx.Node]) -> torch.Tensor:
         """P_i b̂_i for the sources at `nodes`, one per row: (B, C, H, W)."""
