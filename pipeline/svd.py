@@ -483,7 +483,8 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
     source: "store" (the stored F; needs a complete store), "model" (the interpreter rebuilt from the
     store's attributes; ``weights``: its weight file when the registry and the weight cache do not hold it;
     ``model``: where a user model's code is now, or the module object) or
-    "auto" (the store when it is complete, else the model). The written residual of
+    "auto" (the store when it is complete, else the model); ``weights``, ``model`` or ``trust_pickle`` with the
+    stored F is refused (they would be ignored). The written residual of
     pair i is the full triplet residual sqrt(‖F vᵢ − sᵢuᵢ‖² + ‖Fᵀuᵢ − sᵢvᵢ‖²) / sᵢ, which bounds
     ‖F vᵢ − sᵢuᵢ‖ / sᵢ; both parts are also in the ``svd`` group's attributes. A killed run resumes from
     the checkpoint file ``CHECKPOINT`` inside the store folder: written every 30 s and when the iteration stops,
@@ -496,6 +497,11 @@ def svd_store(path, k: int, *, method: str = "lanczos", source: str = "auto", to
     if source == "auto":
         source = "store" if store.complete else "model"
     if source == "store":
+        given = [flag for flag, value in (("--weights", weights), ("--model", model),
+                                          ("--trust-pickle", trust_pickle)) if value]
+        if given:  # they rebuild the model, which the stored F does not use: never ignore them silently
+            raise SVDError(f"{store.path}: {', '.join(given)} only apply to --from-model (the network rebuilt); "
+                           f"this SVD reads F from the complete store: add --from-model or leave them out")
         if not store.complete:
             raise SVDError(f"{store.path}: the store is incomplete; finish `linterp compute` or use --from-model")
         require_intact(store)

@@ -226,6 +226,27 @@ def test_cli_sources_are_mutually_exclusive(stores):
         assert alone.exit_code == 0, alone.output
         assert open_store(path).svd_attrs.source == source
 
+
+def test_cli_model_options_refused_with_the_stored_f(stores, tmp_path):
+    """--weights / --model / --trust-pickle rebuild the network, which an SVD of the stored F never uses: with a
+    complete store (the default source) or --from-store they are refused in one line before any work, and the
+    store's SVD is left as it was (they used to be ignored without a word)."""
+    path = str(stores["pixelshuffle-x4"])
+    runner = CliRunner()
+    assert runner.invoke(main, ["svd", path, "--k", "2", "--quiet"]).exit_code == 0
+    before = open_store(path).svd()[0].copy()
+    weights = tmp_path / "other.pt"
+    weights.write_bytes(b"")
+    for extra in (["--weights", str(weights)], ["--model", "net.py:make"], ["--trust-pickle"]):
+        for source in ([], ["--from-store"]):
+            out = runner.invoke(main, ["svd", path, "--k", "3", "--quiet", *source, *extra])
+            assert out.exit_code == 1, out.output
+            assert len(out.output.strip().splitlines()) == 1 and out.output.strip().endswith(
+                f": {extra[0]} only apply to --from-model (the network rebuilt); this SVD "
+                "reads F from the complete store: add --from-model or leave them out"), out.output
+    np.testing.assert_array_equal(open_store(path).svd()[0], before)
+
+
 def test_checkpoint_resumes_after_sigkill(tmp_path):
     """A run killed with SIGKILL mid-way resumes from its checkpoint and converges to the dense SVD."""
     import os
