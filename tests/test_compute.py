@@ -337,3 +337,35 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_full_disk_is_named_in_one_line(tmp_path):
+    """A store on a disk that fills up mid-run: the writer (zarr) raises ENOSPC without a file name; the error
+    names the store (it was `Error: [Errno 28] No space left on device`). A 600 KiB tmpfs in a user and mount
+    namespace, so the test needs no root and fills no real disk."""
+    import shutil
+
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare and user namespaces, to mount a small tmpfs")
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mount = 'mount -t tmpfs -o size=600k tmpfs "$1" && shift && exec "$@"'
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", mount, "sh", str(disk), sys.executable, "-m",
+                             "pipeline.cli", "compute", "--model", "pixelshuffle-x4", "--crop", "0,0,40,40",
+                             "--out", str(disk / "s.zarr"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f"Error: {disk / 's.zarr'}: no space left on device while writing it (free some space "
+                             "and rerun)\n")
+
+
+def test_an_unreachable_cluster_fails_before_any_store_is_written(tmp_path):
+    """`--scheduler tcp://…` connects first: a cluster that is not there fails in one line and leaves no store (it
+    used to create an empty store, then fail after the connect timeout)."""
+    out = tmp_path / "s.zarr"
+    env = dict(os.environ, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "compute", "--model", "pixelshuffle-x4", "--crop",
+                             "0,0,16,16", "--scheduler", "tcp://127.0.0.1:1", "--out", str(out), "--quiet"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1
+    assert result.stderr == "Error: Timed out trying to connect to tcp://127.0.0.1:1 after 2 s\n"
+    assert not out.exists()

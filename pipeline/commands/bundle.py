@@ -51,7 +51,7 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
                                support_tol=support_tol, export_scheduler="processes",
                                echo=lambda m: click.echo(m, err=True))
     except (ValueError, StoreError, OSError) as err:  # BundleError, ImageError, WeightsError, ExportError, …
-        raise click_error(err) from err
+        raise click_error(err, writing=out) from err
     if result.suffix == ".zip":
         click.echo(f"{result} ({result.stat().st_size / 2**20:.1f} MiB)", err=True)
     click.echo(str(result))

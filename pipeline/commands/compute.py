@@ -52,7 +52,7 @@ def compute(name, weights, trust_pickle, image_path, crop_text, model_args, inpu
                              batch=batch or comp.DEFAULT_BATCH, scheduler=scheduler, workers=workers,
                              device=device, progress=not quiet, dtype=dtype, support_tol=support_tol)
     except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # ImageError, WeightsError, …
-        raise click_error(err) from err
+        raise click_error(err, writing=out_path) from err
     attrs = store.attrs
     figures, timings = attrs.verification, attrs.timings
     checks = ", ".join(f"{c['name']} {c['value']:.2g}" for c in figures.get("checks", []) if c["value"] is not None)

@@ -1,6 +1,8 @@
 """One-line error messages for the command line."""
 from __future__ import annotations
 
+import errno
+
 import click
 
 
@@ -10,8 +12,18 @@ def one_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def click_error(err: BaseException) -> click.ClickException:
-    """A ClickException (exit 1, ``Error: <one line>``) for an error of bad input."""
+#: errnos of a write the disk refused (full, over quota, read-only, too large, failing): raised by writers that
+#: do not say which file they were writing
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO})
+
+
+def click_error(err: BaseException, writing=None) -> click.ClickException:
+    """A ClickException (exit 1, ``Error: <one line>``) for an error of bad input. ``writing``: the command's
+    output (a path), named when the disk refused a write without the writer naming the file."""
+    if (writing is not None and isinstance(err, OSError) and err.errno in STORAGE_ERRNOS
+            and err.filename is None):
+        return click.ClickException(f"{writing}: {err.strerror.lower()} while writing it (free some space and "
+                                    f"rerun)")
     return click.ClickException(one_line(err))
 
 

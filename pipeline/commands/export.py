@@ -33,7 +33,7 @@ def export(stores, out, normalise, scheduler, workers, progress, allow_unverifie
         s = export_site(stores, out, normalise=normalise, scheduler=scheduler, workers=workers,
                         progress=progress, allow_unverified=allow_unverified)
     except (StoreError, ValueError, OSError) as err:  # ExportError, a folder that cannot be written, …
-        raise click_error(err) from None
+        raise click_error(err, writing=out) from None
     click.echo(f"wrote {out / 'index.html'}: {s['filters']} filters in {s['seconds']:.1f} s "
                f"({s['filters_per_s']:.0f} filters/s); {s['files']} files, {s['bytes'] / 2**20:.2f} MiB"
                + (f"; {s['tasks'] - s['rendered_tasks']} of {s['tasks']} tasks were already done"
@@ -95,7 +95,7 @@ def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossles
                               subtitles_out=subtitles_out, still=still, names=names, notes=tuple(notes),
                               progress=not quiet)
     except (StoreError, ValueError, OSError) as err:  # VideoError, BundleError, EncoderError, ExportError, …
-        raise click_error(err) from None
+        raise click_error(err, writing=out) from None
     h, w = summary["size"]
     click.echo(f"wrote {summary['path']}: {summary['duration']:.1f} s, {summary['frames']} frames of {w}×{h}, "
                f"{summary['cues']} subtitle cues, in {summary['seconds']:.1f} s")

@@ -67,7 +67,7 @@ def svd(store_path, k, method, from_store, from_model, tol, batch, max_iter, thr
                                   max_iter=max_iter, seed=seed, trust_pickle=trust_pickle, weights=weights,
                                   model=model, progress=not quiet)
     except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # SVDError, WeightsError, …
-        raise click_error(err) from err
+        raise click_error(err, writing=store_path) from err
     info = result.info
     worst = float(max(result.residual_forward.max(), result.residual_transpose.max()))
     state = "converged" if info["converged"] else f"NOT converged to {tol:g} after {info['iterations']} steps"

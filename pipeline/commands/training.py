@@ -41,7 +41,7 @@ def train(name, out, steps, seed, threads, quiet):
     try:
         result = run(rec, out, steps=steps, seed=seed, progress=not quiet)
     except (ValueError, OSError) as err:  # an unreadable checkpoint, a full disk, …
-        raise click_error(err) from None
+        raise click_error(err, writing=out) from None
     losses = result["losses"]
     tail = losses[-min(50, len(losses)):] if losses else []
     click.echo(f"{name}: {result['steps']} steps, {result['seconds']:.0f} s wall and {result['cpu_seconds']:.0f} s "
