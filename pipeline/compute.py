@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .compact import Compaction, CompactionError, compact_block
+from .parallel import compute_delayed
 from .shard_io import write_box
 from .store import Store, create_store, layout, open_store
 
@@ -427,17 +428,6 @@ def _write_task(li, path: str, plan: Plan, index: tuple, compaction: Compaction)
     store.mark_done(index, shards=shards)  # the count lets `linterp verify` find lost shards
 
 
-def _run_graph(calls: list, scheduler, workers: int | None, progress: bool, desc: str, done: int) -> list:
-    """Evaluate delayed calls on a local scheduler or a distributed cluster (address or Client) through
-    ``pipeline.parallel.compute_delayed``; a cluster given by its address is connected to for this run only."""
-    from .parallel import compute_delayed
-
-    if not isinstance(scheduler, str) or scheduler in LOCAL:
-        return compute_delayed(calls, scheduler, workers, desc=desc, progress=progress, done=done)
-    from distributed import Client
-
-    with Client(scheduler) as client:
-        return compute_delayed(calls, client, desc=desc, progress=progress, done=done)
 
 
 # ---- the whole run --------------------------------------------------------------------------------------
@@ -463,10 +453,18 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     """
     from . import verify as checks
 
+    if isinstance(scheduler, str) and scheduler.startswith(REMOTE):
+        from distributed import Client
+
+        # connected before any store is written: an unreachable cluster fails without leaving an empty store
+        with Client(scheduler) as client:
+            return compute(out, source, identity=identity, attrs=attrs, tile=tile, mode=mode, batch=batch,
+                           scheduler=client, workers=workers, device=device, progress=progress,
+                           verify_samples=verify_samples, dtype=dtype, support_tol=support_tol)
     compaction = Compaction(dtype, support_tol)
     tune_malloc()
     device = resolve_device(device)
-    if isinstance(scheduler, str) and not scheduler.startswith(REMOTE) and scheduler not in LOCAL:
+    if isinstance(scheduler, str) and scheduler not in LOCAL:
         raise ValueError(f"unknown scheduler {scheduler!r} (threads, processes or tcp://HOST:PORT)")
     if device == "cuda" and scheduler == "processes":
         raise ValueError("--device cuda runs worker threads that share the GPUs: use --scheduler threads, or a "
@@ -513,8 +511,8 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
              for ix in todo]
     saved = torch.get_num_threads()
     try:
-        seconds = _run_graph(calls, scheduler, workers, progress, f"compute {store.path.name}",
-                             int(np.prod(plan.tasks)) - len(todo))
+        seconds = compute_delayed(calls, scheduler, workers, desc=f"compute {store.path.name}", progress=progress,
+                                  done=int(np.prod(plan.tasks)) - len(todo))
     finally:
         torch.set_num_threads(saved)
         with _ENGINES_LOCK:  # the workers' interpreters (recorded state, windows) are not needed after the tasks
