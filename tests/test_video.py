@@ -180,6 +180,7 @@ def test_gif_still_works(pair, tmp_path):
     res = CliRunner().invoke(main, ["video", *[str(s.path) for s in stores], "--out", str(out), "--duration", "2",
                                     "--fps", "5", "--zoom", str(ZOOM), "--quiet"])
     assert res.exit_code == 0, res.output
+    assert ", no subtitles (a GIF holds none: --subtitles FILE.vtt writes them), in " in res.output  # not "N cues"
     frames = iio.imread(out, index=None)
     layout = Layout(stores, ZOOM)
     assert frames.shape[:3] == (10,) + layout.size
@@ -362,6 +363,7 @@ def test_film_builds_its_bundles_stores_then_reuses_them_from_anywhere_under_out
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert first.output.count("computing F(x0)") == 3 and "wrote dist/FilterMatrix_SR.mp4" in first.output
+    assert re.search(r", \d+ subtitle cues \(in the video\), in ", first.output), first.output
     kinds = sorted((s["type"], s["codec"], s["language"]) for s in encode.probe("dist/FilterMatrix_SR.mp4")["streams"])
     assert kinds == [("subtitle", "mov_text", "eng"), ("video", "h264", None)]
     stores = {p.parent.parent.name.split("-")[0]: p for p in Path("out/bundles").glob("*/stores/*.zarr")}

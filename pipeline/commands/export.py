@@ -97,5 +97,9 @@ def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossles
     except (StoreError, ValueError, OSError) as err:  # VideoError, BundleError, EncoderError, ExportError, …
         raise click_error(err, writing=out) from None
     h, w = summary["size"]
+    held = ([] if Path(summary["path"]).suffix.lower() == ".gif" else ["in the video"]) + (
+        [f"in {subtitles_out}"] if subtitles_out else [])
+    cues = (f"{summary['cues']} subtitle cues ({' and '.join(held)})" if held
+            else "no subtitles (a GIF holds none: --subtitles FILE.vtt writes them)")
     click.echo(f"wrote {summary['path']}: {summary['duration']:.1f} s, {summary['frames']} frames of {w}×{h}, "
-               f"{summary['cues']} subtitle cues, in {summary['seconds']:.1f} s")
+               f"{cues}, in {summary['seconds']:.1f} s")
