@@ -201,7 +201,9 @@ def test_fetch_rejects_a_download_with_the_wrong_checksum(tmp_path, monkeypatch)
 def test_offline_error_names_the_url_and_the_option(tmp_path, monkeypatch):
     monkeypatch.setenv("LINTERP_CACHE", str(tmp_path / "cache"))
     url = (tmp_path / "nowhere" / "edsr_x4-4f62e9ef.pt").as_uri()
-    with pytest.raises(WeightsError, match=rf"cannot download {re.escape(url)} .*--weights PATH") as info:
+    cached = tmp_path / "cache" / "edsr_x4-4f62e9ef.pt"
+    with pytest.raises(WeightsError, match=rf"cannot download {re.escape(url)} .*--weights PATH, or put it in the "
+                                           rf"cache as {re.escape(str(cached))}$") as info:
         wts.fetch(url, progress=False)
     assert "\n" not in str(info.value)
 

@@ -70,7 +70,7 @@ def fetch(url: str, sha256: str | None = None, progress: bool = True) -> Path:
     """The local path of the weight file at ``url``: the verified cached copy, or a fresh verified download.
 
     The download goes to ``<name>.part`` and is renamed when complete and verified, so an interrupted or corrupt
-    download never poses as a cached file. Without a network the error names the URL and ``--weights PATH``.
+    download never poses as a cached file. Without a network the error names the URL, ``--weights PATH`` and the cache file.
     """
     name = url.rsplit("/", 1)[-1]
     target = cache_dir() / name
@@ -86,7 +86,8 @@ def fetch(url: str, sha256: str | None = None, progress: bool = True) -> Path:
     except (urllib.error.URLError, OSError, ValueError) as err:
         partial.unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
-        raise WeightsError(f"cannot download {url} ({reason}); download it yourself and pass --weights PATH") from err
+        raise WeightsError(f"cannot download {url} ({reason}); download it yourself and pass --weights PATH, or "
+                           f"put it in the cache as {target}") from err
     try:
         verify_sha256(partial, expected, url)
     except WeightsError:
