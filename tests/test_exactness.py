@@ -36,6 +36,22 @@ class Fn(nn.Module):
         return self.fn(x)
 
 
+class _Unpooled(nn.Module):
+    """A max pool that returns its indices, and the values put back where they came from (SegNet), or only the
+    values kept (indexing the pair)."""
+
+    def __init__(self, functional: bool = False, unpool: bool = True):
+        super().__init__()
+        self.pool, self.unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+        self.functional, self.put_back = functional, unpool
+
+    def forward(self, x):
+        pair = F.max_pool2d(x, 2, return_indices=True) if self.functional else self.pool(x)
+        if not self.put_back:
+            return pair[0]
+        return F.max_unpool2d(pair[0], pair[1], 2) if self.functional else self.unpool(pair[0], pair[1])
+
+
 #: every piecewise-linear rule kind, as modules, functions and tensor methods
 PIECEWISE_LINEAR = {
     "ReLU": nn.ReLU(), "ReLU-inplace": nn.ReLU(inplace=True), "F.relu": Fn(F.relu), "x.relu": Fn(lambda x: x.relu()),
@@ -54,6 +70,8 @@ PIECEWISE_LINEAR = {
     "ConstantPad2d": nn.ConstantPad2d(1, 0.7), "F.pad-reflect": Fn(lambda x: F.pad(x, (1, 1, 2, 0), mode="reflect")),
     "PixelShuffle": nn.PixelShuffle(2), "PixelUnshuffle": nn.PixelUnshuffle(2),
     "F.pixel_shuffle": Fn(lambda x: F.pixel_shuffle(x, 2)),
+    "MaxPool2d-indices+MaxUnpool2d": _Unpooled(), "F.max_pool2d-indices+F.max_unpool2d": _Unpooled(True),
+    "MaxPool2d-indices, values only": _Unpooled(unpool=False),
 }
 
 

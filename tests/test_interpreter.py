@@ -687,3 +687,183 @@ def test_lazy_layers_are_refused_until_initialised_and_then_interpreted(layer):
     loaded = make()
     loaded.load_state_dict(model.state_dict())  # initialised, still of the lazy class (in_channels 0 for a conv)
     assert torch.equal(interpret(loaded, x0).forward(x0), interpret(model, x0).forward(x0))
+
+
+class _InPlace(nn.Module):
+    """conv → `change` (a call that changes the conv's output in place) → conv of what `change` returns."""
+
+    def __init__(self, change):
+        super().__init__()
+        self.a, self.b, self.change = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 1), change
+        self.relu, self.lrelu = nn.ReLU(inplace=True), nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, x):
+        return self.b(self.change(self, self.a(x)))
+
+
+def _mul_discarded(m, h):
+    h.mul_(2.0)  # the result is dropped: h itself is doubled
+    return h
+
+
+def _clamp_discarded(m, h):
+    h.clamp_(-0.1, 0.1)
+    return h
+
+
+def _chunk_changed(parts):
+    a, b = parts[0], parts[1]
+    a.relu_()  # b shares a's storage, not its elements
+    return torch.cat([a, b], 1)
+
+
+F_ = nn.functional
+#: in-place forms -> (the change, the same function written out of place)
+IN_PLACE = {
+    "x.mul_ (result dropped)": (_mul_discarded, lambda m, h: 2 * h),
+    "x.clamp_ (result dropped)": (_clamp_discarded, lambda m, h: h.clamp(-0.1, 0.1)),
+    "ReLU(inplace=True), its input used again": (lambda m, h: m.relu(h) + h, lambda m, h: 2 * torch.relu(h)),
+    "LeakyReLU(inplace=True) then x.add_": (lambda m, h: m.lrelu(h).add_(h), lambda m, h: 2 * F_.leaky_relu(h, 0.2)),
+    "F.leaky_relu(x, 0.2, True), its input used again": (lambda m, h: 3 * F_.leaky_relu(h, 0.2, True) - h,
+                                                         lambda m, h: 2 * F_.leaky_relu(h, 0.2)),
+    "F.relu_, its input used again": (lambda m, h: F_.relu_(h) * 0.5 + h, lambda m, h: 1.5 * torch.relu(h)),
+    "a chunk changed in place": (lambda m, h: _chunk_changed(h.chunk(2, 1)),
+                                 lambda m, h: torch.cat([torch.relu(h[:, :2]), h[:, 2:]], 1)),
+}
+
+
+@pytest.mark.parametrize("kind", list(IN_PLACE))
+def test_later_uses_of_a_tensor_changed_in_place_see_the_change(kind):
+    """The model reads the changed tensor wherever it is used after an in-place call (also when the call's own
+    result is dropped); linear passes run every call out of place, so the graph's later uses read the call's
+    result: F x0 + r = f(x0), and F is the Jacobian (that of the same function written out of place, as autograd
+    refuses some in-place forms)."""
+    torch.manual_seed(0)
+    change, reference = IN_PLACE[kind]
+    model, x0 = _InPlace(change).double().eval(), torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    same = _InPlace(reference).double().eval()
+    same.load_state_dict(model.state_dict())
+    li = interpret(model, x0)
+    with torch.no_grad():
+        y = model(x0.clone())
+    assert (y - same(x0)).abs().max() <= 1e-14 * y.abs().max()
+    assert (li.forward(x0) + li.residual - y).abs().max() <= 1e-12 * y.abs().max()
+    jacobian = torch.func.jacrev(same)(x0).reshape(y.numel(), x0.numel())
+    assert (dense(li, x0) - jacobian).abs().max() <= 1e-12 * jacobian.abs().max()
+
+
+def test_an_in_place_change_through_shared_memory_is_refused_in_one_line():
+    """`h[:, :2].relu_()` changes h, which linear passes (out of place) would not: refused, naming the call."""
+    model = _InPlace(lambda m, h: (h[:, :2].relu_(), h)[1])
+    with pytest.raises(UnsupportedOperation, match=r"^tensor method \.relu_\(\) at 'relu_' changes in place a tensor "
+                                                   r"that shares memory with 'a', which is used afterwards") as err:
+        interpret(model, torch.rand(1, 3, 5, 5))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["aliased +=", "forward hook"])
+def test_a_model_whose_output_is_not_its_traced_graphs_is_refused(kind):
+    """torch.fx records `g += 1` as `g = g + 1`, so `h` keeps its old value in the graph where the model's `h` (the
+    same tensor as g) changed; a forward hook does not run in the graph. Both would give F of another function."""
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            g = h
+            g += 1.0
+            return g + h
+
+    model = Aliased()
+    if kind == "forward hook":
+        model = nn.Sequential(nn.Conv2d(3, 3, 1))
+        model.register_forward_hook(lambda module, args, out: 2 * out)
+    with pytest.raises(UnsupportedOperation, match=r"output at x0 differs from that of its torch\.fx graph") as err:
+        interpret(model, torch.rand(1, 3, 4, 4))
+    assert "\n" not in str(err.value)
+
+
+class _SpaceToDepth(nn.Module):
+    """The input goes through a PixelUnshuffle, or is concatenated with a noise map (FFDNet), before the first
+    convolution, whose input channels are then not the image's; the tail conv is registered first."""
+
+    def __init__(self, noise_map: bool):
+        super().__init__()
+        self.tail = nn.Conv2d(4, 3, 3, padding=1)
+        self.head = nn.Conv2d(4 if noise_map else 12, 4 if noise_map else 16, 3, padding=1)
+        self.noise_map = noise_map
+
+    def forward(self, x):
+        if self.noise_map:
+            return self.tail(torch.relu(self.head(torch.cat([x, torch.full_like(x[:, :1], 0.1)], 1))))
+        return self.tail(nn.functional.pixel_shuffle(torch.relu(self.head(nn.functional.pixel_unshuffle(x, 2))), 2))
+
+
+@pytest.mark.parametrize("noise_map", [False, True])
+def test_input_channels_are_checked_against_the_convolution_that_reads_the_input(noise_map):
+    torch.manual_seed(0)
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    _check_identities(_SpaceToDepth(noise_map).double().eval(), x0)
+    with pytest.raises(InputError, match="expects 3 input channels, x0 has 1"):
+        interpret(nn.Sequential(nn.Conv2d(3, 4, 3), nn.PixelShuffle(2)), torch.rand(1, 1, 6, 6))
+
+
+def test_an_x0_laid_out_channels_last_gives_the_same_interpreter():
+    """An image from numpy, (H, W, C) permuted to (1, C, H, W), is laid out channels-last; a classifier that
+    flattens its features with `.view` (which needs them contiguous) still has its residual and identities."""
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 36, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return self.fc(h.view(h.size(0), -1))
+
+    torch.manual_seed(0)
+    model = Classifier().double().eval()
+    x0 = torch.rand(6, 6, 3, dtype=torch.float64).permute(2, 0, 1)[None]
+    li = interpret(model, x0)
+    with torch.no_grad():
+        y = model(x0.contiguous())
+    assert (li.forward(x0.contiguous()) + li.residual - y).abs().max() <= 1e-12 * y.abs().max()
+    assert torch.equal(dense(li, x0), dense(interpret(model, x0.contiguous()), x0))
+
+
+class _OddUnet(nn.Module):
+    """A U-Net level for any size: pooling with ceil_mode, then upsampling back to the skip's size (whose scale,
+    13/24 at 24 pixels, is another one in a window)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.c = nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        d = torch.relu(self.b(nn.functional.max_pool2d(h, 3, 2, 1, ceil_mode=True)))
+        return self.c(torch.cat([h, nn.functional.interpolate(d, size=h.shape[2:])], 1))
+
+
+def test_windows_of_an_upsampling_to_another_maps_size_equal_full_image_columns():
+    """Every 4×4 tile's window gives the whole image's columns, or is the whole image: the check that a window
+    commutes with the network covers the tile's far corner, where the two sampling grids drift apart."""
+    torch.manual_seed(0)
+    model, x0 = _OddUnet().double().eval(), torch.rand(1, 3, 24, 24, dtype=torch.float64)
+    li = interpret(model, x0)
+    assert li.receptive_radius is not None
+    for top in range(0, 24, 4):
+        for left in range(0, 24, 4):
+            win = li.window((top, left, 4, 4))
+            v = torch.zeros(48, 3, 24, 24, dtype=torch.float64)
+            for k, (c, dy, dx) in enumerate((c, dy, dx) for c in range(3) for dy in range(4) for dx in range(4)):
+                v[k, c, top + dy, left + dx] = 1.0
+            full = li.forward(v)
+            iy, ix, ih, iw = win.in_box
+            oy, ox, oh, ow = win.out_box
+            part = win.forward(v[:, :, iy:iy + ih, ix:ix + iw])
+            assert (part - full[:, :, oy:oy + oh, ox:ox + ow]).abs().max() <= 1e-12 * full.abs().max(), (top, left)
+            full[:, :, oy:oy + oh, ox:ox + ow] = 0
+            assert full.abs().max() == 0

@@ -6,6 +6,7 @@ subclass) stays a leaf of the graph; every other user module is traced into, so 
 """
 from __future__ import annotations
 
+import inspect
 import operator
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.GraphMod
         raise UnsupportedOperation(
             f"{type(model).__name__} cannot be traced by torch.fx ({first}){_model_line(err)}") from err
     _fields_by_position(graph)
+    _follow_in_place(graph, model)
     return fx.GraphModule(model, graph)
 
 
@@ -46,6 +48,45 @@ def _fields_by_position(graph: fx.Graph) -> None:
     for node in graph.nodes:
         if node.op == "call_function" and node.target is getattr and node.args[1] in _FIELDS:
             node.target, node.args = operator.getitem, (node.args[0], _FIELDS[node.args[1]])
+
+
+#: the operator module's in-place forms (``a += b`` on tensors, where torch.fx records them)
+_IN_PLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+
+
+def changes_in_place(node: fx.Node, target: Any) -> bool:
+    """Whether a call changes its first argument in place: a tensor method or function whose name ends in one
+    underscore (``x.mul_(2)``, ``torch.relu_``), an operator's in-place form, a call with ``inplace=True``
+    (``F.relu(x, inplace=True)``, ``F.leaky_relu(x, 0.2, True)``) or a module built with it
+    (``nn.ReLU(inplace=True)``)."""
+    if node.op == "call_module":
+        return getattr(target, "inplace", False) is True
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = str(node.target) if node.op == "call_method" else getattr(target, "__name__", "")
+    if (name.endswith("_") and not name.endswith("__")) or target in _IN_PLACE_OPERATORS:
+        return True
+    try:
+        arguments = inspect.signature(target).bind(*node.args, **node.kwargs).arguments
+    except (TypeError, ValueError):  # builtins without a signature, calls that do not bind
+        arguments = node.kwargs
+    return arguments.get("inplace") is True
+
+
+def _follow_in_place(graph: fx.Graph, root: nn.Module) -> None:
+    """Make the uses of a tensor after a call that changes it in place read that call's result, as they do in the
+    model: in ``h.mul_(2); return conv(h)`` the conv reads the doubled tensor, although the traced graph's conv
+    node names ``h``, and linear passes run every call out of place (so they would give it the tensor before the
+    change). Such calls are marked ``node.meta["in_place"]``; a change that reaches other tensors through shared
+    memory (a view, a slice, a chunk of the tensor) is refused when the interpreter is recorded."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        target = root.get_submodule(str(node.target)) if node.op == "call_module" else node.target
+        if not (node.args and isinstance(node.args[0], fx.Node) and changes_in_place(node, target)):
+            continue
+        node.meta["in_place"] = True
+        at = order[node]
+        node.args[0].replace_all_uses_with(node, delete_user_cb=lambda user: order[user] > at)
 
 
 def uninitialised(model: nn.Module) -> str | None:

@@ -169,6 +169,8 @@ class LinearInterpreter:
                 continue
             rule = _rule_for(node, target)
             b = Bound(target, args, kwargs, env)
+            if node.meta.get("in_place"):
+                self._check_shared_memory(node, target, env)
             if rule is None:
                 value = b()
                 if isinstance(value, torch.Tensor) and value.is_complex():
@@ -209,6 +211,26 @@ class LinearInterpreter:
             why = f": its values are {dtype} (from '{where(out)}'), not floating-point" if integer else ""
             raise UnsupportedOperation(f"the model's output must be one tensor that depends on its input{why}")
         return env[out].detach()
+
+    def _check_shared_memory(self, node, target, env):
+        """Refuse a call that changes a tensor in place (see `graph.changes_in_place`) when another tensor that is
+        used after it shares that memory (a view, slice or chunk of it, or the tensor it is a view of): the model
+        reads the changed values there, which linear passes, running every call out of place, would not give.
+        (Later uses of the changed tensor itself read the call's result: `graph._follow_in_place`.)"""
+        changed = env.get(node.args[0])
+        if not isinstance(changed, torch.Tensor):
+            return
+        position = self.__dict__.setdefault("_position", {n: i for i, n in enumerate(self.nodes)})
+        later = position[node]
+        for other, value in env.items():
+            if other is node.args[0] or not any(position.get(u, len(position)) > later for u in other.users):
+                continue
+            for t in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(t, torch.Tensor) and _overlaps(changed, t):
+                    raise UnsupportedOperation(
+                        f"{describe(node, target)} at '{where(node)}' changes in place a tensor that shares memory "
+                        f"with '{where(other)}', which is used afterwards (a view, slice or chunk of the same "
+                        f"tensor): use the out-of-place form")
 
     def _freeze(self, node, value, env):
         """Non-float results of linear inputs (comparisons, indices) are frozen at x0; sizes are meta."""
@@ -497,6 +519,20 @@ class LinearInterpreter:
             raise InputError(f"{what} expects a batch of shape (B, {', '.join(map(str, shape))}), got {got}")
 
 
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share elements: the same storage and intersecting ranges of bytes (conservative:
+    two interleaved slices count as overlapping)."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t):
+        first = t.storage_offset() * t.element_size()
+        last = first + (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+        return first, last
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
 def _indicator(x):
     """1 where x is non-zero (NaN included), else 0, in x's dtype; tuples element-wise."""
     if isinstance(x, (tuple, list)):
@@ -514,17 +550,34 @@ def _is_leaf(m: nn.Module) -> bool:
     return rules.module_rule(m) is not None
 
 
-def _first_conv_channels(model: nn.Module) -> int | None:
-    """The input channels of the first convolution, from its weight (a lazy one loaded from a state dict keeps
-    in_channels 0); None when a linear layer comes first, or there is no convolution."""
-    for m in model.modules():
+def _input_channels(gm: fx.GraphModule) -> int | None:
+    """The input channels that a convolution reading the model's input itself expects, from its weight (a lazy
+    one loaded from a state dict keeps in_channels 0); None when none does (the input goes first through a
+    PixelUnshuffle, a concatenation with a noise map, a linear layer, ...: the model's own call then decides)."""
+    x = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    for user in x.users:
+        m = gm.get_submodule(str(user.target)) if user.op == "call_module" else None
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return m.weight.shape[1] * m.groups
         if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
             return m.weight.shape[0]
-        if isinstance(m, nn.Linear):
-            return None
     return None
+
+
+def _check_traced_output(model: nn.Module, x0: torch.Tensor, traced: torch.Tensor) -> None:
+    """Refuse a model whose own output at x0 is not its traced graph's: torch.fx records ``a += b`` as
+    ``a = a + b``, so a tensor that another name also refers to keeps its old values in the graph; forward hooks
+    do not run in it. (Within float rounding: oneDNN and cuDNN may sum in another order.)"""
+    y = model(x0.clone())
+    if not isinstance(y, torch.Tensor) or y.shape != traced.shape:
+        return  # the graph's own checks decide (one tensor that depends on the input)
+    tol = {torch.float64: 1e-9, torch.float32: 1e-4}.get(y.dtype, 1e-2) * float(y.abs().max().clamp_min(1e-30))
+    err = float((y - traced).abs().max())
+    if err > tol:
+        raise UnsupportedOperation(
+            f"{type(model).__name__}'s output at x0 differs from that of its torch.fx graph (max |difference| "
+            f"{err:.3g}): an in-place `a += b` on a tensor that another name also refers to (torch.fx records it as "
+            f"`a = a + b`), or a forward hook; write `a = a + b`")
 
 
 #: traced graphs per model and mode, so that interpreting many inputs traces each model once
@@ -553,16 +606,20 @@ def interpret(model: nn.Module, x0: torch.Tensor, eval_mode: bool = True) -> Lin
         raise InputError(f"x0 must have shape (1, C, H, W), got {tuple(x0.shape)}")
     if (why := uninitialised(model)) is not None:
         raise UnsupportedOperation(why)
-    channels = _first_conv_channels(model)
-    if channels is not None and channels != x0.shape[1]:
-        raise InputError(f"{type(model).__name__} expects {channels} input channels, x0 has {x0.shape[1]}")
     modes = {m: m.training for m in model.modules()}
     if eval_mode:
         model.eval()
     try:
         gm = _traced(model)
+        channels = _input_channels(gm)
+        if channels is not None and channels != x0.shape[1]:
+            raise InputError(f"{type(model).__name__} expects {channels} input channels, x0 has {x0.shape[1]}")
+        x0 = x0.detach().clone(memory_format=torch.contiguous_format)  # as linear passes lay out their batches
         with torch.no_grad():
-            return LinearInterpreter(gm, x0.detach().clone())
+            li = LinearInterpreter(gm, x0)
+            if not any(m.training for m in model.modules()):  # (in training mode a second call would change it)
+                _check_traced_output(model, x0, li.output)
+        return li
     finally:
         for m, mode in modes.items():
             m.training = mode

@@ -452,26 +452,35 @@ def _relu_derivative(y, b):
 
 
 class MaxPool(Rule):
-    """Max pooling (also adaptive): the switches x0 selects. `with_indices(b)` -> (output, flat indices)."""
+    """Max pooling (also adaptive): the switches x0 selects. `with_indices(b)` -> (output, flat indices).
+
+    A call that returns the indices too (``return_indices=True``, for a MaxUnpool) gives (values, the indices of
+    x0) in every pass, as `MaxAlong` does; the indices are frozen at x0 (static for every later operation).
+    State: `idx` (the switches, re-based on a window's input by `crop`), `in_spatial`, `indices` (the call's
+    own indices at x0, or None when it returns none)."""
 
     kind = "switches"
 
-    def __init__(self, with_indices: Callable):
-        self.with_indices = with_indices
+    def __init__(self, with_indices: Callable, returns_indices: Callable[[Bound], bool] = lambda b: False):
+        self.with_indices, self.returns_indices = with_indices, returns_indices
 
     def record(self, b):
         x0 = b.input()
         out, idx = self.with_indices(b)
-        return out, {"idx": idx, "in_spatial": tuple(x0.shape[2:])}, None
+        indices = idx if self.returns_indices(b) else None
+        state = {"idx": idx, "in_spatial": tuple(x0.shape[2:]), "indices": indices}
+        return (out if indices is None else (out, indices)), state, None
 
     def linear(self, b, state):
         v, idx = b.input(), state["idx"]
         flat = idx.flatten(2).expand(v.shape[0], -1, -1)
         out = v.flatten(2).gather(2, flat).view(v.shape[0], *idx.shape[1:])
-        return out * state["valid"] if "valid" in state else out
+        out = out * state["valid"] if "valid" in state else out
+        return out if state["indices"] is None else (out, state["indices"])
 
     def transpose(self, b, state, cot):
         idx = state["idx"]
+        cot = cot if state["indices"] is None else cot[0]  # the indices carry no cotangent
         cot = cot * state["valid"] if "valid" in state else cot
         n, c = cot.shape[:2]
         flat = idx.flatten(2).expand(n, -1, -1)
@@ -482,7 +491,8 @@ class MaxPool(Rule):
         return {b.nodes()[0]: out.view(n, c, *state["in_spatial"])}
 
     def support(self, b, state):
-        return self.with_indices(b)[0]
+        out = self.with_indices(b)[0]
+        return out if state["indices"] is None else (out, state["indices"])
 
     def crop(self, state, crop):
         """Switches of the window: flat indices re-based on the cropped input; switches that fall outside
@@ -493,7 +503,26 @@ class MaxPool(Rule):
         idx = crop(state["idx"])
         y, x = idx // state["in_spatial"][1] - top, idx % state["in_spatial"][1] - left
         valid = (y >= 0) & (y < h) & (x >= 0) & (x < w)
-        return {"idx": torch.where(valid, y * w + x, 0), "in_spatial": (h, w), "valid": valid}
+        return {**state, "idx": torch.where(valid, y * w + x, 0), "in_spatial": (h, w), "valid": valid}
+
+
+class Unpool(Rule):
+    """MaxUnpool (module or functional): linear in its input, by the indices of a max pool frozen at x0 (the second
+    argument, or `indices`), which have batch 1: each pass expands them to its batch."""
+
+    @staticmethod
+    def _batched(b: Bound, batch: int) -> Bound:
+        def expand(a):
+            return a.expand(batch, *a.shape[1:]) if isinstance(a, torch.Tensor) and a.shape[0] != batch else a
+        args = tuple(expand(a) if i == 1 else a for i, a in enumerate(b.args))
+        kwargs = {k: expand(a) if k == "indices" else a for k, a in b.kwargs.items()}
+        return Bound(b.fn, args, kwargs, b.values)
+
+    def linear(self, b, state):
+        return self._batched(b, b.input().shape[0])()
+
+    def transpose(self, b, state, cot):
+        return _vjp(self._batched(b, cot.shape[0]), cot)
 
 
 def _amax_signature(input, dim=(), keepdim=False):
@@ -972,6 +1001,9 @@ ALONG = MaxAlong()
 MAXIMUM, MINIMUM = Switch(torch.gt), Switch(torch.lt)
 MAX, MIN = _extremum(ALONG, MAXIMUM, AMAX), _extremum(ALONG, MINIMUM, AMAX)
 
+UNPOOL = Unpool()
+MODULE_MAX_POOL = MaxPool(_module_pool_indices, returns_indices=lambda b: b.fn.return_indices)
+
 MODULE_RULES: dict[type, Rule] = {
     nn.Conv1d: ConvModule(), nn.Conv2d: ConvModule(), nn.Conv3d: ConvModule(),
     nn.ConvTranspose1d: ConvTransposeModule(), nn.ConvTranspose2d: ConvTransposeModule(),
@@ -984,9 +1016,9 @@ MODULE_RULES: dict[type, Rule] = {
     nn.Sigmoid: SECANT, nn.Tanh: SECANT, nn.SiLU: SECANT, nn.GELU: SECANT, nn.ELU: SECANT, nn.SELU: SECANT,
     nn.CELU: SECANT, nn.Softplus: SECANT, nn.Mish: SECANT, nn.Hardswish: SECANT, nn.LogSigmoid: SECANT,
     nn.Softsign: SECANT, nn.Tanhshrink: SECANT,
-    nn.MaxPool1d: MaxPool(_module_pool_indices), nn.MaxPool2d: MaxPool(_module_pool_indices),
-    nn.MaxPool3d: MaxPool(_module_pool_indices), nn.AdaptiveMaxPool1d: MaxPool(_module_pool_indices),
-    nn.AdaptiveMaxPool2d: MaxPool(_module_pool_indices), nn.AdaptiveMaxPool3d: MaxPool(_module_pool_indices),
+    nn.MaxPool1d: MODULE_MAX_POOL, nn.MaxPool2d: MODULE_MAX_POOL, nn.MaxPool3d: MODULE_MAX_POOL,
+    nn.AdaptiveMaxPool1d: MODULE_MAX_POOL, nn.AdaptiveMaxPool2d: MODULE_MAX_POOL, nn.AdaptiveMaxPool3d: MODULE_MAX_POOL,
+    nn.MaxUnpool1d: UNPOOL, nn.MaxUnpool2d: UNPOOL, nn.MaxUnpool3d: UNPOOL,
     nn.BatchNorm1d: Norm(_bn_module), nn.BatchNorm2d: Norm(_bn_module), nn.BatchNorm3d: Norm(_bn_module),
     nn.InstanceNorm1d: Norm(_in_module), nn.InstanceNorm2d: Norm(_in_module),
     nn.InstanceNorm3d: Norm(_in_module), nn.GroupNorm: Norm(_gn_module), nn.LayerNorm: Norm(_ln_module),
@@ -1060,6 +1092,10 @@ for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d", "
     FUNCTION_RULES[getattr(F, _name)] = _rule
     if hasattr(torch, _name):
         FUNCTION_RULES[getattr(torch, _name)] = _rule
+    # F.max_pool2d(..., return_indices=True) is traced as this one, which returns (values, indices)
+    FUNCTION_RULES[getattr(F, f"{_name}_with_indices")] = MaxPool(_functional_pool_indices(_name), lambda b: True)
+for _fn in _functions("max_unpool1d max_unpool2d max_unpool3d"):
+    FUNCTION_RULES[_fn] = UNPOOL
 FUNCTION_RULES.update({torch.amax: AMAX, torch.amin: AMAX, torch.max: MAX, torch.min: MIN,
                        torch.maximum: MAXIMUM, torch.minimum: MINIMUM})
 for _fn, _affine in [(F.batch_norm, _F_BATCH_NORM), (F.instance_norm, _F_INSTANCE_NORM),

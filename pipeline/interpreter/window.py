@@ -225,7 +225,8 @@ def make_window(li, box) -> Window | None:
     fits = li.__dict__.setdefault("_window_sizes_fit", {})
     size = (y1 - y0, x1 - x0)
     if size not in fits:  # sizes follow from the window's size alone
-        fits[size] = _shapes_fit(window, boxes) and _reproduces(window, top, left)
+        corners = [(y, x) for y in (top, top + height - 1) for x in (left, left + width - 1)]
+        fits[size] = _shapes_fit(window, boxes) and _reproduces(window, corners)
     return window if fits[size] else _full(li)  # operations that do not commute with cropping: the whole image
 
 
@@ -235,13 +236,16 @@ def _full(li) -> Window:
     return Window(li, (0, 0, H, W), (0, 0, oh, ow), li.sites, li.static)
 
 
-def _reproduces(window: Window, top: int, left: int, rtol: float = 1e-5) -> bool:
-    """Whether the window gives the whole image's column of input pixel (0, top, left), inside its output box
-    and (zero) outside it. Operations that keep sizes but do not commute with cropping (interpolation with
-    align_corners=True, whose sampling grid depends on the map's size) fail it."""
+def _reproduces(window: Window, pixels: list[tuple[int, int]], rtol: float = 1e-5) -> bool:
+    """Whether the window gives the whole image's columns of the input pixels (0, y, x) for (y, x) in `pixels` (the
+    tile's corners), inside its output box and (zero) outside it. Operations that keep sizes but do not commute
+    with cropping (interpolation with align_corners=True, whose sampling grid depends on the map's size; an
+    upsampling to the size of another map, whose scale then differs in the window) fail it, and do so far from
+    the window's origin, where the two sampling grids have drifted apart: hence the tile's far corner too."""
     li = window.li
-    e = torch.zeros((1, *li.x0.shape[1:]), dtype=li.x0.dtype, device=li.x0.device)
-    e[0, 0, top, left] = 1.0
+    e = torch.zeros((len(pixels), *li.x0.shape[1:]), dtype=li.x0.dtype, device=li.x0.device)
+    for k, (y, x) in enumerate(pixels):
+        e[k, 0, y, x] = 1.0
     iy, ix, ih, iw = window.in_box
     oy, ox, oh, ow = window.out_box
     with torch.no_grad():
