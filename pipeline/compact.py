@@ -12,7 +12,8 @@ Two options (``Compaction``), both off by default (F exact in float32, losslessl
   q_j/2 ≤ u·max|F_j| of F: the bound that rounding to nearest gives the column's largest entry. Entries much
   smaller than the column's largest lose the low bits that rounding to nearest would keep for them (bits below
   the bound), which is what makes them compress: 4.1× smaller than rounding to nearest on an edsr-small-x4
-  tile, same bound.
+  tile, same bound. (Except below float16's normal range, max|F_j| < 2^-14: the grid is finer than float16's
+  subnormal spacing 2^-24 and the values are rounded again, within u·max|F_j| + 2^-25; error_max measures it.)
 - ``support_tol`` T: per column, the smallest window around its pixel that holds all but a fraction T of the
   column's L1 mass is kept and the entries outside it are set to zero. The window of input pixel (y, x) is the
   output block of that pixel, [⌊y·s_y⌋, ⌈(y+1)·s_y⌉) × [⌊x·s_x⌋, ⌈(x+1)·s_x⌉) with s = output / input size,
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .store import ERROR_ARRAYS  # noqa: F401 - the per-column error arrays of a compact store, as above
+from .store import ERROR_ARRAYS  # the per-column error arrays of a compact store, as above
 
 #: Precisions of F (``StoreAttrs.dtype``).
 DTYPES = ("float32", "float16", "bfloat16")
@@ -239,3 +240,49 @@ def summary_line(store) -> str:
     return (f"compact store ({attrs.dtype}, support tol {attrs.support_tol}): every entry within {s['error_max']:.3g} "
             f"of the exact F, at most {s['bound_rel']:.3g} of its column's largest entry; dropped L1 mass up to "
             f"{s['dropped_l1']:.3g}; kept radius {s['radius_min']}–{s['radius_max']} output pixels")
+
+
+#: Half the smallest subnormal number of each precision: the absolute error of rounding a value below the
+#: precision's normal range (float16: 2^-14 ≈ 6.1e-5), where a column's grid is finer than the precision.
+SUBNORMAL_HALF = {"float32": 2.0 ** -150, "float16": 2.0 ** -25, "bfloat16": 2.0 ** -134}
+#: Relative slack of ``bound_violations`` for the float32 / float64 rounding of the figures and the sums.
+BOUND_SLACK = 1e-5
+
+
+def bound_violations(errors: dict[str, np.ndarray], stored_max: np.ndarray, stored_l1: np.ndarray, dtype: str,
+                     support_tol: float | None, outputs: int) -> dict[str, np.ndarray]:
+    """The columns whose stored error figures cannot hold for the stored F, by rule: rule -> bool (C_in, H_in,
+    W_in). Verification subtracts these bounds from every difference it measures, so an inflated bound (a damaged
+    array, a store edited by hand) would make every check pass; these rules follow from how ``compact_block``
+    measures the figures and catch that.
+
+    ``errors``: the store's arrays (``ERROR_ARRAYS``); ``stored_max``, ``stored_l1``: max |F̃_j| and ‖F̃_j‖₁ of the
+    stored columns; ``outputs``: the entries of a column (C_out·H_out·W_out). Rules (s = ``BOUND_SLACK``):
+
+    - ``finite``: every figure is finite and ≥ 0;
+    - ``column_max``: |max |F̃_j| − column_max_j| ≤ error_max_j (each entry is within error_max_j of F_j);
+    - ``error_max``: error_max_j ≤ max(u·column_max_j + h, min(dropped_l1_j, column_max_j)): an entry errs by
+      its rounding (u the unit roundoff, h = ``SUBNORMAL_HALF``, 0 for float32) or is a dropped entry;
+    - ``dropped_l1``: dropped_l1_j ≤ T·(‖F̃_j‖₁ + error_l1_j), T the support tolerance (0 without), since
+      ‖F_j‖₁ ≤ ‖F̃_j‖₁ + error_l1_j;
+    - ``error_l1``: dropped_l1_j ≤ error_l1_j ≤ dropped_l1_j + outputs·(u·column_max_j + h).
+    """
+    f = {name: np.asarray(errors[name], dtype=np.float64) for name in ERROR_ARRAYS}
+    u = 0.0 if dtype == "float32" else UNIT_ROUNDOFF[dtype]
+    half = 0.0 if dtype == "float32" else SUBNORMAL_HALF[dtype]
+    up, down = 1 + BOUND_SLACK, 1 - BOUND_SLACK
+    tiny = np.finfo(np.float32).tiny
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = np.all([np.isfinite(a) & (a >= 0) for a in f.values()], axis=0)
+        rounding = u * f["column_max"] + half
+        rules = {
+            "finite": ~finite,
+            "column_max": np.abs(stored_max - f["column_max"])
+            > f["error_max"] + BOUND_SLACK * f["column_max"] + tiny,
+            "error_max": f["error_max"]
+            > np.maximum(rounding, np.minimum(f["dropped_l1"], f["column_max"])) * up + tiny,
+            "dropped_l1": f["dropped_l1"] > (support_tol or 0.0) * (stored_l1 + f["error_l1"]) * up + tiny,
+            "error_l1": (f["error_l1"] < f["dropped_l1"] * down - tiny)
+            | (f["error_l1"] > (f["dropped_l1"] + outputs * rounding) * up + tiny),
+        }
+    return {name: mask & finite if name != "finite" else mask for name, mask in rules.items()}

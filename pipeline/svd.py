@@ -34,8 +34,9 @@ errors are quadratic in it, and the angle of each singular subspace is at most �
 of the spectrum).
 
 Sign convention: the entry of largest magnitude of each eigen-input v_i is positive (first such entry on
-ties); the eigen-output u_i follows from u = F v / s. With the fixed seed, repeated runs give the same
-vectors.
+ties); the eigen-output u_i follows from u = F v / s, except for pairs with s_i ≤ ``RANK_TOL``·s₁ (F's null
+space), whose F v is rounding noise: their u_i complete the others to an orthonormal set. With the fixed seed,
+repeated runs give the same vectors.
 """
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ STEP_WIDTH = 8
 MODEL_BATCH = 4
 #: Default memory for the Lanczos basis and its image under FᵀF (two float64 (n, c) arrays), in bytes.
 BASIS_BYTES = 512 * 2**20
+#: Singular values at or below RANK_TOL·s₁ count as zero (F's numerical rank): their F v is rounding noise, so
+#: their eigen-outputs are completed to an orthonormal set instead (``_complete_null``).
+RANK_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,7 @@ def _truncated_svd(
     fv = np.asarray(op.forward(v.T.reshape((k, *op.in_shape))), dtype=np.float64).reshape(k, -1)
     norms = np.linalg.norm(fv, axis=1)
     u = fv / np.where(norms > 0, norms, 1.0)[:, None]
+    u = _complete_null(u, (s <= RANK_TOL * s[0]) | (norms == 0), np.random.default_rng([seed, 1]))
     ftu = np.asarray(op.transpose(u.reshape((k, *op.out_shape))), dtype=np.float64).reshape(k, -1)
     passes += k
     safe_s = np.where(s > 0, s, 1.0)
@@ -360,6 +365,22 @@ def _load_checkpoint(path, key: str):
             return data["q"], data["z"], int(data["passes"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _complete_null(u: np.ndarray, null: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """u (k, m) unit rows, with the rows where ``null`` (k,) holds replaced by unit vectors orthogonal to every
+    other row and to each other. For a zero singular value F v is rounding noise (or exactly 0), so F v / ‖F v‖
+    is neither orthogonal to the other eigen-outputs nor of unit norm, while any such completion is a valid left
+    singular vector (Fᵀu ≈ 0 = s v). Rows beyond the m dimensions of the output stay as they are."""
+    if not null.any():
+        return u
+    u = u.copy()
+    kept = u[~null].T  # (m, r)
+    fresh = _orthonormalize(rng.standard_normal((u.shape[1], int(null.sum()))), np.linalg.qr(kept)[0]
+                            if kept.size else np.zeros((u.shape[1], 0)), rng)
+    rows = np.flatnonzero(null)[:fresh.shape[1]]
+    u[rows] = _fix_signs(fresh).T
+    return u
 
 
 def _fix_signs(v: np.ndarray) -> np.ndarray:

@@ -8,8 +8,11 @@ relative max errors: max |stored − reference| / max |reference| over what the 
 ==================  =========  ======================================================================================
 check               tolerance  what it compares
 ==================  =========  ======================================================================================
-``integrity``       0          every stored shard of F decodes (zstd checksums), and every finished task has the
-                               shards its ledger entry counts; the value is the number of bad shards or tasks
+``integrity``       0          every stored shard of F decodes (zstd checksums), every finished task has the
+                               shards its ledger entry counts, and x0 has the sha256 the identity records; the
+                               value is the number of bad shards, tasks and inputs
+``bounds``          0          compact stores: every column's stored error figures fit the stored F and how they
+                               were measured (``compact.bound_violations``); the value is the number that do not
 ``reconstruction``  1e-4       F·x0 + r = y0, with F·x0 contracted from the stored F (finished stores only),
                                relative to the largest of |y0|, |F·x0| and |r|
 ``model``           1e-4       the model rebuilt from the store reproduces the stored y0 = f(x0)
@@ -28,8 +31,9 @@ The tolerances are float32 figures: the stored F is float32, and the references 
 whose summation order differs from the compute's. A compact store (``pipeline.compact``) is judged on what its
 per-column error arrays promise: each check subtracts the stored bound of the difference it looks at (Σ_j
 |w_j|·error_max_j for F·w, error_l1_j·max|u| for (Fᵀu)_j, error_max_j for the entries of column j and of every
-row at input j) before the float32 tolerance applies; the report's ``compact`` figures give the bound. Status: ``passed`` (finished, every check passed),
-``failed`` (a check failed), ``unverified`` (unfinished, or a check that needs the model could not run).
+row at input j) before the float32 tolerance applies; the report's ``compact`` figures give the bound, and
+``bounds`` checks that it is not inflated. Status: ``passed`` (finished, every check passed), ``failed`` (a check
+failed), ``unverified`` (unfinished, or a check that needs the model could not run).
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from . import shard_io
 from .store import LEDGER_COUNT_MAX, Store
 
 #: Default tolerance of each check (see the module docstring).
-TOLERANCES = {"integrity": 0, "reconstruction": 1e-4, "model": 1e-4, "probe": 1e-4, "rows": 1e-4,
+TOLERANCES = {"integrity": 0, "bounds": 0, "reconstruction": 1e-4, "model": 1e-4, "probe": 1e-4, "rows": 1e-4,
               "columns": 1e-4, "jacobian": 1e-4, "windows": 1e-5}
 #: Default number of sampled rows or columns per check.
 DEFAULT_SAMPLES = 8
@@ -257,6 +261,48 @@ def damaged_tasks(store: Store, *, progress: bool = False) -> dict[tuple[int, ..
 
 
 # ---- the checks ------------------------------------------------------------------------------------------
+
+def x0_mismatch(store: Store) -> str | None:
+    """A line when the stored x0 is not the input the store was computed from (its sha256 differs from the one
+    its ``identity`` records: x0 replaced or damaged), else None (also for stores that record none)."""
+    import hashlib
+
+    want = (store.attrs.get("identity") or {}).get("x0_sha256")
+    if not isinstance(want, str):
+        return None
+    got = hashlib.sha256(np.ascontiguousarray(store.x0, dtype=np.float32).tobytes()).hexdigest()
+    if got == want:
+        return None
+    return (f"x0 is not the input the store was computed from (sha256 {got[:12]}…, its identity records "
+            f"{want[:12]}…)")
+
+
+def bounds_check(store: Store, column_max: np.ndarray, column_l1: np.ndarray, inp_done: np.ndarray,
+                 tolerances: dict) -> Check:
+    """``bounds`` (compact stores): the stored error figures of every finished column are consistent with the
+    stored F and with how they were measured (``compact.bound_violations``); the value counts the columns that
+    are not. The other checks subtract these bounds, so an inflated one would make them pass on any F.
+    ``column_max``, ``column_l1``: max |F̃_j| and ‖F̃_j‖₁ of the stored columns (C_in, H_in, W_in)."""
+    from .compact import bound_violations
+
+    attrs = store.attrs
+    rules = bound_violations(store.errors(), column_max, column_l1, attrs.get("dtype") or "float32",
+                             attrs.get("support_tol"), math.prod(store.out_shape))
+    done = np.broadcast_to(inp_done, store.in_shape)
+    bad = np.zeros(store.in_shape, bool)
+    for mask in rules.values():
+        bad |= mask & done
+    if not bad.any():
+        return _judge("bounds", 0, tolerances, f"{int(done.sum())} columns' error figures fit the stored F")
+    at = tuple(int(i) for i in np.argwhere(bad)[0])
+    rule = next(name for name, mask in rules.items() if mask[at])
+    errors = {name: float(a[at]) for name, a in store.errors().items()}
+    return _judge("bounds", int(bad.sum()), tolerances,
+                  f"column {at}: {rule} does not fit the stored F (error_max {errors['error_max']:.3g}, error_l1 "
+                  f"{errors['error_l1']:.3g}, dropped_l1 {errors['dropped_l1']:.3g}, column_max "
+                  f"{errors['column_max']:.3g}; stored column max {column_max[at]:.3g}); "
+                  f"the stored error bounds are damaged")
+
 
 def _relative(a: np.ndarray, ref: np.ndarray, allow=0.0) -> tuple[float, float, tuple]:
     """(max d / max |ref|, max d, index of the largest d), d = |a − ref| beyond ``allow`` (a compact store's
@@ -558,28 +604,41 @@ def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = Non
     Fx0v = np.zeros(store.out_shape + (2,), np.float64)
     FTu = np.zeros(store.in_shape, np.float64)
 
+    compact = store.compact
+    column_max = np.zeros(store.in_shape, np.float64)  # max |F̃_j| and ‖F̃_j‖₁ of the stored columns (compact stores)
+    column_l1 = np.zeros(store.in_shape, np.float64)
+
     def products(piece, block):  # in the reading threads
         out, inp = piece[:3], piece[3:]
-        return np.tensordot(block, both[inp], axes=3), np.tensordot(u[out], block, axes=([0, 1, 2], [0, 1, 2]))
+        found = np.tensordot(block, both[inp], axes=3), np.tensordot(u[out], block, axes=([0, 1, 2], [0, 1, 2]))
+        if not compact:
+            return found
+        size = np.abs(block)
+        return found + (size.max(axis=(0, 1, 2)), size.sum(axis=(0, 1, 2), dtype=np.float64))
 
     def add(piece, result):  # in order: the sums do not depend on the threads
         Fx0v[piece[:3]] += result[0]
         FTu[piece[3:]] += result[1]
+        if compact:
+            np.maximum(column_max[piece[3:]], result[2], out=column_max[piece[3:]])
+            column_l1[piece[3:]] += result[3]
 
     bad = [line for _, line in read_shards(store, regions, add, measure=products, progress=progress,
                                            desc=f"verify {store.path.name}")]
     phases = {"read_s": time.perf_counter() - started}
     bad += list(ledger_mismatches(store, mode, regions).values())
+    bad += [line] if (line := x0_mismatch(store)) else []
     checks = [Check("integrity", float(len(bad)), 0, not bad,
                     bad[0] + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if bad
                     else f"{len(regions)} shards decode")]
     figures = {"mode": mode, "samples": samples, "seed": seed, "tasks": int(done.size),
                "tasks_done": int(done.sum())}
 
-    if store.compact:
+    if compact:
         from .compact import error_summary
 
         figures["compact"] = error_summary(store)
+        checks.append(bounds_check(store, column_max, column_l1, inp_done, tolerances))
     if finished:
         fx0, residual, y0 = Fx0v[..., 0], store.residual, store.y0
         err = float(np.abs(fx0 + residual - y0).max())

@@ -269,3 +269,37 @@ def test_verify_judges_compact_stores_on_their_stored_bounds(stores, tmp_path):
     report = verify_store(open_store(copy), src.build)
     assert report.status == "failed"
     assert {"reconstruction", "probe", "rows"} <= {c.name for c in report.failed}
+
+
+def test_verify_fails_a_compact_store_whose_bounds_are_inflated(stores, tmp_path):
+    """The checks subtract the stored bounds, so bounds inflated to 1e30, inf or NaN would let any F pass:
+    `bounds` compares every column's figures with the stored F (here: negated) and with how they were measured."""
+    import shutil
+
+    from pipeline.compact import bound_violations
+    from pipeline.verify import verify_store
+
+    src, _, _, made = stores
+    for (dtype, tol), store in made.items():  # the stores as computed: every figure fits
+        found = {c.name: c for c in verify_store(store, src.build).checks}
+        assert found["bounds"].passed and found["bounds"].value == 0, found["bounds"]
+    for value in (1e30, np.inf, np.nan):
+        copy = shutil.copytree(made[("float16", 0.02)].path, tmp_path / f"inflated-{value}.zarr")
+        group = zarr.open_group(str(copy), mode="r+")
+        group["F"][...] = -group["F"][...]
+        for name in ("error_max", "error_l1", "dropped_l1"):
+            group[name][...] = value
+        report = verify_store(open_store(copy), src.build)
+        found = {c.name: c for c in report.checks}
+        assert report.status == "failed" and found["bounds"].passed is False
+        assert found["bounds"].value == 400 and "the stored error bounds are damaged" in found["bounds"].detail
+    # each rule on its own, on one column of a made-up store (float16, no truncation: 4 entries, largest 1)
+    ones = lambda v: np.full((1, 1, 1), v, np.float32)  # noqa: E731
+    fine = {"dropped_l1": ones(0), "error_l1": ones(1e-3), "error_max": ones(2.0 ** -11), "column_max": ones(1.0),
+            "support_radius": ones(0).astype(np.int32)}
+    assert not any(m.any() for m in bound_violations(fine, ones(1.0), ones(2.5), "float16", None, 4).values())
+    for name, value, rule in [("error_max", 1e-2, "error_max"), ("column_max", 2.0, "column_max"),
+                              ("dropped_l1", 0.5, "dropped_l1"), ("error_l1", 1.0, "error_l1"),
+                              ("error_max", -1.0, "finite")]:
+        rules = bound_violations(dict(fine, **{name: ones(value)}), ones(1.0), ones(2.5), "float16", None, 4)
+        assert rules[rule].all(), (name, value, rule)

@@ -389,3 +389,38 @@ def test_options_out_of_range_nan_or_inf_are_usage_errors_before_any_work(comman
     assert res.exit_code == 2 and "Invalid value for" in res.output, res.output
     assert res.exception is None or isinstance(res.exception, SystemExit), res.output
     assert "Traceback" not in res.output and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["lanczos", "randomized"])
+def test_pairs_at_or_beyond_the_rank_still_have_orthonormal_eigen_outputs(method):
+    """For a zero singular value F v is rounding noise (or exactly 0): F v / ‖F v‖ was stored as the eigen-output,
+    neither of unit norm (zero rows for F = 0) nor orthogonal to the others (Gram off by 0.44 on a 768-column
+    pool-then-upsample store with k = 200 > its rank 192). Those rows are now an orthonormal completion."""
+    rank10 = random_matrix(40, 30, np.concatenate([np.linspace(2, 1, 10), np.zeros(20)]), seed=6)
+    for matrix, k in ((rank10, 14), (np.zeros((40, 30)), 3)):
+        res = truncated_svd(dense_operator(matrix, (30,), (40,)), k, method=method, progress=False)
+        u = res.U.reshape(k, -1)
+        assert np.abs(u @ u.T - np.eye(k)).max() < 1e-8
+        assert np.abs(matrix.T @ u[res.S <= 1e-6 * max(res.S[0], 1e-300)].T).max() < 1e-8  # Fᵀu = 0: in the null space
+        np.testing.assert_allclose(res.S, np.linalg.svd(matrix, compute_uv=False)[:k], atol=1e-7)
+
+
+def test_a_zero_f_and_a_stalled_run_get_warnings_that_can_be_followed(tmp_path):
+    """F = 0 said "use --k 0" (not a valid --k); a randomized run stopped by the stall test on a flat spectrum said
+    "raise --max-iter", which changes nothing: the run stalls at the same step."""
+    from test_geometry import dense_store
+
+    zero = dense_store(tmp_path / "zero.zarr", np.zeros((1, 6, 6, 1, 6, 6), np.float32),
+                       np.zeros((1, 6, 6), np.float32))
+    result = CliRunner().invoke(main, ["svd", str(zero.path), "--k", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "warning: F is zero" in result.output and "--k 0" not in result.output
+    u = open_store(zero.path).svd()[1].reshape(2, -1)
+    np.testing.assert_allclose(u @ u.T, np.eye(2), atol=1e-6)
+    flat = random_matrix(36, 36, 1 - 1e-4 * np.arange(36), seed=5)
+    store = dense_store(tmp_path / "flat.zarr", flat.reshape(1, 6, 6, 1, 6, 6).astype(np.float32),
+                        np.zeros((1, 6, 6), np.float32))
+    result = CliRunner().invoke(main, ["svd", str(store.path), "--k", "4", "--method", "randomized", "--quiet"])
+    assert result.exit_code == 0 and "NOT converged" in result.output, result.output
+    assert "raise --max-iter" not in result.output and "stopped falling" in result.output
+    assert "--method lanczos" in result.output

@@ -295,3 +295,26 @@ def test_verify_write_on_a_read_only_store_prints_the_results_and_one_line(good,
     assert summary.startswith(f"{out}: passed: integrity 0, reconstruction ") and "windows" in summary
     assert last == "  NOT WRITTEN: cannot record the result in the store (Read-only file system)"
     assert result.stderr == "" and (out / "zarr.json").read_bytes() == before
+
+
+def test_a_store_whose_input_was_replaced_fails_integrity_even_where_f_does_not_depend_on_it(tmp_path):
+    """bicubic's F is the same for every input: a store whose x0, y0 and residual were swapped for another image's
+    is self-consistent, and only the sha256 of x0 that its identity records tells that it no longer holds the
+    input its attributes name."""
+    import zarr
+
+    stores = []
+    for seed in (0, 1):
+        out = tmp_path / f"b{seed}.zarr"
+        result = run("compute", "--model", "bicubic-x2", "--image", png(tmp_path / f"{seed}.png", (8, 8, 3), seed),
+                     "--out", out, "--quiet")
+        assert result.exit_code == 0, result.output
+        stores.append(out)
+    source, target = (zarr.open_group(str(s), mode="r+") for s in stores)
+    for name in ("x0", "y0", "residual"):
+        target[name][...] = source[name][...]
+    result = run("verify", stores[1], "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "FAILED integrity: 1 > 0 (x0 is not the input the store was computed from (sha256" in result.output
+    assert [line for line in result.output.splitlines() if "FAILED" in line] == [
+        line for line in result.output.splitlines() if "FAILED integrity" in line]  # every other check passes

@@ -5,10 +5,7 @@ import click
 
 from pipeline.commands.options import SEED, THREADS, FiniteRange
 
-from pipeline.svd import MODEL_BATCH
-
-#: singular values below RANK_TOL·s1 count as zero (F's numerical rank) in the command's warning
-RANK_TOL = 1e-6
+from pipeline.svd import MODEL_BATCH, RANK_TOL  # RANK_TOL: singular values at or below RANK_TOL·s1 are 0
 
 
 @click.command()
@@ -75,8 +72,17 @@ def svd(store_path, k, method, from_store, from_model, tol, batch, max_iter, thr
                f"max relative residual {worst:.2e}; {info['operator_passes']} vector passes in "
                f"{info['seconds']:.1f} s ({method})")
     rank = int((result.S > RANK_TOL * result.S[0]).sum())
-    if rank < k:  # more pairs than F's numerical rank: those beyond it cannot converge
+    if rank == 0:  # nothing to factorise: every pair is arbitrary
+        click.echo(f"warning: F is zero (no singular value above 0): the {k} pairs are arbitrary orthonormal "
+                   f"vectors, not structure of F", err=True)
+    elif rank < k:  # more pairs than F's numerical rank: those beyond it cannot converge
         click.echo(f"warning: only {rank} of the {k} singular values are above {RANK_TOL:g}·s1 (F's numerical "
                    f"rank); the pairs beyond it are rounding noise: use --k {rank}", err=True)
     elif not info["converged"]:
-        click.echo("warning: raise --max-iter (or --tol) for tighter singular vectors", err=True)
+        per_block = 1 if method == "randomized" else -(-info["block"] // info["step_width"])
+        if info["iterations"] >= max_iter * per_block:
+            click.echo("warning: raise --max-iter (or --tol) for tighter singular vectors", err=True)
+        else:  # stopped by the stall test (pipeline.svd.STALL_STEPS): more steps would not help
+            click.echo(f"warning: the residuals stopped falling after {info['iterations']} steps, before --max-iter: "
+                       + ("--method lanczos converges on flat spectra where this one stalls"
+                          if method == "randomized" else "raise --tol, or --k past a gap in the spectrum"), err=True)

@@ -15,7 +15,9 @@ not run. An unfinished store is checked on its finished tasks. Checks and defaul
 errors; integrity counts bad shards):
 
 \b
-  integrity       {integrity:<7g} every shard of F decodes; every finished task has the shards it counted
+  integrity       {integrity:<7g} every shard of F decodes; every finished task has the shards it counted;
+                          x0 is the input the store was computed from (its recorded sha256)
+  bounds          {bounds:<7g} compact stores: every column's stored error bounds fit the stored F
   reconstruction  {reconstruction:<7g} F·x0 + r = y0, F·x0 contracted from the stored F
   model           {model:<7g} the rebuilt model reproduces the stored y0 = f(x0)
   probe           {probe:<7g} F·v and Fᵀu (seeded random v, u): stored F against the interpreter
