@@ -44,10 +44,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .store import ERROR_ARRAYS  # the per-column error arrays of a compact store, as above
-
-#: Precisions of F (``StoreAttrs.dtype``).
-DTYPES = ("float32", "float16", "bfloat16")
+# the per-column error arrays of a compact store, as above, and the precisions of F (``StoreAttrs.dtype``)
+from .store import ERROR_ARRAYS, F_DTYPES as DTYPES
 #: Half the spacing of representable numbers relative to a value (round to nearest): the relative rounding
 #: error of each precision for normal numbers.
 UNIT_ROUNDOFF = {"float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}

@@ -249,6 +249,15 @@ class StoreAttrs(_Attributes):
                 wanted = " or ".join({int: "an integer", float: "a number", bool: "true or false", str: "text",
                                       list: "a list", dict: "an object"}[k] for k in kinds)
                 raise ValueError(f"attribute {name!r} is {value!r}, not {wanted}")
+        for name, (length, what) in JSON_LISTS.items():
+            value = raw.get(name)
+            if value is not None and ((length is not None and len(value) != length) or not all(
+                    isinstance(v, (int, float) if what == "numbers" else int) and not isinstance(v, bool)
+                    for v in value)):
+                raise ValueError(f"attribute {name!r} is {value!r}, not a list of {f'{length} ' if length else ''}"
+                                 f"{what}")
+        if raw.get("dtype") not in (None, *F_DTYPES):  # F could not be decoded as it says
+            raise ValueError(f"attribute 'dtype' is {raw['dtype']!r}, not one of {', '.join(F_DTYPES)}")
         return super().from_json(raw)
 
     def for_viewer(self) -> dict:
@@ -334,6 +343,11 @@ JSON_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("value_range", "crop", "output_shape", "approximations"), (list,)),
     **dict.fromkeys(("identity", "verification", "timings", "versions", "model_spec", "geometry"), (dict,)),
 }
+#: precisions of a stored F (``StoreAttrs.dtype``; ``f_encoding``)
+F_DTYPES = ("float32", "float16", "bfloat16")
+#: the list attributes whose items a reader checks: (length or None, "numbers" / "integers")
+JSON_LISTS: dict[str, tuple[int | None, str]] = {"value_range": (2, "numbers"), "crop": (4, "integers"),
+                                                 "output_shape": (None, "integers")}
 
 
 def _point(c: int, y: int, x: int) -> tuple[slice, slice, slice]:

@@ -4,6 +4,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -114,11 +115,15 @@ def test_refuses_foreign_and_corrupt(tmp_path):
     zarr.open_group(tmp_path / "odd.zarr", mode="r+").attrs["weights"] = ["edsr.pt"]
     with pytest.raises(StoreError, match=r"corrupt store attributes \(expected \{'name', 'sha256'\}"):
         open_store(tmp_path / "odd.zarr")
-    for name, value, wanted in (("scale", "four", "an integer"), ("complete", "yes", "true or false")):
+    for name, value, wanted in (("scale", "four", "an integer"), ("complete", "yes", "true or false"),
+                                ("value_range", [0], "a list of 2 numbers"), ("crop", [0, 0, "w", 4],
+                                                                           "a list of 4 integers"),
+                                ("output_shape", [3, 1.5], "a list of integers"),
+                                ("dtype", "float64", "one of float32, float16, bfloat16")):
         make(tmp_path / f"{name}.zarr")
         zarr.open_group(tmp_path / f"{name}.zarr", mode="r+").attrs[name] = value
-        message = f"corrupt store attributes \\(attribute '{name}' is '{value}', not {wanted}"
-        with pytest.raises(StoreError, match=message):
+        message = f"corrupt store attributes (attribute '{name}' is {value!r}, not {wanted})"
+        with pytest.raises(StoreError, match=re.escape(message)):
             open_store(tmp_path / f"{name}.zarr")
     make(tmp_path / "newer.zarr")  # values from a newer vocabulary are read as they are
     zarr.open_group(tmp_path / "newer.zarr", mode="r+").attrs["verification"] = {"status": "partial"}
