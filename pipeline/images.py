@@ -30,20 +30,58 @@ def load_image(path: str | os.PathLike, composite_alpha: bool = False) -> np.nda
     """The image at ``path`` as uint8 (H, W, 3) RGB, or (H, W, 1) when the file is grayscale.
 
     Alpha is dropped (``composite_alpha``: composited, see ``flatten_alpha``), 16-bit samples are scaled to
-    8 bits, and an animation gives its first frame. As image viewers show it: CMYK converted to RGB, and the
-    EXIF orientation applied (so that a crop's X, Y are those of the picture on screen).
+    8 bits, and an animation or a multi-page TIFF gives its first frame. As image viewers show it: CMYK
+    converted to RGB, and the EXIF orientation applied (so that a crop's X, Y are those of the picture on screen).
     """
     import imageio.v3 as iio
 
     try:
-        data = np.asarray(iio.imread(path, index=0))
+        data = first_frame(path)
         mode, orientation = _pillow_mode_and_orientation(path)
         if mode == "CMYK":
             data = np.asarray(iio.imread(path, index=0, plugin="pillow", mode="RGB"))
     except Exception as err:  # imageio raises many types (OSError, ValueError, plugin errors) for bad files
-        detail = str(err).strip().splitlines()
-        raise ImageError(f"cannot read image {path}: {detail[0] if detail else type(err).__name__}") from err
+        raise ImageError(f"cannot read image {path}: {_read_failure(path, err)}") from err
     return as_uint8_image(_oriented(data, orientation), str(path), composite_alpha)
+
+
+def first_frame(path: str | os.PathLike) -> np.ndarray:
+    """The pixels of the first image in a file, as its reader gives them (H, W[, C]): the image itself, an
+    animation's first frame, a TIFF's first page (imageio's ``index=0`` is a TIFF's first *series*, which holds
+    every page of a multi-page file that Pillow or tifffile wrote) with its samples last (planar TIFFs store
+    them first: (C, H, W)). A TIFF whose compression tifffile cannot decode without the optional ``imagecodecs``
+    (LZW, JPEG: the usual ones of scanners and photo editors) is read by Pillow."""
+    import imageio.v3 as iio
+
+    with iio.imopen(path, "r", legacy_mode=True) as file:
+        if type(file).__name__ != "TifffilePlugin":
+            return np.asarray(file.read(index=0))
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            data = np.asarray(page.asarray())
+            return np.moveaxis(data, 0, -1) if page.axes == "SYX" else data
+    except Exception as err:  # noqa: BLE001 - tifffile raises ValueError, KeyError, … for codecs it lacks
+        try:
+            return np.asarray(iio.imread(path, index=0, plugin="pillow"))
+        except Exception:  # noqa: BLE001 - Pillow cannot read it either: tifffile's reason is the better one
+            raise err from None
+
+
+def _read_failure(path, err: BaseException) -> str:
+    """Why a file could not be read, in a few words: an empty file and a file no reader knows are named as
+    such (imageio's message for both suggests installing plugins for video files)."""
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    detail = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if detail and detail[0].startswith("Could not find a backend"):
+        return "not an image file that linterp can read (PNG, JPEG, TIFF, BMP, GIF, WebP, …)"
+    return detail[0] if detail else type(err).__name__
 
 
 #: EXIF orientation (tag 274) -> the turns and flips that show the stored pixels upright: (quarter turns
@@ -73,6 +111,9 @@ def as_uint8_image(data: np.ndarray, label: str = "image", composite_alpha: bool
     """An array from an image file as uint8 (H, W, 1 or 3); alpha dropped, or composited by ``flatten_alpha``."""
     if data.ndim == 2:
         data = data[:, :, None]
+    if data.ndim == 3 and data.shape[2] > 4 and min(data.shape[:2]) >= 1:
+        raise ImageError(f"{label} has {data.shape[2]} samples per pixel (array shape {data.shape}); linterp "
+                         f"reads grey and RGB images, with or without alpha")
     if data.ndim != 3 or data.shape[2] not in (1, 2, 3, 4) or min(data.shape[:2]) < 1:
         raise ImageError(f"{label} is not a 2-D image (array shape {data.shape})")
     if data.dtype == np.uint16:

@@ -31,6 +31,10 @@ from pipeline import images
 POLARITIES = ("auto", "keep", "invert")
 #: torchvision's resize-then-crop ratio (256 → 224) for the "photo" method.
 PHOTO_CROP_RATIO = 0.875
+#: The photo method resizes the whole image, then crops, unless the resized image would have more than this many
+#: times the crop's pixels (a thin image: 4000×1 becomes 1 024 000×256, 6 GB of float64 RGB); then it resizes one
+#: axis, crops it, and resizes the other (bilinear antialiased resizing is separable: the same values, to rounding).
+SEPARABLE_RESIZE = 16
 #: Below this contrast (in [0, 1] grey units) between the brightest value and the background, a drawing is
 #: taken as blank and its levels are not stretched.
 MIN_CONTRAST = 0.05
@@ -154,9 +158,26 @@ def _photo(batch: np.ndarray, spec, size: tuple[int, int], crop_ratio: float) ->
     th, tw = size
     s = max(th / crop_ratio / h, tw / crop_ratio / w)
     rh, rw = max(th, round(h * s)), max(tw, round(w * s))
-    x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     top, left = (rh - th) // 2, (rw - tw) // 2
-    return x[:, :, top:top + th, left:left + tw], [{"resized": [rh, rw], "crop": [top, left]}] * len(batch)
+    x = resize_crop(x, (rh, rw), (top, left, th, tw)).clamp(0, 1)
+    return x, [{"resized": [rh, rw], "crop": [top, left]}] * len(batch)
+
+
+def resize_crop(x: torch.Tensor, size: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    """Images (N, C, H, W) resized to ``size`` (h', w') (bilinear, antialiased), then cropped to ``box`` (top,
+    left, height, width) of the resized image: (N, C, height, width). Past ``SEPARABLE_RESIZE`` times the box's
+    pixels the resized image is never made whole: one axis is resized and cropped before the other is resized,
+    in the order that makes fewer pixels."""
+    (rh, rw), (top, left, bh, bw), (h, w) = size, box, x.shape[-2:]
+
+    def resize(t, shape):
+        return F.interpolate(t, size=shape, mode="bilinear", align_corners=False, antialias=True)
+
+    if rh * rw <= SEPARABLE_RESIZE * bh * bw:
+        return resize(x, (rh, rw))[:, :, top:top + bh, left:left + bw]
+    if h * rw + rh * bw <= rh * w + bh * rw:  # columns first: an H × w' image, then h' × width
+        return resize(resize(x, (h, rw))[:, :, :, left:left + bw], (rh, bw))[:, :, top:top + bh]
+    return resize(resize(x, (rh, w))[:, :, top:top + bh], (bh, rw))[:, :, :, left:left + bw]
 
 
 def describe(record: dict) -> str:

@@ -412,11 +412,17 @@
     g.fillStyle = "#e6e6e6"; g.font = "11px system-ui, sans-serif";
     g.fillText(label, 5, size - 5);
     lens.setAttribute("aria-label", label);
-    // beside the cursor where there is room, and always inside its view
+    // beside the cursor where there is room, else above or below it (a narrow view: the lens would cover the
+    // selected pixel), and always inside its view
     const [sy, sx] = selIn(p.model);
     const cx = (sx + 0.5 - lay.ox) * lay.z, cy = (sy + 0.5 - lay.oy) * lay.z, gap = 18 + lay.z / 2;
-    const beside = cx + gap + size <= lay.cw || cx - gap - size < 0 ? cx + gap : cx - gap - size;
-    const left = Math.max(0, Math.min(lay.cw - size, beside)), top = Math.max(0, Math.min(lay.ch - size, cy - size / 2));
+    const right = cx + gap + size <= lay.cw, leftOk = cx - gap - size >= 0;
+    let beside = right || !leftOk ? cx + gap : cx - gap - size, level = cy - size / 2;
+    if (!right && !leftOk) {
+      beside = cx - size / 2;
+      level = cy + gap + size <= lay.ch || cy - gap - size < 0 ? cy + gap : cy - gap - size;
+    }
+    const left = Math.max(0, Math.min(lay.cw - size, beside)), top = Math.max(0, Math.min(lay.ch - size, level));
     lens.style.left = Math.round(left) + "px"; lens.style.top = Math.round(top) + "px";
     lens.hidden = false;
   }

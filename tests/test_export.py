@@ -179,6 +179,43 @@ def test_every_row_and_column_of_bicubic16_is_in_the_tiles(bicubic16, site16):
         assert (out / name).is_file()
 
 
+def test_odd_image_sides_get_sheets_of_many_pixels(tmp_path):
+    """A 23×17 image below the compute tile: F's chunks are 17×23 (odd sides, no divisor but 1), which gave one
+    sheet per pixel (a 23×17 edsr-small-x4 store: 26 599 files); its blocks span chunks instead, and every row
+    and column is still in the sheets exactly once."""
+    store, dense = linear_upscaler_store(tmp_path / "odd.zarr", c=1, h=17, w=23, tile=32)
+    assert store.F.chunks[4:] == (17, 23)
+    summary = export_site([store.path], tmp_path / "site", progress=False)
+    assert summary["files"] < 30
+    sheets = read_sheets(tmp_path / "site" / "data" / "bicubic-x4")
+    for kind, src, dst, mats in (("col", (1, 17, 23), (1, 68, 92), np.moveaxis(dense, (3, 4, 5), (0, 1, 2))),
+                                 ("row", (1, 68, 92), (1, 17, 23), dense)):
+        got = decoded_filters(sheets, kind, src, dst)
+        assert sorted(got) == [(0, y, x) for y in range(src[1]) for x in range(src[2])]
+        for (_, y, x), (planes, scales, _) in got.items():
+            assert (np.abs(planes - mats[0, y, x]) <= scales[:, None, None] / 254 + 1e-6).all(), (kind, y, x)
+
+
+def test_export_into_an_earlier_site_removes_the_files_it_no_longer_uses(tmp_path):
+    """A site exported again with another sheet layout (here smaller sheets and tiles, as another linterp
+    version or another store of the model may give) kept every sheet and tile of the first export beside the new
+    ones: the odd-sized site above went from 26 599 files to 26 599 + 55, and a bundle's archive took them all."""
+    store, dense = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=16, w=16)
+    folder = tmp_path / "site" / "data" / "bicubic-x4"
+    export_site([store.path], tmp_path / "site", progress=False, sheet_pixels=1 << 12, tile=16)
+    before = {p.name for p in folder.iterdir() if p.is_file()}
+    summary = export_site([store.path], tmp_path / "site", progress=False)
+    export_site([store.path], tmp_path / "fresh", progress=False)
+    after = {p.name for p in folder.iterdir() if p.is_file()}
+    assert after == {p.name for p in (tmp_path / "fresh" / "data" / "bicubic-x4").iterdir() if p.is_file()}
+    assert len(before - after) > 10 and summary["files"] == len(after) + 4  # index, viewer.js / .css, manifest
+    got = decoded_filters(read_sheets(folder), "col", (1, 16, 16), (1, 64, 64))
+    assert sorted(got) == [(0, y, x) for y in range(16) for x in range(16)]
+    (folder / "notes.txt").write_text("mine")  # files export does not write are left alone
+    export_site([store.path], tmp_path / "site", progress=False, sheet_pixels=1 << 12)
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
 def test_site_references_no_remote_resources(site16):
     out, _ = site16
     for name in ("index.html", "viewer.js", "viewer.css"):

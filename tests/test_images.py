@@ -90,6 +90,57 @@ def test_unreadable_files_give_one_line(tmp_path, content):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("colour", [True, False])
+def test_multi_page_tiff_gives_its_first_page(tmp_path, colour):
+    """A TIFF of several pages, as Pillow writes it (one series): its first page, like an animation's first
+    frame (imageio's index 0 gave the whole stack, refused as 'not a 2-D image')."""
+    first, second = random_rgb(12, 10, seed=1), random_rgb(12, 10, seed=2)
+    if not colour:
+        first, second = first[:, :, :1], second[:, :, :1]
+    pages = [Image.fromarray(a if colour else a[:, :, 0]) for a in (first, second)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    assert np.array_equal(images.load_image(tmp_path / "pages.tif"), first)
+
+
+def test_lzw_compressed_tiff_is_read(tmp_path):
+    """LZW, the usual compression of TIFFs from scanners and photo editors: tifffile needs the optional
+    imagecodecs package for it ('<COMPRESSION.LZW: 5> requires the 'imagecodecs' package'); Pillow reads it."""
+    rgb = random_rgb(12, 10, seed=4)
+    Image.fromarray(rgb).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    assert np.array_equal(images.load_image(tmp_path / "lzw.tif"), rgb)
+    pages = [Image.fromarray(rgb[:, :, 0]), Image.fromarray(rgb[:, :, 1])]
+    pages[0].save(tmp_path / "pages.tif", compression="tiff_lzw", save_all=True, append_images=pages[1:])
+    assert np.array_equal(images.load_image(tmp_path / "pages.tif"), rgb[:, :, :1])
+
+
+def test_planar_tiff_and_multispectral_samples(tmp_path):
+    """A TIFF that stores its samples in planes (planar configuration 2, as ImageJ or GDAL write): RGB as Pillow
+    shows it (it was refused as 'not a 2-D image (array shape (3, H, W))'); 5 samples per pixel: named as such."""
+    import tifffile
+
+    rgb = random_rgb(12, 10, seed=3)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    assert np.array_equal(images.load_image(tmp_path / "planar.tif"), rgb)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "planar.tif")), rgb)
+    tifffile.imwrite(tmp_path / "bands.tif", np.zeros((12, 10, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    with pytest.raises(ImageError, match=r"bands.tif has 5 samples per pixel .*grey and RGB"):
+        images.load_image(tmp_path / "bands.tif")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty"),
+    (b"hello, this is not a picture\n", "not an image file"),
+])
+def test_empty_and_non_image_files_say_so(tmp_path, content, message):
+    """imageio's message for both was 'Could not find a backend … pip install imageio[pyav]' (video plugins)."""
+    path = tmp_path / "photo.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=f"cannot read image .*photo.png: {message}") as info:
+        images.load_image(path)
+    assert "\n" not in str(info.value) and "backend" not in str(info.value)
+
+
 def test_parse_crop_and_crop():
     assert images.parse_crop("3, 4,5,6") == (3, 4, 5, 6)
     for bad in ("1,2,3", "a,b,c,d", "-1,0,4,4", "0,0,0,4", "", "\uff11,0,4,4"):  # a full-width digit

@@ -332,6 +332,8 @@ def test_run_default_image_and_crop(tmp_path):
      "the model's output holds 1024 NaN or infinite values"),
     (["--model", "bicubic-x2", "--image", "GRAY", "--out", "GRAY"], "is the input image: choose another name"),
     (["--model", "bicubic-x2", "--crop", "", "--out", "o.png"], "crop '' is not X,Y,W,H"),
+    (["--model", "digits-vgg-bn", "--weights", "random", "--image", "GRAY", "--out", "o.png"],
+     "digits-vgg-bn is a classifier: it prints its top classes and writes no image (leave out --out)"),
 ])
 def test_run_errors_are_one_line(tmp_path, args, message):
     iio.imwrite(tmp_path / "gray.png", np.zeros((8, 8), np.uint8))
@@ -345,3 +347,27 @@ def test_run_errors_are_one_line(tmp_path, args, message):
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
     assert (tmp_path / "gray.png").stat().st_size > 0 and not (tmp_path / "o.png").exists()
+
+
+class OutOfMemory(torch.nn.Module):
+    """Fails as torch's CPU allocator does on an image too large for the machine."""
+
+    def forward(self, x):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 2304000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def test_run_model_failing_on_the_image_is_one_line(tmp_path, monkeypatch):
+    """A registry model that fails on the input (out of memory on a whole photo) gave a traceback."""
+    import pipeline.models
+
+    rgb_png(tmp_path / "in.png", 12, 20)
+    monkeypatch.setattr(pipeline.models, "build", lambda *args, **kwargs: OutOfMemory())
+    result = CliRunner().invoke(main, ["run", "--model", "edsr-small-x4", "--image", str(tmp_path / "in.png"),
+                                       "--out", str(tmp_path / "o.png")])
+    assert result.exit_code == 1 and "Traceback" not in result.output and result.exception is not None
+    assert result.output.strip().splitlines() == [
+        "Error: edsr-small-x4 failed on the 20×12 input: [enforce fail at alloc_cpu.cpp:127] err == 0. "
+        "DefaultCPUAllocator: can't allocate memory: you tried to allocate 2304000000 bytes. Error code 12 "
+        "(Cannot allocate memory); use --crop X,Y,W,H for a smaller part"]
+    assert not (tmp_path / "o.png").exists()

@@ -129,6 +129,34 @@ def test_photo_method_is_torchvisions_resize_and_centre_crop():
         P.input_size("digits-vgg", DIGITS, 28)
 
 
+@pytest.mark.parametrize("shape", [(1, 4000, 3), (4000, 1, 3), (2, 300, 3)])
+def test_photo_method_never_makes_a_thin_image_whole_at_its_resized_size(monkeypatch, shape):
+    """A 4000×1 image for a 224 classifier is resized to 1 024 000×256 before its centre crop: 6 GB of float64
+    RGB, refused by the allocator in one traceback. The resize runs one axis at a time, cropping in between, with
+    the values of the whole resize (compared on a 300×2 image, where the whole resize is affordable)."""
+    import torch.nn.functional as TF
+
+    img = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    largest, resize = [], TF.interpolate
+
+    def interpolate(x, *args, **kwargs):
+        y = resize(x, *args, **kwargs)
+        largest.append(y[0, 0].numel())
+        return y
+
+    monkeypatch.setattr(P.F, "interpolate", interpolate)
+    x, rec = P.classifier_input(img, spec("vgg11"))
+    assert x.shape == (1, 3, 224, 224) and max(largest) <= 1024000  # the image resized along its long side
+    assert rec["resized"] == [round(shape[0] * 256 / min(shape[:2])), round(shape[1] * 256 / min(shape[:2]))]
+    if shape == (2, 300, 3):
+        (top, left), (rh, rw) = rec["crop"], rec["resized"]
+        values = torch.from_numpy(img.transpose(2, 0, 1)[None] / 255.0)
+        whole = resize(values, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
+        lo, hi = spec("vgg11").value_range
+        want = lo + (hi - lo) * whole.clamp(0, 1)[:, :, top:top + 224, left:left + 224]
+        assert torch.allclose(x.double(), want, atol=1e-6)
+
+
 def test_run_reads_a_large_dark_on_white_digit_and_says_how(tmp_path, test_digits):
     """`linterp run` uses the same preprocessing as classify: a 64×64 black-on-white file is inverted and fitted."""
     x8, y = test_digits

@@ -404,6 +404,30 @@ def test_lens_stays_inside_its_view(browser, site, tmp_path):
     page.clean()
 
 
+def lens_overlaps_selection(page, panel: int) -> bool:
+    """Whether the lens shown in a panel covers any part of the selected pixel in the view it is drawn on."""
+    return page.page.evaluate(f"""(() => {{
+        const panel = document.querySelector('section.panel:nth-of-type({panel + 1})');
+        const lens = [...panel.querySelectorAll('canvas.lens')].find((c) => !c.hidden);
+        const s = LINTERP.state(), half = LINTERP.shown({panel}, s.dom).zoom / 2;  // the lens is in view s.dom
+        const c = LINTERP.clientPoint({panel}, s.dom, s.y, s.x), a = lens.getBoundingClientRect();
+        return a.left < c.x + half && c.x - half < a.right && a.top < c.y + half && c.y - half < a.bottom; }})()""")
+
+
+def test_lens_leaves_the_selected_pixel_visible_in_narrow_views(browser, tmp_path):
+    """In a view narrower than the lens and its gap (a 1-pixel-wide crop, its ×4 output), the lens went over the
+    selected pixel, centred on it; it goes above or below it instead, still inside its view."""
+    crop, _ = linear_upscaler_store(tmp_path / "crop.zarr", mode="bicubic", c=1, h=16, w=1, tile=4)
+    export_site([crop.path], tmp_path / "site", progress=False)
+    for address in ("#m=col&y=8&x=0&pin=1", "#m=col&y=15&x=0&pin=1", "#m=row&y=30&x=2&pin=1",
+                    "#m=row&y=0&x=0&pin=1"):
+        page = Page(browser, tmp_path / "site", address)
+        assert page.page.evaluate("LINTERP.state()")["dom"] == ("in" if "col" in address else "out")
+        assert min(lens_margins(page, 0)) >= 0, (address, lens_margins(page, 0))
+        assert not lens_overlaps_selection(page, 0), address
+        page.clean()
+
+
 def frame_sides(page, panel: int, dom: str, box) -> dict:
     """Which sides of the selection frame around the box (y, x, h, w) of a view are drawn: an opaque overlay
     pixel within 3 CSS px of that edge of the box, on its middle row or column."""

@@ -98,6 +98,9 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
         classifier = model_spec.task == "classify"
         if not classifier and not out_path:
             raise click.UsageError(f"{name} produces an image: pass --out OUT.png")
+        if classifier and out_path:
+            raise click.UsageError(f"{name} is a classifier: it prints its top classes and writes no image "
+                                   f"(leave out --out)")
         if out_path:
             if image_path is not None and Path(out_path).resolve() == Path(image_path).resolve():
                 raise click.UsageError(f"--out {out_path} is the input image: choose another name")
@@ -116,8 +119,7 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
             model = build(name, weights, trust_pickle=trust_pickle)
     except (ValueError, OSError) as err:  # UnknownModelError, WeightsError, ImageError, UserModelError
         raise click_error(err) from err
-    with torch.no_grad():
-        y = model(x0)
+    y = _apply(model, x0, name)
     if not torch.isfinite(y).all():
         raise click.ClickException(f"the model's output holds {int((~torch.isfinite(y)).sum())} NaN or infinite "
                                    f"values on this image (check the weights)")
@@ -138,6 +140,23 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
     except (OSError, ValueError) as err:
         raise click.ClickException(f"--out {out_path}: cannot write the image ({one_line(err)})") from None
     click.echo(f"wrote {out_path} ({out.shape[1]}×{out.shape[0]})")
+
+
+def _apply(model, x0, name: str):
+    """``model(x0)`` without gradients; a failure on this input (out of memory on a large image, an error in
+    the model's code) is one line that names the input size (ClickException)."""
+    import torch
+
+    from pipeline.commands.errors import one_line
+
+    try:
+        with torch.no_grad():
+            return model(x0)
+    except (RuntimeError, MemoryError, ValueError) as err:
+        h, w = x0.shape[-2:]
+        hint = ("; use --crop X,Y,W,H for a smaller part" if isinstance(err, MemoryError) or "memory" in str(err)
+                else "")
+        raise click.ClickException(f"{name} failed on the {w}×{h} input: {one_line(err)}{hint}") from None
 
 
 def _check_image_writer(path) -> None:

@@ -163,7 +163,9 @@ def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict
 
     ``block``: the side of the square block of source pixels one sheet holds, chosen so that a sheet has
     about ``sheet_pixels`` pixels; it is a multiple of F's source chunk or divides it, so that ``task`` (the
-    region one task reads: whole chunks, ≥ one block) reads every chunk of F exactly once.
+    region one task reads: whole chunks, ≥ one block) reads every chunk of F exactly once. Chunk sides with no
+    divisor near that size (odd sides: an image side below the compute tile, e.g. 23×17) keep the block at that
+    size and read whole blocks and chunks per task (see :func:`task_side`), rather than one sheet per pixel.
     """
     F = store.F
     src, dst = kind_axes(kind)
@@ -184,9 +186,19 @@ def plan_kind(store: Store, kind: str, sheet_pixels: int = SHEET_PIXELS) -> dict
     else:
         g = math.gcd(ch_y, ch_x)
         block = max(d for d in range(1, g + 1) if g % d == 0 and d <= side)
-    task = [max(block, ch_y), max(block, ch_x)]
+        if 2 * block <= side:
+            block = min(side, max(h_src, w_src))
+    task = [task_side(block, ch_y, h_src), task_side(block, ch_x, w_src)]
     return {"block": int(block), "task": task, "chunk": [int(ch_y), int(ch_x)], "sources": channel_labels(c_src),
             "targets": channel_labels(c_dst), "src_shape": [c_src, h_src, w_src]}
+
+
+def task_side(block: int, chunk: int, extent: int) -> int:
+    """The side of a task region along one source axis of ``extent`` pixels: a multiple of F's ``chunk`` (each
+    chunk read by one task) and of ``block`` (each sheet written by one task), or the whole axis, whichever is
+    shorter; the same as max(block, chunk) when one of them divides the other."""
+    side = math.lcm(block, chunk)
+    return side if side < extent else max(block, chunk, -(-extent // chunk) * chunk)
 
 
 def task_origins(plan: dict) -> list[tuple[int, int]]:
@@ -588,6 +600,8 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
     render.write_atomic(data / "manifest.js",
                         "LINTERP.manifest(" + json.dumps(manifest, separators=(",", ":"), default=str) + ");\n")
     _remove_stale_panels(data, {m["id"] for m in models})
+    for model in models:
+        _remove_stale_files(data / model["id"], panel_files(model))
     files, size = site_size(out)
     seconds = time.perf_counter() - t_start
     filters = sum(s["filters"] for s in summaries)
@@ -601,6 +615,37 @@ def _remove_stale_panels(data: Path, ids: set[str]) -> None:
     for folder in data.iterdir():
         if folder.name not in ids and (folder / ".done").is_dir():
             shutil.rmtree(folder)
+
+
+#: the names of the data files export writes in a panel's folder (see :func:`panel_files`)
+DATA_FILE = re.compile(r"((col|row)_\d+_\d+_\d+|(img|nat)_\w+_\d+_\d+|thumb)\.js")
+
+
+def panel_files(model: dict) -> set[str]:
+    """The data files of one panel, from its manifest entry: a sheet per source channel and block of each kind
+    (``kinds``) and the tiles of each image (``images``: x0 / v<i> over the input, the others over the output)."""
+    names = {"thumb.js"} if "thumb" in model.get("images", {}) else set()
+    for kind, plan in model["kinds"].items():
+        _, h, w = plan["src_shape"]
+        b = plan["block"]
+        names |= {f"{kind}_{s}_{y}_{x}.js" for s in range(len(plan["sources"]))
+                  for y in range(0, h, b) for x in range(0, w, b)}
+    for name in model.get("images", {}):
+        if name == "thumb":
+            continue
+        image = name.removeprefix("nat_")
+        _, h, w = model["in"] if image == "x0" or re.fullmatch(r"v\d+", image) else model["out"]
+        prefix = "nat" if name.startswith("nat_") else "img"
+        names |= {f"{prefix}_{image}_{y}_{x}.js" for y, x in tiles.tile_origins(h, w, model["tile"])}
+    return names
+
+
+def _remove_stale_files(folder: Path, keep: set[str]) -> None:
+    """Delete the data files of a panel's folder that this export did not write: an earlier export into the same
+    site with another sheet layout (another version of linterp, another store of that model) or more images."""
+    for path in folder.iterdir():
+        if path.is_file() and DATA_FILE.fullmatch(path.name) and path.name not in keep:
+            path.unlink()
 
 
 def site_size(out: Path) -> tuple[int, int]:
