@@ -296,6 +296,7 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
     """
     from pipeline.export.site import export_site
     from pipeline.models import build as build_model
+    from pipeline.sources import model_source
 
     bundle = get_bundle(name)
     compaction = Compaction(dtype, support_tol)
@@ -308,8 +309,9 @@ def build(name: str, out, *, image: str | None = None, crop: str | None = None, 
         raise BundleError("--work only applies to .zip outputs (a folder output is its own work folder)")
     check_output(out, bundle.name, archive)
     parts = resolve_parts(bundle, weights=weights, defaults=defaults)
-    for part in parts:  # wrong keys, pickles, unreadable files: fail in one line before any work starts
-        build_model(part.model, part.weights, trust_pickle=trust_pickle)
+    for part in parts:  # wrong keys, pickles, unreadable files, an image one of the models cannot take (its size,
+        build_model(part.model, part.weights, trust_pickle=trust_pickle)  # its colours): one line before any work
+        model_source(part.model, part.weights, trust_pickle, image, crop)
     folder = Path(work) if work else (work_folder(bundle, parts, image, crop, compaction) if archive else out)
     stores = []
     for part in parts:

@@ -146,6 +146,8 @@ def test_official_weights_offline_fail_in_one_line(tmp_path, monkeypatch):
     (["Bicubic4x", "--out", "mine.zip"], "mine.zip exists and is not a Bicubic4x archive of linterp"),
     (["Bicubic4x", "--out", "notes.txt"], "notes.txt exists and is not a folder"),
     (["Bicubic4x", "--out", "folder.zip"], "folder.zip is a folder, not an archive"),
+    # the fourth model cannot take a 23×17 crop: refused before the other three are computed
+    (["demo", "--crop", "0,0,23,17", "--out", "site"], "i2i-label needs a height and width that are multiples of 4"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the user's files, which a refused build must leave as they are
