@@ -369,3 +369,24 @@ def test_an_unreachable_cluster_fails_before_any_store_is_written(tmp_path):
     assert result.returncode == 1
     assert result.stderr == "Error: Timed out trying to connect to tcp://127.0.0.1:1 after 2 s\n"
     assert not out.exists()
+
+
+def test_out_of_memory_on_a_large_photo_is_one_line(tmp_path):
+    """A whole 2000×1500 photo through bicubic ×4 with 4 GB of address space: the allocator's refusal is one line
+    that says what to do (it was a 40-line torch traceback)."""
+    import resource
+
+    image = tmp_path / "big.png"
+    iio.imwrite(image, np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8))
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "compute", "--model", "bicubic-x4", "--image",
+                             str(image), "--out", str(tmp_path / "big.zarr"), "--quiet"],
+                            capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: out of memory (") and "can't allocate memory" in lines[0]
+    assert lines[0].endswith("); compute a part of the image (--crop X,Y,W,H), or lower --tile or --batch; "
+                             "rerunning resumes")

@@ -40,7 +40,7 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
     The last line printed is the path of index.html (folder output) or of the archive. Reruns reuse finished work.
     """
     from pipeline import bundle as bundles
-    from pipeline.commands.errors import click_error
+    from pipeline.commands.errors import click_error, memory_error, out_of_memory
     from pipeline.store import StoreError
 
     try:
@@ -52,6 +52,10 @@ def bundle(name, out, image, crop, weights, defaults, with_store, work, trust_pi
                                echo=lambda m: click.echo(m, err=True))
     except (ValueError, StoreError, OSError) as err:  # BundleError, ImageError, WeightsError, ExportError, …
         raise click_error(err, writing=out) from err
+    except (RuntimeError, MemoryError) as err:
+        if not out_of_memory(err):
+            raise
+        raise memory_error(err, "use a smaller --crop X,Y,W,H (make: CROP=…); rerunning resumes") from None
     if result.suffix == ".zip":
         click.echo(f"{result} ({result.stat().st_size / 2**20:.1f} MiB)", err=True)
     click.echo(str(result))

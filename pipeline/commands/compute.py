@@ -38,7 +38,7 @@ def compute(name, weights, trust_pickle, image_path, crop_text, model_args, inpu
     weights, image or crop (or a model file that has changed since) is refused.
     """
     from pipeline import compute as comp
-    from pipeline.commands.errors import click_error
+    from pipeline.commands.errors import click_error, memory_error, out_of_memory
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.models.user import parse_args
     from pipeline.sources import model_source, refuse_changed_model
@@ -53,6 +53,11 @@ def compute(name, weights, trust_pickle, image_path, crop_text, model_args, inpu
                              device=device, progress=not quiet, dtype=dtype, support_tol=support_tol)
     except (ValueError, StoreError, OSError, UnsupportedOperation) as err:  # ImageError, WeightsError, …
         raise click_error(err, writing=out_path) from err
+    except (RuntimeError, MemoryError) as err:
+        if not out_of_memory(err):
+            raise
+        raise memory_error(err, "compute a part of the image (--crop X,Y,W,H), or lower --tile or --batch; "
+                                "rerunning resumes") from None
     attrs = store.attrs
     figures, timings = attrs.verification, attrs.timings
     checks = ", ".join(f"{c['name']} {c['value']:.2g}" for c in figures.get("checks", []) if c["value"] is not None)

@@ -44,3 +44,17 @@ def writable_file(path, what: str = "--out") -> None:
         os.unlink(probe)
     except OSError as err:
         raise click.ClickException(f"{what} {path}: cannot write there ({err.strerror or one_line(err)})") from None
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether an error is an allocator's refusal: numpy's MemoryError, torch's CPU allocator (a RuntimeError
+    "can't allocate memory" / "not enough memory") or CUDA's ``torch.OutOfMemoryError``."""
+    text = str(err)
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or any(words in text for words in ("can't allocate memory", "not enough memory", "out of memory")))
+
+
+def memory_error(err: BaseException, hint: str) -> click.ClickException:
+    """A one-line ClickException for an allocator's refusal (``out_of_memory``), with what to do about it."""
+    return click.ClickException(f"out of memory ({one_line(err)}); {hint}")
+

@@ -147,15 +147,14 @@ def _apply(model, x0, name: str):
     the model's code) is one line that names the input size (ClickException)."""
     import torch
 
-    from pipeline.commands.errors import one_line
+    from pipeline.commands.errors import one_line, out_of_memory
 
     try:
         with torch.no_grad():
             return model(x0)
     except (RuntimeError, MemoryError, ValueError) as err:
         h, w = x0.shape[-2:]
-        hint = ("; use --crop X,Y,W,H for a smaller part" if isinstance(err, MemoryError) or "memory" in str(err)
-                else "")
+        hint = "; use --crop X,Y,W,H for a smaller part" if out_of_memory(err) else ""
         raise click.ClickException(f"{name} failed on the {w}×{h} input: {one_line(err)}{hint}") from None
 
 
