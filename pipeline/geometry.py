@@ -71,16 +71,18 @@ def image_scale(in_shape, out_shape) -> int:
     if ho == 1 and wo == 1 and (h, w) != (1, 1):
         raise GeometryError("the output is a vector (a classifier): geometry measures image outputs")
     if ho % h or wo % w or ho // h != wo // w:
-        raise GeometryError(f"output {ho}×{wo} is not an integer multiple of the input {h}×{w}")
+        raise GeometryError(f"output {wo}×{ho} is not an integer multiple of the input {w}×{h}")
     return ho // h
 
 
 def interior(hw: tuple[int, int], radius: int) -> np.ndarray:
     """(m, 2) int array of the input pixels (y, x) whose window of ``radius`` lies inside an H×W input."""
     h, w = hw
-    if h < 2 * radius + 2 or w < 2 * radius + 2:
-        raise GeometryError(f"a {h}×{w} input is too small for windows of radius {radius} "
-                            f"(needs at least {2 * radius + 2}×{2 * radius + 2}; lower the radius)")
+    if h < 2 * radius + 2 or w < 2 * radius + 2:  # W×H, as --crop and the other commands give sizes
+        fits = (min(h, w) - 2) // 2  # the largest radius that leaves 2×2 interior pixels
+        fix = f"--radius {fits} or less" if fits >= 0 else "geometry needs an input of at least 2×2 pixels"
+        raise GeometryError(f"a {w}×{h} input is too small for windows of radius {radius} "
+                            f"(needs at least {2 * radius + 2}×{2 * radius + 2}; {fix})")
     ys, xs = np.mgrid[radius:h - radius, radius:w - radius]
     return np.stack([ys.ravel(), xs.ravel()], 1)
 

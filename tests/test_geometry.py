@@ -358,3 +358,16 @@ def test_the_figures_reach_the_site_manifest(tmp_path):
     text = (tmp_path / "site" / "data" / "manifest.js").read_text()
     manifest = json.loads(text[text.index("(") + 1:text.rindex(")")])
     assert manifest["models"][0]["geometry"] == open_store(store.path).attrs["geometry"]
+
+
+def test_an_input_too_small_for_the_radius_is_named_width_by_height_with_a_fix_that_works():
+    """Sizes as --crop gives them (W×H: a 40-wide, 7-tall input is 40×7); the largest radius that fits, or none
+    when no radius can (a 1-pixel-tall input: "lower the radius" could not help)."""
+    with pytest.raises(geo.GeometryError, match=re.escape(
+            "a 40×7 input is too small for windows of radius 4 (needs at least 10×10; --radius 2 or less)")):
+        geo.interior((7, 40), 4)
+    with pytest.raises(geo.GeometryError, match=re.escape(
+            "a 40×1 input is too small for windows of radius 0 (needs at least 2×2; geometry needs an input of at "
+            "least 2×2 pixels)")):
+        geo.interior((1, 40), 0)
+    assert len(geo.interior((7, 40), 2)) == 3 * 36
