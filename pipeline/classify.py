@@ -1,6 +1,7 @@
 """Classifier analyses on the linear interpreter y = F(x0)·x0 + Σ_i Q_i b̂_i (appendix, section A).
 
-Pure functions on an interpreted classifier (``li = interpret(model, x0)`` with output shape (1, K)):
+Pure functions on an interpreted classifier (``li = interpret(model, x0)`` with output shape (1, K)
+(or (1, K, 1, 1), a 1×1 convolution as the head)):
 
 - :func:`decompose` — every score split into the input term F(x0)·x0 and one forward-projected masked bias
   Q_i b̂_i per bias source (network order), or summed per layer (:func:`layer_groups`: a conv and the batch
@@ -77,10 +78,16 @@ class Decomposition:
         }
 
 
+def is_class_vector(shape) -> bool:
+    """True for the output shapes of a classifier: (1, K), or (1, K, 1, 1) (a 1×1 convolution as the head)."""
+    shape = tuple(shape)
+    return len(shape) >= 2 and shape[0] == 1 and all(s == 1 for s in shape[2:])
+
+
 def _class_vector(t: torch.Tensor, what: str) -> np.ndarray:
-    if t.dim() != 2 or t.shape[0] != 1:
-        raise NotAClassifier(f"classify needs a model whose output is (1, K) class scores; {what} has shape "
-                             f"{tuple(t.shape)}")
+    if not is_class_vector(t.shape):
+        raise NotAClassifier(f"classify needs a model whose output is (1, K) or (1, K, 1, 1) class scores; {what} "
+                             f"has shape {tuple(t.shape)}")
     return t.detach().double().reshape(-1).cpu().numpy()
 
 
@@ -160,6 +167,7 @@ def input_discussions(li, x0: torch.Tensor, classes: list[int]) -> np.ndarray:
     n_classes = li.output.shape[1]
     e = torch.zeros(len(classes), n_classes, dtype=li.output.dtype)
     e[torch.arange(len(classes)), torch.as_tensor(classes)] = 1
+    e = e.reshape(len(classes), *li.output.shape[1:])  # (n, K) or (n, K, 1, 1)
     with torch.no_grad():
         rows = li.transpose(e)
     return (rows.double() * x0.double()).sum(1).cpu().numpy()
@@ -245,7 +253,7 @@ def fgsm(model: torch.nn.Module, x0: torch.Tensor, target: int, eps: float,
     model.eval()
     try:
         x = x0.detach().clone().requires_grad_(True)
-        scores = model(x)[0]
+        scores = model(x)[0].reshape(-1)
         others = torch.arange(scores.numel()) != target
         weights = torch.softmax(scores.detach().double()[others], 0).to(scores.dtype)
         (grad,) = torch.autograd.grad((weights * scores[others]).sum() - scores[target], x)

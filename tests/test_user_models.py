@@ -229,6 +229,14 @@ BAD = """
         def forward(self, x):
             return self.conv(x)
 
+    class Strided(nn.Module):  # down by 2, up by 2: odd sides come back one pixel larger
+        def __init__(self):
+            super().__init__()
+            self.down, self.up = nn.Conv2d(3, 3, 3, stride=2, padding=1), nn.ConvTranspose2d(3, 3, 2, stride=2)
+
+        def forward(self, x):
+            return self.up(self.down(x))
+
     class Pair(nn.Module):
         def __init__(self):
             super().__init__()
@@ -294,6 +302,12 @@ def test_bad_specs_give_one_line(tmp_path, monkeypatch):
     for args, message in cases:
         result = CliRunner().invoke(main, ["compute", *args, "--crop", "0,0,8,8", "--out", "never.zarr", "--quiet"])
         one_line_error(result, message)
+    odd = CliRunner().invoke(main, ["compute", "--model", "bad.py:Strided", "--crop", "0,0,7,5", "--out",
+                                    "never.zarr", "--quiet"])
+    one_line_error(odd, "output (1, 3, 6, 8) on the input (1, 3, 5, 7) is neither an image (1, C, H, W) of the "
+                        "input's size or an integer multiple of it, nor class scores (1, N); its sides are almost a "
+                        "multiple of the input's: a network with strided layers may need sides that are multiples "
+                        "of its total stride (--crop X,Y,W,H with W and H divisible by 4 or 8)")
     wrong = tmp_path / "wrong.pt"
     torch.save({"head.weight": torch.zeros(1)}, wrong)
     result = CliRunner().invoke(main, ["compute", "--model", f"{EXAMPLE}:make", "--weights", str(wrong), "--crop",

@@ -162,7 +162,8 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
                 ref, loadable = weights_ref(name, _weights(model_spec, weights))
                 model = build(name, loadable, trust_pickle=trust_pickle)
             inputs = _inputs(images, dataset, limit, model_spec, in_size, crop, polarity)
-            n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size)).shape[-1]
+            with torch.no_grad():
+                n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size))[0].numel()
             if n_classes > 100 and not vote_classes:
                 click.echo(f"{name}: pixels vote among all {n_classes} classes ({n_classes} transposes per image); "
                            f"--vote-classes N limits the vote to the N best-scoring classes", err=True)

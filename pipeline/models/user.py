@@ -347,8 +347,13 @@ def _task(x: torch.Tensor, y) -> tuple[str, int]:
         if ho % h == 0 and wo % w == 0 and ho // h == wo // w:
             scale = ho // h
             return ("sr" if scale > 1 else "i2i"), scale
+    hint, s = "", round(y.shape[-1] / w) if y.dim() == 4 else 0
+    if y.dim() == 4 and s >= 1 and y.shape[-2] >= s * h and y.shape[-1] >= s * w:
+        # a little larger than a multiple: strided layers that round odd sides up (a 7×5 input giving 8×6)
+        hint = ("; its sides are almost a multiple of the input's: a network with strided layers may need sides "
+                "that are multiples of its total stride (--crop X,Y,W,H with W and H divisible by 4 or 8)")
     raise UserModelError(f"output {tuple(y.shape)} on the {shown} is neither an image (1, C, H, W) of the "
-                         f"input's size or an integer multiple of it, nor class scores (1, N)")
+                         f"input's size or an integer multiple of it, nor class scores (1, N){hint}")
 
 
 def infer(model: nn.Module, img, value_range, name: str, factory=None) -> ModelSpec:
