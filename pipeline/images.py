@@ -201,7 +201,8 @@ def model_channels(img: np.ndarray, spec) -> np.ndarray:
     """The image's samples in the model's colour space: float64 (H, W, C) in 0..255."""
     if spec.colour == "rgb":
         if img.shape[2] != 3:
-            raise ImageError(f"{spec.name} needs an RGB image; this one is grayscale")
+            raise ImageError(f"{spec.name} needs an RGB image; this one is grayscale (save it as RGB first, e.g. "
+                             f"with Pillow: Image.open(path).convert('RGB').save('rgb.png'))")
         return img.astype(np.float64)
     if img.shape[2] == 1:  # a grayscale image is its own Y
         return img.astype(np.float64)

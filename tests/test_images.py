@@ -202,7 +202,7 @@ def test_to_image_clips_and_rounds():
 
 
 @pytest.mark.parametrize("name, shape, message", [
-    ("edsr-x2", (8, 8, 1), "needs an RGB image"),
+    ("edsr-x2", (8, 8, 1), r"needs an RGB image; this one is grayscale \(save it as RGB first"),
     ("cyclegan-horse2zebra", (18, 16, 3), "multiples of 4"),
     ("inception_v3", (60, 80, 3), "too small"),
     ("digits-vgg", (32, 30, 1), "needs a 32×32 image"),
