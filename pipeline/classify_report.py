@@ -13,6 +13,7 @@ import csv
 import html
 import json
 import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -218,8 +219,9 @@ def _html_table(head: list[str], cells: list[dict[str, str]]) -> str:
 
 
 def write_report(out: Path, model: str, records: list[dict], figures: list[str], table_html: str,
-                 class_names=None) -> Path:
-    """``out/index.html``: the summary table, the figures (relative PNG links) and the per-image table."""
+                 class_names=None, skipped: list[tuple[str, str]] = ()) -> Path:
+    """``out/index.html``: the summary table, the figures (relative PNG links) and the per-image table; ``skipped``:
+    (image, why) of the inputs that could not be read."""
     out = Path(out)
     lines = []
     for r, eps in _flat_rows(records):
@@ -228,6 +230,7 @@ def write_report(out: Path, model: str, records: list[dict], figures: list[str],
             r["image"], "clean" if eps is None else f"FGSM {eps:g}", _label(r["top1"], class_names),
             f"{r['score']:.4g}", f"{r['input_term']:.4g}", f"{r['residual']:.4g}",
             f"{100 * r['residual_share']:.1f} %", f"{100 * v.get('top1_share', float('nan')):.1f} %")) + "</tr>")
+    skipped_html = "".join(f"<p>Skipped {html.escape(name)}: {html.escape(why)}</p>\n" for name, why in skipped)
     imgs = "\n".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(f)}"></figure>' for f in figures)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>linterp classify: {html.escape(model)}</title>
@@ -238,7 +241,7 @@ figure{{margin:1em 0}}</style></head><body>
 <p>Scores are logits. y = F(x0)·x0 + Σ<sub>i</sub> Q<sub>i</sub> b̂<sub>i</sub>; residual share = r / score of the
 top-1 class. Files: <a href="results.json">results.json</a>, <a href="results.csv">results.csv</a>,
 <a href="contributions.csv">contributions.csv</a>.</p>
-<h2>Residual share (Table 1)</h2>
+{skipped_html}<h2>Residual share (Table 1)</h2>
 {table_html}
 <h2>Figures</h2>
 {imgs}
@@ -341,6 +344,7 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
     run resumes where it stopped.
     """
     from pipeline.classify import analyse_attacked, residual_table, summary
+    from pipeline.images import ImageError
     from pipeline.progress import iterate
 
     out = Path(out)
@@ -348,14 +352,19 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
     cache.mkdir(parents=True, exist_ok=True)
     settings = dict(settings or {}, model=model_name, eps=list(map(float, eps)), top=top,
                     vote_classes=vote_classes, value_range=list(value_range), group=group)
-    records, shown = [], []
+    records, shown, skipped = [], [], []
     for i, (name, x0, label, source) in enumerate(iterate(inputs, f"classify {model_name}", unit="images",
                                                    enabled=progress)):
         stem = cache / f"{i:05d}-{_safe(name)}"
         image_settings = settings | {"source": source}
         got = load_analysis(stem, image_settings)
         if got is None:
-            x0, prep = x0() if callable(x0) else (x0, None)
+            try:
+                x0, prep = x0() if callable(x0) else (x0, None)
+            except ImageError as err:  # an unreadable file among good ones: the others are analysed
+                skipped.append((name, str(err)))
+                print(f"{model_name}: skipped {name}: {err}", file=sys.stderr)
+                continue
             clean, attacked = analyse_attacked(model, x0, list(eps), label=label, value_range=value_range, top=top,
                                                vote_classes=vote_classes or None, group=group)
             got = clean, attacked, prep
@@ -363,6 +372,8 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
         records.append(record_of(*got, name, label))
         if len(shown) < figures:
             shown.append((name, got[:2]))
+    if skipped and not records:
+        raise ImageError(f"no image could be read ({len(skipped)} skipped); {skipped[0][1]}")
     write_results(out, records)
     figs = []
     conditions = {"clean": records} | {f"FGSM ε = {e:g}": [r["attacks"][j] for r in records]
@@ -387,7 +398,7 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
         write_json(out / "summary.json", rows)
         table_html += "<h2>Summary</h2>\n" + _html_table(list(rows[0]) + [k for k in rows[-1] if k not in rows[0]],
                                                           [{k: _fmt(v) for k, v in r.items()} for r in rows])
-    write_report(out, model_name, records, figs, table_html, class_names)
+    write_report(out, model_name, records, figs, table_html, class_names, skipped)
     return records
 
 
