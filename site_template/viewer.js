@@ -875,7 +875,12 @@
     document.getElementById("subtitle").textContent = (imageName(a.image) || "image") + " · " + M.models.map((m) => m.title).join(" · ");
     document.title = "linterp · " + (imageName(a.image) || "") + " · " + M.models.map((m) => m.title).join(", ");
     const d = dims(ref(), "in");
-    select("in", d.h >> 1, d.w >> 1, 0);
+    if (M.models.every((m) => m.top1 !== undefined)) { // classifiers: the row of the top class, over the input
+      select("out", 0, 0, 0);
+      state.src = M.models[0].top1;
+    } else {
+      select("in", d.h >> 1, d.w >> 1, 0);
+    }
     readHash();
     panels = M.models.map(buildPanel);
     document.querySelectorAll("[data-mode]").forEach(function (b) {

@@ -477,3 +477,27 @@ def test_lens_label_gives_the_size_of_the_filter(browser, site):
         where = "output" if dom == "out" else "input"
         assert label.startswith(word) and label.endswith(f" · {where} {h}×{w} px"), label
     page.clean()
+
+
+def test_a_classifier_site_opens_on_the_row_of_its_top_class(browser, tmp_path):
+    """A classifier's output is one pixel of class scores, so its column is one value per class: the site opens in
+    rows mode on the row of the top-1 class (argmax of y0, `top1` in the manifest) over the input, as stored."""
+    from pipeline.api import compute_store
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    image = np.random.default_rng(1).integers(0, 255, (12, 12, 3), dtype=np.uint8)
+    store = compute_store(net.eval(), image, tmp_path / "clf.zarr", name="clf", device="cpu", progress=False)
+    top = int(np.argmax(store.y0[:, 0, 0]))
+    assert top != 0  # the default class of an image site would be 0: the test tells the two apart
+    export_site([store.path], tmp_path / "site", progress=False)
+    page = Page(browser, tmp_path / "site")
+    page.settle()
+    state = page.page.evaluate("LINTERP.state()")
+    assert (state["dom"], state["y"], state["x"], state["src"]) == ("out", 0, 0, top)
+    got, scale = page.shown_values(0, "in")
+    want = store.F[top, 0, 0, 0]  # the row of class `top`, input channel R
+    assert np.abs(want).max() > 0 and (np.abs(got - want) <= scale / 254 + 1e-6).all()
+    page.clean()

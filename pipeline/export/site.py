@@ -579,7 +579,8 @@ def export_site(store_paths, out, *, normalise: str = "filter", scheduler: str =
         models.append({"id": mid, "title": str(attrs.model or mid), "store": store.path.name,
                        "attrs": attrs.for_viewer(), **verification_fields(store), "geometry": attrs.geometry,
                        "in": list(store.in_shape), "out": list(store.out_shape), "kinds": plans, "svd": svd, "tile": tile,
-                       "natural": {"x0": store.in_shape[0] in (1, 3), "y0": store.out_shape[0] in (1, 3)}})
+                       "natural": {"x0": store.in_shape[0] in (1, 3), "y0": store.out_shape[0] in (1, 3)},
+                       **top_class(store)})
         summaries.append({"model": mid, "filters": int(np.prod(store.in_shape) + np.prod(store.out_shape))})
 
     pending = [(i, dask.delayed(_finish)(task, marker, key)) for i, (_, marker, key, task, _) in enumerate(tasks)
@@ -615,6 +616,14 @@ def _remove_stale_panels(data: Path, ids: set[str]) -> None:
     for folder in data.iterdir():
         if folder.name not in ids and (folder / ".done").is_dir():
             shutil.rmtree(folder)
+
+
+def top_class(store: Store) -> dict:
+    """``{"top1": k}`` for a classifier's store (an output of 1×1 pixels: one score per channel), k = argmax of its
+    scores y0, the class the viewer shows first; ``{}`` for image outputs."""
+    if tuple(store.out_shape[1:]) != (1, 1):
+        return {}
+    return {"top1": int(np.argmax(store.y0[:, 0, 0]))}
 
 
 #: the names of the data files export writes in a panel's folder (see :func:`panel_files`)
