@@ -219,9 +219,9 @@ def _html_table(head: list[str], cells: list[dict[str, str]]) -> str:
 
 
 def write_report(out: Path, model: str, records: list[dict], figures: list[str], table_html: str,
-                 class_names=None, skipped: list[tuple[str, str]] = ()) -> Path:
+                 class_names=None, skipped: list[str] = ()) -> Path:
     """``out/index.html``: the summary table, the figures (relative PNG links) and the per-image table; ``skipped``:
-    (image, why) of the inputs that could not be read."""
+    the inputs that could not be read (named, without their paths: the report holds none)."""
     out = Path(out)
     lines = []
     for r, eps in _flat_rows(records):
@@ -230,7 +230,7 @@ def write_report(out: Path, model: str, records: list[dict], figures: list[str],
             r["image"], "clean" if eps is None else f"FGSM {eps:g}", _label(r["top1"], class_names),
             f"{r['score']:.4g}", f"{r['input_term']:.4g}", f"{r['residual']:.4g}",
             f"{100 * r['residual_share']:.1f} %", f"{100 * v.get('top1_share', float('nan')):.1f} %")) + "</tr>")
-    skipped_html = "".join(f"<p>Skipped {html.escape(name)}: {html.escape(why)}</p>\n" for name, why in skipped)
+    skipped_html = (f"<p>Skipped, could not be read: {html.escape(', '.join(skipped))}.</p>\n" if skipped else "")
     imgs = "\n".join(f'<figure><img src="{html.escape(f)}" alt="{html.escape(f)}"></figure>' for f in figures)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>linterp classify: {html.escape(model)}</title>
@@ -363,7 +363,6 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
                 x0, prep = x0() if callable(x0) else (x0, None)
             except ImageError as err:  # an unreadable file among good ones: the others are analysed
                 skipped.append((name, str(err)))
-                print(f"{model_name}: skipped {name}: {err}", file=sys.stderr)
                 continue
             clean, attacked = analyse_attacked(model, x0, list(eps), label=label, value_range=value_range, top=top,
                                                vote_classes=vote_classes or None, group=group)
@@ -373,7 +372,10 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
         if len(shown) < figures:
             shown.append((name, got[:2]))
     if skipped and not records:
-        raise ImageError(f"no image could be read ({len(skipped)} skipped); {skipped[0][1]}")
+        raise ImageError(skipped[0][1] if len(skipped) == 1 else f"none of the {len(skipped)} images could be read; "
+                         f"{skipped[0][1]}")
+    for name, why in skipped:
+        print(f"{model_name}: skipped {name}: {why}", file=sys.stderr)
     write_results(out, records)
     figs = []
     conditions = {"clean": records} | {f"FGSM ε = {e:g}": [r["attacks"][j] for r in records]
@@ -398,7 +400,7 @@ def generate(model, model_name: str, inputs: list[tuple[str, object, int | None,
         write_json(out / "summary.json", rows)
         table_html += "<h2>Summary</h2>\n" + _html_table(list(rows[0]) + [k for k in rows[-1] if k not in rows[0]],
                                                           [{k: _fmt(v) for k, v in r.items()} for r in rows])
-    write_report(out, model_name, records, figs, table_html, class_names, skipped)
+    write_report(out, model_name, records, figs, table_html, class_names, [name for name, _ in skipped])
     return records
 
 

@@ -366,3 +366,64 @@ def test_image_folders_give_their_image_files_only(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub.png").mkdir()  # a folder whose name looks like an image's
     assert [p.name for p in R.image_files([tmp_path])] == ["a.JPG", "b.png"]
+
+
+CONV_HEAD = """import torch.nn as nn
+
+
+def make():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 5, 1))
+"""
+
+
+def test_a_classifier_with_a_1x1_conv_head_gives_scores_of_shape_1_k_1_1(tmp_path):
+    """A head that is a 1×1 convolution after global pooling: output (1, K, 1, 1), a classifier as docs/user-models.md
+    says; every identity holds as for (1, K), and the CLI analyses it, attack included."""
+    torch.manual_seed(0)
+    model = build_conv_head(tmp_path)
+    x0 = torch.rand(1, 3, 12, 12)
+    a = C.analyse(model, x0, top=2)
+    scores = model(x0).detach().double().reshape(-1).numpy()
+    assert a.record["top1"] == int(scores.argmax()) and a.record["score"] == pytest.approx(scores.max(), rel=1e-5)
+    assert a.record["input_term"] + sum(c["value"] for c in a.record["contributions"]) == pytest.approx(
+        a.record["score"], rel=1e-5)
+    np.testing.assert_allclose(a.pd.sum((1, 2)), scores[a.record["top_classes"]], rtol=1e-5)
+    x_adv, delta = C.fgsm(model, x0, 1, 0.1)
+    assert float(delta.abs().max()) == pytest.approx(0.1)
+    photo = tmp_path / "p.png"
+    iio.imwrite(photo, (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
+    res = CliRunner().invoke(main, ["classify", "--model", f"{tmp_path / 'head.py'}:make", "--images", str(photo),
+                                    "--size", "16", "--attack", "fgsm", "--eps", "0.05", "--figures", "1", "--quiet",
+                                    "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    (rec,) = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert rec["votes"]["classes"] == 5 and rec["attacks"][0]["eps"] == 0.05
+
+
+def build_conv_head(folder):
+    (folder / "head.py").write_text(CONV_HEAD)
+    import runpy
+
+    return runpy.run_path(str(folder / "head.py"))["make"]().eval()
+
+
+def test_unreadable_images_among_good_ones_are_skipped_and_named(tmp_path):
+    """One broken file in a folder does not stop the run: the others are analysed, the broken ones named on stderr
+    and in the report (without their path); a folder of broken files only is one error line."""
+    from skimage.data import camera
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", camera()[::16, ::16])
+    (folder / "b.png").write_bytes(b"\x89PNG broken")
+    iio.imwrite(folder / "c.png", camera()[::-16, ::16])
+    args = ["classify", "--model", "digits-vgg", "--weights", "random", "--quiet", "--figures", "1"]
+    res = CliRunner().invoke(main, [*args, "--images", str(folder), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "skipped b.png" in res.output
+    recs = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["image"] for r in recs] == ["a.png", "c.png"]
+    page = (tmp_path / "o" / "index.html").read_text()
+    assert "b.png" in page and str(folder) not in page
+    res = CliRunner().invoke(main, [*args, "--images", str(folder / "b.png"), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 1 and "b.png" in res.output and len(res.output.strip().splitlines()) == 1, res.output
