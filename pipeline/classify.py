@@ -246,6 +246,7 @@ def fgsm(model: torch.nn.Module, x0: torch.Tensor, target: int, eps: float,
     sup-norm ε unless the gradient vanishes everywhere. The gradient is taken as ∇ₓ CE / (1 − p_target) =
     Σ_{k≠target} q_k ∇s_k − ∇s_target, q the softmax of the other classes' scores (float64): the same sign, but
     on a confident image 1 − p_target underflows in float32 and CE's own gradient loses the target's term.
+    A model with a single score is refused (its cross-entropy is constant: there is no gradient to follow).
     """
     if eps < 0:
         raise ValueError(f"eps must be ≥ 0, got {eps}")
@@ -254,6 +255,9 @@ def fgsm(model: torch.nn.Module, x0: torch.Tensor, target: int, eps: float,
     try:
         x = x0.detach().clone().requires_grad_(True)
         scores = model(x)[0].reshape(-1)
+        if scores.numel() < 2:
+            raise ValueError(f"FGSM needs at least 2 class scores (the cross-entropy of {scores.numel()} is constant); "
+                             f"this model has {scores.numel()}")
         others = torch.arange(scores.numel()) != target
         weights = torch.softmax(scores.detach().double()[others], 0).to(scores.dtype)
         (grad,) = torch.autograd.grad((weights * scores[others]).sum() - scores[target], x)

@@ -427,3 +427,61 @@ def test_unreadable_images_among_good_ones_are_skipped_and_named(tmp_path):
     assert "b.png" in page and str(folder) not in page
     res = CliRunner().invoke(main, [*args, "--images", str(folder / "b.png"), "--out", str(tmp_path / "o2")])
     assert res.exit_code == 1 and "b.png" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_fgsm_refuses_a_model_with_a_single_score(tmp_path):
+    """Cross-entropy over one score is 0 whatever the input: FGSM has no gradient to follow and must not make up a
+    step (it used to step along −∇s); the analysis itself works, and the CLI says why in one line."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(1))
+    x0 = torch.rand(1, 3, 8, 8)
+    model(x0)
+    a = C.analyse(model.eval(), x0)
+    assert a.record["top1"] == 0 and a.record["votes"]["top1_share"] == 1.0
+    with pytest.raises(ValueError, match="at least 2 class scores"):
+        C.fgsm(model, x0, 0, 0.1)
+    (tmp_path / "one.py").write_text("import torch.nn as nn\n\n\ndef make():\n    return nn.Sequential("
+                                     "nn.Conv2d(3, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
+                                     "nn.Linear(2, 1))\n")
+    iio.imwrite(tmp_path / "p.png", np.zeros((9, 9, 3), np.uint8))
+    res = CliRunner().invoke(main, ["classify", "--model", f"{tmp_path / 'one.py'}:make", "--images",
+                                    str(tmp_path / "p.png"), "--size", "16", "--attack", "fgsm", "--eps", "0.1",
+                                    "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1 and "at least 2" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_a_model_of_a_fixed_input_size_is_told_about_size_once(tmp_path):
+    """A Linear on flattened features takes one input size: probed at the default 224, the error says that --size
+    sets the side, in one line that names the model once."""
+    (tmp_path / "flat.py").write_text("import torch.nn as nn\n\n\ndef make():\n    return nn.Sequential("
+                                      "nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), "
+                                      "nn.Linear(2 * 16 * 16, 3))\n")
+    iio.imwrite(tmp_path / "p.png", np.zeros((20, 20, 3), np.uint8))
+    args = ["classify", "--model", f"{tmp_path / 'flat.py'}:make", "--images", str(tmp_path / "p.png"), "--quiet"]
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1, res.output
+    assert "224×224" in res.output and "--size" in res.output and res.output.count("flat.py:make") == 1, res.output
+    res = CliRunner().invoke(main, [*args, "--size", "16", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+
+
+def test_your_own_1000_class_model_is_not_given_imagenet_names():
+    """Class names come from the registry: a user model with 1000 outputs is labelled by index (its classes need not
+    be ImageNet's); torchvision's ImageNet classifiers and the digits models keep theirs."""
+    from pipeline.commands.classify import _class_names
+
+    assert _class_names("net.py:make", 1000) is None and _class_names("mylab.nets:make", 1000) is None
+    assert _class_names("digits_net.py:make", 10) is None
+    assert _class_names("vgg11", 1000)[0] == "tench" and _class_names("digits-vgg", 10)[3] == "3"
+
+
+def test_several_models_at_random_init_in_one_run(tmp_path):
+    """--weights random is no file: it goes with several --model (a file still goes with one only), and --table
+    gathers them."""
+    args = ["classify", "--model", "digits-vgg", "--model", "digits-vgg-bn", "--dataset", "digits", "--limit", "1",
+            "--figures", "0", "--quiet", "--table"]
+    res = CliRunner().invoke(main, [*args, "--weights", "random", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a" / "digits-vgg-bn" / "results.json").exists() and (tmp_path / "a" / "table.md").exists()
+    res = CliRunner().invoke(main, [*args, "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "b")])
+    assert res.exit_code != 0 and "single --model" in res.output, res.output

@@ -25,7 +25,13 @@ def _digits_test(limit: int | None):
 
 
 def _class_names(name: str, n_classes: int) -> list[str] | None:
-    if name.startswith("digits") and ":" not in name:  # not a user model (FILE.py:FACTORY)
+    """The registry's class names; None (class indices) for your own model, whatever its number of classes: 1000
+    scores need not be ImageNet's classes."""
+    from pipeline.models.user import is_user_spec
+
+    if is_user_spec(name):
+        return None
+    if name.startswith("digits"):
         return [str(k) for k in range(10)]
     if n_classes == 1000:
         from torchvision.models._meta import _IMAGENET_CATEGORIES
@@ -60,7 +66,9 @@ def _inputs(images, dataset, limit, model_spec, size, crop, polarity):
 
     if dataset == "digits":
         if model_spec.in_channels != 1 or size != (32, 32):
-            raise click.ClickException("--dataset digits needs a 1-channel 32×32 model (digits-vgg, digits-vgg-bn)")
+            raise click.ClickException(f"--dataset digits needs a 1-channel 32×32 model (digits-vgg, digits-vgg-bn, "
+                                       f"or your own with --size 32); this one takes {model_spec.in_channels}-channel "
+                                       f"{size[0]}×{size[1]} inputs")
         return _digits_test(limit)
     files = image_files(images)
     if not files:
@@ -81,7 +89,8 @@ def _inputs(images, dataset, limit, model_spec, size, crop, polarity):
               help="Registry name of a classifier, or your own: FILE.py:FACTORY or package.module:FACTORY; repeat "
                    "for several models (results go to OUT/<model>/).")
 @user_model_options
-@click.option("--weights", default=None, help="Weight file (or 'random'); only with a single --model.")
+@click.option("--weights", default=None,
+              help="Weight file, only with a single --model; or 'random' (the seeded random initialisation), for all.")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that need unpickling (only trusted files).")
 @click.option("--images", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Image file or folder of images, any size and colour; repeatable. Prepared for the model as "
@@ -126,7 +135,7 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
     from pipeline.images import ImageError
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.models.registry import build, spec
-    from pipeline.models.user import is_user_spec, parse_args
+    from pipeline.models.user import UserModelError, is_user_spec, parse_args
     from pipeline.preprocess import input_size
     from pipeline.sources import user_model, weights_ref
 
@@ -134,8 +143,8 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
         torch.set_num_threads(threads)
     if bool(images) == bool(dataset):
         raise click.ClickException("give either --images or --dataset")
-    if weights is not None and len(models) > 1:
-        raise click.ClickException("--weights goes with a single --model")
+    if weights is not None and weights != "random" and len(models) > 1:
+        raise click.ClickException("--weights FILE goes with a single --model ('random' goes with several)")
     if attack and not eps:
         raise click.ClickException("--attack fgsm needs at least one --eps")
     if eps and not attack:
@@ -149,8 +158,15 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
             settings = {}
             if is_user_spec(name):  # probed on a blank image of the input size
                 side = size or 224
-                user = user_model(name, weights, trust_pickle, np.zeros((side, side, 3), np.uint8),
-                                  parse_args(model_args), input_range)
+                try:
+                    user = user_model(name, weights, trust_pickle, np.zeros((side, side, 3), np.uint8),
+                                      parse_args(model_args), input_range)
+                except UserModelError as err:
+                    if " fails on a " not in str(err):
+                        raise
+                    given = "" if size else " (the default for your own model)"
+                    raise UserModelError(f"{one_line(err)}; it was probed at {side}×{side}{given}: --size sets the "
+                                         f"input side") from err
                 model, model_spec, ref = user.model, user.spec, user.weights
                 settings["model_spec"] = user.record
             else:
@@ -164,6 +180,9 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
             inputs = _inputs(images, dataset, limit, model_spec, in_size, crop, polarity)
             with torch.no_grad():
                 n_classes = model(torch.zeros(1, model_spec.in_channels, *in_size))[0].numel()
+            if attack and n_classes < 2:
+                raise click.ClickException(f"{name} has {n_classes} class score: --attack fgsm needs at least 2 (the "
+                                           f"cross-entropy of a single score is constant)")
             if n_classes > 100 and not vote_classes:
                 click.echo(f"{name}: pixels vote among all {n_classes} classes ({n_classes} transposes per image); "
                            f"--vote-classes N limits the vote to the N best-scoring classes", err=True)
@@ -175,7 +194,9 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
                           "preprocess": None if dataset else {"method": model_spec.preprocess, "polarity": polarity}},
                 progress=not quiet)
         except (ImageError, UnsupportedOperation, ValueError, OSError) as err:
-            raise click.ClickException(f"{name}: {one_line(err)}")
+            message = one_line(err)  # named once: a message may start with the name (without folders) itself
+            named = message.startswith((f"{name} ", f"{Path(name).name} "))
+            raise click.ClickException(message if named else f"{name}: {message}")
         click.echo(f"{name}: {len(results[name])} images -> {target / 'index.html'}")
         for row in summary(results[name]):
             acc = f", accuracy {row['accuracy']:.1%}" if "accuracy" in row else ""
