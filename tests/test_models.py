@@ -371,3 +371,39 @@ def test_run_model_failing_on_the_image_is_one_line(tmp_path, monkeypatch):
         "DefaultCPUAllocator: can't allocate memory: you tried to allocate 2304000000 bytes. Error code 12 "
         "(Cannot allocate memory); use --crop X,Y,W,H for a smaller part"]
     assert not (tmp_path / "o.png").exists()
+
+
+HEADS = """
+from torch import nn
+
+
+def conv_head():  # scores (1, 4, 1, 1): a 1×1 convolution after pooling
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1))
+
+
+def flat():  # one input size only: a Linear on the flattened 40×40 features
+    return nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 40 * 40, 3))
+"""
+
+
+def test_run_your_own_classifiers_conv_head_and_fixed_size(tmp_path, monkeypatch):
+    """A (1, K, 1, 1) head prints its top classes (it was a topk traceback), each once (your own model's class is
+    its index: it was printed twice); a model of one input size is run with --size and told about it without."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "heads.py").write_text(HEADS)
+    rgb_png(tmp_path / "in.png", 30, 50)
+    head = CliRunner().invoke(main, ["run", "--model", "heads.py:conv_head", "--image", "in.png", "--top", "4"])
+    assert head.exit_code == 0, head.output
+    lines = head.stdout.strip().splitlines()
+    assert len(lines) == 4 and all(len(line.split()) == 2 for line in lines)
+    assert sorted(int(line.split()[1]) for line in lines) == [0, 1, 2, 3]
+    sized = CliRunner().invoke(main, ["run", "--model", "heads.py:flat", "--image", "in.png", "--size", "40"])
+    assert sized.exit_code == 0, sized.output
+    assert "centre 40×40" in sized.stderr and len(sized.stdout.strip().splitlines()) == 3
+    unsized = CliRunner().invoke(main, ["run", "--model", "heads.py:flat", "--image", "in.png"])
+    assert unsized.exit_code == 1 and len(unsized.output.strip().splitlines()) == 1
+    assert unsized.output.strip().endswith("; a classifier that takes one input size needs --size SIDE (an image "
+                                           "model: --crop X,Y,W,H)")
+    image = CliRunner().invoke(main, ["run", "--model", "bicubic-x2", "--size", "40", "--out", "o.png"])
+    assert image.exit_code == 2 and "--size is for classifiers; bicubic-x2 takes the image at its own size" in (
+        image.output) and not (tmp_path / "o.png").exists()

@@ -74,24 +74,35 @@ def model_and_image_options(command):
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="How many classes a classifier prints.")
 @click.option("--polarity", type=click.Choice(["auto", "keep", "invert"]), default="auto", show_default=True,
               help="Digits models: invert images whose border is light (auto), never, or always.")
-def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_range, out_path, top, polarity):
+@click.option("--size", type=click.IntRange(min=1), default=None,
+              help="Classifiers: the input side in pixels (default: the model's; your own classifier: 224), as "
+                   "`linterp classify --size`.")
+def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_range, out_path, top, polarity, size):
     """Apply a model to an image: an image out for SR / image-to-image models, the top classes for classifiers.
 
     Classifiers take images of any size and colour, prepared as `linterp classify` prepares them (the line on
     stderr says how)."""
+    import numpy as np
     import torch
 
     from pipeline import images, preprocess
     from pipeline.commands.errors import click_error, one_line, writable_file
     from pipeline.models import build, class_names, spec
-    from pipeline.models.user import is_user_spec, parse_args
+    from pipeline.models.user import UserModelError, is_user_spec, parse_args
     from pipeline.sources import read_image, user_model
 
     user = is_user_spec(name)
     try:
-        if user:  # your own model: probed on the image for its task and colour
+        if user:  # your own model: probed on the image (at --size: a blank of its colours) for its task and colour
             img = read_image(image_path, crop_text)[0]
-            built = user_model(name, weights, trust_pickle, img, parse_args(model_args), input_range)
+            probe = img if size is None else np.zeros((size, size, img.shape[2]), np.uint8)
+            try:
+                built = user_model(name, weights, trust_pickle, probe, parse_args(model_args), input_range)
+            except UserModelError as err:
+                if size is not None or " fails on a " not in str(err):
+                    raise
+                raise UserModelError(f"{one_line(err)}; a classifier that takes one input size needs --size SIDE "
+                                     f"(an image model: --crop X,Y,W,H)") from err
             model, model_spec = built.model, built.spec
         else:
             model_spec = spec(name)
@@ -110,8 +121,11 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
             img = images.default_image()[1] if image_path is None else images.load_image(image_path, classifier)
             if crop_text is not None:
                 img = images.crop(img, images.parse_crop(crop_text))
+        if size is not None and not classifier:
+            raise click.UsageError(f"--size is for classifiers; {name} takes the image at its own size (--crop)")
         if classifier:
-            x0, record = preprocess.classifier_input(img, model_spec, polarity=polarity)
+            in_size, ratio = preprocess.input_size(model_spec.name, model_spec, size)
+            x0, record = preprocess.classifier_input(img, model_spec, in_size, ratio, polarity=polarity)
             click.echo(preprocess.describe(record), err=True)
         else:
             x0 = images.to_input(img, model_spec)
@@ -124,11 +138,11 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
         raise click.ClickException(f"the model's output holds {int((~torch.isfinite(y)).sum())} NaN or infinite "
                                    f"values on this image (check the weights)")
     if model_spec.task == "classify":
-        probabilities = torch.softmax(y[0].double(), 0)
-        labels = [str(i) for i in range(y.shape[-1])] if user else class_names(name)
+        probabilities = torch.softmax(y[0].double().reshape(-1), 0)  # (1, K) or (1, K, 1, 1) scores
+        labels = None if user else class_names(name)  # your own model's classes are their indices
         values, indices = probabilities.topk(min(top, probabilities.numel()))
         for p, i in zip(values.tolist(), indices.tolist()):
-            click.echo(f"{p:8.4f}  {i:4d}  {labels[i]}")
+            click.echo(f"{p:8.4f}  {i:4d}" + (f"  {labels[i]}" if labels else ""))
         return
     out = images.to_image(y, model_spec)
     if model_spec.colour == "y" and img.shape[2] == 3:
