@@ -140,7 +140,8 @@ def _vote_panel(ax, winner, record, class_names):
     idx, cmap, labels = _vote_image(winner, record["votes"]["shares"], class_names)
     ax.imshow(idx, cmap=cmap, vmin=-0.5, vmax=cmap.N - 0.5, interpolation="nearest")
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(labels))]
-    ax.legend(handles, labels, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    # below the map: to its right a long class name ran under the next column's map (attack figures)
+    ax.legend(handles, labels, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.02), frameon=False)
     ax.set_title(f"votes over {record['votes']['classes']} classes", fontsize=8)
     ax.axis("off")
 
