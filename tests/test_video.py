@@ -393,3 +393,24 @@ def test_film_without_official_weights_offline_is_one_line(tmp_path, monkeypatch
     assert len(lines) == 1, lines
     assert "edsr_baseline_x4-6b446fab.pt" in lines[0] and str(tmp_path / "cache") in lines[0]
     assert "DEFAULTS=1" in lines[0] and "WEIGHTS" not in lines[0] and not (tmp_path / "x.mp4").exists()
+
+
+def test_a_narrow_tall_image_gets_a_default_zoom_that_fits_and_a_frame_wide_enough_for_its_text(tmp_path):
+    """A 20×1 crop (a ×4 output of 80×4): the default zoom used to fit the width alone (frames of 1280×12508, then
+    refused with "use a smaller --zoom" although no zoom was given); the frame must also be wide enough for its
+    heading and subtitles (it was 80 px wide)."""
+    store, _ = linear_upscaler_store(tmp_path / "thin.zarr", h=20, w=1, tile=4)
+    summary = write_video([store.path], tmp_path / "thin.mp4", duration=2.0, fps=5, progress=False)
+    h, w = summary["size"]
+    assert h <= 720 and w >= 560, summary["size"]
+    assert decoded_frames(tmp_path / "thin.mp4", summary["size"]).shape[0] == 10
+
+
+def test_a_part_too_short_to_leave_its_first_move_is_told_not_a_key_error(tmp_path):
+    """On a 20×1 image a video of a few frames gives a part whose frames all lie on a move of the walk; its cue
+    took the move's (missing) figures: KeyError 'gradient_ratio' instead of a video."""
+    store, _ = linear_upscaler_store(tmp_path / "thin.zarr", h=20, w=1, tile=4)
+    for frames in range(1, 8):
+        told = story.tell([open_store(store.path)], duration=frames / 5, fps=5)
+        assert len(told.views) == frames and told.cues[0].start == 0 and told.cues[-1].end == frames / 5
+        assert all(c.text for c in told.cues)

@@ -31,7 +31,9 @@ from pipeline.store import Store
 MARGIN, TITLE, LABEL, LEGEND, SUBTITLE_BAND = 16, 36, 28, 44, 80
 CURSOR = (255, 176, 0)
 TEXT, MUTED, BACKGROUND = (235, 235, 235), (160, 160, 160), (18, 18, 18)
-MAX_WIDTH = 1280
+#: the default zoom keeps frames within MAX_WIDTH × MAX_HEIGHT; a frame is at least MIN_WIDTH wide (the panels of
+#: a narrow image, e.g. a 1×20 crop, leave room on the right), so that its heading and subtitles fit
+MAX_WIDTH, MAX_HEIGHT, MIN_WIDTH = 1280, 720, 560
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,8 @@ class Layout:
         w = max(s.out_shape[2] for s in stores)
         n = len(stores) + 1
         if zoom is None:
-            zoom = max(1, (MAX_WIDTH - MARGIN * (n + 1)) // (n * w))
+            fixed = TITLE + LABEL + LEGEND + SUBTITLE_BAND  # the frame's height besides the panels
+            zoom = max(1, min((MAX_WIDTH - MARGIN * (n + 1)) // (n * w), (MAX_HEIGHT - fixed) // h))
             zoom = zoom - zoom % 2 if zoom > 2 else zoom
         self.zoom = zoom
         self.panel = (h * zoom, w * zoom)
@@ -166,7 +169,7 @@ class Layout:
         step = self.panel[1] + MARGIN + MARGIN % 2
         self.panels = [(top, MARGIN + i * step) for i in range(n)]
         height = top + self.panel[0] + LEGEND + SUBTITLE_BAND
-        width = MARGIN + n * step
+        width = max(MARGIN + n * step, MIN_WIDTH)
         self.size = (height + height % 2, width + width % 2)
 
 

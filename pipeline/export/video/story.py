@@ -168,6 +168,11 @@ def _stretches(owner: np.ndarray, segments: list[walk.Segment]) -> list[tuple[in
             merged[-1][1], merged[-1][2] = run[1], run[2]
         else:
             merged.append(run)
+    for run in merged:  # a move that no stretch follows in these frames (a short part): the stretch it leads to
+        if segments[run[2]].kind == "move":
+            after = [j for j in range(run[2] + 1, len(segments)) if segments[j].kind != "move"]
+            before = [j for j in range(run[2]) if segments[j].kind != "move"]
+            run[2] = (after or before[-1:] or [run[2]])[0]
     return [tuple(r) for r in merged]
 
 
