@@ -79,9 +79,23 @@ def _read_failure(path, err: BaseException) -> str:
     except OSError:
         pass
     detail = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if detail and detail[0].startswith("Could not find a backend"):
+    if (detail and detail[0].startswith("Could not find a backend")) or not _identified(path):
         return "not an image file that linterp can read (PNG, JPEG, TIFF, BMP, GIF, WebP, …)"
     return detail[0] if detail else type(err).__name__
+
+
+def _identified(path) -> bool:
+    """Whether Pillow recognises the file as an image of some format (a truncated or damaged one included): a
+    file it does not gets the plain "not an image file" rather than a reader's parse error about a few bytes."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except UnidentifiedImageError:
+        return False
+    except Exception:  # noqa: BLE001 - recognised, but unreadable: the reader's own reason is the better one
+        return True
 
 
 #: EXIF orientation (tag 274) -> the turns and flips that show the stored pixels upright: (quarter turns

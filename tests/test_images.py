@@ -131,6 +131,7 @@ def test_planar_tiff_and_multispectral_samples(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (b"", "the file is empty"),
     (b"hello, this is not a picture\n", "not an image file"),
+    (b"hi\n", "not an image file"),  # too short for a reader's header: it was a struct unpacking error
 ])
 def test_empty_and_non_image_files_say_so(tmp_path, content, message):
     """imageio's message for both was 'Could not find a backend … pip install imageio[pyav]' (video plugins)."""
