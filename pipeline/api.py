@@ -42,6 +42,9 @@ def compute_store(model, image=None, out=None, *, weights=None, crop: str | None
 
     if out is None:
         raise TypeError("compute_store needs out, the folder of the store (e.g. 'photo.zarr')")
+    if not isinstance(model, (str, Path, nn.Module)):
+        raise TypeError(f"model must be a registry name ('edsr-small-x4'), a spec ('net.py:make') or a "
+                        f"torch.nn.Module, not {type(model).__name__}")
     if isinstance(model, nn.Module):
         if weights is not None or model_args:
             raise ValueError("weights and model_args are for model names and specs: give the module its "

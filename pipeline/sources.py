@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from pipeline.compute import Source, source_key
+from pipeline.models.user import ModuleCopy
 from pipeline.store import FileRef
 
 #: The ``weights`` name and digest recorded for a seeded random initialisation (``--weights random``).
@@ -52,27 +55,74 @@ def weights_ref(name: str, weights=None) -> tuple[FileRef, str | None]:
     return file_ref(path), str(path)
 
 
-def read_image(image=None, crop: str | None = None) -> tuple[np.ndarray, FileRef, tuple[int, int, int, int] | None]:
+def read_image(image=None, crop=None) -> tuple[np.ndarray, FileRef, tuple[int, int, int, int] | None]:
     """(uint8 (H, W, C) pixels, the image's record, the crop box or None).
 
-    ``image``: an image file, a uint8 / float array (H, W[, C]) (recorded as "array" with the sha256 of its
-    uint8 pixels), or None for the built-in default image (recorded by its label and the sha256 of its uint8
-    pixels); ``crop``: "X,Y,W,H" (pixels) or None.
+    ``image``: an image file, an array (H, W[, C]) of uint8, of other integers in 0..255 or of floats in 0..1
+    (recorded as "array" with the sha256 of its uint8 pixels), a PIL image, or None for the built-in default image
+    (recorded by its label and the sha256 of its uint8 pixels); ``crop``: "X,Y,W,H" or (x, y, w, h) (pixels) or
+    None. Raises ``ImageError`` (one line) for anything else.
     """
     from pipeline import images
 
     if image is None:
         label, img = images.default_image()
         ref = FileRef(label, hashlib.sha256(img.tobytes()).hexdigest())
-    elif isinstance(image, np.ndarray):
-        img = images.as_uint8_image(image, "the image array")
-        ref = FileRef("array", hashlib.sha256(img.tobytes()).hexdigest())
-    else:
+    elif isinstance(image, (str, bytes, Path)) or hasattr(image, "__fspath__"):
         img, ref = images.load_image(image), file_ref(image)
-    box = images.parse_crop(crop) if crop is not None else None
+    else:
+        img = images.as_uint8_image(_pixels(image), "the image array")
+        ref = FileRef("array", hashlib.sha256(img.tobytes()).hexdigest())
+    box = images.parse_crop(_crop_text(crop)) if crop is not None else None
     if box:
         img = images.crop(img, box)
     return img, ref, box
+
+
+def _pixels(image) -> np.ndarray:
+    """An image given as an object (``read_image``) as an array (H, W[, C]) that ``images.as_uint8_image`` reads:
+    PIL images converted, integer samples in 0..255 as uint8; other objects, channels-first arrays and floats
+    outside 0..1 refused in one line that says what to give instead."""
+    from pipeline.images import ImageError
+
+    if hasattr(image, "getbands") and hasattr(image, "convert"):  # a PIL image
+        image = np.asarray(image if image.mode in ("1", "L", "LA", "RGB", "RGBA") else image.convert("RGBA"))
+    if not isinstance(image, np.ndarray):
+        cls = type(image)
+        kind = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+        raise ImageError(f"the image is a {kind}: give a numpy array (H, W[, C]) of uint8 or of floats in 0..1 "
+                         f"(a (C, H, W) tensor t: t.permute(1, 2, 0).numpy()), an image file or None")
+    shape = image.shape
+    if image.ndim == 3 and shape[0] in (1, 2, 3, 4) and shape[2] > 4:
+        raise ImageError(f"the image array has shape {shape}, channels first; give (H, W, C): "
+                         f"image.transpose(1, 2, 0)")
+    if image.size and np.issubdtype(image.dtype, np.floating) and np.isfinite(image).all():
+        low, high = float(image.min()), float(image.max())
+        if not -0.5 / 255 <= low <= high <= 1 + 0.5 / 255:
+            hint = "image / 255" if low >= 0 and high <= 255.5 else "its values rescaled"
+            raise ImageError(f"the image array holds floats from {low:g} to {high:g}, not in 0..1: give uint8 "
+                             f"pixels or floats in 0..1 ({hint})")
+    if image.size and np.issubdtype(image.dtype, np.integer) and image.dtype not in (np.uint8, np.uint16):
+        low, high = int(image.min()), int(image.max())
+        if not 0 <= low <= high <= 255:
+            raise ImageError(f"the image array holds {image.dtype} samples from {low} to {high}, not in 0..255: "
+                             f"give uint8 pixels (uint16 for 16-bit samples) or floats in 0..1")
+        image = image.astype(np.uint8)
+    return image
+
+
+def _crop_text(crop) -> str:
+    """A crop given as "X,Y,W,H" or as a sequence (x, y, w, h) of integers, as the text ``images.parse_crop``
+    reads."""
+    from pipeline.images import ImageError
+
+    if isinstance(crop, str):
+        return crop
+    if isinstance(crop, (tuple, list, np.ndarray)) and len(crop) == 4 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in crop):
+        return ",".join(str(int(v)) for v in crop)
+    raise ImageError(f"crop {crop!r} is not \"X,Y,W,H\" nor (x, y, w, h): four non-negative integers, e.g. "
+                     f"(10, 20, 64, 64)")
 
 
 def _assemble(model_spec, builder, image: tuple, weights: FileRef, identity: dict | None = None,
@@ -194,7 +244,7 @@ def module_source(module, image=None, crop: str | None = None, name: str | None 
         raise user.UserModelError(f"expected a torch.nn.Module, a registry name or FILE.py:FACTORY, "
                                   f"got {type(module).__name__}")
     digest = user.state_digest(module)
-    builder = user.ModuleCopy(module, digest)
+    builder = module_copy(module, digest)
     if not (isinstance(scheduler, str) and scheduler in ("threads", "sync")):
         import cloudpickle
 
@@ -214,6 +264,24 @@ def module_source(module, image=None, crop: str | None = None, name: str | None 
               "file": {"name": None, "sha256": None}, "state_sha256": digest}
     identity = {"model_class": record["class"], "state_sha256": digest}
     return _assemble(model_spec, builder, image_triple, FileRef(), identity, {"model_spec": record})
+
+
+def module_copy(module, digest: str) -> ModuleCopy:
+    """The builder of a module object (``user.ModuleCopy``: checked deep copies in eval mode); a module with
+    floating-point parameters or buffers in another precision than float32 (float64, float16, bfloat16) is copied
+    to float32, the precision of x0 and of the store (its ``state_sha256`` stays the digest of the module given)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
+        return Float32Copy(module, digest)
+    return ModuleCopy(module, digest)
+
+
+@dataclass(frozen=True, eq=False)
+class Float32Copy(ModuleCopy):
+    """``ModuleCopy`` whose copies are converted to float32 (``module_copy``)."""
+
+    def __call__(self) -> torch.nn.Module:
+        return super().__call__().float()
 
 
 def refuse_changed_model(out, identity: dict) -> None:
@@ -323,7 +391,7 @@ def model_from_store(store, trust_pickle: bool = False, weights=None, model=None
         if wanted and digest != wanted:
             raise user.UserModelError(f"{store.path}: this {type(model).__name__} is not the module the store was "
                                       f"computed from (state sha256 {digest[:12]}…, recorded {wanted[:12]}…)")
-        return user.ModuleCopy(model, digest)()
+        return module_copy(model, digest)()
     if record:
         spec = user.locate(record, attrs.model, model)
         near = Path(spec.path).parent
