@@ -350,6 +350,15 @@ JSON_LISTS: dict[str, tuple[int | None, str]] = {"value_range": (2, "numbers"), 
                                                  "output_shape": (None, "integers")}
 
 
+def _pixel(shape: tuple[int, int, int], index: tuple[int, int, int], what: str) -> tuple[int, int, int]:
+    """``index`` (c, y, x) of a domain of ``shape`` (C, H, W), negative values counted from the end as numpy
+    does; ``IndexError`` (one line, naming the valid ranges) outside it."""
+    if any(not -n <= i < n for i, n in zip(index, shape)):
+        raise IndexError(f"{what} pixel {tuple(index)} is outside F's {what} of shape {tuple(shape)} (channel, y, x "
+                         f"from 0 to {shape[0] - 1}, {shape[1] - 1}, {shape[2] - 1})")
+    return tuple(int(i) % n for i, n in zip(index, shape))
+
+
 def _point(c: int, y: int, x: int) -> tuple[slice, slice, slice]:
     """One pixel (c, y, x) as a box of three length-1 slices."""
     return slice(c, c + 1), slice(y, y + 1), slice(x, x + 1)
@@ -463,12 +472,14 @@ class Store:
         """Column ``F[..., c, y, x]``: the response to a unit impulse at input (c, y, x); (C_out, H_out, W_out).
         Damaged data raises ``shard_io.ShardReadError`` (or zarr's error), as ``row`` does."""
         whole = (slice(None),) * 3
-        return np.asarray(read_box(self.F, whole + _point(c, y, x))[..., 0, 0, 0], dtype=np.float32)
+        point = _point(*_pixel(self.in_shape, (c, y, x), "input"))
+        return np.asarray(read_box(self.F, whole + point)[..., 0, 0, 0], dtype=np.float32)
 
     def row(self, c: int, y: int, x: int) -> np.ndarray:
         """Row ``F[c, y, x]``: the filter of output pixel (c, y, x) over the input; (C_in, H_in, W_in)."""
         whole = (slice(None),) * 3
-        return np.asarray(read_box(self.F, _point(c, y, x) + whole)[0, 0, 0], dtype=np.float32)
+        point = _point(*_pixel(self.out_shape, (c, y, x), "output"))
+        return np.asarray(read_box(self.F, point + whole)[0, 0, 0], dtype=np.float32)
 
     # ---- compact stores ---------------------------------------------------------------------------
     @property

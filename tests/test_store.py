@@ -58,6 +58,16 @@ def test_create_write_read_and_sparse_chunks(tmp_path):
     assert np.array_equal(again.F[...], F)
     assert np.array_equal(again.column(1, 2, 3), F[..., 1, 2, 3])
     assert np.array_equal(again.row(2, 5, 6), F[2, 5, 6])
+    # negative indices count from the end, as numpy's; outside the domain: one line naming it (it was numpy's
+    # "index 0 is out of bounds for axis 1 with size 0")
+    assert np.array_equal(again.column(-2, -6, 3), F[..., 1, 2, 3])
+    assert np.array_equal(again.row(-1, 5, -11), F[2, 5, 5])
+    for read, index, what in ((again.row, (0, 16, 0), "output pixel (0, 16, 0) is outside F's output of shape "
+                               "(3, 16, 16) (channel, y, x from 0 to 2, 15, 15)"),
+                              (again.column, (0, 0, -9), "input pixel (0, 0, -9) is outside F's input of shape "
+                               "(3, 8, 8) (channel, y, x from 0 to 2, 7, 7)")):
+        with pytest.raises(IndexError, match=re.escape(what)):
+            read(*index)
     assert again.x0.shape == (3, 8, 8) and again.y0.shape == again.residual.shape == (3, 16, 16)
     assert np.array_equal(again.residual, again.y0 / 2)
     assert again.attrs["format_version"] == FORMAT_VERSION and again.attrs["scale"] == 2
