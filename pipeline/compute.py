@@ -344,7 +344,7 @@ def row_block(li, channels: range, y: int, x: int, *, batch: int = DEFAULT_BATCH
     rows = []
     for start in range(0, len(channels), batch):
         part = channels[start:start + batch]
-        u = torch.zeros((len(part),) + out, device=li.output.device)
+        u = torch.zeros((len(part),) + out, dtype=li.output.dtype, device=li.output.device)
         for b, c in enumerate(part):
             u[(b, c, y, x) if len(out) == 3 else (b, c)] = 1.0
         with torch.no_grad():

@@ -867,3 +867,24 @@ def test_windows_of_an_upsampling_to_another_maps_size_equal_full_image_columns(
             assert (part - full[:, :, oy:oy + oh, ox:ox + ow]).abs().max() <= 1e-12 * full.abs().max(), (top, left)
             full[:, :, oy:oy + oh, ox:ox + ow] = 0
             assert full.abs().max() == 0
+
+
+def test_wrong_types_and_precisions_are_refused_in_one_line():
+    """An ndarray for x0, x0 and parameters in two precisions, batches in another dtype than x0's: one line each
+    that says what to give (they were torch's errors from deep inside a pass, or 'got float32' for an ndarray)."""
+    model, x0 = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()), torch.rand(1, 3, 8, 8)
+    li = interpret(model, x0)
+    cases = [
+        (lambda: interpret(model, x0.numpy()), "x0 must be a torch tensor (1, C, H, W), got ndarray "
+                                               "(torch.from_numpy(x0))"),
+        (lambda: interpret(model, x0.double()), "x0 is torch.float64 and the model's parameters torch.float32: give "
+                                                "both one precision (x0.to(dtype) or model.to(dtype))"),
+        (lambda: li.forward(torch.rand(2, 3, 8, 8, dtype=torch.float64)),
+         "forward expects torch.float32 on cpu (those of x0), got torch.float64 on cpu: .to(li.x0)"),
+        (lambda: li.transpose(torch.rand(2, 3, 8, 8, dtype=torch.float64)),
+         "transpose expects torch.float32 on cpu (those of x0), got torch.float64 on cpu: .to(li.x0)"),
+    ]
+    for call, message in cases:
+        with pytest.raises(InputError) as err:
+            call()
+        assert str(err.value) == message

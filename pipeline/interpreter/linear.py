@@ -512,11 +512,14 @@ class LinearInterpreter:
                     out[n] = values[i:i + 1]
         return out
 
-    @staticmethod
-    def _check(t, shape, what):
+    def _check(self, t, shape, what):
+        """A batch (B, *shape) in the interpreter's dtype and on its device (those of x0), else ``InputError``."""
         if not isinstance(t, torch.Tensor) or t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != tuple(shape):
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise InputError(f"{what} expects a batch of shape (B, {', '.join(map(str, shape))}), got {got}")
+        if (t.dtype, t.device) != (self.x0.dtype, self.x0.device):
+            raise InputError(f"{what} expects {self.x0.dtype} on {self.x0.device} (those of x0), got {t.dtype} on "
+                             f"{t.device}: .to(li.x0)")
 
 
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -600,10 +603,17 @@ def interpret(model: nn.Module, x0: torch.Tensor, eval_mode: bool = True) -> Lin
     modes are restored afterwards; without it, the model's own modes are used (BatchNorm in train mode
     then freezes the batch statistics of x0).
     """
-    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
-        raise InputError(f"x0 must be a floating-point tensor, got {getattr(x0, 'dtype', type(x0).__name__)}")
+    if not isinstance(x0, torch.Tensor):
+        raise InputError(f"x0 must be a torch tensor (1, C, H, W), got {type(x0).__name__}"
+                         + (" (torch.from_numpy(x0))" if type(x0).__module__ == "numpy" else ""))
+    if not x0.is_floating_point():
+        raise InputError(f"x0 must be a floating-point tensor, got {x0.dtype}")
     if x0.dim() != 4 or x0.shape[0] != 1:
         raise InputError(f"x0 must have shape (1, C, H, W), got {tuple(x0.shape)}")
+    weights = {t.dtype for t in model.parameters() if t.is_floating_point()}
+    if weights and x0.dtype not in weights:
+        raise InputError(f"x0 is {x0.dtype} and the model's parameters {', '.join(map(str, sorted(weights, key=str)))}"
+                         f": give both one precision (x0.to(dtype) or model.to(dtype))")
     if (why := uninitialised(model)) is not None:
         raise UnsupportedOperation(why)
     modes = {m: m.training for m in model.modules()}
