@@ -402,7 +402,7 @@ def locate(record: dict, label: str, given=None) -> UserSpec:
     file = record.get("file") or {}
     if kind == "object":
         raise UserModelError(f"the store was computed from a module object ({label}), which has no file to "
-                             f"rebuild it from: pass the module (pipeline.verify_store(store, model=…))")
+                             f"rebuild it from: pass the module as model= (verify_store, svd_store, …)")
     if kind not in ("file", "module") or not factory:
         raise UserModelError(f"the store's model_spec is not one linterp reads: {record!r}")
     args = tuple(sorted((record.get("args") or {}).items()))
