@@ -482,9 +482,10 @@ def test_lens_label_gives_the_size_of_the_filter(browser, site):
 def test_a_classifier_site_opens_on_the_row_of_its_top_class(browser, tmp_path):
     """A classifier's output is one pixel of class scores, so its column is one value per class: the site opens in
     rows mode on the row of the top-1 class (argmax of y0, `top1` in the manifest) over the input, as stored."""
+    import torch
+
     from pipeline.api import compute_store
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(4, 5))
