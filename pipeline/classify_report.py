@@ -110,6 +110,8 @@ def contribution_figure(path: Path, conditions: dict[str, list[dict]], title: st
         ax.bar(x, mean, color="tab:blue", alpha=0.8, width=0.8)
         ax.bar(x, 2 * std, bottom=mean - std, color="tab:orange", alpha=0.3, width=0.8, linewidth=0, label="± std")
         ax.axhline(0, color="black", linewidth=0.5)
+        ax.use_sticky_edges = False  # the ± std bars' bottoms would pin the limits to the tallest bar: a margin
+        ax.margins(y=0.08)
         ax.set_ylabel("share of top-1 score")
         ax.set_title(f"{label} (n = {len(recs)})", fontsize=9)
         ax.set_xticks(x[::every])
