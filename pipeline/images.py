@@ -211,12 +211,17 @@ def check_size(img: np.ndarray, spec) -> None:
                          f"{width}×{height} (crop to {width - width % spec.multiple}×{height - height % spec.multiple})")
 
 
+def needs_rgb(name: str) -> ImageError:
+    """The error for a grey image given to a model that takes RGB, with how to convert it."""
+    return ImageError(f"{name} needs an RGB image; this one is grayscale (save it as RGB first, e.g. with Pillow: "
+                      f"Image.open(path).convert('RGB').save('rgb.png'))")
+
+
 def model_channels(img: np.ndarray, spec) -> np.ndarray:
     """The image's samples in the model's colour space: float64 (H, W, C) in 0..255."""
     if spec.colour == "rgb":
         if img.shape[2] != 3:
-            raise ImageError(f"{spec.name} needs an RGB image; this one is grayscale (save it as RGB first, e.g. "
-                             f"with Pillow: Image.open(path).convert('RGB').save('rgb.png'))")
+            raise needs_rgb(spec.name)
         return img.astype(np.float64)
     if img.shape[2] == 1:  # a grayscale image is its own Y
         return img.astype(np.float64)

@@ -135,7 +135,7 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
     from pipeline.images import ImageError
     from pipeline.interpreter import UnsupportedOperation
     from pipeline.models.registry import build, spec
-    from pipeline.models.user import UserModelError, is_user_spec, parse_args
+    from pipeline.models.user import ProbeError, UserModelError, is_user_spec, parse_args
     from pipeline.preprocess import input_size
     from pipeline.sources import user_model, weights_ref
 
@@ -161,9 +161,7 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
                 try:
                     user = user_model(name, weights, trust_pickle, np.zeros((side, side, 3), np.uint8),
                                       parse_args(model_args), input_range)
-                except UserModelError as err:
-                    if " fails on a " not in str(err):
-                        raise
+                except ProbeError as err:
                     given = "" if size else " (the default for your own model)"
                     raise UserModelError(f"{one_line(err)}; it was probed at {side}×{side}{given}: --size sets the "
                                          f"input side") from err

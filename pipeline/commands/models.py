@@ -88,7 +88,7 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
     from pipeline import images, preprocess
     from pipeline.commands.errors import click_error, one_line, writable_file
     from pipeline.models import build, class_names, spec
-    from pipeline.models.user import UserModelError, is_user_spec, parse_args
+    from pipeline.models.user import ProbeError, UserModelError, is_user_spec, parse_args
     from pipeline.sources import read_image, user_model
 
     user = is_user_spec(name)
@@ -98,8 +98,8 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
             probe = img if size is None else np.zeros((size, size, img.shape[2]), np.uint8)
             try:
                 built = user_model(name, weights, trust_pickle, probe, parse_args(model_args), input_range)
-            except UserModelError as err:
-                if size is not None or " fails on a " not in str(err):
+            except ProbeError as err:
+                if size is not None:
                     raise
                 raise UserModelError(f"{one_line(err)}; a classifier that takes one input size needs --size SIDE "
                                      f"(an image model: --crop X,Y,W,H)") from err

@@ -53,6 +53,10 @@ class UserModelError(ValueError):
     """A user model spec that cannot be loaded, built or used; the message is one line."""
 
 
+class ProbeError(UserModelError):
+    """A user model that fails on the probe input (``infer``): wrong channels, or a size it does not take."""
+
+
 def is_user_spec(text: str) -> bool:
     """True for ``FILE.py:FACTORY`` / ``package.module:FACTORY`` (registry names never hold a colon)."""
     return ":" in str(text)
@@ -361,8 +365,8 @@ def infer(model: nn.Module, img, value_range, name: str, factory=None) -> ModelS
 
     ``factory``: what the spec's ``factory`` field holds (a zero-argument builder; default the model's class).
     Channels: the first of 3 (RGB) and 1 (Y of an RGB image, or a grey image) that the model accepts, trying
-    the image's own count first; a grey image for a 3-channel model raises ``ImageError``. Task and scale come
-    from the output's shape (see ``_task``).
+    the image's own count first; a grey image for a 3-channel model raises ``ImageError``, a model that fails on
+    both ``ProbeError``. Task and scale come from the output's shape (see ``_task``).
     """
     import numpy as np
 
@@ -384,9 +388,9 @@ def infer(model: nn.Module, img, value_range, name: str, factory=None) -> ModelS
             continue
         task, scale = _task(x, y)
         if channels == 3 and not rgb:
-            raise images.ImageError(f"{name} needs an RGB image; this one is grayscale")
+            raise images.needs_rgb(name)
         return ModelSpec(name, task, scale, colour, (lo, hi), spec.description, spec.factory)
-    raise UserModelError(f"{name} fails {failures[0]}")
+    raise ProbeError(f"{name} fails {failures[0]}")
 
 
 # ---- finding a model again from a store's record ------------------------------------------------------
