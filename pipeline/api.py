@@ -24,7 +24,7 @@ def _path(store) -> Path:
 
 def compute_store(model, image=None, out=None, *, weights=None, crop: str | None = None,
                   model_args: dict | None = None, input_range=None, name: str | None = None,
-                  trust_pickle: bool = False, scheduler="threads", workers: int | None = None, device: str = "auto",
+                  trust_pickle: bool = False, scheduler="threads", workers: int | None = None, device="auto",
                   tile: int | None = None, mode: str = "auto", batch: int | None = None,
                   dtype: str = "float32", support_tol: float | None = None, progress: bool = True) -> Store:
     """Compute F(x0) of ``model`` at ``image`` into the store ``out``, verified; returns the complete ``Store``.
@@ -32,8 +32,9 @@ def compute_store(model, image=None, out=None, *, weights=None, crop: str | None
     ``image``: a file, a uint8 array (H, W[, C]), or None (the built-in astronaut face); ``crop``: "X,Y,W,H".
     ``weights`` / ``model_args`` (a dict of keyword options of the factory): for names and specs; ``input_range``:
     "0,1" (default), "0,255" or "-1,1" for specs and module objects; ``name``: a module object's name in the
-    store and the site (default: its class name). The other options are ``linterp compute``'s. Rerunning the
-    same call resumes an unfinished store; a store of other inputs, or of a model file changed since, is refused.
+    store and the site (default: its class name); ``device``: "auto", "cpu", "cuda" (every GPU), "cuda:N" or a
+    ``torch.device``. The other options are ``linterp compute``'s. Rerunning the same call resumes an unfinished
+    store; a store of other inputs, or of a model file changed since, is refused.
     """
     from torch import nn
 
@@ -42,6 +43,7 @@ def compute_store(model, image=None, out=None, *, weights=None, crop: str | None
 
     if out is None:
         raise TypeError("compute_store needs out, the folder of the store (e.g. 'photo.zarr')")
+    device = comp.resolve_device(device)  # before the model is built: a GPU that is not there costs nothing
     if not isinstance(model, (str, Path, nn.Module)):
         raise TypeError(f"model must be a registry name ('edsr-small-x4'), a spec ('net.py:make') or a "
                         f"torch.nn.Module, not {type(model).__name__}")
@@ -78,13 +80,14 @@ def svd_store(store, k: int, *, model=None, weights=None, source: str = "auto", 
 
 
 def verify_store(store, model=None, *, weights=None, write: bool = False, trust_pickle: bool = False,
-                 device: str = "cpu", progress: bool = True, **options):
+                 device="cpu", progress: bool = True, **options):
     """Re-check a store against a freshly built interpreter (``linterp verify``); returns the ``Report``
     (``.status``, ``.checks``, ``.summary()``).
 
     ``model``: where a user model's file is now, or the module object (None: the store's own record, a registry
     name or a file of the recorded name in the current folder); ``weights``: its weight file when it cannot be
-    found by name. ``write``: record the result in the store. ``options``: samples, seed, tolerances.
+    found by name; ``device``: "cpu", "cuda", "cuda:N", "auto" or a ``torch.device``. ``write``: record the
+    result in the store. ``options``: samples, seed, tolerances.
     """
     from pipeline import verify as checks
 

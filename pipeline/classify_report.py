@@ -285,7 +285,8 @@ def load_input(path: Path, spec, size: tuple[int, int], crop_ratio: float = 1.0,
     from pipeline import images
     from pipeline.preprocess import classifier_input
 
-    return classifier_input(images.load_image(path, composite_alpha=True), spec, size, crop_ratio, polarity)
+    img, channels = images.load_image_file(path, composite_alpha=True)
+    return classifier_input(img, spec, size, crop_ratio, polarity, source_channels=channels)
 
 
 def save_analysis(stem: Path, settings: dict, clean, attacked: list, preprocessing: dict | None = None) -> None:

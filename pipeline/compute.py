@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -115,21 +116,35 @@ def full_precision(device: str) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
-    if device == "auto":
+def resolve_device(device) -> str:
+    """The device a run uses, as a string: "auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu"; "cuda"
+    (every visible GPU: worker threads take them round robin); "cuda:N" (GPU N only). ``device``: one of those
+    strings or a ``torch.device``. A GPU that torch cannot see is a one-line ``ValueError`` (no GPU at all, or
+    an index beyond the count, named)."""
+    name = str(device) if isinstance(device, torch.device) else device
+    if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to torch")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r} (auto, cpu or cuda)")
-    return device
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name) if isinstance(name, str) else None
+    if match is None:
+        raise ValueError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)")
+    if name == "cpu":
+        return name
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch")
+    if match.group(1) is None:
+        return "cuda"
+    index, count = int(match.group(1)), torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"--device {name}: torch sees {count} CUDA GPU{'s' * (count != 1)} "
+                         f"(cuda:0{f' to cuda:{count - 1}' * (count > 1)})")
+    return f"cuda:{index}"
 
 
 def _thread_device(device: str) -> str:
-    """The torch device of this worker: "cpu", or a GPU per worker thread, round robin (cuda:0, cuda:1, ...)."""
+    """The torch device of this worker: "cpu", the GPU named ("cuda:N"), or for "cuda" a GPU per worker thread,
+    round robin (cuda:0, cuda:1, ...)."""
     if device != "cuda":
-        return "cpu"
+        return device
     if not hasattr(_THREAD, "gpu"):
         _THREAD.gpu = next(_GPUS) % max(1, torch.cuda.device_count())
     return f"cuda:{_THREAD.gpu}"
@@ -466,13 +481,13 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     device = resolve_device(device)
     if isinstance(scheduler, str) and scheduler not in LOCAL:
         raise ValueError(f"unknown scheduler {scheduler!r} (threads, processes or tcp://HOST:PORT)")
-    if device == "cuda" and scheduler == "processes":
+    if device.startswith("cuda") and scheduler == "processes":
         raise ValueError("--device cuda runs worker threads that share the GPUs: use --scheduler threads, or a "
                          "distributed cluster with one worker per GPU")
     local = isinstance(scheduler, str) and scheduler in LOCAL
     cores = os.cpu_count() or 1
     if local and not workers:
-        workers = torch.cuda.device_count() * GPU_WORKERS if device == "cuda" else cores
+        workers = {"cpu": cores, "cuda": torch.cuda.device_count() * GPU_WORKERS}.get(device, GPU_WORKERS)
     threads = max(1, cores // workers) if local and device == "cpu" else None  # torch threads per worker
     started = time.perf_counter()
     li = engine(source, device)

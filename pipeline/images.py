@@ -33,6 +33,12 @@ def load_image(path: str | os.PathLike, composite_alpha: bool = False) -> np.nda
     8 bits, and an animation or a multi-page TIFF gives its first frame. As image viewers show it: CMYK
     converted to RGB, and the EXIF orientation applied (so that a crop's X, Y are those of the picture on screen).
     """
+    return load_image_file(path, composite_alpha)[0]
+
+
+def load_image_file(path: str | os.PathLike, composite_alpha: bool = False) -> tuple[np.ndarray, int]:
+    """(``load_image``'s pixels, the samples per pixel of the file as read: 1 grey, 2 grey + alpha, 3 RGB,
+    4 RGBA), for records that say what the file held (an RGBA file: 4, computed on as RGB)."""
     import imageio.v3 as iio
 
     try:
@@ -42,7 +48,8 @@ def load_image(path: str | os.PathLike, composite_alpha: bool = False) -> np.nda
             data = np.asarray(iio.imread(path, index=0, plugin="pillow", mode="RGB"))
     except Exception as err:  # imageio raises many types (OSError, ValueError, plugin errors) for bad files
         raise ImageError(f"cannot read image {path}: {_read_failure(path, err)}") from err
-    return as_uint8_image(_oriented(data, orientation), str(path), composite_alpha)
+    channels = data.shape[2] if data.ndim == 3 else 1
+    return as_uint8_image(_oriented(data, orientation), str(path), composite_alpha), channels
 
 
 def first_frame(path: str | os.PathLike) -> np.ndarray:

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 
 from pipeline.compute import Source, source_key
-from pipeline.models.user import ModuleCopy
 from pipeline.store import FileRef
 
 #: The ``weights`` name and digest recorded for a seeded random initialisation (``--weights random``).
@@ -210,7 +207,8 @@ def user_model(text: str, weights=None, trust_pickle: bool = False, img=None, mo
                input_range=None) -> UserModel:
     """Build ``FILE.py:FACTORY`` / ``package.module:FACTORY`` with ``model_args`` and ``weights`` (a state dict
     file, "random" or None: the factory's own parameters) and probe it on ``img`` (uint8 (H, W, C)) for what
-    linterp needs (``pipeline.models.user.infer``)."""
+    linterp needs (``pipeline.models.user.infer``). A factory's float64 (float16, bfloat16) model is used in float32
+    (``user.float32``, as module objects are); ``state_sha256`` is the digest of the model the factory made."""
     from pipeline.models import user
     from pipeline.models.weights import WeightsError
 
@@ -221,8 +219,9 @@ def user_model(text: str, weights=None, trust_pickle: bool = False, img=None, mo
         ref, loadable = (FileRef(RANDOM, RANDOM), RANDOM) if weights else (FileRef(), None)
     else:
         ref, loadable = file_ref(weights), str(Path(weights).resolve())
-    model = user.build(spec, loadable, trust_pickle)
-    digest = user.state_digest(model)
+    made = user.instantiate(spec, loadable, trust_pickle)
+    digest = user.state_digest(made)  # of the model as made: a float64 one is recorded as a module object is
+    model = user.float32(made)
     builder = functools.partial(user.build, spec, loadable, trust_pickle, digest)
     model_spec = user.infer(model, img, user.input_range(input_range), spec.label, builder)
     return UserModel(model, model_spec, ref, builder, spec, digest)
@@ -244,7 +243,7 @@ def module_source(module, image=None, crop: str | None = None, name: str | None 
         raise user.UserModelError(f"expected a torch.nn.Module, a registry name or FILE.py:FACTORY, "
                                   f"got {type(module).__name__}")
     digest = user.state_digest(module)
-    builder = module_copy(module, digest)
+    builder = user.ModuleCopy(module, digest)
     if not (isinstance(scheduler, str) and scheduler in ("threads", "sync")):
         import cloudpickle
 
@@ -264,24 +263,6 @@ def module_source(module, image=None, crop: str | None = None, name: str | None 
               "file": {"name": None, "sha256": None}, "state_sha256": digest}
     identity = {"model_class": record["class"], "state_sha256": digest}
     return _assemble(model_spec, builder, image_triple, FileRef(), identity, {"model_spec": record})
-
-
-def module_copy(module, digest: str) -> ModuleCopy:
-    """The builder of a module object (``user.ModuleCopy``: checked deep copies in eval mode); a module with
-    floating-point parameters or buffers in another precision than float32 (float64, float16, bfloat16) is copied
-    to float32, the precision of x0 and of the store (its ``state_sha256`` stays the digest of the module given)."""
-    tensors = [*module.parameters(), *module.buffers()]
-    if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
-        return Float32Copy(module, digest)
-    return ModuleCopy(module, digest)
-
-
-@dataclass(frozen=True, eq=False)
-class Float32Copy(ModuleCopy):
-    """``ModuleCopy`` whose copies are converted to float32 (``module_copy``)."""
-
-    def __call__(self) -> torch.nn.Module:
-        return super().__call__().float()
 
 
 def refuse_changed_model(out, identity: dict) -> None:
@@ -391,7 +372,7 @@ def model_from_store(store, trust_pickle: bool = False, weights=None, model=None
         if wanted and digest != wanted:
             raise user.UserModelError(f"{store.path}: this {type(model).__name__} is not the module the store was "
                                       f"computed from (state sha256 {digest[:12]}…, recorded {wanted[:12]}…)")
-        return module_copy(model, digest)()
+        return user.ModuleCopy(model, digest)()
     if record:
         spec = user.locate(record, attrs.model, model)
         near = Path(spec.path).parent

@@ -576,7 +576,7 @@ def _batched(fn, vectors: torch.Tensor, shape) -> np.ndarray:
 
 def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = None, *,
                  samples: int = DEFAULT_SAMPLES, seed: int = 0, tolerances: dict | None = None,
-                 device: str = "cpu", weights=None, model=None, trust_pickle: bool = False,
+                 device="cpu", weights=None, model=None, trust_pickle: bool = False,
                  progress: bool = False) -> Report:
     """Run every check on ``store`` (finished or not: an unfinished store is checked on its finished tasks).
 
@@ -585,7 +585,12 @@ def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = Non
     them; ``weights``: the file, when it is not found there; ``model``: where a user model's file is now, or the
     module object, see ``model_from_store``). A fresh interpreter is built from it, never
     a cached one. ``samples``: rows/columns per sampled check; ``tolerances``: overrides of ``TOLERANCES``.
+    ``device``: where the fresh interpreter runs ("cpu", "cuda", "cuda:N", "auto" or a ``torch.device``, see
+    ``pipeline.compute.resolve_device``).
     """
+    from .compute import resolve_device
+
+    device = resolve_device(device)
     started = time.perf_counter()
     tolerances = dict(TOLERANCES, **(tolerances or {}))
     rng = np.random.default_rng(seed)

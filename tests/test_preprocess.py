@@ -116,6 +116,29 @@ def test_transparent_background_is_composited_against_the_strokes(tmp_path, test
         assert float((x - reference).abs().max()) <= 2 / 255 + 1e-6, name
 
 
+def test_an_rgba_file_is_recorded_with_its_four_channels_and_computed_on_rgb(tmp_path, test_digits):
+    """An RGBA PNG: the record (results.json's `preprocessing`, `linterp run`'s line) says 4 channels, RGBA, while
+    the input is that of its RGB composite; RGB and grey files keep 3 and 1."""
+    x8, _ = test_digits
+    strokes = _uint8(render.upsample(x8[:1], 32, "bilinear"))
+    rgba = np.dstack([np.zeros((32, 32, 3), np.uint8), strokes])  # black ink, strokes only in the alpha
+    iio.imwrite(tmp_path / "rgba.png", rgba)
+    assert iio.imread(tmp_path / "rgba.png").shape == (32, 32, 4)
+    composite = np.repeat(255 - strokes[:, :, None], 3, axis=2)  # black over white, as flatten_alpha makes it
+    iio.imwrite(tmp_path / "rgb.png", composite)
+    x, rec = load_input(tmp_path / "rgba.png", DIGITS, (32, 32))
+    x_rgb, rec_rgb = load_input(tmp_path / "rgb.png", DIGITS, (32, 32))
+    assert rec["source_channels"] == 4 and rec_rgb["source_channels"] == 3
+    assert float((x - x_rgb).abs().max()) <= 1 / 255 + 1e-6
+    assert {k: v for k, v in rec.items() if k != "source_channels"} == {
+        k: v for k, v in rec_rgb.items() if k != "source_channels"}
+    assert load_input(tmp_path / "rgba.png", spec("vgg11"), (8, 8))[1]["source_channels"] == 4
+    res = CliRunner().invoke(main, ["run", "--model", "digits-vgg", "--image", str(tmp_path / "rgba.png"),
+                                    "--top", "1"])
+    assert res.exit_code == 0, res.output
+    assert "input 32×32 RGBA -> grey" in res.stderr
+
+
 def test_photo_method_is_torchvisions_resize_and_centre_crop():
     img = np.zeros((40, 60, 3), np.uint8)
     img[:, :30] = (255, 0, 0)

@@ -118,14 +118,16 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
             _check_image_writer(out_path)
             writable_file(out_path)
         if not user:
-            img = images.default_image()[1] if image_path is None else images.load_image(image_path, classifier)
+            img, channels = ((images.default_image()[1], None) if image_path is None
+                             else images.load_image_file(image_path, classifier))
             if crop_text is not None:
                 img = images.crop(img, images.parse_crop(crop_text))
         if size is not None and not classifier:
             raise click.UsageError(f"--size is for classifiers; {name} takes the image at its own size (--crop)")
         if classifier:
             in_size, ratio = preprocess.input_size(model_spec.name, model_spec, size)
-            x0, record = preprocess.classifier_input(img, model_spec, in_size, ratio, polarity=polarity)
+            x0, record = preprocess.classifier_input(img, model_spec, in_size, ratio, polarity=polarity,
+                                                     source_channels=None if user else channels)
             click.echo(preprocess.describe(record), err=True)
         else:
             x0 = images.to_input(img, model_spec)

@@ -65,7 +65,8 @@ def verify(stores, samples, seed, write, device, weights, model, trust_pickle, q
         try:
             store = open_store(path, mode="r+" if write else "r")
             computed_on = store.attrs.get("timings", {}).get("device", "cpu")
-            device = chosen or ("cuda" if computed_on == "cuda" and torch.cuda.is_available() else "cpu")
+            on_gpu = str(computed_on).startswith("cuda") and torch.cuda.is_available()  # "cuda" or "cuda:N"
+            device = chosen or ("cuda" if on_gpu else "cpu")
             report = checks.verify_store(store, samples=samples, seed=seed, device=device, weights=weights,
                                          model=model, trust_pickle=trust_pickle, progress=not quiet)
         except StoreError as err:
@@ -83,7 +84,7 @@ def verify(stores, samples, seed, write, device, weights, model, trust_pickle, q
             click.echo(f"  {summary_line(store)}")
         for check in report.failed:
             click.echo(f"  FAILED {check.line()}")
-        if report.failed and device != computed_on:
+        if report.failed and device.split(":")[0] != str(computed_on).split(":")[0]:
             click.echo(f"  computed on {computed_on}, checked on {device}: rounding differs between devices; "
                        f"check on {computed_on} (--device {computed_on}) to tell it from a bad store")
         reasons: dict[str, list[str]] = {}  # checks that could not run for one reason share its line

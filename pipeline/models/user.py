@@ -10,7 +10,8 @@ code); weight files still load with ``weights_only=True`` unless ``trust_pickle`
   path and refuses it when it changed.
 - ``build(spec, weights, trust_pickle, state_sha256)``: the model in eval mode, its factory run from the fixed
   seed 0 (as the registry does), the weights loaded strictly (key errors listed); with ``state_sha256`` the
-  built parameters must digest to that value (``state_digest``), so every worker holds the same model.
+  built parameters must digest to that value (``state_digest``), so every worker holds the same model. A model
+  in float64, float16 or bfloat16 is converted to float32 after that check (``float32``), as module objects are.
 - ``infer(model, img, value_range, name)`` -> ``ModelSpec``: what linterp needs, from a probe forward pass on the
   image: input channels (3 = RGB, 1 = Y of an RGB image or a grey image), task (an image of the input's size:
   "i2i"; an integer multiple of it: "sr" with that scale; a vector (1, N): "classify"). The input value range
@@ -250,8 +251,10 @@ def factory_of(spec: UserSpec):
     return target
 
 
-def instantiate(spec: UserSpec) -> nn.Module:
-    """``FACTORY(**args)`` run from the fixed seed 0, in eval mode."""
+def instantiate(spec: UserSpec, weights=None, trust_pickle: bool = False) -> nn.Module:
+    """``FACTORY(**args)`` run from the fixed seed 0, in eval mode, with the state dict of ``weights`` (a path, or
+    None / "random" for the factory's own parameters) loaded strictly: the model as the factory and the weights
+    make it, in their precision (``build`` gives it in float32)."""
     factory = factory_of(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -262,6 +265,8 @@ def instantiate(spec: UserSpec) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserModelError(f"{spec.file_name}: {spec.call} returned {type(model).__name__}, "
                              f"not a torch.nn.Module")
+    if weights is not None and str(weights) != "random":
+        wts.load_weights(model, wts.read_state_dict(weights, trust_pickle), f"weights {Path(weights).name}")
     return model.eval()
 
 
@@ -279,23 +284,33 @@ def state_digest(model: nn.Module) -> str:
 
 
 def build(spec: UserSpec, weights=None, trust_pickle: bool = False, state_sha256: str | None = None) -> nn.Module:
-    """The user model in eval mode: ``instantiate(spec)`` with the state dict of ``weights`` (a path, or None /
-    "random" for the factory's own parameters) loaded strictly; checked against ``state_sha256`` when given."""
-    model = instantiate(spec)
-    if weights is not None and str(weights) != "random":
-        wts.load_weights(model, wts.read_state_dict(weights, trust_pickle), f"weights {Path(weights).name}")
+    """The user model in eval mode and in float32 (``float32``): ``instantiate(spec, weights, trust_pickle)``,
+    checked against ``state_sha256`` (the digest of the model as instantiated, before any conversion) when given."""
+    model = instantiate(spec, weights, trust_pickle)
     if state_sha256 is not None and state_digest(model) != state_sha256:
         raise UserModelError(f"{spec.label} built here differs from the model the run started with (state "
                              f"sha256 {state_digest(model)[:12]}…, expected {state_sha256[:12]}…): does "
                              f"{spec.factory}() depend on chance, the clock or other files?")
+    return float32(model)
+
+
+def float32(model: nn.Module) -> nn.Module:
+    """``model`` in float32, the precision of x0 and of the store: one with floating-point parameters or buffers
+    in another precision (float64, float16, bfloat16) is converted in place; a float32 one is returned as it is.
+    The models of specs (``build``) and the copies of module objects (``ModuleCopy``) both go through here; their
+    ``state_sha256`` stays the digest of the model before the conversion."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
+        model = model.float()
     return model
 
 
 @dataclass(frozen=True, eq=False)
 class ModuleCopy:
-    """The builder of a module object (Python API): each call returns a deep copy, checked against the digest of
-    the original. Other processes get it pickled by value (cloudpickle), so its class must be importable there
-    or defined in ``__main__`` / a notebook."""
+    """The builder of a module object (Python API): each call returns a deep copy in eval mode and in float32
+    (``float32``), checked against the digest of the original (before the conversion). Other processes get it
+    pickled by value (cloudpickle), so its class must be importable there or defined in ``__main__`` / a
+    notebook."""
 
     module: nn.Module
     state_sha256: str
@@ -305,7 +320,7 @@ class ModuleCopy:
         if state_digest(model) != self.state_sha256:
             raise UserModelError(f"the copy of {type(self.module).__name__} differs from the module given "
                                  f"(state sha256): was it changed while the run went on?")
-        return model
+        return float32(model)
 
 
 def pickle_by_value(module: nn.Module) -> list[str]:
