@@ -19,7 +19,7 @@ from pipeline.cli import main
 from pipeline.export import render
 from pipeline.export.site import with_sum
 from pipeline.export.video import VideoError, encode, story, walk, write_video
-from pipeline.export.video.frames import SUBTITLE_BAND, Layout
+from pipeline.export.video.frames import BACKGROUND, CURSOR, LABEL, LEGEND, MARGIN, SUBTITLE_BAND, Layout, text_mask
 from pipeline.export.video.subtitles import Cue, check
 from pipeline.store import open_store
 from test_export import linear_upscaler_store
@@ -414,3 +414,154 @@ def test_a_part_too_short_to_leave_its_first_move_is_told_not_a_key_error(tmp_pa
         told = story.tell([open_store(store.path)], duration=frames / 5, fps=5)
         assert len(told.views) == frames and told.cues[0].start == 0 and told.cues[-1].end == frames / 5
         assert all(c.text for c in told.cues)
+
+
+# ---- legends of narrow panels, cues of short videos and of moves -------------------------------------------------
+def srt_cues(path) -> list[Cue]:
+    """The cues of a SubRip file."""
+    stamp = r"(\d+):(\d+):(\d+),(\d+)"
+    cues = []
+    for block in path.read_text(encoding="utf-8").strip().split("\n\n"):
+        m = re.search(stamp + " --> " + stamp, block)
+        t = [int(h) * 3600 + int(mi) * 60 + int(s) + int(ms) / 1000 for h, mi, s, ms in (m.groups()[:4],
+                                                                                          m.groups()[4:])]
+        cues.append(Cue(t[0], t[1], " ".join(block[m.end():].split())))
+    return cues
+
+
+def ink_columns(region: np.ndarray) -> np.ndarray:
+    """The columns of ``region`` (h, w, 3) that hold anything but the frame's background colour."""
+    return np.flatnonzero((region != np.array(BACKGROUND, np.uint8)).any(axis=2).any(axis=0))
+
+
+def test_legends_of_panels_24_pixels_wide_stay_in_their_own_column_of_the_frame(tmp_path):
+    """A 20×1 image (×4: outputs of 80×4) gets panels 24 px wide at the default zoom: the legend's "+s" label,
+    right-aligned on the panel, started 20 px left of it (in the margin and the input panel's column), "-s" ran
+    into the margin on the right, "no SVD in this store" (138 px) spread over both neighbours, and "column of
+    (y, x)" was cut to 24 px. Checked on the decoded frames of `linterp video --lossless`: outside the panels'
+    columns (each panel's column ends a margin before the next panel) the title and legend bands are empty,
+    and what a legend says is drawn whole."""
+    a, _ = linear_upscaler_store(tmp_path / "a.zarr", h=20, w=1, tile=4)
+    b, _ = linear_upscaler_store(tmp_path / "b.zarr", mode="bilinear", h=20, w=1, tile=4)
+    rng = np.random.default_rng(2)  # one store with an SVD, one without ("no SVD in this store")
+    open_store(a.path, mode="r+").write_svd([2.0], rng.standard_normal((1, 3, 80, 4)),
+                                            rng.standard_normal((1, 3, 20, 1)))
+    stores = [open_store(a.path), open_store(b.path)]
+    out = tmp_path / "thin.mp4"
+    res = CliRunner().invoke(main, ["video", str(a.path), str(b.path), "--out", str(out), "--duration", "4",
+                                    "--fps", "5", "--lossless", "--quiet"])
+    assert res.exit_code == 0, res.output
+    layout = Layout(stores)
+    (top, _), ph, pw = layout.panels[0], *layout.panel
+    assert pw == 24  # the case reported
+    frames = decoded_frames(out, layout.size)
+    told = story.tell(stores, duration=4, fps=5)
+    assert len(frames) == len(told.views)
+    lefts = [left for _, left in layout.panels]
+    ends = [nxt - MARGIN for nxt in lefts[1:]] + [layout.size[1] - MARGIN]  # a panel's column: [left, end)
+    inside = np.zeros(layout.size[1], bool)
+    for left, end in zip(lefts, ends):
+        inside[left:end] = True
+    ticks = np.zeros(layout.size[1], bool)  # the cursor's ticks left of each panel, in the margin
+    for left in lefts:
+        ticks[left - 6:left - 2] = True
+    legend_band = slice(top + ph, top + ph + LEGEND)
+    title_band = slice(top - LABEL, top - 6)
+    whole = 0
+    for i, (frame, view) in enumerate(zip(frames, told.views)):
+        for band in (legend_band, title_band):
+            assert inside[ink_columns(frame[band])].all(), (i, view, band)
+        beside = frame[top:top + ph][:, ~inside & ~ticks]  # beside the panels, in their rows: the cursor only
+        assert ((beside == np.array(BACKGROUND, np.uint8)) | (beside == np.array(CURSOR, np.uint8))).all(-1).all()
+        if view.part == "columns":  # the legend says which column it shows, whole
+            for j, store in enumerate(stores):
+                (y, x), = walk.to_pixels(np.array([view.position]), store.in_shape[1:], store.in_shape[1:])
+                drawn = ink_columns(frame[top + ph + 4 + 8:top + ph + LEGEND, lefts[j + 1]:ends[j + 1]])
+                said = np.flatnonzero(text_mask(f"column of ({y}, {x})", 12).any(axis=0))
+                assert drawn[-1] - drawn[0] >= said[-1] - said[0], (i, j)
+                whole += 1
+    assert whole >= 2
+
+
+def shown(told: story.Story, segments: list[walk.Segment]) -> list[tuple]:
+    """What each frame of ``told`` shows: (part, the walk's segment index or the eigen-pair, kind)."""
+    out, start = [], 0
+    for i in range(1, len(told.views) + 1):  # the walk is paced over each part's frames
+        if i < len(told.views) and told.views[i].part[:5] == told.views[start].part[:5]:
+            continue
+        part = told.views[start].part
+        if part in ("columns", "rows"):
+            _, owner = walk.pace(segments, i - start)
+            out += [(part, int(j), segments[j].kind) for j in owner]
+        else:
+            out += [(part[:5], v.k, part) for v in told.views[start:i]]
+        start = i
+    return out
+
+
+@pytest.mark.parametrize("seconds", [3, 4.5, 6])
+def test_a_short_video_has_a_cue_per_part(tmp_path, seconds):
+    """Videos of 3–6 s had a single cue: stretches shorter than 1.5 s joined the previous cue whatever its length
+    and its part, so every cue grew into the next. Cues must follow the parts: from the SubRip file `linterp
+    video` writes, a cue starts at every boundary between two parts that last at least 0.6 s (a shorter part
+    shares a cue), and a cue starts or ends only where what is shown changes."""
+    store, _ = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=8, w=8, tile=4)
+    rng = np.random.default_rng(1)
+    open_store(store.path, mode="r+").write_svd([3.0, 2.0], rng.standard_normal((2, 1, 32, 32)),
+                                                rng.standard_normal((2, 1, 8, 8)))
+    srt = tmp_path / "w.srt"
+    res = CliRunner().invoke(main, ["video", str(store.path), "--out", str(tmp_path / "w.mp4"), "--duration",
+                                    str(seconds), "--fps", str(FPS), "--zoom", "1", "--subtitles", str(srt), "--quiet"])
+    assert res.exit_code == 0, res.output
+    cues = srt_cues(srt)
+    told = story.tell([open_store(store.path)], duration=seconds, fps=FPS)
+    parts = [v.part[:5] for v in told.views]  # eigen-inputs and eigen-outputs: one part
+    edges = [i for i in range(1, len(parts)) if parts[i] != parts[i - 1]]
+    spans = list(zip([0] + edges, edges + [len(parts)]))
+    assert [parts[a] for a, _ in spans] == ["outpu", "colum", "rows", "eigen"]
+    long = [(b - a) / FPS >= 0.6 for a, b in spans]  # docs/video.md: a part of 0.6 s has a cue of its own
+    must = [a / FPS for (a, _), before, after in zip(spans[1:], long, long[1:]) if before and after]
+    starts = [c.start for c in cues]
+    for t in must:
+        assert any(abs(t - s) < 1e-3 for s in starts), (t, starts)
+    what = shown(told, walk.plan(open_store(store.path).x0))
+    changes = {0.0, seconds} | {i / FPS for i in range(1, len(what)) if what[i] != what[i - 1]}
+    for c in cues:
+        assert any(abs(c.start - t) < 1e-3 for t in changes) and any(abs(c.end - t) < 1e-3 for t in changes)
+    assert len(cues) >= len(must) + 1 >= 3
+    assert cues[0].start == 0 and cues[-1].end == pytest.approx(seconds, abs=1e-3)
+
+
+def test_cues_say_what_is_on_screen_during_the_walks_moves(pair, tmp_path):
+    """During a move of the walk (the cursor going from one stretch to the next) the cue named the stretch ahead
+    ("Across a flat area, …" from the first frame of the move). From the SubRip file `linterp video` writes, at
+    every frame: on a stretch, the cue names that stretch; on a move, the cue is the one of the stretch it leaves
+    or says that the cursor moves on to the stretch ahead, and never names the stretch ahead as if it were shown."""
+    stores = [s for s, _ in pair]
+    srt = tmp_path / "w.srt"
+    seconds, fps = 30, 2
+    res = CliRunner().invoke(main, ["video", *[str(s.path) for s in stores], "--out", str(tmp_path / "w.mp4"),
+                                    "--duration", str(seconds), "--fps", str(fps), "--zoom", "1", "--subtitles",
+                                    str(srt), "--quiet"])
+    assert res.exit_code == 0, res.output
+    cues = srt_cues(srt)
+    told = story.tell(stores, duration=seconds, fps=fps)
+    segments = walk.plan(stores[0].x0)
+    names = {"edge": ("Along the strongest edge", "along this edge"),
+             "flat": ("Across a flat area", "across this flat area"),
+             "texture": ("Around a texture", "around this texture")}
+    ahead = {"edge": "an edge", "flat": "a flat area", "texture": "a texture"}
+    moves = 0
+    for i, (part, j, kind) in enumerate(shown(told, segments)):
+        if part not in ("columns", "rows"):
+            continue
+        t = (i + 0.5) / fps
+        cue, = [c for c in cues if c.start <= t < c.end]
+        if kind == "move":
+            moves += 1
+            left, next_ = segments[j - 1].kind, segments[j + 1].kind
+            assert any(n in cue.text for n in names[left]) or f"moves on to {ahead[next_]}" in cue.text, (i, cue)
+            assert not any(n in cue.text for n in names[next_]), (i, part, cue)
+        else:
+            assert any(n in cue.text for n in names[kind]), (i, part, kind, cue)
+    assert moves >= 4

@@ -4,8 +4,11 @@ A frame (H × W × 3 uint8, both even) is, top to bottom: a title bar; a row of 
 colours with the cursor, then one panel per store); under each store's panel the legend of the site's signed
 colour scale (:func:`pipeline.export.render.diverging_lut`, each plane at ± its own largest |value|, as the
 site's per-filter normalisation); and an empty band at the bottom where players draw the subtitles, so that they
-never cover a panel. The cursor's position is also marked by ticks in the margins above and left of every
-store's panel (never on the panel, whose pixels are exactly the colour-mapped plane).
+never cover a panel. Each panel sits at the left of a slot at least :data:`LEGEND_WIDTH` wide, so that the legend
+under a narrow panel (a tall thin crop, a small zoom) has room for its labels instead of running into its
+neighbour; legend text that would still not fit is abbreviated, then cut at the slot's edge. The cursor's
+position is also marked by ticks in the margins above and left of every store's panel (never on the panel,
+whose pixels are exactly the colour-mapped plane).
 
 What a panel shows (:class:`View`): ``outputs`` f(x0) in natural colours; ``columns`` the column of the input
 pixel under the cursor (over the output domain); ``rows`` the row of the output pixel under the cursor (over the
@@ -34,6 +37,9 @@ TEXT, MUTED, BACKGROUND = (235, 235, 235), (160, 160, 160), (18, 18, 18)
 #: the default zoom keeps frames within MAX_WIDTH × MAX_HEIGHT; a frame is at least MIN_WIDTH wide (the panels of
 #: a narrow image, e.g. a 1×20 crop, leave room on the right), so that its heading and subtitles fit
 MAX_WIDTH, MAX_HEIGHT, MIN_WIDTH = 1280, 720, 560
+#: the narrowest slot of a panel, screen pixels: room under the panel for its legend ("-8.88e-05  0  +8.88e-05",
+#: "no SVD in this store") when the panel itself is narrower; the legend's text size, px; the gap between labels
+LEGEND_WIDTH, LEGEND_SIZE, LEGEND_GAP = 160, 12, 6
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,9 @@ def _fmt(v: float) -> str:
 
 class Layout:
     """Where things are in a frame: ``panels[i]`` = (top, left) of panel i (0: the input, then one per store),
-    each ``panel`` = (height, width) screen pixels; ``size`` = (H, W) of the frame."""
+    each ``panel`` = (height, width) screen pixels; ``slot`` = the width (even, ≥ the panel's and
+    :data:`LEGEND_WIDTH`) of the column a panel, its title and its legend hold, at the panel's left; ``size``
+    = (H, W) of the frame."""
 
     def __init__(self, stores: list[Store], zoom: int | None = None):
         h = max(s.out_shape[1] for s in stores)
@@ -165,8 +173,9 @@ class Layout:
             zoom = zoom - zoom % 2 if zoom > 2 else zoom
         self.zoom = zoom
         self.panel = (h * zoom, w * zoom)
+        self.slot = max(self.panel[1], LEGEND_WIDTH) + max(self.panel[1], LEGEND_WIDTH) % 2
         top = TITLE + LABEL
-        step = self.panel[1] + MARGIN + MARGIN % 2
+        step = self.slot + MARGIN + MARGIN % 2
         self.panels = [(top, MARGIN + i * step) for i in range(n)]
         height = top + self.panel[0] + LEGEND + SUBTITLE_BAND
         width = max(MARGIN + n * step, MIN_WIDTH)
@@ -185,7 +194,7 @@ class Renderer:
         self.input_rgb = self._resize(_natural_rgb(stores[0].x0))
         self.svd = [s.svd() if s.has_svd else None for s in stores]
         self._last = None  # (key, frame) of the last frame rendered
-        bar = self.lut[np.linspace(1, 255, layout.panel[1]).round().astype(int)]
+        bar = self.lut[np.linspace(1, 255, layout.slot).round().astype(int)]
         self.bar = np.repeat(bar[None], 8, axis=0)
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
@@ -200,10 +209,9 @@ class Renderer:
     def _background(self, part: str) -> np.ndarray:
         frame = np.empty(self.layout.size + (3,), np.uint8)
         frame[...] = BACKGROUND
-        pw = self.layout.panel[1]
         for i, (top, left) in enumerate(self.layout.panels):
             label = "input x0" if i == 0 else self.titles[i - 1]
-            draw_text(frame, label, top - LABEL + 2, left, TEXT, 15, max_width=pw)
+            draw_text(frame, label, top - LABEL + 2, left, TEXT, 15, max_width=self.layout.slot)
         return frame
 
     def pixel(self, i: int, view: View) -> tuple[int, int] | None:
@@ -258,25 +266,37 @@ class Renderer:
             legend = top + ph + 4
             if view.part == "outputs":
                 frame[top:top + ph, left:left + pw] = self._resize(_natural_rgb(self.stores[i].y0))
-                draw_text(frame, "f(x0), natural colours", legend + 12, left, MUTED, 13, max_width=pw)
+                draw_text(frame, "f(x0), natural colours", legend + 12, left, MUTED, 13, max_width=lay.slot)
                 continue
             shown = self.plane(i, view, pixel)
             if shown is None:
-                draw_text(frame, "no SVD in this store", top + ph // 2 - 8, left + pw // 2, MUTED, 14, "centre")
+                draw_text(frame, "no SVD in this store", top + ph // 2 - 8, left + lay.slot // 2, MUTED, 14,
+                          "centre", max_width=lay.slot)
                 continue
             values, what = shown
             scale = float(np.abs(values).max()) if values.size else 0.0
             frame[top:top + ph, left:left + pw] = self._resize(render.colourise(values, scale, self.lut))
-            frame[legend:legend + 8, left:left + pw] = self.bar
-            draw_text(frame, f"-{_fmt(scale)}", legend + 10, left, MUTED, 12)
-            draw_text(frame, "0", legend + 10, left + pw // 2, MUTED, 12, "centre")
-            draw_text(frame, f"+{_fmt(scale)}", legend + 10, left + pw, MUTED, 12, "right")
-            draw_text(frame, what, legend + 22, left + pw // 2, TEXT, 12, "centre", max_width=pw)
+            self._legend(frame, legend, left, scale, what)
             if box is not None:
                 self._ticks(frame, top, left, box)
         frame.flags.writeable = False
         self._last = (key, frame)
         return frame
+
+    def _legend(self, frame: np.ndarray, y: int, left: int, scale: float, what: str) -> None:
+        """The colour bar with its scale "-s  0  +s" (abbreviated to "±s" when the three labels do not fit the
+        slot) and ``what`` the panel shows, from row ``y`` across the slot at column ``left``; no text leaves
+        the slot."""
+        width = self.layout.slot
+        frame[y:y + 8, left:left + width] = self.bar
+        labels = [f"-{_fmt(scale)}", "0", f"+{_fmt(scale)}"]
+        if sum(text_mask(t, LEGEND_SIZE).shape[1] for t in labels) + 2 * LEGEND_GAP <= width:
+            for label, x, anchor in zip(labels, (left, left + width // 2, left + width), ("left", "centre", "right")):
+                draw_text(frame, label, y + 10, x, MUTED, LEGEND_SIZE, anchor)
+        else:
+            draw_text(frame, f"±{_fmt(scale)}", y + 10, left + width // 2, MUTED, LEGEND_SIZE, "centre",
+                      max_width=width)
+        draw_text(frame, what, y + 22, left + width // 2, TEXT, LEGEND_SIZE, "centre", max_width=width)
 
     def caption(self, frame: np.ndarray, lines: list[str]) -> np.ndarray:
         """``frame`` with subtitle ``lines`` drawn into its subtitle band, as a player shows them (for stills)."""

@@ -10,8 +10,12 @@ column / row / eigen-image is, and the figures measured for them: the residual's
 image, and at the output pixels the rows walk visits), the geometry figures of ``linterp geometry`` when a
 store holds them (flashlight test, adaptivity, and for image-to-image stores diagonal share, reach, global
 share, flat / edge ratio), the image figures of the walk (edge strength, flatness, texture), and the singular
-values. One cue per stretch of the walk and per eigen-pair; a stretch shorter than :data:`MIN_CUE` seconds joins
-its neighbour.
+values. One cue per stretch of the walk and per eigen-pair; stretches shorter than :data:`MIN_CUE` seconds are
+joined with their neighbours of the same part. Cues follow the parts: a cue never spans two parts unless one of
+them lasts less than :data:`MIN_PART_CUE` (so a video of a few seconds still has a cue per part). A cue says what
+is on screen during its time: a move of the walk between two stretches is said as a move ("Then the cursor moves
+on to a flat area."), in its own cue when it lasts :data:`MIN_CUE`, else at the end of the cue of the stretch it
+leaves, so the next stretch's cue starts when the cursor gets there.
 """
 from __future__ import annotations
 
@@ -24,12 +28,16 @@ from pipeline.export.video.frames import View
 from pipeline.export.video.subtitles import Cue
 from pipeline.store import Store
 
-#: shortest cue, seconds (shorter stretches join the previous cue of their part)
+#: shortest cue within a part, seconds (shorter stretches are joined with their neighbours in the part)
 MIN_CUE = 1.5
+#: shortest cue of a whole part, seconds: a part this long has cues of its own, a shorter one shares its neighbour's
+MIN_PART_CUE = 0.6
 #: eigen-pairs shown per model
 EIGEN_PAIRS = 3
 #: where a stretch of the walk is, for sentences said during it
 HERE = {"edge": "along this edge", "flat": "across this flat area", "texture": "around this texture"}
+#: where a move of the walk goes, for the sentence said during it
+AHEAD = {"edge": "an edge", "flat": "a flat area", "texture": "a texture"}
 #: reading speed the subtitles are cut to, characters per second (a cue keeps its most important sentences)
 READING_CPS = 25
 
@@ -154,37 +162,34 @@ def _split(total: int, shares: list[float]) -> list[int]:
     return counts.tolist()
 
 
-def _stretches(owner: np.ndarray, segments: list[walk.Segment]) -> list[tuple[int, int, int]]:
-    """(start, end, segment index) runs of frames; a "move" joins the stretch after it."""
-    runs = []
-    start = 0
+def _runs(owner: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, end, segment index) runs of frames that show one segment of the walk (moves included)."""
+    runs, start = [], 0
     for i in range(1, len(owner) + 1):
         if i == len(owner) or owner[i] != owner[start]:
-            runs.append([start, i, int(owner[start])])
+            runs.append((start, i, int(owner[start])))
             start = i
-    merged = []
-    for run in runs:
-        if merged and segments[merged[-1][2]].kind == "move":
-            merged[-1][1], merged[-1][2] = run[1], run[2]
-        else:
-            merged.append(run)
-    for run in merged:  # a move that no stretch follows in these frames (a short part): the stretch it leads to
-        if segments[run[2]].kind == "move":
-            after = [j for j in range(run[2] + 1, len(segments)) if segments[j].kind != "move"]
-            before = [j for j in range(run[2]) if segments[j].kind != "move"]
-            run[2] = (after or before[-1:] or [run[2]])[0]
-    return [tuple(r) for r in merged]
+    return runs
 
 
-def _merge_short(pieces: list[list], min_frames: int) -> list[list]:
-    """Join pieces [start, end, sentences] shorter than ``min_frames`` to the previous one (the first to the
-    next); the sentences of both are kept in order."""
+def _join(a: list, b: list) -> list:
+    """Pieces [start, end, sentences] ``a`` and the next one ``b`` as one (the sentences of both, in order)."""
+    return [a[0], b[1], a[2] + b[2]]
+
+
+def _gather(pieces: list[list], min_frames: int) -> list[list]:
+    """Pieces [start, end, sentences] (consecutive) gathered into pieces of at least ``min_frames``: a piece
+    shorter than that takes the pieces after it until it is long enough; a short last piece joins the one before.
+    Longer pieces are left as they are."""
     out: list[list] = []
     for p in pieces:
-        if out and (p[1] - p[0] < min_frames or out[-1][1] - out[-1][0] < min_frames):
-            out[-1] = [out[-1][0], p[1], out[-1][2] + p[2]]
+        if out and out[-1][1] - out[-1][0] < min_frames:
+            out[-1] = _join(out[-1], p)
         else:
             out.append(list(p))
+    if len(out) > 1 and out[-1][1] - out[-1][0] < min_frames:
+        last = out.pop()
+        out[-1] = _join(out[-1], last)
     return out
 
 
@@ -213,9 +218,17 @@ def _outputs(stores: list[Store], names: list[str], notes: tuple[str, ...], n: i
     return [View("outputs")] * n, ["f(x0): what each model makes of the input on the left"] * n, [[0, n, said]]
 
 
-def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.Segment], n: int):
+def _move(segments: list[walk.Segment], index: int) -> str:
+    """The sentence said during the move ``segments[index]``: where it goes."""
+    ahead = [s.kind for s in segments[index + 1:] if s.kind != "move"]
+    return f"Then the cursor moves on to {AHEAD[ahead[0]]}." if ahead else "Then the cursor moves on."
+
+
+def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.Segment], n: int,
+          min_frames: int):
     """``n`` frames of the walk over the columns (``part`` "columns") or rows ("rows"): (views, headings,
-    pieces), one piece per stretch of the walk."""
+    pieces), one piece per stretch of the walk; a move shorter than ``min_frames`` is said at the end of the
+    piece of the stretch it leaves (the first piece of a part that starts on a move: at its start)."""
     plan_shape = stores[0].in_shape[1:]
     finest = max((s.out_shape[1:] for s in stores), key=lambda hw: hw[0] * hw[1])
     grid, domain = (plan_shape, "input") if part == "columns" else (finest, "output")
@@ -225,23 +238,35 @@ def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.
                 else f"Rows of F: which input pixels make output pixel ({y}, {x})"
                 for y, x in walk.to_pixels(pos, plan_shape, grid)]
     geometry = geometry_sentences(names, _geometry(stores))
-    pieces = []
-    for i, (a, b, seg_index) in enumerate(_stretches(owner, segments)):
+    pieces: list[list] = []
+    pending = None  # a short move that the part starts on: said with the stretch after it
+    for a, b, seg_index in _runs(owner):
         seg = segments[seg_index]
+        if seg.kind == "move":
+            move = [a, b, [(1, _move(segments, seg_index))]]
+            if b - a >= min_frames:
+                pieces.append(move)
+            elif pieces:
+                pieces[-1] = _join(pieces[-1], move)
+            else:
+                pending = move
+            continue
         said = [(1, where(seg, plan_shape, grid, domain)), (3, image_figures(seg))]
+        first = all(segments[j].kind == "move" for j in owner[:a])  # the part's first stretch
         if part == "columns":
-            if i == 0:
+            if first:
                 said.insert(0, (2, "Columns of F: what the input pixel under the cursor adds to the output "
                                    "(red +, blue −, each at ± its largest value)."))
             said += [(0, sentence) for sentence in geometry.get(seg.kind, [])]
         else:
-            if i == 0:
+            if first:
                 said.insert(0, (2, "Rows of F: which input pixels make the output pixel under the cursor."))
             there = by_model(names, [residual_share(s.y0, s.residual, walk.to_pixels(
                 pos[a:b], plan_shape, s.out_shape[1:])) for s in stores], _pct)
             said.append((0, f"Residual's share {HERE[seg.kind]}: {there}."))
-        pieces.append([a, b, said])
-    return views, headings, pieces
+        pieces.append(_join(pending, [a, b, said]) if pending else [a, b, said])
+        pending = None
+    return views, headings, pieces + ([pending] if pending else [])
 
 
 def _eigen(names: list[str], spectra: list[np.ndarray], pairs: int, n: int):
@@ -274,15 +299,19 @@ def tell(stores: list[Store], *, duration: float, fps: float, names: list[str] |
     pairs = min(EIGEN_PAIRS, max(len(S) for S in spectra))
     counts = _split(total, [0.10, 0.40, 0.25] + ([0.25] if pairs else []))
     segments = walk.plan(stores[0].x0)
-    parts = [_outputs(stores, names, notes, counts[0]), _walk("columns", stores, names, segments, counts[1]),
-             _walk("rows", stores, names, segments, counts[2])]
+    min_cue = max(1, int(round(MIN_CUE * fps)))
+    parts = [_outputs(stores, names, notes, counts[0]),
+             _walk("columns", stores, names, segments, counts[1], min_cue),
+             _walk("rows", stores, names, segments, counts[2], min_cue)]
     if pairs:
         parts.append(_eigen(names, spectra, pairs, counts[3]))
     views, headings, pieces = [], [], []
     for part_views, part_headings, part_pieces in parts:
+        # stretches are gathered within their part, so that cues follow the parts
+        part_pieces = _gather([p for p in part_pieces if p[1] > p[0]], min_cue)
         pieces += [[a + len(views), b + len(views), said] for a, b, said in part_pieces]
         views += part_views
         headings += part_headings
-    pieces = _merge_short([p for p in pieces if p[1] > p[0]], max(1, int(round(MIN_CUE * fps))))
+    pieces = _gather(pieces, max(1, int(round(MIN_PART_CUE * fps))))  # a part too short for a cue of its own
     cues = [Cue(a / fps, b / fps, fit(said, (b - a) / fps)) for a, b, said in pieces]
     return Story(views, headings, cues, fps)
