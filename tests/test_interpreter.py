@@ -518,6 +518,19 @@ def test_secant_gains_of_a_float32_model_keep_their_digits_near_zero(unit):
     assert (li.forward(y0) + li.residual - unit(y0)).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("unit", [nn.SiLU(), nn.GELU(), nn.Hardswish()])
+def test_secant_gains_of_units_through_zero_are_exact_for_small_inputs_next_to_large_ones(unit, dtype, rtol):
+    """h(0) = 0: h(y0) / y0 cancels nothing, so a y0 far smaller than the largest |y0| (5e-4 next to 1e3) gets its
+    own secant, not h'(0) = 1/2, which misses h(y0) by y0²·h''(0)/2, and F·x0 + r = f(x0) element by element."""
+    y0 = torch.tensor([1e3, 5e-4, -2e-4, 1e-9, 0.0, -1.0], dtype=dtype).reshape(1, 1, 2, 3)
+    li = interpret(unit, y0)
+    h = unit(y0.double())
+    secant = torch.where(y0 == 0, 0.5, h / torch.where(y0 == 0, 1.0, y0.double()))
+    assert torch.allclose(dense(li, y0).diagonal().double(), secant.flatten(), rtol=rtol, atol=0)
+    assert torch.allclose((li.forward(y0) + li.residual).double(), h, rtol=rtol, atol=0)
+
+
 class _MoreOps(nn.Module):
     """Functional channel shuffles, rms norm, squares and constants made from a tensor's shape."""
 

@@ -384,7 +384,8 @@ class Unit(Diagonal):
     """A pointwise non-linear unit h replaced by A·y + c chosen at y0 (the unit's input at x0).
 
     `tangent`: the linear piece active at y0 (piecewise-linear units): A = h'(y0), c = h(y0) − A·y0.
-    `secant`: A = (h(y0) − h(0)) / y0 (h'(0) where y0 ≈ 0), c = h(0) (smooth units).
+    `secant`: A = (h(y0) − h(0)) / y0 (h'(0) where y0 ≈ 0: for h(0) ≠ 0 within 1e-6 of the largest |y0|, where
+    the difference cancels; for h(0) = 0 only at 0 and in the subnormal range), c = h(0) (smooth units).
     `derivative(y0, b)`, when given, computes h'(y0) directly instead of by autograd; a boolean derivative
     (a 0/1 mask, as for ReLU) means the unit has no offset.
     """
@@ -421,7 +422,12 @@ class Unit(Diagonal):
             with torch.no_grad():
                 h0 = h(torch.zeros_like(y0))
             out = b()
-            small = y0.abs() <= 1e-6 * y0.abs().max().clamp_min(1.0)
+            if h0.any():  # h(y0) − h(0) cancels digits where |y0| is small: h'(0) there
+                small = y0.abs() <= 1e-6 * y0.abs().max().clamp_min(1.0)
+            else:  # h(y0) / y0 cancels nothing: every y0 off zero gets its own secant, so that A·y0 = h(y0) (h'(0)
+                # would miss h(y0) by the unit's curvature, y0²·h''(0)/2); h'(0) only at 0 and where y0 or h(y0)
+                # would be subnormal (and lose digits)
+                small = y0.abs() < 4 * torch.finfo(y0.dtype).tiny
             denominator = torch.where(small, torch.ones_like(y0), y0)
             gain = _secant(h, y0, denominator, out.detach() - h0) if h0.any() else out.detach() / denominator
             if small.any():
