@@ -508,6 +508,99 @@ def test_random_units_are_refused_in_training_and_the_identity_in_eval():
         interpret(Drop(True).eval(), x0)
 
 
+def test_a_model_that_changes_its_own_parameters_when_called_is_refused():
+    """Interpreting copies no weights (buffers only): a call that clips a weight in place is the model's own change,
+    refused in one line naming the parameter rather than interpreted as a fixed network."""
+    class Clip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            with torch.no_grad():
+                self.conv.weight.clamp_(-0.01, 0.01)
+            return self.conv(x)
+
+    with pytest.raises(UnsupportedOperation, match=r"^calling Clip changed its parameter 'conv.weight' in place") \
+            as err:
+        interpret(Clip(), torch.rand(1, 3, 6, 6))
+    assert "\n" not in str(err.value)
+
+
+DROPOUTS = [nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout]
+
+
+@pytest.mark.parametrize("dropout", DROPOUTS, ids=[d.__name__ for d in DROPOUTS])
+def test_dropout_modules_are_refused_in_training_mode_and_the_identity_in_eval(dropout):
+    """A dropout module in training mode drops values at random, as F.dropout(training=True) does: refused the same
+    way, in one line naming the module. In eval mode, or with p = 0, it is the identity: F is that of the model
+    without it (exactly, for this piecewise-linear net) and F x0 + r = f(x0)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), dropout(0.5), nn.ReLU(), nn.Conv2d(4, 2, 1)).double().train()
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    with pytest.raises(UnsupportedOperation, match=rf"^module {dropout.__name__} at '1': it drops values at random "
+                                                   r"\(the module is in training mode\): interpret the model in eval "
+                                                   r"mode") as err:
+        interpret(net, x0, eval_mode=False)
+    assert "\n" not in str(err.value)
+    without = nn.Sequential(net[0], net[2], net[3])
+    jacobian = torch.func.jacrev(without)(x0).reshape(-1, x0.numel())
+    kept = nn.Sequential(net[0], dropout(0.0), net[2], net[3]).train()
+    for li in (interpret(net, x0), interpret(kept, x0, eval_mode=False)):
+        assert (dense(li, x0) - jacobian).abs().max() <= 1e-14
+        with torch.no_grad():
+            assert (li.forward(x0) + li.residual - without(x0)).abs().max() <= 1e-14
+    assert all(m.training for m in net.modules())
+
+
+def _functional_batch_norm_net():
+    class Net(nn.Module):  # F.batch_norm with running statistics, which it updates in training mode
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.register_buffer("mean", torch.zeros(4))
+            self.register_buffer("var", torch.ones(4))
+
+        def forward(self, x):
+            return torch.tanh(nn.functional.batch_norm(self.conv(x), self.mean, self.var, None, None, self.training))
+    return Net()
+
+
+STATEFUL = {
+    "BatchNorm2d": lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1),
+                                         nn.BatchNorm2d(2)),
+    "InstanceNorm2d(track_running_stats)": lambda: nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4, affine=True, track_running_stats=True), nn.Sigmoid()),
+    "F.batch_norm with running statistics": _functional_batch_norm_net,
+}
+
+
+@pytest.mark.parametrize("kind", list(STATEFUL))
+@pytest.mark.parametrize("eval_mode", [False, True])
+def test_interpreting_leaves_the_model_bit_identical(kind, eval_mode):
+    """A norm in training mode updates its running statistics (and BatchNorm num_batches_tracked) when called:
+    interpreting must not, in either mode: every parameter and buffer is bit-identical afterwards. The interpreter
+    still normalises with the statistics of x0 in training mode: F x0 + r = the model's own training-mode call
+    (on a copy)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = randomize(STATEFUL[kind]()).double().train()
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    li = interpret(model, x0, eval_mode=eval_mode)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+    assert all(m.training for m in model.modules())
+    with torch.no_grad():
+        y = copy.deepcopy(model).train(not eval_mode)(x0)
+    assert (li.forward(x0) + li.residual - y).abs().max() <= 1e-12 * y.abs().max()
+    if not eval_mode:
+        assert not li.jacobian_exact  # the statistics of x0, frozen
+
+
 @pytest.mark.parametrize("unit", [nn.Sigmoid(), nn.Softplus(), nn.GELU()])
 def test_secant_gains_of_a_float32_model_keep_their_digits_near_zero(unit):
     """h(y0) − h(0) cancels most float32 digits where |y0| is small and h(0) ≠ 0: the gain is taken in float64."""
@@ -772,6 +865,50 @@ def test_an_in_place_change_through_shared_memory_is_refused_in_one_line():
                                                    r"that shares memory with 'a', which is used afterwards") as err:
         interpret(model, torch.rand(1, 3, 5, 5))
     assert "\n" not in str(err.value)
+
+
+def _view_then_change(h):
+    v = h[:, 1:3]  # recorded before the change, used after it
+    nn.functional.relu_(h)
+    return v + 0
+
+
+SHARED = {  # (the change, the node named as the other user of the memory)
+    "a slice changed, the whole used after": (lambda h: (h[:, :2].relu_(), h)[1], "a"),
+    "the whole changed, a slice taken before used after": (_view_then_change, "getitem"),
+    "interleaved slices": (lambda h: (lambda e, o: (e.relu_(), torch.cat([e, o], 1))[1])(h[:, ::2], h[:, 1::2]),
+                           "getitem_1"),
+    "a reshaped view changed, the whole used after": (
+        lambda h: (lambda v: (v.mul_(3), h + v.reshape(h.shape))[1])(h.view(1, 4, -1)), "a"),
+}
+
+
+@pytest.mark.parametrize("kind", list(SHARED))
+def test_in_place_changes_through_shared_memory_are_refused_naming_the_other_user(kind):
+    """Whatever the order in which a view and the tensor it shares memory with were recorded, a change in place of
+    one while the other is used afterwards is refused, naming the first such value (in graph order)."""
+    change, other = SHARED[kind]
+    with pytest.raises(UnsupportedOperation, match=rf"changes in place a tensor that shares memory with '{other}', "
+                                                   r"which is used afterwards"):
+        interpret(_InPlace(lambda m, h: change(h)), torch.rand(1, 3, 5, 5))
+
+
+def test_in_place_changes_of_memory_no_longer_used_are_accepted():
+    """A view whose last use came before the change, or a disjoint chunk of the same storage, does not see the
+    change: accepted, and F x0 + r = f(x0)."""
+    def change(m, h):
+        first = h[:, :2] * 1.0  # last use of the view h[:, :2] before the change
+        a, b = h[:, :2], h[:, 2:]
+        a.mul_(2.0)  # b shares the storage, not the elements; h itself is not used after this
+        return torch.cat([first, a, b], 1)
+
+    torch.manual_seed(0)
+    model, x0 = _InPlace(change).double().eval(), torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    model.b = nn.Conv2d(6, 2, 1).double()
+    li = interpret(model, x0)
+    with torch.no_grad():
+        y = model(x0.clone())
+    assert (li.forward(x0) + li.residual - y).abs().max() <= 1e-12 * y.abs().max()
 
 
 @pytest.mark.parametrize("kind", ["aliased +=", "forward hook"])

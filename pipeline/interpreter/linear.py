@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -138,6 +139,7 @@ class LinearInterpreter:
 
     def _record(self, x0):
         env: dict[fx.Node, Any] = {}
+        live = _LiveStorages(self.nodes, env)
         placeholder_seen = False
         for node in self.nodes:
             if node.op == "placeholder":
@@ -170,7 +172,7 @@ class LinearInterpreter:
             rule = _rule_for(node, target)
             b = Bound(target, args, kwargs, env)
             if node.meta.get("in_place"):
-                self._check_shared_memory(node, target, env)
+                self._check_shared_memory(node, target, env, live)
             if rule is None:
                 value = b()
                 if isinstance(value, torch.Tensor) and value.is_complex():
@@ -212,7 +214,7 @@ class LinearInterpreter:
             raise UnsupportedOperation(f"the model's output must be one tensor that depends on its input{why}")
         return env[out].detach()
 
-    def _check_shared_memory(self, node, target, env):
+    def _check_shared_memory(self, node, target, env, live: "_LiveStorages"):
         """Refuse a call that changes a tensor in place (see `graph.changes_in_place`) when another tensor that is
         used after it shares that memory (a view, slice or chunk of it, or the tensor it is a view of): the model
         reads the changed values there, which linear passes, running every call out of place, would not give.
@@ -220,17 +222,12 @@ class LinearInterpreter:
         changed = env.get(node.args[0])
         if not isinstance(changed, torch.Tensor):
             return
-        position = self.__dict__.setdefault("_position", {n: i for i, n in enumerate(self.nodes)})
-        later = position[node]
-        for other, value in env.items():
-            if other is node.args[0] or not any(position.get(u, len(position)) > later for u in other.users):
-                continue
-            for t in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(t, torch.Tensor) and _overlaps(changed, t):
-                    raise UnsupportedOperation(
-                        f"{describe(node, target)} at '{where(node)}' changes in place a tensor that shares memory "
-                        f"with '{where(other)}', which is used afterwards (a view, slice or chunk of the same "
-                        f"tensor): use the out-of-place form")
+        other = live.sharing(node, changed)
+        if other is not None:
+            raise UnsupportedOperation(
+                f"{describe(node, target)} at '{where(node)}' changes in place a tensor that shares memory "
+                f"with '{where(other)}', which is used afterwards (a view, slice or chunk of the same "
+                f"tensor): use the out-of-place form")
 
     def _freeze(self, node, value, env):
         """Non-float results of linear inputs (comparisons, indices) are frozen at x0; sizes are meta."""
@@ -522,6 +519,47 @@ class LinearInterpreter:
                              f"{t.device}: .to(li.x0)")
 
 
+class _LiveStorages:
+    """The values recorded so far (`env`, filled in graph order) that are used later, indexed by the storage of
+    their tensors, so that finding what an in-place call may change through shared memory takes time in the values
+    on that storage, not in all values. Built as recording reaches each in-place call; a value whose last use is
+    passed leaves the index (recording only moves forward)."""
+
+    def __init__(self, nodes: list[fx.Node], env: dict):
+        self.nodes, self.env = nodes, env
+        self.position = {n: i for i, n in enumerate(nodes)}
+        self.indexed = 0  # nodes[:indexed] are in the index (those with values in env)
+        self.by_storage: dict[int, list[tuple[int, fx.Node, torch.Tensor]]] = {}
+
+    def sharing(self, node: fx.Node, changed: torch.Tensor) -> fx.Node | None:
+        """The first node before `node` (in graph order), other than its first argument, whose value may share
+        elements with `changed` (see `_overlaps`) and that is used after `node`; None if none is."""
+        if changed.numel() == 0:
+            return None
+        at = self.position[node]
+        self._index(at)
+        key = changed.untyped_storage().data_ptr()
+        entries = [e for e in self.by_storage.get(key, ()) if e[0] > at]
+        self.by_storage[key] = entries
+        for _, other, t in entries:
+            if other is not node.args[0] and _overlaps(changed, t):
+                return other
+        return None
+
+    def _index(self, end: int) -> None:
+        """Add the values of nodes[indexed:end] that are used later than `end` - 1, each with its last use."""
+        unused = len(self.position)  # the output node: used after every other
+        for other in self.nodes[self.indexed:end]:
+            if other not in self.env:
+                continue
+            last = max((self.position.get(u, unused) for u in other.users), default=-1)
+            value = self.env[other]
+            for t in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(t, torch.Tensor) and t.numel() and last >= end:
+                    self.by_storage.setdefault(t.untyped_storage().data_ptr(), []).append((last, other, t))
+        self.indexed = max(self.indexed, end)
+
+
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors may share elements: the same storage and intersecting ranges of bytes (conservative:
     two interleaved slices count as overlapping)."""
@@ -583,6 +621,43 @@ def _check_traced_output(model: nn.Module, x0: torch.Tensor, traced: torch.Tenso
             f"`a = a + b`), or a forward hook; write `a = a + b`")
 
 
+@contextmanager
+def _left_as_it_was(model: nn.Module):
+    """Run a block that calls `model` (recording it, checking its output) and leave the model's state as it was:
+    a module in training mode updates buffers when called (BatchNorm's running statistics and
+    num_batches_tracked, InstanceNorm's with track_running_stats, spectral norm's power-iteration vectors).
+
+    Buffers changed in place get their values back from copies, bit for bit; buffers replaced, added or removed are
+    put back. Buffers not changed are not written (their version counters stay, so autograd graphs that saved them
+    stay valid; a buffer holding NaN, unequal to itself, is written back). Parameters are not copied (that would
+    copy every weight on each call): the engine never writes them, and a model whose own call changes one in place
+    is refused (that change is the model's, and stays)."""
+    modules = list(model.named_modules())
+    buffers = [dict(m._buffers) for _, m in modules]
+    parameters = [dict(m._parameters) for _, m in modules]
+    with torch.no_grad():
+        saved = [{k: (t._version, t.clone()) for k, t in b.items() if t is not None} for b in buffers]
+    versions = [{k: p._version for k, p in ps.items() if p is not None} for ps in parameters]
+    try:
+        yield
+    finally:
+        for (_, m), before, copies, params in zip(modules, buffers, saved, parameters):
+            for held, was in ((m._buffers, before), (m._parameters, params)):
+                if held.keys() != was.keys() or any(held[k] is not t for k, t in was.items()):
+                    held.clear()
+                    held.update(was)
+            with torch.no_grad():
+                for k, (version, copy) in copies.items():  # (BatchNorm's kernel leaves the version as it was)
+                    if before[k]._version != version or not torch.equal(before[k], copy):
+                        before[k].copy_(copy)
+    changed = [f"{prefix + '.' if prefix else ''}{k}" for (prefix, _), params, was in zip(modules, parameters, versions)
+               for k, p in params.items() if p is not None and p._version != was[k]]
+    if changed:
+        raise UnsupportedOperation(
+            f"calling {type(model).__name__} changed its parameter '{changed[0]}' in place (a change of the model's "
+            f"own, which stays): a model that changes its weights when called has no fixed linear interpreter")
+
+
 #: traced graphs per model and mode, so that interpreting many inputs traces each model once
 _TRACED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -601,7 +676,9 @@ def interpret(model: nn.Module, x0: torch.Tensor, eval_mode: bool = True) -> Lin
 
     With `eval_mode` (default) the model is put into eval mode while it is traced and recorded, and its
     modes are restored afterwards; without it, the model's own modes are used (BatchNorm in train mode
-    then freezes the batch statistics of x0).
+    then freezes the batch statistics of x0, as the model's own call in train mode normalises with them; dropout in
+    train mode, random, is refused). The model is left as it was, its buffers included (running statistics that a
+    call in train mode updates get their values back).
     """
     if not isinstance(x0, torch.Tensor):
         raise InputError(f"x0 must be a torch tensor (1, C, H, W), got {type(x0).__name__}"
@@ -625,9 +702,9 @@ def interpret(model: nn.Module, x0: torch.Tensor, eval_mode: bool = True) -> Lin
         if channels is not None and channels != x0.shape[1]:
             raise InputError(f"{type(model).__name__} expects {channels} input channels, x0 has {x0.shape[1]}")
         x0 = x0.detach().clone(memory_format=torch.contiguous_format)  # as linear passes lay out their batches
-        with torch.no_grad():
+        with torch.no_grad(), _left_as_it_was(model):
             li = LinearInterpreter(gm, x0)
-            if not any(m.training for m in model.modules()):  # (in training mode a second call would change it)
+            if not any(m.training for m in model.modules()):  # (in training mode a second call would differ)
                 _check_traced_output(model, x0, li.output)
         return li
     finally:

@@ -147,7 +147,7 @@ class Rule:
 
 
 class Identity(Rule):
-    """Identity in eval mode (dropout modules, nn.Identity)."""
+    """The identity (nn.Identity; dropout in eval mode: `EvalOnly`, `EvalOnlyModule`)."""
 
     kind = "identity"
 
@@ -171,6 +171,17 @@ class EvalOnly(Identity):
         if bound.arguments.get("training") and bound.arguments.get("p"):
             raise UnsupportedOperation("it drops values at random (training=True): pass training=self.training "
                                        "and put the model in eval mode")
+        return super().record(b)
+
+
+class EvalOnlyModule(Identity):
+    """A dropout module (nn.Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout): the identity in eval
+    mode or with ``p=0``; in training mode it drops values at random, and is refused as `EvalOnly` is."""
+
+    def record(self, b):
+        if b.fn.training and b.fn.p:
+            raise UnsupportedOperation("it drops values at random (the module is in training mode): interpret the "
+                                       "model in eval mode (eval_mode=True, the default, or model.eval())")
         return super().record(b)
 
 
@@ -995,6 +1006,7 @@ UNSHUFFLE = Shuffle(F.pixel_shuffle, _shuffle_factor)
 
 LINEAR = Rule()
 IDENTITY = Identity()
+DROPOUT = EvalOnlyModule()
 OFFSET = Offset()
 PRODUCT = Product()
 DIVISION = Product(denominator=True)
@@ -1037,8 +1049,8 @@ MODULE_RULES: dict[type, Rule] = {
     nn.ReflectionPad1d: LINEAR, nn.ReflectionPad2d: LINEAR, nn.ReflectionPad3d: LINEAR,
     nn.ReplicationPad1d: LINEAR, nn.ReplicationPad2d: LINEAR, nn.ReplicationPad3d: LINEAR,
     nn.CircularPad1d: LINEAR, nn.CircularPad2d: LINEAR, nn.CircularPad3d: LINEAR,
-    nn.Identity: IDENTITY, nn.Dropout: IDENTITY, nn.Dropout1d: IDENTITY, nn.Dropout2d: IDENTITY,
-    nn.Dropout3d: IDENTITY, nn.AlphaDropout: IDENTITY, nn.FeatureAlphaDropout: IDENTITY,
+    nn.Identity: IDENTITY, nn.Dropout: DROPOUT, nn.Dropout1d: DROPOUT, nn.Dropout2d: DROPOUT,
+    nn.Dropout3d: DROPOUT, nn.AlphaDropout: DROPOUT, nn.FeatureAlphaDropout: DROPOUT,
 }
 
 
