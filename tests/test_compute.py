@@ -339,6 +339,24 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusals are those of a machine without a GPU")
+def test_device_option_takes_cuda_n_and_refuses_other_forms_in_one_line(tmp_path):
+    """--device cuda:N is a device as the Python API's is (a GPU torch does not see: the same one line as cuda);
+    any other form is refused by the option itself; compute, bundle, video and verify share the option."""
+    rgb = random_png(tmp_path / "rgb.png", (16, 16, 3))
+    for device in ("cuda", "cuda:0", "cuda:3"):
+        result = cli("--model", "bicubic-x4", "--image", rgb, "--device", device, "--out", tmp_path / "never.zarr")
+        assert result.exit_code == 1 and result.output.strip() == \
+            f"Error: --device {device}: no CUDA GPU is visible to torch", result.output
+    assert not (tmp_path / "never.zarr").exists()
+    for command in (["compute", "--model", "bicubic-x4", "--out", str(tmp_path / "x.zarr")], ["bundle", "demo"],
+                    ["video", "--film", "FilterMatrix_SR"], ["verify", str(tmp_path / "x.zarr")]):
+        for device in ("gpu", "cuda:", "cuda:-1", "cpu:0"):
+            result = CliRunner().invoke(main, [*command, "--device", device])
+            assert result.exit_code == 2 and f"'{device}' is not a device (auto, cpu, cuda or cuda:N)" in \
+                result.output, (command, device, result.output)
+
+
 def test_a_full_disk_is_named_in_one_line(tmp_path):
     """A store on a disk that fills up mid-run: the writer (zarr) raises ENOSPC without a file name; the error
     names the store (it was `Error: [Errno 28] No space left on device`). A 600 KiB tmpfs in a user and mount

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.commands.options import FiniteRange
+from pipeline.commands.options import DEVICE, FiniteRange
 
 
 @click.command()
@@ -22,7 +22,7 @@ from pipeline.commands.options import FiniteRange
 @click.option("--work", type=click.Path(file_okay=False), default=None,
               help="Work folder of a .zip build (default: out/bundles/NAME-<hash of the inputs>); reused on reruns.")
 @click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--scheduler", default="threads", show_default=True,
               help="threads, processes, or a dask.distributed scheduler address (tcp://HOST:PORT).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local workers (default: one per core).")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.commands.options import FiniteRange
+from pipeline.commands.options import DEVICE, FiniteRange
 
 from pipeline.commands.models import model_and_image_options
 
@@ -12,7 +12,7 @@ from pipeline.commands.models import model_and_image_options
 @model_and_image_options
 @click.option("--out", "out_path", required=True, type=click.Path(file_okay=False),
               help="The store (a folder, e.g. face.zarr); an unfinished store of the same inputs is resumed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
               help="Where the network runs (cuda: two worker threads per GPU).")
 @click.option("--scheduler", default="threads", show_default=True,
               help="threads, processes, or the address of a dask.distributed scheduler (tcp://HOST:PORT).")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.commands.options import FiniteRange
+from pipeline.commands.options import DEVICE, FiniteRange
 
 from pipeline.export.site import SCHEDULERS
 
@@ -62,7 +62,7 @@ def export(stores, out, normalise, scheduler, workers, progress, allow_unverifie
 @click.option("--still", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also write one frame (the middle of the walk of columns) to this PNG file")
 @click.option("--trust-pickle", is_flag=True, help="--film: allow weight files that hold pickled Python objects")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=DEVICE, default="auto", show_default=True,
               help="--film: where missing stores are computed")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def video(stores, out, film, defaults, image, crop, duration, fps, zoom, lossless, subtitles_out, still,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import click
 
@@ -19,6 +20,19 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class Device(click.ParamType):
+    """--device: auto, cpu, cuda (every visible GPU) or cuda:N (GPU N). Only the form is checked here; whether torch
+    sees that GPU is checked where the run starts (``pipeline.compute.resolve_device``), in one line."""
+
+    name = "auto|cpu|cuda|cuda:N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            return value
+        self.fail(f"{value!r} is not a device (auto, cpu, cuda or cuda:N).", param, ctx)
+
+
+DEVICE = Device()
 #: torch CPU threads (far more than any machine has cores makes the OpenMP runtime fail to allocate their stacks)
 THREADS = click.IntRange(min=1, max=1024)
 #: random seeds: what torch.manual_seed and numpy take (a signed 64-bit integer), from 0

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.commands.options import SEED
+from pipeline.commands.options import DEVICE, SEED
 from pipeline.verify import DEFAULT_SAMPLES, TOLERANCES
 
 _HELP = """Re-check STORES, finished or not, against a freshly built interpreter of the model they name.
@@ -36,7 +36,7 @@ See docs/verify.md.""".format(**TOLERANCES)
               default=0, show_default=True, help="Seed of the samples and probes.")
 @click.option("--write", is_flag=True,
               help="Record the result in the store: its verification, and complete = finished and passed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+@click.option("--device", type=DEVICE, default=None,
               help="Where the rebuilt network runs (default: where the store was computed when that device is "
                    "here, else cpu). On another device, x0's forward pass rounds differently: ReLU masks near 0 "
                    "and statistics frozen from near-flat maps can differ, and the probes with them.")
