@@ -116,6 +116,10 @@ def full_precision(device: str) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
+#: the devices a run takes besides "auto": cpu, cuda (every visible GPU), cuda:N (GPU N)
+DEVICE_FORM = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
 def resolve_device(device) -> str:
     """The device a run uses, as a string: "auto" -> "cuda" when a GPU is visible, else "cpu"; "cpu"; "cuda"
     (every visible GPU: worker threads take them round robin); "cuda:N" (GPU N only). ``device``: one of those
@@ -124,7 +128,7 @@ def resolve_device(device) -> str:
     name = str(device) if isinstance(device, torch.device) else device
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name) if isinstance(name, str) else None
+    match = DEVICE_FORM.fullmatch(name) if isinstance(name, str) else None
     if match is None:
         raise ValueError(f"unknown device {device!r} (auto, cpu, cuda or cuda:N)")
     if name == "cpu":

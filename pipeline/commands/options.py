@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 import click
 
@@ -27,7 +26,9 @@ class Device(click.ParamType):
     name = "auto|cpu|cuda|cuda:N"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        from pipeline.compute import DEVICE_FORM  # (imported here: torch is not loaded for --help)
+
+        if isinstance(value, str) and (value == "auto" or DEVICE_FORM.fullmatch(value)):
             return value
         self.fail(f"{value!r} is not a device (auto, cpu, cuda or cuda:N).", param, ctx)
 
