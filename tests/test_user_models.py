@@ -517,3 +517,32 @@ def test_lazy_layers_need_weights_or_a_first_run(tmp_path, monkeypatch):
     torch.save(ran.state_dict(), tmp_path / "lazy.pt")
     cli(*args, "--weights", "lazy.pt", "--out", "lazy.zarr")
     cli("verify", "lazy.zarr", "--quiet")
+
+
+def test_weights_written_by_training_code_load_into_a_user_model(tmp_path, monkeypatch):
+    """The user's net trained elsewhere: a DistributedDataParallel state dict exported to .safetensors, and a
+    Lightning checkpoint holding the net and its EMA (timm's ModelEmaV2 under `model_ema.module.`): each builds the
+    model that computes as the trained one (the EMA copy for the checkpoint)."""
+    from safetensors.torch import save_file
+
+    from pipeline.models import user
+
+    write(tmp_path, "luma_sr.py", UNSEEN_SR)
+    monkeypatch.chdir(tmp_path)
+    spec = user.parse_spec("luma_sr.py:LumaSR", {"width": 5})
+    trained = {}
+    for seed in (1, 2):
+        net = user.build(spec)
+        gen = torch.Generator().manual_seed(seed)
+        net.load_state_dict({k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in net.state_dict().items()})
+        trained[seed] = net
+    ema, plain = trained[1].state_dict(), trained[2].state_dict()
+    save_file({"module." + k: v for k, v in ema.items()}, tmp_path / "ddp.safetensors")
+    torch.save({"epoch": 9, "global_step": 900, "optimizer_states": [], "lr_schedulers": [],
+                "state_dict": {**{"model." + k: v for k, v in plain.items()},
+                               **{"model_ema.module." + k: v for k, v in ema.items()}}}, tmp_path / "last.ckpt")
+    x = torch.rand(1, 1, 7, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = trained[1](x)
+        for name in ("ddp.safetensors", "last.ckpt"):
+            assert torch.equal(user.build(spec, tmp_path / name)(x), want), name

@@ -162,6 +162,174 @@ def test_wrapped_checkpoints_are_unwrapped(tmp_path):
     assert same_weights(build("digits-vgg", tmp_path / "ckpt.pt"), source)
 
 
+# --- files that training code writes (BasicSR, DataParallel/DDP, Lightning, torch.compile, EMA, Hub) -----------------
+
+def trained_edsr(seed=1):
+    """An EDSR (edsr-small-x4) with random weights: the source whose outputs a loaded copy must give."""
+    source = build("edsr-small-x4", "random")
+    source.load_state_dict(random_state(source, seed))
+    return source
+
+
+def same_outputs(a, b) -> bool:
+    x = torch.rand(1, 3, 6, 5, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        return torch.equal(a(x), b(x))
+
+
+def prefixed(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def lightning_checkpoint(state: dict, attribute: str = "model") -> dict:
+    """The layout of a Lightning .ckpt: the LightningModule's state dict (the net under its attribute) beside the
+    loop's state, all of types weights_only=True reads."""
+    return {"epoch": 7, "global_step": 700, "pytorch-lightning_version": "2.4.0",
+            "state_dict": prefixed(state, attribute + "."),
+            "optimizer_states": [{"state": {0: {"step": torch.tensor(700.0), "exp_avg": torch.zeros(3)}},
+                                  "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.99), "params": [0]}]}],
+            "lr_schedulers": [{"last_epoch": 7, "milestones": {250: 1}}], "callbacks": {}, "loops": {},
+            "hparams_name": "kwargs", "hyper_parameters": {"scale": 4, "lr": 2e-4}}
+
+
+def test_basicsr_files_load_their_ema_weights(tmp_path):
+    """BasicSR / Real-ESRGAN / SwinIR save {'params': …, 'params_ema': …}; their inference scripts take
+    params_ema."""
+    ema, plain = trained_edsr(1), trained_edsr(2)
+    torch.save({"params_ema": ema.state_dict()}, tmp_path / "RealESRGAN_x4plus.pth")
+    torch.save({"params": plain.state_dict(), "params_ema": ema.state_dict()}, tmp_path / "net_g_latest.pth")
+    torch.save({"params": plain.state_dict()}, tmp_path / "NAFNet.pth")
+    assert same_outputs(build("edsr-small-x4", tmp_path / "RealESRGAN_x4plus.pth"), ema)
+    assert same_outputs(build("edsr-small-x4", tmp_path / "net_g_latest.pth"), ema)
+    assert same_outputs(build("edsr-small-x4", tmp_path / "NAFNet.pth"), plain)
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda m: torch.nn.DataParallel(m).state_dict(),  # `module.` (DistributedDataParallel's too)
+    lambda m: torch.compile(m).state_dict(),  # `_orig_mod.`
+    lambda m: torch.nn.DataParallel(torch.compile(m)).state_dict(),  # `module._orig_mod.`
+    lambda m: lightning_checkpoint(m.state_dict(), "model"),
+    lambda m: lightning_checkpoint(m.state_dict(), "net_g"),
+    lambda m: {"state_dict": prefixed(m.state_dict(), "module.")},  # MPRNet, Uformer…
+], ids=["DataParallel", "torch.compile", "DataParallel+compile", "Lightning-model", "Lightning-net_g",
+        "module-in-wrapper"])
+def test_training_wrappers_prefixes_are_stripped(tmp_path, wrap):
+    source = trained_edsr()
+    torch.save(wrap(source), tmp_path / "w.ckpt")
+    assert same_outputs(build("edsr-small-x4", tmp_path / "w.ckpt"), source)
+
+
+def test_a_prefix_is_stripped_only_when_every_key_has_it(tmp_path):
+    """Besides the net, a Lightning module with a loss network: no prefix fits every key, so the keys are listed as
+    they are in the file; a prefix whose removal leaves keys the model lacks stays too."""
+    state = trained_edsr().state_dict()
+    with_loss = lightning_checkpoint(state)
+    with_loss["state_dict"]["loss.vgg.0.weight"] = torch.zeros(1)
+    torch.save(with_loss, tmp_path / "loss.ckpt")
+    with pytest.raises(WeightsError, match=r"missing keys: body\.0\.body\.0\.bias.*; unexpected keys: "
+                                           r"loss\.vgg\.0\.weight, model\.add_mean\.bias") as info:
+        build("edsr-small-x4", tmp_path / "loss.ckpt")
+    assert "\n" not in str(info.value)
+    torch.save(prefixed(PixelShuffleNet(4).state_dict(), "model."), tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match=r"unexpected keys: model\.conv1\.bias"):
+        build("edsr-small-x4", tmp_path / "other.pt")
+
+
+def test_stripped_files_report_wrong_shapes_by_the_models_names(tmp_path):
+    torch.save(torch.nn.DataParallel(PixelShuffleNet(2)).state_dict(), tmp_path / "x2.pt")
+    with pytest.raises(WeightsError, match=r"do not fit PixelShuffleNet: wrong shapes: conv4\.bias \(4,\) \(model "
+                                           r"\(9,\)\), conv4\.weight \(4, 32, 3, 3\) \(model \(9, 32, 3, 3\)\)$"):
+        build("pixelshuffle-x3", tmp_path / "x2.pt")
+
+
+@pytest.mark.parametrize("layout", ["flat ema.", "model_ema.module.", "model_ema wrapper", "state_dict_ema wrapper"])
+def test_ema_copies_win(tmp_path, layout):
+    """Files holding the model and its EMA: the EMA copy loads, as params_ema does."""
+    ema, plain = trained_edsr(1).state_dict(), trained_edsr(2).state_dict()
+    obj = {"flat ema.": {**prefixed(plain, "model."), **prefixed(ema, "ema.")},
+           "model_ema.module.": {"state_dict": {**prefixed(plain, "model."), **prefixed(ema, "model_ema.module.")}},
+           "model_ema wrapper": {"model": plain, "model_ema": ema, "epoch": 300},
+           "state_dict_ema wrapper": {"state_dict": plain, "state_dict_ema": ema}}[layout]
+    torch.save(obj, tmp_path / "ema.pt")
+    assert same_outputs(build("edsr-small-x4", tmp_path / "ema.pt"), trained_edsr(1))
+
+
+def test_two_ema_copies_are_ambiguous(tmp_path):
+    state = trained_edsr().state_dict()
+    torch.save({**prefixed(state, "ema."), **prefixed(state, "model_ema.")}, tmp_path / "two.pt")
+    with pytest.raises(WeightsError, match=r"unexpected keys: ema\.add_mean\.bias"):
+        build("edsr-small-x4", tmp_path / "two.pt")
+
+
+def test_safetensors_files_load_without_pickle(tmp_path):
+    """A Hub .safetensors file loads whatever its name; one whose header size ends in byte 0x80 (a pickle's first
+    byte) too; a damaged one fails in one line naming the format."""
+    from safetensors.torch import save_file
+
+    source = trained_edsr()
+    save_file(source.state_dict(), tmp_path / "model.safetensors")
+    assert same_outputs(build("edsr-small-x4", tmp_path / "model.safetensors"), source)
+    (tmp_path / "model.pt").write_bytes((tmp_path / "model.safetensors").read_bytes())
+    assert same_outputs(build("edsr-small-x4", tmp_path / "model.pt"), source)
+    torch.save(source.state_dict(), tmp_path / "torch.safetensors")  # a torch.save file under the other name
+    assert same_outputs(build("edsr-small-x4", tmp_path / "torch.safetensors"), source)
+    for pad in range(0, 256, 8):
+        save_file(source.state_dict(), tmp_path / "x80.safetensors", metadata={"pad": "x" * pad})
+        if (tmp_path / "x80.safetensors").read_bytes()[0] == 0x80:
+            break
+    assert (tmp_path / "x80.safetensors").read_bytes()[0] == 0x80
+    assert same_outputs(build("edsr-small-x4", tmp_path / "x80.safetensors"), source)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-100])
+    with pytest.raises(WeightsError, match=r"cut\.safetensors: not a valid safetensors file "
+                                           r"\(SafetensorError: ") as info:
+        build("edsr-small-x4", tmp_path / "cut.safetensors")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", ["torch", "safetensors"])
+def test_half_precision_files_load_into_the_float32_model(tmp_path, dtype, fmt):
+    """fp16 / bf16 weights: the model stays float32 and computes as the source rounded to that precision."""
+    from safetensors.torch import save_file
+
+    source = trained_edsr()
+    half = {k: v.to(dtype) if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    (torch.save if fmt == "torch" else save_file)(half, tmp_path / "half.bin")
+    loaded = build("edsr-small-x4", tmp_path / "half.bin")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert same_outputs(loaded, source.to(dtype).float())
+
+
+def test_profiler_counters_are_dropped(tmp_path):
+    """thop's profile() leaves total_ops / total_params buffers in every module; they are not weights."""
+    source = trained_edsr()
+    counters = {f"{name}{'.' if name else ''}{c}": torch.zeros(1, dtype=torch.float64)
+                for name, _ in source.named_modules() for c in ("total_ops", "total_params")}
+    for prefix in ("", "module."):  # the counters go before a wrapper's prefix is stripped
+        torch.save(prefixed({**source.state_dict(), **counters}, prefix), tmp_path / "thop.pt")
+        assert same_outputs(build("edsr-small-x4", tmp_path / "thop.pt"), source), prefix
+
+
+def test_checkpoints_with_python_objects_name_them(tmp_path):
+    """A Lightning or argparse checkpoint with an object weights_only refuses: the line names its class."""
+    import argparse
+
+    torch.save({**lightning_checkpoint(trained_edsr().state_dict()), "args": argparse.Namespace(lr=1e-4)},
+               tmp_path / "last.ckpt")
+    with pytest.raises(WeightsError, match=r"holds pickled Python objects \(argparse\.Namespace\), not a plain state "
+                                           r"dict; refusing to unpickle it \(pass --trust-pickle"):
+        build("edsr-small-x4", tmp_path / "last.ckpt")
+
+
+def test_a_dict_without_a_known_wrapper_lists_its_keys(tmp_path):
+    state = trained_edsr().state_dict()
+    torch.save({"generator": state, "discriminator": state, "epoch": 3}, tmp_path / "gan.pt")
+    with pytest.raises(WeightsError, match=r"does not hold a state dict .*params_ema, params.*; it holds a dict of "
+                                           r"discriminator, epoch, generator$"):
+        build("edsr-small-x4", tmp_path / "gan.pt")
+
+
 # --- the cache -----------------------------------------------------------------------------------------------------
 
 def hashed_file(tmp_path, stem: str, state: dict, digits: int = 8):

@@ -2,7 +2,8 @@
 
 ``FACTORY(**model_args)`` is any callable of the file or module (a function, a class) that returns a
 ``torch.nn.Module``. linterp runs it the way ``python FILE.py`` would run the file (the user chose to run that
-code); weight files still load with ``weights_only=True`` unless ``trust_pickle``.
+code); weight files still load with ``weights_only=True`` unless ``trust_pickle`` (``.safetensors`` files never
+unpickle), as training code saved them (``weights.read_state_dict``, ``weights.ADAPTERS``).
 
 - ``parse_spec(text, args)`` -> ``UserSpec``: small, frozen and picklable. It holds where the code is (the file's
   absolute path, or the module's name and the folder it imports from) only in memory, and the sha256 of the
