@@ -285,8 +285,8 @@ def load_input(path: Path, spec, size: tuple[int, int], crop_ratio: float = 1.0,
     from pipeline import images
     from pipeline.preprocess import classifier_input
 
-    img, channels = images.load_image_file(path, composite_alpha=True)
-    return classifier_input(img, spec, size, crop_ratio, polarity, source_channels=channels)
+    img, channels, colour = images.load_image_file(path, composite_alpha=True)
+    return classifier_input(img, spec, size, crop_ratio, polarity, source_channels=channels, source_colour=colour)
 
 
 def save_analysis(stem: Path, settings: dict, clean, attacked: list, preprocessing: dict | None = None) -> None:

@@ -30,26 +30,50 @@ def load_image(path: str | os.PathLike, composite_alpha: bool = False) -> np.nda
     """The image at ``path`` as uint8 (H, W, 3) RGB, or (H, W, 1) when the file is grayscale.
 
     Alpha is dropped (``composite_alpha``: composited, see ``flatten_alpha``), 16-bit samples are scaled to
-    8 bits, and an animation or a multi-page TIFF gives its first frame. As image viewers show it: CMYK
-    converted to RGB, and the EXIF orientation applied (so that a crop's X, Y are those of the picture on screen).
+    8 bits, and an animation or a multi-page TIFF gives its first frame. As image viewers show it: CMYK and
+    YCbCr converted to RGB, a transparency entry (a PNG's tRNS, a GIF's transparent index) read as alpha, and
+    the EXIF orientation applied (so that a crop's X, Y are those of the picture on screen).
     """
     return load_image_file(path, composite_alpha)[0]
 
 
-def load_image_file(path: str | os.PathLike, composite_alpha: bool = False) -> tuple[np.ndarray, int]:
-    """(``load_image``'s pixels, the samples per pixel of the file as read: 1 grey, 2 grey + alpha, 3 RGB,
-    4 RGBA), for records that say what the file held (an RGBA file: 4, computed on as RGB)."""
-    import imageio.v3 as iio
+#: Colours read converted, as viewers show them: Pillow mode -> (the mode read, samples per pixel of the file,
+#: the file's colour as recorded).
+CONVERTED_MODES = {"CMYK": ("RGB", 4, "CMYK converted to RGB"), "YCbCr": ("RGB", 3, "YCbCr converted to RGB")}
+#: Modes with a transparency entry (a PNG's tRNS chunk, a GIF's transparent index), read with its alpha.
+TRANSPARENT_MODES = {"P": ("RGBA", 4, "RGBA"), "L": ("LA", 2, "grey + alpha"), "RGB": ("RGBA", 4, "RGBA")}
+#: Colour spaces that linterp does not convert (refused): Pillow mode -> name.
+UNCONVERTED_MODES = {"LAB": "CIELAB", "HSV": "HSV"}
+#: Samples per pixel of a file read as stored -> its colour as recorded.
+COLOURS = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}
 
+
+def load_image_file(path: str | os.PathLike, composite_alpha: bool = False) -> tuple[np.ndarray, int, str]:
+    """(``load_image``'s pixels, the samples per pixel of the file, its colour), for records that say what the
+    file held: an RGBA file is (…, 4, "RGBA"), computed on as RGB; a CMYK one (…, 4, "CMYK converted to RGB")."""
     try:
-        data = first_frame(path)
-        mode, orientation = _pillow_mode_and_orientation(path)
-        if mode == "CMYK":
-            data = np.asarray(iio.imread(path, index=0, plugin="pillow", mode="RGB"))
+        mode, transparent, orientation = _pillow_mode_and_orientation(path)  # first: Pillow refuses huge sizes
+        if mode in UNCONVERTED_MODES:
+            raise ImageError(f"{path} is a {UNCONVERTED_MODES[mode]} image; linterp reads grey, RGB and CMYK "
+                             f"images (convert it to RGB first)")
+        rule = CONVERTED_MODES.get(mode) or (TRANSPARENT_MODES.get(mode) if transparent else None)
+        data = first_frame(path) if rule is None else _pillow_pixels(path, rule[0])
+    except ImageError:
+        raise
     except Exception as err:  # imageio raises many types (OSError, ValueError, plugin errors) for bad files
         raise ImageError(f"cannot read image {path}: {_read_failure(path, err)}") from err
+    img = as_uint8_image(_oriented(data, orientation), str(path), composite_alpha)  # refuses > 4 samples
     channels = data.shape[2] if data.ndim == 3 else 1
-    return as_uint8_image(_oriented(data, orientation), str(path), composite_alpha), channels
+    _, channels, colour = rule or (None, channels, COLOURS[channels])
+    return img, channels, colour
+
+
+def _pillow_pixels(path, mode: str) -> np.ndarray:
+    """The first frame of an image file as Pillow converts it to ``mode`` (H, W[, C]) uint8."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert(mode))
 
 
 def first_frame(path: str | os.PathLike) -> np.ndarray:
@@ -57,24 +81,66 @@ def first_frame(path: str | os.PathLike) -> np.ndarray:
     animation's first frame, a TIFF's first page (imageio's ``index=0`` is a TIFF's first *series*, which holds
     every page of a multi-page file that Pillow or tifffile wrote) with its samples last (planar TIFFs store
     them first: (C, H, W)). A TIFF whose compression tifffile cannot decode without the optional ``imagecodecs``
-    (LZW, JPEG: the usual ones of scanners and photo editors) is read by Pillow."""
+    (LZW, JPEG: the usual ones of scanners and photo editors) is read by Pillow, and so is a file whose extension
+    names a format it is not in when the reader of that format fails (a PNG named .img: imageio's ITK plugin)."""
     import imageio.v3 as iio
 
-    with iio.imopen(path, "r", legacy_mode=True) as file:
-        if type(file).__name__ != "TifffilePlugin":
-            return np.asarray(file.read(index=0))
+    try:
+        with iio.imopen(path, "r", legacy_mode=True) as file:
+            if type(file).__name__ != "TifffilePlugin":
+                return np.asarray(file.read(index=0))
+    except Exception as err:  # noqa: BLE001 - imageio raises many types, as below
+        return _pillow_first_frame(path, err)
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
+            problem = _tiff_problem(tif, page)
+            if problem:
+                raise ImageError(f"{path} {problem}")
             data = np.asarray(page.asarray())
             return np.moveaxis(data, 0, -1) if page.axes == "SYX" else data
+    except ImageError:
+        raise
     except Exception as err:  # noqa: BLE001 - tifffile raises ValueError, KeyError, … for codecs it lacks
-        try:
-            return np.asarray(iio.imread(path, index=0, plugin="pillow"))
-        except Exception:  # noqa: BLE001 - Pillow cannot read it either: tifffile's reason is the better one
-            raise err from None
+        return _pillow_first_frame(path, err)
+
+
+def _pillow_first_frame(path, err: Exception) -> np.ndarray:
+    """``first_frame`` as read by imageio's Pillow plugin, when the reader chosen first failed with ``err``; that
+    reader's error when Pillow cannot read the file either (its reason is the better one)."""
+    import imageio.v3 as iio
+
+    try:
+        return np.asarray(iio.imread(path, index=0, plugin="pillow"))
+    except Exception:  # noqa: BLE001
+        raise err from None
+
+
+def _tiff_problem(tif, page) -> str | None:
+    """Why linterp refuses a TIFF's first page, after the file's name (None: it reads it): a size past Pillow's
+    limit against decompression bombs (tifffile has none: it would allocate whatever the header claims), extra
+    samples that are not alpha (TIFF ExtraSamples 0, 'unspecified': a viewer drops them), or an (H, W, C) array
+    that tifffile or imageio stored as H pages of W × C pixels (they do so when C is not 1, 3 or 4)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and page.imagewidth * page.imagelength > 2 * limit:
+        return (f"is {page.imagewidth}×{page.imagelength} pixels, more than {2 * limit} (Pillow's limit against "
+                f"decompression bombs)")
+    unspecified = sum(int(kind) == 0 for kind in page.extrasamples)
+    if unspecified:
+        colour = COLOURS.get(page.samplesperpixel - len(page.extrasamples), "colour")
+        return (f"has {page.samplesperpixel} samples per pixel ({colour} and {unspecified} unspecified, not "
+                f"alpha); linterp reads grey and RGB images, with or without alpha")
+    shape = tif.series[0].shape
+    if tif.is_shaped and len(shape) == 3 and len(tif.pages) > 1 and page.shape == shape[1:] \
+            and shape[2] < min(shape[:2]):
+        return (f"holds an array of shape {shape} stored as {shape[0]} pages of {shape[2]}×{shape[1]} pixels "
+                f"(tifffile and imageio store an (H, W, C) array so when C is not 1, 3 or 4); save a grey + alpha "
+                f"image as PNG, other channels one per file")
+    return None
 
 
 def _read_failure(path, err: BaseException) -> str:
@@ -111,15 +177,16 @@ EXIF_ORIENTATION = {1: (0, False), 2: (0, True), 3: (2, False), 4: (2, True), 5:
                     7: (3, True), 8: (1, False)}
 
 
-def _pillow_mode_and_orientation(path) -> tuple[str | None, int]:
-    """(PIL mode, EXIF orientation 1..8) of an image file; (None, 1) for files Pillow does not open."""
+def _pillow_mode_and_orientation(path) -> tuple[str | None, bool, int]:
+    """(PIL mode, whether it has a transparency entry, EXIF orientation 1..8) of an image file; (None, False, 1)
+    for files Pillow does not open. Pillow's ``DecompressionBombError`` (a size past its limit) passes."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.mode, int(im.getexif().get(274, 1) or 1)
+            return im.mode, "transparency" in im.info, int(im.getexif().get(274, 1) or 1)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None, 1
+        return None, False, 1
 
 
 def _oriented(data: np.ndarray, orientation: int) -> np.ndarray:
@@ -142,7 +209,10 @@ def as_uint8_image(data: np.ndarray, label: str = "image", composite_alpha: bool
     elif data.dtype == bool:
         data = data.astype(np.uint8) * 255
     elif np.issubdtype(data.dtype, np.floating):
-        low, high = (float(data.min()), float(data.max())) if np.isfinite(data).all() else (np.nan, np.nan)
+        if not np.isfinite(data).all():
+            raise ImageError(f"{label} holds {int((~np.isfinite(data)).sum())} NaN or infinite samples; save it "
+                             f"with finite samples in 0..1 or with 8- or 16-bit integer samples")
+        low, high = float(data.min()), float(data.max())
         if not -0.5 / 255 <= low <= high <= 1 + 0.5 / 255:  # samples that round to 0..255 are clipped, not refused
             raise ImageError(f"{label} holds floating-point samples from {low:g} to {high:g}, not in 0..1; save "
                              f"it with 8- or 16-bit integer samples")

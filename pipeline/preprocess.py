@@ -61,22 +61,25 @@ def input_size(name: str, spec, size: int | None = None) -> tuple[tuple[int, int
 
 
 def classifier_input(img: np.ndarray, spec, size: tuple[int, int] | None = None, crop_ratio: float | None = None,
-                     polarity: str = "auto", source_channels: int | None = None) -> tuple[torch.Tensor, dict]:
+                     polarity: str = "auto", source_channels: int | None = None,
+                     source_colour: str | None = None) -> tuple[torch.Tensor, dict]:
     """One uint8 image (H, W, C) -> (x0 (1, C_in, h, w) float32 in the model's value range, record)."""
-    x, records = classifier_inputs(img[None], spec, size, crop_ratio, polarity, source_channels)
+    x, records = classifier_inputs(img[None], spec, size, crop_ratio, polarity, source_channels, source_colour)
     return x, records[0]
 
 
 def classifier_inputs(batch: np.ndarray, spec, size: tuple[int, int] | None = None,
                       crop_ratio: float | None = None, polarity: str = "auto",
-                      source_channels: int | None = None) -> tuple[torch.Tensor, list[dict]]:
+                      source_channels: int | None = None,
+                      source_colour: str | None = None) -> tuple[torch.Tensor, list[dict]]:
     """uint8 images (N, H, W, C), C = 1 or 3 -> (x (N, C_in, h, w) float32 in ``spec.value_range``, records).
 
     ``size`` / ``crop_ratio``: the input size and the photo crop ratio (default: ``input_size(spec.name, spec)``).
-    ``source_channels``: the samples per pixel of the file the images were read from (default C; an RGBA file
-    read as RGB, its alpha composited: 4).
-    Each record says what was done: ``method``, ``source_size`` [H, W], ``source_channels``, ``input_size``
-    [h, w], and per method ``resized`` [h', w'] and ``crop`` [top, left] (photo) or ``polarity``
+    ``source_channels``, ``source_colour``: the samples per pixel of the file the images were read from and its
+    colour, as ``images.load_image_file`` gives them (default: C and ``images.COLOURS`` of it; an RGBA file read
+    as RGB, its alpha composited: 4, "RGBA"; a CMYK file: 4, "CMYK converted to RGB").
+    Each record says what was done: ``method``, ``source_size`` [H, W], ``source_channels``, ``source_colour``,
+    ``input_size`` [h, w], and per method ``resized`` [h', w'] and ``crop`` [top, left] (photo) or ``polarity``
     ("kept"/"inverted"), ``background`` b (after the polarity step), ``peak`` p, ``fitted`` [h', w'] (drawing).
     """
     if polarity not in POLARITIES:
@@ -97,7 +100,9 @@ def classifier_inputs(batch: np.ndarray, spec, size: tuple[int, int] | None = No
     else:
         raise PreprocessError(f"{spec.name}: unknown preprocessing '{spec.preprocess}'")
     lo, hi = spec.value_range
-    base = {"method": spec.preprocess, "source_size": [h, w], "source_channels": source_channels or c,
+    channels = source_channels or c
+    base = {"method": spec.preprocess, "source_size": [h, w], "source_channels": channels,
+            "source_colour": source_colour or images.COLOURS[channels],
             "input_size": list(size)}
     return (lo + (hi - lo) * x).float().contiguous(), [base | e for e in extra]
 
@@ -187,8 +192,7 @@ def resize_crop(x: torch.Tensor, size: tuple[int, int], box: tuple[int, int, int
 def describe(record: dict) -> str:
     """One line for people: what ``classifier_inputs`` did to an image (from its record)."""
     h, w = record["source_size"]
-    channels = record["source_channels"]
-    colour = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
+    colour = record["source_colour"]
     ih, iw = record["input_size"]
     if record["method"] == "drawing":
         fh, fw = record["fitted"]

@@ -222,3 +222,128 @@ def test_merge_luma_keeps_the_chroma_of_the_input():
     assert merged.shape == (24, 24, 3) and merged.dtype == np.uint8
     expected = np.clip(np.round(images.ycbcr_to_rgb(upscaled.numpy().transpose(1, 2, 0))), 0, 255)
     assert np.abs(merged.astype(int) - expected).max() <= 2  # only the rounding of Y differs
+
+
+def _write(kind: str, path, rgb: np.ndarray) -> np.ndarray:
+    """Write ``rgb`` (H, W, 3) uint8 to ``path`` as a file of ``kind``; returns the pixels a viewer shows, RGBA
+    (H, W, 4) or grey + alpha (H, W, 2) where the file has a transparency, else RGB or grey (H, W, 1)."""
+    if kind == "cmyk-jpeg":
+        Image.fromarray(rgb).convert("CMYK").save(path, format="JPEG", quality=95)
+        return np.asarray(Image.open(path).convert("RGB"))
+    if kind == "palette-trns-png":  # a palette PNG whose entry 0 is transparent (tRNS), as GIF-like tools save
+        Image.fromarray(rgb).quantize(colors=8).save(path, format="PNG", transparency=0)
+    elif kind == "trns-gif":
+        Image.fromarray(rgb).quantize(colors=8).save(path, format="GIF", transparency=0)
+    elif kind == "grey-trns-png":
+        Image.fromarray(rgb[:, :, 0]).save(path, format="PNG", transparency=int(rgb[0, 0, 0]))
+    elif kind == "la-png":
+        Image.fromarray(np.dstack([rgb[:, :, 0], rgb[:, :, 1]]), "LA").save(path, format="PNG")
+    elif kind == "rgba-webp":
+        Image.fromarray(np.dstack([rgb, rgb[:, :, 0]]), "RGBA").save(path, format="WEBP", lossless=True)
+    elif kind == "ycbcr-tiff":
+        Image.fromarray(rgb).convert("YCbCr").save(path, format="TIFF")
+        return np.asarray(Image.open(path).convert("RGB"))
+    shown = Image.open(path)
+    return np.asarray(shown.convert("LA" if shown.mode in ("L", "LA") else "RGBA"))
+
+
+@pytest.mark.parametrize("kind, channels, colour", [
+    ("cmyk-jpeg", 4, "CMYK converted to RGB"),  # was recorded as 3 (RGB)
+    ("ycbcr-tiff", 3, "YCbCr converted to RGB"),  # its Y, Cb, Cr samples were taken for R, G, B
+    ("palette-trns-png", 4, "RGBA"),  # the transparency entry was dropped: 3, no alpha to composite
+    ("trns-gif", 4, "RGBA"),
+    ("grey-trns-png", 2, "grey + alpha"),
+    ("la-png", 2, "grey + alpha"),
+    ("rgba-webp", 4, "RGBA"),
+])
+def test_files_are_read_as_viewers_show_them_and_recorded_as_what_they_hold(tmp_path, kind, channels, colour):
+    """``load_image_file``: the pixels as Pillow shows them (alpha dropped, or composited by ``flatten_alpha``), and
+    the file's samples per pixel and colour as they are; a transparency entry is an alpha channel."""
+    rgb = random_rgb(12, 16, seed=5)
+    path = tmp_path / f"{kind}.{kind.split('-')[-1].replace('jpeg', 'jpg').replace('tiff', 'tif')}"
+    shown = _write(kind, path, rgb)
+    img, got_channels, got_colour = images.load_image_file(path)
+    assert (got_channels, got_colour) == (channels, colour)
+    has_alpha = shown.shape[2] in (2, 4) and channels in (2, 4)
+    assert np.array_equal(img, shown[:, :, :-1] if has_alpha else shown)
+    composited = images.load_image_file(path, composite_alpha=True)[0]
+    assert np.array_equal(composited, images.flatten_alpha(shown) if has_alpha else shown)
+    if kind.endswith("trns-png") or kind == "trns-gif":
+        assert (shown[:, :, -1] == 0).any() and (shown[:, :, -1] == 255).any()  # some pixels are transparent
+
+
+def test_colour_spaces_linterp_does_not_convert_are_refused(tmp_path):
+    """A CIELAB TIFF: its L, a, b samples were taken for R, G, B (an image unlike the one viewers show)."""
+    Image.fromarray(random_rgb()).convert("LAB").save(tmp_path / "lab.tif")
+    with pytest.raises(ImageError, match=r"lab.tif is a CIELAB image; .*convert it to RGB first") as info:
+        images.load_image(tmp_path / "lab.tif")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("samples, photometric, extra", [(2, "minisblack", "grey and 1"), (4, "rgb", "RGB and 1"),
+                                                        (5, "rgb", "RGB and 2")])
+def test_tiff_extra_samples_that_are_not_alpha_are_refused(tmp_path, samples, photometric, extra):
+    """TIFF extra samples marked 'unspecified' (ExtraSamples 0, tifffile's default) are not alpha: a 2-sample grey
+    file was read as grey + alpha (its second channel composited as a transparency), an RGB one with 2 more
+    samples refused as '5 samples per pixel' without saying why. An RGBA TIFF (unassociated alpha) is read."""
+    import tifffile
+
+    data = np.random.default_rng(0).integers(0, 256, (12, 10, samples), dtype=np.uint8)
+    colours = 1 if photometric == "minisblack" else 3
+    tifffile.imwrite(tmp_path / "x.tif", data, photometric=photometric, planarconfig="contig",
+                     extrasamples=[0] * (samples - colours))
+    with pytest.raises(ImageError, match=rf"x.tif has {samples} samples per pixel \({extra} unspecified, not "
+                                         rf"alpha\); linterp reads grey and RGB images"):
+        images.load_image(tmp_path / "x.tif")
+    tifffile.imwrite(tmp_path / "alpha.tif", data[:, :, :colours + 1], photometric=photometric,
+                     planarconfig="contig", extrasamples=[2])
+    img, channels, colour = images.load_image_file(tmp_path / "alpha.tif")
+    assert (channels, colour) == (colours + 1, images.COLOURS[colours + 1])
+    assert np.array_equal(img, data[:, :, :colours])
+
+
+def test_an_image_array_stored_as_pages_is_refused_and_a_stack_gives_its_first_page(tmp_path):
+    """tifffile and imageio write an (H, W, 2) array as H pages of W × 2 pixels: it was read as its first page,
+    a 2-pixel-wide strip. A stack (N, H, W) of N pages gives its first page, as Pillow shows it."""
+    import tifffile
+
+    data = np.random.default_rng(0).integers(0, 256, (30, 40, 2), dtype=np.uint8)
+    iio.imwrite(tmp_path / "la.tif", data)
+    with pytest.raises(ImageError, match=r"la.tif holds an array of shape \(30, 40, 2\) stored as 30 pages of "
+                                         r"2×40 pixels"):
+        images.load_image(tmp_path / "la.tif")
+    stack = np.random.default_rng(1).integers(0, 256, (10, 30, 40), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    assert np.array_equal(images.load_image(tmp_path / "stack.tif")[:, :, 0], stack[0])
+
+
+def test_a_tiff_past_pillows_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """tifffile has no limit against decompression bombs: a float RGB TIFF (which Pillow does not open, so its
+    limit was never applied) of any claimed size was allocated. Pillow's limit (lowered here to keep the file
+    small) now applies to TIFFs that tifffile reads."""
+    import tifffile
+    from PIL import Image as PILImage
+
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((100, 100, 3), np.float32), photometric="rgb")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match=r"big.tif is 100×100 pixels, more than 2000 \(Pillow's limit"):
+        images.load_image(tmp_path / "big.tif")
+
+
+def test_nan_samples_are_named_as_such(tmp_path):
+    """A float TIFF holding NaN was refused as 'samples from nan to nan, not in 0..1'."""
+    data = np.full((6, 5), 0.5, np.float32)
+    data[2, 3] = np.nan
+    iio.imwrite(tmp_path / "nan.tif", data)
+    with pytest.raises(ImageError, match=r"nan.tif holds 1 NaN or infinite samples"):
+        images.load_image(tmp_path / "nan.tif")
+
+
+def test_a_png_named_as_another_format_is_read_by_its_content(tmp_path):
+    """A PNG named .img (the extension of Analyze volumes): imageio's ITK plugin was chosen by the name and
+    failed with 'itk could not be found. Please try python -m pip install itk …'; a JPEG named .png was read."""
+    rgb = random_rgb(8, 6, seed=7)
+    Image.fromarray(rgb).save(tmp_path / "photo.img", format="PNG")
+    assert np.array_equal(images.load_image(tmp_path / "photo.img"), rgb)
+    Image.fromarray(rgb).save(tmp_path / "photo.png", format="JPEG", quality=95)
+    assert np.array_equal(images.load_image(tmp_path / "photo.png"), np.asarray(Image.open(tmp_path / "photo.png")))

@@ -128,10 +128,11 @@ def test_an_rgba_file_is_recorded_with_its_four_channels_and_computed_on_rgb(tmp
     iio.imwrite(tmp_path / "rgb.png", composite)
     x, rec = load_input(tmp_path / "rgba.png", DIGITS, (32, 32))
     x_rgb, rec_rgb = load_input(tmp_path / "rgb.png", DIGITS, (32, 32))
-    assert rec["source_channels"] == 4 and rec_rgb["source_channels"] == 3
+    assert (rec["source_channels"], rec["source_colour"]) == (4, "RGBA")
+    assert (rec_rgb["source_channels"], rec_rgb["source_colour"]) == (3, "RGB")
     assert float((x - x_rgb).abs().max()) <= 1 / 255 + 1e-6
-    assert {k: v for k, v in rec.items() if k != "source_channels"} == {
-        k: v for k, v in rec_rgb.items() if k != "source_channels"}
+    source = ("source_channels", "source_colour")
+    assert {k: v for k, v in rec.items() if k not in source} == {k: v for k, v in rec_rgb.items() if k not in source}
     assert load_input(tmp_path / "rgba.png", spec("vgg11"), (8, 8))[1]["source_channels"] == 4
     res = CliRunner().invoke(main, ["run", "--model", "digits-vgg", "--image", str(tmp_path / "rgba.png"),
                                     "--top", "1"])
@@ -143,8 +144,8 @@ def test_photo_method_is_torchvisions_resize_and_centre_crop():
     img = np.zeros((40, 60, 3), np.uint8)
     img[:, :30] = (255, 0, 0)
     x, rec = P.classifier_input(img, spec("vgg11"), (16, 16), P.PHOTO_CROP_RATIO)
-    assert rec == {"method": "photo", "source_size": [40, 60], "source_channels": 3, "input_size": [16, 16],
-                   "resized": [18, 27], "crop": [1, 5]}
+    assert rec == {"method": "photo", "source_size": [40, 60], "source_channels": 3, "source_colour": "RGB",
+                   "input_size": [16, 16], "resized": [18, 27], "crop": [1, 5]}
     assert x.shape == (1, 3, 16, 16) and float(x[0, 0, 8, 0]) == pytest.approx(1) and float(x[0, 0, 8, -1]) == 0
     assert P.input_size("vgg11", spec("vgg11")) == ((224, 224), P.PHOTO_CROP_RATIO)
     assert P.input_size("digits-vgg", DIGITS) == ((32, 32), 1.0)
@@ -188,3 +189,59 @@ def test_run_reads_a_large_dark_on_white_digit_and_says_how(tmp_path, test_digit
     assert res.exit_code == 0, res.output
     assert "inverted" in res.stderr and "fitted to 32×32" in res.stderr
     assert int(res.stdout.split()[1]) == int(y[3])
+
+
+def test_a_cmyk_file_is_recorded_as_cmyk_with_its_conversion(tmp_path, test_digits):
+    """A CMYK TIFF (as print workflows save): computed on its RGB conversion, as viewers show it, and recorded as
+    what it is, 4 channels of CMYK converted to RGB (it was recorded as 3, RGB), in results.json's record and in
+    `linterp run`'s line."""
+    from PIL import Image
+
+    x8, _ = test_digits
+    rgb = np.repeat(255 - _uint8(render.upsample(x8[:1], 32, "bilinear"))[:, :, None], 3, axis=2)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.tif")  # lossless: C = 255 − R, K = 0
+    iio.imwrite(tmp_path / "rgb.png", rgb)
+    x, rec = load_input(tmp_path / "cmyk.tif", DIGITS, (32, 32))
+    x_rgb, _ = load_input(tmp_path / "rgb.png", DIGITS, (32, 32))
+    assert torch.equal(x, x_rgb)
+    assert (rec["source_channels"], rec["source_colour"]) == (4, "CMYK converted to RGB")
+    res = CliRunner().invoke(main, ["run", "--model", "digits-vgg", "--image", str(tmp_path / "cmyk.tif"),
+                                    "--top", "1"])
+    assert res.exit_code == 0, res.output
+    assert "input 32×32 CMYK converted to RGB -> grey" in res.stderr
+
+
+ANY_SIZE_CLASSIFIER = """
+from torch import nn
+
+def make():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 5))
+"""
+
+
+def test_run_records_the_channels_of_the_file_for_your_own_classifier(tmp_path):
+    """`linterp run --model FILE.py:FACTORY` on an RGBA file says RGBA (it said RGB: the user path read the file
+    through sources.read_image, which gives no channel count, so the record fell back to the pixels' 3), and a
+    classifier of your own gets the alpha composited as `linterp classify` and registry classifiers have it (it
+    got the alpha dropped): the same scores as an RGB file of the composited pixels."""
+    from pipeline import images
+
+    (tmp_path / "net.py").write_text(ANY_SIZE_CLASSIFIER)
+    rgba = np.dstack([np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8),
+                      np.full((24, 24), 128, np.uint8)])
+    iio.imwrite(tmp_path / "rgba.png", rgba)
+    composited = images.load_image_file(tmp_path / "rgba.png", composite_alpha=True)[0]
+    assert not np.array_equal(composited, rgba[:, :, :3])
+    iio.imwrite(tmp_path / "rgb.png", composited)
+    iio.imwrite(tmp_path / "dropped.png", rgba[:, :, :3])
+    lines = {}
+    for name in ("rgba.png", "rgb.png", "dropped.png"):
+        res = CliRunner().invoke(main, ["run", "--model", f"{tmp_path / 'net.py'}:make", "--image",
+                                        str(tmp_path / name), "--size", "16", "--top", "5"])
+        assert res.exit_code == 0, res.output
+        lines[name] = res.stderr, res.stdout
+    assert "input 24×24 RGBA -> resized to 16×16, centre 16×16" in lines["rgba.png"][0]
+    assert "input 24×24 RGB -> resized" in lines["rgb.png"][0]
+    assert lines["rgba.png"][1] == lines["rgb.png"][1]  # the composited pixels, the same scores
+    assert lines["rgba.png"][1] != lines["dropped.png"][1]

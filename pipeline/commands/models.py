@@ -89,12 +89,12 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
     from pipeline.commands.errors import click_error, one_line, writable_file
     from pipeline.models import build, class_names, spec
     from pipeline.models.user import ProbeError, UserModelError, is_user_spec, parse_args
-    from pipeline.sources import read_image, user_model
+    from pipeline.sources import user_model
 
     user = is_user_spec(name)
     try:
         if user:  # your own model: probed on the image (at --size: a blank of its colours) for its task and colour
-            img = read_image(image_path, crop_text)[0]
+            img, channels, colour = _read_image(image_path, crop_text, composite_alpha=False)
             probe = img if size is None else np.zeros((size, size, img.shape[2]), np.uint8)
             try:
                 built = user_model(name, weights, trust_pickle, probe, parse_args(model_args), input_range)
@@ -117,17 +117,14 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
                 raise click.UsageError(f"--out {out_path} is the input image: choose another name")
             _check_image_writer(out_path)
             writable_file(out_path)
-        if not user:
-            img, channels = ((images.default_image()[1], None) if image_path is None
-                             else images.load_image_file(image_path, classifier))
-            if crop_text is not None:
-                img = images.crop(img, images.parse_crop(crop_text))
+        if not user or classifier:  # a classifier's alpha is composited, as `linterp classify` does it
+            img, channels, colour = _read_image(image_path, crop_text, composite_alpha=classifier)
         if size is not None and not classifier:
             raise click.UsageError(f"--size is for classifiers; {name} takes the image at its own size (--crop)")
         if classifier:
             in_size, ratio = preprocess.input_size(model_spec.name, model_spec, size)
             x0, record = preprocess.classifier_input(img, model_spec, in_size, ratio, polarity=polarity,
-                                                     source_channels=None if user else channels)
+                                                     source_channels=channels, source_colour=colour)
             click.echo(preprocess.describe(record), err=True)
         else:
             x0 = images.to_input(img, model_spec)
@@ -156,6 +153,18 @@ def run(name, weights, trust_pickle, image_path, crop_text, model_args, input_ra
     except (OSError, ValueError) as err:
         raise click.ClickException(f"--out {out_path}: cannot write the image ({one_line(err)})") from None
     click.echo(f"wrote {out_path} ({out.shape[1]}×{out.shape[0]})")
+
+
+def _read_image(image_path, crop_text, composite_alpha: bool):
+    """(uint8 (H, W, C) pixels, the file's samples per pixel, its colour) of ``--image`` (``images.load_image_file``;
+    None, None for the built-in image), cropped by ``--crop``. The alpha of a file is dropped, or composited
+    (``composite_alpha``) for classifiers, as ``linterp classify`` does it; your own model is probed on the pixels
+    with it dropped, as ``sources.read_image`` gives them to every other command, before its task is known."""
+    from pipeline import images
+
+    img, channels, colour = ((images.default_image()[1], None, None) if image_path is None
+                             else images.load_image_file(image_path, composite_alpha))
+    return (img if crop_text is None else images.crop(img, images.parse_crop(crop_text))), channels, colour
 
 
 def _apply(model, x0, name: str):
