@@ -54,8 +54,8 @@ def model_and_image_options(command):
     options = [
         click.option("--model", "name", required=True, help=MODEL_HELP),
         click.option("--weights", default=None,
-                     help="Weight file (a state dict), or 'random'; default: the model's default weights "
-                          "(your own model: the parameters its FACTORY gives it)."),
+                     help="Weight file (a state dict: .pt / .pth / .ckpt / .safetensors), or 'random'; default: the "
+                          "model's default weights (your own model: the parameters its FACTORY gives it)."),
         click.option("--trust-pickle", is_flag=True, help="Allow weight files that hold pickled Python objects."),
         click.option("--image", "image_path", type=click.Path(dir_okay=False), default=None,
                      help="Input image (PNG, JPEG, …); default: the built-in astronaut face."),
