@@ -3,6 +3,7 @@ contributions sum to r (and equal the paper's Q_i b̂_i), hand-checked rules, wi
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -551,6 +552,187 @@ def test_dropout_modules_are_refused_in_training_mode_and_the_identity_in_eval(d
         with torch.no_grad():
             assert (li.forward(x0) + li.residual - without(x0)).abs().max() <= 1e-14
     assert all(m.training for m in net.modules())
+
+
+class _Around(nn.Module):
+    """conv -> `op(self, h)` -> conv: an operation between two layers; `layer`, if any, is a submodule for `op`."""
+
+    def __init__(self, op, layer: nn.Module | None = None):
+        super().__init__()
+        self.conv, self.out, self.op, self.layer = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1), op, layer
+
+    def forward(self, x):
+        return self.out(self.op(self, self.conv(x)))
+
+
+def _same_layers(net: _Around, op) -> _Around:
+    """`op` between the two convolutions of `net` (the same modules)."""
+    other = _Around(op)
+    other.conv, other.out = net.conv, net.out
+    return other
+
+
+#: RReLU in every form, slopes from `m.layer` (an nn.RReLU): the call, what the refusal names, why it samples
+RRELUS = {
+    "nn.RReLU": (lambda m, h: m.layer(h), "module RReLU at 'layer'", "the module is in training mode"),
+    "F.rrelu": (lambda m, h: nn.functional.rrelu(h, m.layer.lower, m.layer.upper, m.training),
+                "function torch.nn.functional.rrelu at 'rrelu'", "training=True"),
+    "F.rrelu-inplace": (lambda m, h: nn.functional.rrelu(h, m.layer.lower, m.layer.upper, m.training, inplace=True),
+                        "function torch.nn.functional.rrelu at 'rrelu'", "training=True"),
+    "torch.rrelu": (lambda m, h: torch.rrelu(h, m.layer.lower, m.layer.upper, m.training),
+                    "function torch.rrelu at 'rrelu'", "training=True"),
+    "F.rrelu_": (lambda m, h: nn.functional.rrelu_(h, m.layer.lower, m.layer.upper, training=m.training),
+                 "function torch.rrelu_ at 'rrelu_'", "training=True"),
+}
+
+
+@pytest.mark.parametrize("form", RRELUS, ids=list(RRELUS))
+def test_rrelu_is_refused_in_training_and_a_leaky_relu_of_the_mean_slope_in_eval(form):
+    """RReLU in training mode draws the slope of each negative value at random in [lower, upper]: refused in one line
+    naming the layer, as dropout is. In eval mode it is a leaky ReLU of slope (lower + upper) / 2, and so it is in
+    training with lower = upper: F is that net's Jacobian and F x0 + r = f(x0)."""
+    op, names, why = RRELUS[form]
+    torch.manual_seed(0)
+    net = _Around(op, nn.RReLU(0.1, 0.3)).double().train()
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64) - 0.5
+    with torch.no_grad():
+        assert (net.conv(x0) < 0).any() and (net.conv(x0) > 0).any()  # the slope matters
+    with pytest.raises(UnsupportedOperation, match=rf"^{re.escape(names)}: it draws random negative slopes "
+                                                   rf"\({why}\): ") as err:
+        interpret(net, x0, eval_mode=False)
+    assert "\n" not in str(err.value)
+    leaky = _same_layers(net, lambda m, h: nn.functional.leaky_relu(h, 0.2))
+    jacobian = torch.func.jacrev(leaky)(x0).reshape(-1, x0.numel())
+    fixed = _Around(op, nn.RReLU(0.2, 0.2)).train()
+    fixed.conv, fixed.out = net.conv, net.out
+    for li in (interpret(net, x0), interpret(fixed, x0, eval_mode=False)):
+        assert li.jacobian_exact
+        assert (dense(li, x0) - jacobian).abs().max() <= 1e-14
+        with torch.no_grad():
+            assert (li.forward(x0) + li.residual - leaky(x0)).abs().max() <= 1e-14
+    assert all(m.training for m in net.modules())
+
+
+#: dropout functions: the call (input, p, training), the qualified name the refusal gives, the name of its flag
+DROPOUT_FUNCTIONS = {
+    **{f"F.{n}": (getattr(nn.functional, n), f"torch.nn.functional.{n}", "training")
+       for n in ("dropout", "dropout2d", "alpha_dropout", "feature_alpha_dropout")},
+    **{f"torch.{n}": (getattr(torch, n), f"torch.{n}", "train")
+       for n in ("dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout", "alpha_dropout_",
+                 "feature_alpha_dropout", "feature_alpha_dropout_")},
+}
+
+
+@pytest.mark.parametrize("name", DROPOUT_FUNCTIONS, ids=list(DROPOUT_FUNCTIONS))
+def test_dropout_functions_are_refused_when_training_and_the_identity_otherwise(name):
+    """Functional dropout of every kind (torch.nn.functional's and torch's own, in place or not) called to drop
+    values at random is refused in one line naming the function and its flag; called with the flag off, or p = 0, it
+    is the identity: F is the Jacobian of the net without it and F x0 + r = f(x0)."""
+    fn, qualname, flag = DROPOUT_FUNCTIONS[name]
+    torch.manual_seed(0)
+    net = _Around(lambda m, h: fn(h, 0.5, m.training)).double().train()
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64) - 0.5
+    node = qualname.rsplit(".", 1)[1]
+    with pytest.raises(UnsupportedOperation, match=rf"^function {re.escape(qualname)} at '{node}': it drops values at "
+                                                   rf"random \({flag}=True\): pass {flag}=self.training") as err:
+        interpret(net, x0, eval_mode=False)
+    assert "\n" not in str(err.value)
+    without = _same_layers(net, lambda m, h: h)
+    jacobian = torch.func.jacrev(without)(x0).reshape(-1, x0.numel())
+    kept = _same_layers(net, lambda m, h: fn(h, 0.0, m.training)).train()
+    for li in (interpret(net, x0), interpret(kept, x0, eval_mode=False)):
+        assert (dense(li, x0) - jacobian).abs().max() <= 1e-14
+        with torch.no_grad():
+            assert (li.forward(x0) + li.residual - without(x0)).abs().max() <= 1e-14
+
+
+#: random values drawn in forward: of a fixed shape (static), of the input's shape (computed from shapes) or from
+#: the input's values; each with what the refusal names
+RANDOM_CALLS = {
+    "torch.rand": (lambda h: h + torch.rand(1, 4, 4, 4, dtype=torch.float64), "function torch.rand at 'rand'"),
+    "torch.randn": (lambda h: h + torch.randn(h.shape, dtype=h.dtype), "function torch.randn at 'randn'"),
+    "torch.randint": (lambda h: h * torch.randint(0, 2, h.shape), "function torch.randint at 'randint'"),
+    "torch.randperm": (lambda h: h[:, torch.randperm(h.shape[1])], "function torch.randperm at 'randperm'"),
+    "torch.rand_like": (lambda h: h + torch.rand_like(h), "function torch.rand_like at 'rand_like'"),
+    "torch.randn_like": (lambda h: h + torch.randn_like(h), "function torch.randn_like at 'randn_like'"),
+    "torch.randint_like": (lambda h: h * torch.randint_like(h, 2), "function torch.randint_like at 'randint_like'"),
+    "torch.bernoulli": (lambda h: h * torch.bernoulli(h.sigmoid()), "function torch.bernoulli at 'bernoulli'"),
+    "torch.normal": (lambda h: torch.normal(h, 1.0), "function torch.normal at 'normal'"),
+    "torch.normal-size": (lambda h: h + torch.normal(0.0, 1.0, size=(1, 4, 4, 4), dtype=torch.float64),
+                          "function torch.normal at 'normal'"),
+    "torch.poisson": (lambda h: h + torch.poisson(h.abs()), "function torch.poisson at 'poisson'"),
+    "torch.binomial": (lambda h: h * torch.binomial(torch.full((1, 4, 4, 4), 3.0, dtype=torch.float64),
+                                                    torch.full((1, 4, 4, 4), 0.5, dtype=torch.float64)),
+                       "function torch.binomial at 'binomial'"),
+    "torch.multinomial": (lambda h: h.flatten(2)[:, :, torch.multinomial(h.abs().mean(1).flatten(1) + 1e-3, 16,
+                                                                         replacement=True)[0]].unflatten(2, (4, 4)),
+                          "function torch.multinomial at 'multinomial'"),
+    "F.gumbel_softmax": (lambda h: nn.functional.gumbel_softmax(h, dim=1),
+                         "function torch.nn.functional.gumbel_softmax at 'gumbel_softmax'"),
+    "Tensor.bernoulli": (lambda h: h * h.sigmoid().bernoulli(), "tensor method .bernoulli() at 'bernoulli'"),
+    "Tensor.multinomial": (lambda h: h.flatten(2)[:, :, (h.abs().mean(1).flatten(1) + 1e-3).multinomial(16, True)[0]]
+                           .unflatten(2, (4, 4)), "tensor method .multinomial() at 'multinomial'"),
+    **{f"Tensor.{n}": (lambda h, n=n, a=a: h + getattr(torch.zeros(h.shape, dtype=h.dtype), n)(*a),
+                       f"tensor method .{n}() at '{n}'")
+       for n, a in [("normal_", ()), ("uniform_", ()), ("bernoulli_", (0.5,)), ("exponential_", ()), ("cauchy_", ()),
+                    ("log_normal_", ()), ("geometric_", (0.5,)), ("random_", (3,))]},
+    "Tensor.normal_-like": (lambda h: h + torch.zeros_like(h).normal_(), "tensor method .normal_() at 'normal_'"),
+    "Tensor.normal_-constant": (lambda h: h + torch.zeros(1, 4, 4, 4, dtype=torch.float64).normal_(),
+                                "tensor method .normal_() at 'normal_'"),
+}
+
+
+@pytest.mark.parametrize("name", RANDOM_CALLS, ids=list(RANDOM_CALLS))
+def test_random_values_drawn_in_forward_are_refused_naming_the_call(name):
+    """A model that draws random values when called (noise, a random mask, permutation or sample) is another network
+    at every call: refused in one line naming the call, in eval mode and in training mode alike (where no second
+    call checks the model's output against its graph), whether the values depend on the input or not."""
+    op, names = RANDOM_CALLS[name]
+    torch.manual_seed(0)
+    net = _Around(lambda m, h: op(h)).double()
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    for eval_mode in (True, False):
+        with pytest.raises(UnsupportedOperation, match=rf"^{re.escape(names)}: it draws random values at every call"
+                                                       r".*leave the call out in eval mode") as err:
+            interpret(net.train(), x0, eval_mode=eval_mode)
+        assert "\n" not in str(err.value)
+
+
+def test_dropout_of_a_weight_is_refused_in_training_and_the_identity_in_eval():
+    """Dropout of a layer's weight (DropConnect) depends on no input, yet samples at every call: refused in training
+    mode as dropout of features is; in eval mode the weight is itself, F x0 + r = f(x0) and F is the Jacobian."""
+    class DropConnect(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return nn.functional.conv2d(x, nn.functional.dropout(self.conv.weight, 0.5, self.training), self.conv.bias)
+
+    torch.manual_seed(0)
+    net, x0 = DropConnect().double().train(), torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    with pytest.raises(UnsupportedOperation, match=r"^function torch.nn.functional.dropout at 'dropout': it drops "
+                                                   r"values at random \(training=True\)"):
+        interpret(net, x0, eval_mode=False)
+    li = interpret(net, x0)
+    assert (dense(li, x0) - torch.func.jacrev(net.conv)(x0).reshape(-1, x0.numel())).abs().max() <= 1e-14
+    with torch.no_grad():
+        assert (li.forward(x0) + li.residual - net.conv(x0)).abs().max() <= 1e-14
+
+
+def test_noise_left_out_in_eval_mode_is_interpreted_exactly():
+    """The refusal's advice works: noise drawn only in training (if self.training) is refused in training mode and
+    absent in eval mode, where F is the Jacobian of the net without it and F x0 + r = f(x0)."""
+    torch.manual_seed(0)
+    net = _Around(lambda m, h: h + torch.randn_like(h) if m.training else h).double().train()
+    x0 = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    with pytest.raises(UnsupportedOperation, match=r"^function torch.randn_like at 'randn_like': it draws random"):
+        interpret(net, x0, eval_mode=False)
+    without = _same_layers(net, lambda m, h: h)
+    li = interpret(net, x0)
+    assert (dense(li, x0) - torch.func.jacrev(without)(x0).reshape(-1, x0.numel())).abs().max() <= 1e-14
+    with torch.no_grad():
+        assert (li.forward(x0) + li.residual - without(x0)).abs().max() <= 1e-14
 
 
 def _functional_batch_norm_net():

@@ -2,7 +2,8 @@
 
 A module whose type has a rule (and whose `forward` is that type's own, e.g. EDSR's MeanShift, a Conv2d
 subclass) stays a leaf of the graph; every other user module is traced into, so functional calls
-(`F.relu`, `torch.cat`, in-place `+=`) appear as graph nodes just like module calls.
+(`F.relu`, `torch.cat`, in-place `+=`) appear as graph nodes just like module calls. Calls that may draw random
+numbers are graph nodes even when made on constants (`_RandomCalls`).
 """
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from torch.fx.node import map_aggregate
 from .errors import UnsupportedOperation
 
 
-def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.GraphModule:
-    """Symbolically trace `model`; modules for which `is_leaf(m)` holds are kept as single calls."""
+def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool], is_random: Callable[[str, Any], bool]
+          ) -> fx.GraphModule:
+    """Symbolically trace `model`; modules for which `is_leaf(m)` holds are kept as single calls, and calls for
+    which `is_random(op, target)` holds (op "call_function" with the function, or "call_method" with the tensor
+    method's name) are graph nodes even when made on constants (see `_RandomCalls`)."""
 
     class Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
@@ -26,8 +30,10 @@ def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.GraphMod
 
     if is_leaf(model):  # a single layer: trace a container around it, so it stays one call
         model = nn.Sequential(model)
+    tracer = Tracer()
     try:
-        graph = Tracer().trace(model)
+        with _RandomCalls(tracer, is_random):
+            graph = tracer.trace(model)
     except Exception as err:  # fx raises many kinds of errors on untraceable Python control flow
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsupportedOperation(
@@ -35,6 +41,27 @@ def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool]) -> fx.GraphMod
     _fields_by_position(graph)
     _follow_in_place(graph, model)
     return fx.GraphModule(model, graph)
+
+
+class _RandomCalls(torch.overrides.TorchFunctionMode):
+    """While tracing: a call that `is_random(op, target)` marks, made on constants only (``torch.randn(1, 3, 8,
+    8)``, ``torch.zeros(4).normal_()``, ``F.dropout`` of a constant tensor), becomes a node of the graph, as calls
+    on traced values do. torch.fx would run it once, while tracing, and keep that one sample as a constant of the
+    graph, where the model draws a new one at every call. Every other call goes on as it would."""
+
+    def __init__(self, tracer: fx.Tracer, is_random: Callable[[str, Any], bool]):
+        super().__init__()
+        self.tracer, self.is_random = tracer, is_random
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        traced: list = []
+        map_aggregate((args, kwargs), lambda a: traced.append(a) if isinstance(a, fx.Proxy) else a)
+        name = getattr(func, "__name__", "")
+        op, target = ("call_method", name) if getattr(torch.Tensor, name, None) is func else ("call_function", func)
+        if traced or not self.is_random(op, target):
+            return func(*args, **kwargs)
+        return self.tracer.create_proxy(op, target, args, kwargs)
 
 
 #: the fields of torch's (values, indices) results (torch.max / torch.min along a dim, sort, topk, ...)

@@ -104,11 +104,13 @@ def _out_of_place(node: fx.Node, target):
     return target
 
 
-def _rule_for(node: fx.Node, target) -> rules.Rule | None:
-    if node.op == "call_module":
+def _rule_for(op: str, target) -> rules.Rule | None:
+    """The rule of a call, by its fx `op`: of the module (call_module), the tensor method's name (call_method) or
+    the function (call_function) `target`; None if it has none."""
+    if op == "call_module":
         return rules.module_rule(target)
-    if node.op == "call_method":
-        return rules.METHOD_RULES.get(str(node.target))
+    if op == "call_method":
+        return rules.METHOD_RULES.get(str(target))
     try:
         return rules.FUNCTION_RULES.get(target)
     except TypeError:  # unhashable target
@@ -160,17 +162,19 @@ class LinearInterpreter:
             if node.op == "call_method":
                 target = getattr(torch.Tensor, str(node.target))
             args, kwargs = self._pass_args(node, env, self.static)
-            linear_inputs = Bound(target, args, kwargs, env).nodes()
+            rule = _rule_for(node.op, node.target if node.op == "call_method" else target)
+            b = Bound(target, args, kwargs, env)
+            if rule is not None and (why := rule.refuse(b)):  # random: static, from shapes or from x alike
+                raise UnsupportedOperation(f"{describe(node, target)} at '{where(node)}': {why}")
+            linear_inputs = b.nodes()
             dependent = linear_inputs or self._depends_on_meta(node)
             if not linear_inputs:
-                value = Bound(target, args, kwargs, env)()
+                value = b()
                 self.kind[node] = "meta" if dependent else "static"
                 (env if dependent else self.static)[node] = value
                 if not dependent and any(n in self.frozen for n in node.all_input_nodes):
                     self.frozen.add(node)
                 continue
-            rule = _rule_for(node, target)
-            b = Bound(target, args, kwargs, env)
             if node.meta.get("in_place"):
                 self._check_shared_memory(node, target, env, live)
             if rule is None:
@@ -591,6 +595,12 @@ def _is_leaf(m: nn.Module) -> bool:
     return rules.module_rule(m) is not None
 
 
+def _is_random(op: str, target) -> bool:
+    """Whether calls of `target` may draw random numbers (`rules.Rule.random`): `op` and `target` as `_rule_for`'s."""
+    rule = _rule_for(op, target)
+    return rule is not None and rule.random
+
+
 def _input_channels(gm: fx.GraphModule) -> int | None:
     """The input channels that a convolution reading the model's input itself expects, from its weight (a lazy
     one loaded from a state dict keeps in_channels 0); None when none does (the input goes first through a
@@ -667,7 +677,7 @@ def _traced(model: nn.Module) -> fx.GraphModule:
     cache = _TRACED.setdefault(model, {})
     if modes not in cache:
         cache.clear()
-        cache[modes] = trace(model, _is_leaf)
+        cache[modes] = trace(model, _is_leaf, _is_random)
     return cache[modes]
 
 

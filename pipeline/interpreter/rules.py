@@ -11,6 +11,8 @@ A rule says, for one operation kind, how to
 - `approximation(s)` say whether the interpreter is the operation's Jacobian at x0 (None) or an
   approximation, and of which kind: "secant" (a smooth unit), "frozen-statistics" (a normalisation's
   statistics frozen at x0) or "frozen-factor" (a product of two input-dependent factors, one frozen).
+- `refuse(b)` say why a call cannot be interpreted at all (None when it can): an operation that samples at
+  random (`Random`; `EvalOnly` in training), whose sample at x0 is not the model's at its next call.
 
 `bias` is the constant the operation adds at x0 (a conv bias, a norm shift, a unit's offset c, a
 constant added to a feature map), as a tensor that broadcasts against the output; the engine
@@ -116,6 +118,9 @@ class Rule:
     """Base rule: a purely linear operation (reshapes, pooling by averages, padding, interpolation...)."""
 
     kind = "linear"
+    #: whether calls of the operation may draw random numbers (`refuse` says which do); such calls are graph nodes
+    #: even when made on constants (see `graph.trace`)
+    random = False
     #: whether `support` opens the static tensor arguments of the operation (masks, gates, offsets), so that
     #: values frozen at x0 there do not restrict where perturbations reach (see `window.py`)
     opens_static = False
@@ -142,12 +147,18 @@ class Rule:
         """None: the rule is the operation's Jacobian at x0 (linear and piecewise-linear operations)."""
         return None
 
+    def refuse(self, b: Bound) -> str | None:
+        """Why this call cannot be interpreted at all (it samples at random: `Random`, `EvalOnly`), or None. Asked of
+        every call of the operation, whether its inputs depend on x or not (then the call is static or computed
+        from shapes, and no other method of the rule runs)."""
+        return None
+
     def crop(self, state, crop: Callable):
         return state
 
 
 class Identity(Rule):
-    """The identity (nn.Identity; dropout in eval mode: `EvalOnly`, `EvalOnlyModule`)."""
+    """The identity (nn.Identity; dropout and stochastic depth in eval mode: `EvalOnly`)."""
 
     kind = "identity"
 
@@ -161,28 +172,17 @@ class Identity(Rule):
         return {b.nodes()[0]: cot}
 
 
-class EvalOnly(Identity):
-    """A unit that is random in training (functional dropout, torchvision's stochastic depth) and the identity
-    when called with ``training=False`` or ``p=0``; a call that would drop values at random is refused."""
+class Random(Rule):
+    """An operation that draws random numbers (torch.rand, randn_like, randint, randperm, bernoulli, normal,
+    multinomial, poisson, F.gumbel_softmax, Tensor.normal_, uniform_, bernoulli_, ...): the model draws others at
+    every call, so that no interpreter frozen at x0 is the model's. Refused wherever it is called (`refuse`), on
+    values that depend on the input or not (noise of a fixed shape, a random permutation of channels)."""
 
-    def record(self, b):
-        bound = inspect.signature(b.fn).bind(*b.args, **b.kwargs)
-        bound.apply_defaults()
-        if bound.arguments.get("training") and bound.arguments.get("p"):
-            raise UnsupportedOperation("it drops values at random (training=True): pass training=self.training "
-                                       "and put the model in eval mode")
-        return super().record(b)
+    random = True
 
-
-class EvalOnlyModule(Identity):
-    """A dropout module (nn.Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout): the identity in eval
-    mode or with ``p=0``; in training mode it drops values at random, and is refused as `EvalOnly` is."""
-
-    def record(self, b):
-        if b.fn.training and b.fn.p:
-            raise UnsupportedOperation("it drops values at random (the module is in training mode): interpret the "
-                                       "model in eval mode (eval_mode=True, the default, or model.eval())")
-        return super().record(b)
+    def refuse(self, b):
+        return ("it draws random values at every call, which a network frozen at x0 cannot follow: draw them once "
+                "(a buffer, or an argument of forward) or leave the call out in eval mode (if self.training: ...)")
 
 
 class Constant(Rule):
@@ -710,6 +710,55 @@ def _extremum(along: Rule, pair: Rule, whole: Rule) -> Overloads:
     return Overloads(form)
 
 
+class EvalOnly(Overloads):
+    """An operation that is random in training and `rule` otherwise: dropout of every kind and stochastic depth (the
+    identity), RReLU (a leaky ReLU of slope (lower + upper) / 2: `TANGENT`, exact). A call that samples (a module in
+    training mode, or a function called with ``flag=True``) and whose arguments are `active` (p ≠ 0; lower ≠ upper)
+    is refused, saying what it `does` at random (`refuse`); every other call is `rule`'s.
+
+    A module's arguments are its attributes (training, p, lower, upper); a function's are bound to `signature` (the
+    documented argument list, for builtins that carry none; default: the function's own)."""
+
+    random = True
+
+    def __init__(self, rule: Rule, does: str, active: Callable[[dict], bool], flag: str = "training",
+                 signature: Callable | None = None):
+        super().__init__(lambda b: rule)
+        self.kind, self.opens_static = rule.kind, rule.opens_static
+        self.does, self.active, self.flag, self.signature = does, active, flag, signature
+
+    def refuse(self, b):
+        if isinstance(b.fn, nn.Module):
+            if b.fn.training and self.active(vars(b.fn)):
+                return (f"it {self.does} (the module is in training mode): interpret the model in eval mode "
+                        f"(eval_mode=True, the default, or model.eval())")
+            return None
+        bound = inspect.signature(self.signature or b.fn).bind(*map_values(b, b.args), **map_values(b, b.kwargs))
+        bound.apply_defaults()
+        if bound.arguments[self.flag] and self.active(bound.arguments):
+            return f"it {self.does} ({self.flag}=True): pass {self.flag}=self.training and put the model in eval mode"
+        return None
+
+
+def _drops(arguments: dict) -> bool:
+    """Whether a dropout's arguments drop anything (p ≠ 0)."""
+    return bool(arguments["p"])
+
+
+def _random_slopes(arguments: dict) -> bool:
+    """Whether an RReLU's arguments draw its negative slopes from an interval (lower ≠ upper), not one value."""
+    return arguments["lower"] != arguments["upper"]
+
+
+def _torch_dropout_signature(input, p, train):
+    """The documented argument list of torch.dropout, feature_dropout, alpha_dropout, feature_alpha_dropout and
+    their in-place forms (builtins carry no signature)."""
+
+
+def _rrelu_signature(input, lower=1.0 / 8, upper=1.0 / 3, training=False, generator=None):
+    """The documented argument list of torch.rrelu and torch.rrelu_ (= F.rrelu_)."""
+
+
 def _module_pool_indices(b):
     m: nn.Module = b.fn
     nd = len(b.input().shape) - 2
@@ -1006,7 +1055,7 @@ UNSHUFFLE = Shuffle(F.pixel_shuffle, _shuffle_factor)
 
 LINEAR = Rule()
 IDENTITY = Identity()
-DROPOUT = EvalOnlyModule()
+RANDOM = Random()
 OFFSET = Offset()
 PRODUCT = Product()
 DIVISION = Product(denominator=True)
@@ -1018,6 +1067,8 @@ AMAX = AMax()
 ALONG = MaxAlong()
 MAXIMUM, MINIMUM = Switch(torch.gt), Switch(torch.lt)
 MAX, MIN = _extremum(ALONG, MAXIMUM, AMAX), _extremum(ALONG, MINIMUM, AMAX)
+DROPOUT = EvalOnly(IDENTITY, "drops values at random", _drops)
+RRELU = EvalOnly(TANGENT, "draws random negative slopes", _random_slopes)
 
 UNPOOL = Unpool()
 MODULE_MAX_POOL = MaxPool(_module_pool_indices, returns_indices=lambda b: b.fn.return_indices)
@@ -1030,7 +1081,7 @@ MODULE_RULES: dict[type, Rule] = {
     nn.ReLU: RELU,
     nn.ReLU6: TANGENT, nn.LeakyReLU: TANGENT, nn.PReLU: TANGENT, nn.Hardtanh: TANGENT,
     nn.Hardsigmoid: TANGENT, nn.Threshold: TANGENT, nn.Hardshrink: TANGENT, nn.Softshrink: TANGENT,
-    nn.RReLU: TANGENT,
+    nn.RReLU: RRELU,
     nn.Sigmoid: SECANT, nn.Tanh: SECANT, nn.SiLU: SECANT, nn.GELU: SECANT, nn.ELU: SECANT, nn.SELU: SECANT,
     nn.CELU: SECANT, nn.Softplus: SECANT, nn.Mish: SECANT, nn.Hardswish: SECANT, nn.LogSigmoid: SECANT,
     nn.Softsign: SECANT, nn.Tanhshrink: SECANT,
@@ -1081,7 +1132,10 @@ FUNCTION_RULES: dict[Any, Rule] = {F.pixel_shuffle: SHUFFLE, F.pixel_unshuffle: 
 for _fns, _rule in [
     (_functions("relu relu_") + _functions("relu relu_", torch), RELU),
     (_functions("relu6 leaky_relu leaky_relu_ prelu hardtanh hardtanh_ hardsigmoid threshold threshold_ "
-                "hardshrink softshrink rrelu") + _functions("clamp clip clamp_ clip_ abs prelu", torch), TANGENT),
+                "hardshrink softshrink") + _functions("clamp clip clamp_ clip_ abs prelu", torch), TANGENT),
+    (_functions("rrelu"), RRELU),
+    (_functions("rrelu rrelu_", torch), EvalOnly(TANGENT, "draws random negative slopes", _random_slopes,
+                                                 signature=_rrelu_signature)),
     (_functions("elu elu_ selu celu gelu silu mish softplus hardswish logsigmoid softsign tanhshrink "
                 "sigmoid tanh") + _functions("sigmoid tanh exp square", torch), SECANT),
     (_functions("zeros_like ones_like full_like", torch), Constant()),
@@ -1091,7 +1145,12 @@ for _fns, _rule in [
                 "narrow select roll flip movedim sum mean neg avg_pool1d "
                 "cumsum unflatten", torch) + [operator.getitem, operator.neg], LINEAR),
     (_functions("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
-     + _functions("stochastic_depth", torchvision.ops), EvalOnly()),
+     + _functions("stochastic_depth", torchvision.ops), DROPOUT),
+    (_functions("dropout dropout_ feature_dropout feature_dropout_ alpha_dropout alpha_dropout_ feature_alpha_dropout "
+                "feature_alpha_dropout_", torch),
+     EvalOnly(IDENTITY, "drops values at random", _drops, flag="train", signature=_torch_dropout_signature)),
+    (_functions("rand randn randint randperm rand_like randn_like randint_like bernoulli normal multinomial poisson "
+                "binomial", torch) + _functions("gumbel_softmax"), RANDOM),
     (_functions("cat concat concatenate stack hstack vstack", torch), Offset(positions=(0,), keys=("tensors",))),
     (_functions("add", torch) + [operator.add, operator.iadd], Sum(negate_second=False)),
     (_functions("sub subtract", torch) + [operator.sub, operator.isub], Sum(negate_second=True)),
@@ -1145,6 +1204,7 @@ for _names, _rule in [
     ("clamp clamp_ clip clip_ abs abs_ hardtanh", TANGENT),
     ("sigmoid sigmoid_ tanh tanh_ exp exp_ square square_", SECANT),
     ("new_zeros new_ones new_full", Constant()),
+    ("bernoulli bernoulli_ normal_ uniform_ exponential_ cauchy_ geometric_ log_normal_ random_ multinomial", RANDOM),
     ("amax amin", AMAX),
     ("max", MAX),
     ("min", MIN),
