@@ -19,7 +19,8 @@ from pipeline.cli import main
 from pipeline.export import render
 from pipeline.export.site import with_sum
 from pipeline.export.video import VideoError, encode, story, walk, write_video
-from pipeline.export.video.frames import BACKGROUND, CURSOR, LABEL, LEGEND, MARGIN, SUBTITLE_BAND, Layout, text_mask
+from pipeline.export.video.frames import (BACKGROUND, CURSOR, LABEL, LEGEND, LEGEND_WIDTH, MARGIN, SUBTITLE_BAND, TEXT,
+                                          TITLE_SIZE, Layout, text_mask)
 from pipeline.export.video.subtitles import Cue, check
 from pipeline.store import open_store
 from test_export import linear_upscaler_store
@@ -120,7 +121,7 @@ def test_lossless_frames_equal_the_site_colour_map_of_the_columns_and_rows(pair,
     frames = decoded_frames(out, summary["size"])
     told = story.tell(stores, duration=10.0, fps=FPS)
     assert len(frames) == len(told.views)
-    layout = Layout(stores, ZOOM)
+    layout = Layout.of(stores, ZOOM)
     ph, pw = layout.panel
     checked = {"columns": 0, "rows": 0}
     for i, view in enumerate(told.views):
@@ -159,7 +160,7 @@ def test_eigen_frames_show_the_stored_singular_vectors(tmp_path):
                           progress=False)
     frames = decoded_frames(out, summary["size"])
     told = story.tell([open_store(store.path)], duration=16.0, fps=FPS)
-    layout = Layout([store], ZOOM)
+    layout = Layout.of([store], ZOOM)
     top, left = layout.panels[1]
     ph, pw = layout.panel
     seen = set()
@@ -182,7 +183,7 @@ def test_gif_still_works(pair, tmp_path):
     assert res.exit_code == 0, res.output
     assert ", no subtitles (a GIF holds none: --subtitles FILE.vtt writes them), in " in res.output  # not "N cues"
     frames = iio.imread(out, index=None)
-    layout = Layout(stores, ZOOM)
+    layout = Layout.of(stores, ZOOM)
     assert frames.shape[:3] == (10,) + layout.size
     told = story.tell(stores, duration=2, fps=5)
     i = next(k for k, v in enumerate(told.views) if v.part == "columns")
@@ -243,11 +244,17 @@ def test_residual_share_and_geometry_sentences(tmp_path):
         assert said in text
 
 
-def test_short_cues_keep_their_most_important_sentence():
-    said = [(1, "b" * 30), (0, "a" * 30), (2, "c" * 30)]
-    assert story.fit(said, 1.0, cps=25) == "a" * 30
+def test_short_cues_keep_their_most_important_sentence_and_every_stretch():
+    said = [story.Said(((1, "b" * 30), (0, "a" * 30), (2, "c" * 30)), "the b")]
+    assert story.fit(said, 1.0, cps=25) == "The b. " + "a" * 30  # the lead shortened to its gist, not dropped
     assert story.fit(said, 3.0, cps=25) == "b" * 30 + " " + "a" * 30
     assert story.fit(said, 10.0, cps=25) == " ".join(["b" * 30, "a" * 30, "c" * 30])
+    move = story.Said(((1, "m" * 30),), "on to d", passing=True)
+    d = story.Said(((1, "d" * 30), (3, "e" * 30)), "across d")
+    assert story.fit(said + [move], 3.0, cps=25) == "The b, then on to d. " + "a" * 30  # the move is said
+    assert story.fit(said + [move, d], 3.0, cps=25) == "The b, then across d. " + "a" * 30  # "then": the move
+    assert story.fit([move, d], 3.0, cps=25) == "m" * 30 + " " + "d" * 30
+    assert story.fit([move, d], 1.0, cps=25) == "On to d, then across d."
 
 
 # ---- errors ----------------------------------------------------------------------------------------------------
@@ -451,7 +458,7 @@ def test_legends_of_panels_24_pixels_wide_stay_in_their_own_column_of_the_frame(
     res = CliRunner().invoke(main, ["video", str(a.path), str(b.path), "--out", str(out), "--duration", "4",
                                     "--fps", "5", "--lossless", "--quiet"])
     assert res.exit_code == 0, res.output
-    layout = Layout(stores)
+    layout = Layout.of(stores)
     (top, _), ph, pw = layout.panels[0], *layout.panel
     assert pw == 24  # the case reported
     frames = decoded_frames(out, layout.size)
@@ -481,6 +488,83 @@ def test_legends_of_panels_24_pixels_wide_stay_in_their_own_column_of_the_frame(
                 assert drawn[-1] - drawn[0] >= said[-1] - said[0], (i, j)
                 whole += 1
     assert whole >= 2
+
+
+def ink(region: np.ndarray, colour=TEXT) -> float:
+    """How much text of ``colour`` a region (h, w, 3) of a frame holds: the sum of the coverage each pixel shows
+    between the frame's background (0) and ``colour`` (1), read from the first channel."""
+    bg, fg = float(BACKGROUND[0]), float(colour[0])
+    return float(((region[..., 0].astype(np.float64) - bg) / (fg - bg)).clip(0, 1).sum())
+
+
+def test_a_long_title_over_a_thin_panel_wraps_whole_inside_its_column_and_is_named_in_full_in_the_subtitles(
+        tmp_path):
+    """A panel 24 px wide gets a column (slot) of 160 px, and its title "PixelShuffle (bicubic-x4)" (183 px) was
+    cut at the slot's edge ("PixelShuffle (bicubi"). From the decoded frames of a lossless video: every title stays
+    inside its panel's column, the one that fits in two lines is drawn whole (all the ink of its glyphs), and the
+    first subtitle cue names every panel in full, a title too long for the column's three lines included."""
+    a, _ = linear_upscaler_store(tmp_path / "a.zarr", c=1, h=20, w=1, tile=4)
+    b, _ = linear_upscaler_store(tmp_path / "b.zarr", c=1, mode="bilinear", h=20, w=1, tile=4)
+    stores = [open_store(a.path), open_store(b.path)]
+    names = ["PixelShuffle", "CycleGAN Photo2Label trained on Cityscapes with the recipe of linterp's stand-ins"]
+    out, srt = tmp_path / "thin.mp4", tmp_path / "thin.srt"
+    summary = write_video([a.path, b.path], out, duration=2, fps=5, lossless=True, names=names, subtitles_out=srt,
+                          progress=False)
+    titles = story.panel_titles(stores, names)
+    assert titles[0] == "PixelShuffle (bicubic-x4)" and text_mask(titles[0], TITLE_SIZE).shape[1] > LEGEND_WIDTH
+    layout = Layout.of(stores, None, titles)
+    assert layout.size == summary["size"] and layout.panel[1] == 24 and layout.slot == LEGEND_WIDTH
+    frame = decoded_frames(out, layout.size)[0]  # the outputs: no cursor, no ticks in the title band
+    (top, _), label = layout.panels[0], layout.label
+    band = frame[top - label:top - 2]
+    inside = np.zeros(layout.size[1], bool)
+    for _, left in layout.panels:
+        inside[left:left + layout.slot] = True
+    assert inside[ink_columns(band)].all()  # no title runs into a margin or a neighbour's column
+    left = layout.panels[1][1]
+    whole = text_mask(titles[0], TITLE_SIZE).astype(np.float64).sum() / 255  # the glyphs' ink (spaces have none)
+    assert ink(band[:, left:left + layout.slot]) == pytest.approx(whole, rel=0.01)
+    left = layout.panels[2][1]
+    assert ink(band[:, left:left + layout.slot]) > 0
+    first = " ".join(srt_cues(srt)[0].text.split())
+    assert all(t in first for t in titles), first
+
+
+def test_eight_narrow_stores_wrap_into_rows_of_a_frame_at_most_1280_by_720_with_whole_legends(tmp_path):
+    """With 8 stores of a 20×1 image every panel needs a 160-px column: one row made frames of 1600 px, wider
+    than the 1280 × 720 the default zoom promises (720p, H.264 level 3.1). From the decoded frames of a lossless
+    video: the frame is within 1280 × 720 with even sides, the panels are in rows, each panel shows its store's
+    column exactly, and each legend says which column it shows, whole, inside its own column of the frame."""
+    paths = [linear_upscaler_store(tmp_path / f"s{i}.zarr", c=1, mode=("bicubic", "bilinear")[i % 2], h=20, w=1,
+                                   tile=4, image="thin")[0].path for i in range(8)]
+    stores = [open_store(p) for p in paths]
+    out = tmp_path / "eight.mp4"
+    summary = write_video(paths, out, duration=2, fps=5, lossless=True, progress=False)
+    h, w = summary["size"]
+    video, = [s for s in encode.probe(out)["streams"] if s["type"] == "video"]
+    assert (video["height"], video["width"]) == (h, w) and w <= 1280 and h <= 720 and h % 2 == w % 2 == 0
+    layout = Layout.of(stores)
+    assert layout.size == (h, w) and layout.rows >= 2
+    frames = decoded_frames(out, layout.size)
+    told = story.tell(stores, duration=2, fps=5)
+    ph, pw = layout.panel
+    i = next(k for k, v in enumerate(told.views) if v.part == "columns")
+    frame, view = frames[i], told.views[i]
+    ends = {}  # each panel's column ends a margin before the next panel of its row, or at the frame's edge
+    for (top, left), nxt in zip(layout.panels, layout.panels[1:] + ((None, None),)):
+        ends[top, left] = nxt[1] - MARGIN if nxt[0] == top else layout.size[1]
+    for j, store in enumerate(stores):
+        top, left = layout.panels[j + 1]
+        (y, x), = walk.to_pixels(np.array([view.position]), store.in_shape[1:], store.in_shape[1:])
+        plane = np.asarray(store.F[0, :, :, 0, y, x], np.float32)
+        assert np.array_equal(frame[top:top + ph, left:left + pw], expected_panel(plane, layout.zoom)), j
+        legend = frame[top + ph:top + ph + LEGEND]
+        drawn = ink_columns(legend)
+        drawn = drawn[(drawn >= left - MARGIN) & (drawn < ends[top, left])]
+        assert drawn.min() >= left and drawn.max() < left + layout.slot, j
+        said = np.flatnonzero(text_mask(f"column of ({y}, {x})", 12).any(axis=0))
+        text = ink_columns(legend[4 + 22 + 1:, left:left + layout.slot])  # its last line, under the scale's
+        assert text[-1] - text[0] == said[-1] - said[0], j
 
 
 def shown(told: story.Story, segments: list[walk.Segment]) -> list[tuple]:
@@ -536,7 +620,8 @@ def test_cues_say_what_is_on_screen_during_the_walks_moves(pair, tmp_path):
     """During a move of the walk (the cursor going from one stretch to the next) the cue named the stretch ahead
     ("Across a flat area, …" from the first frame of the move). From the SubRip file `linterp video` writes, at
     every frame: on a stretch, the cue names that stretch; on a move, the cue is the one of the stretch it leaves
-    or says that the cursor moves on to the stretch ahead, and never names the stretch ahead as if it were shown."""
+    or says that the cursor moves on to the stretch ahead, and never names the stretch ahead as if it were shown
+    (only after the stretch it leaves or the move: "Along the strongest edge, then around a texture.")."""
     stores = [s for s, _ in pair]
     srt = tmp_path / "w.srt"
     seconds, fps = 30, 2
@@ -547,21 +632,70 @@ def test_cues_say_what_is_on_screen_during_the_walks_moves(pair, tmp_path):
     cues = srt_cues(srt)
     told = story.tell(stores, duration=seconds, fps=fps)
     segments = walk.plan(stores[0].x0)
-    names = {"edge": ("Along the strongest edge", "along this edge"),
-             "flat": ("Across a flat area", "across this flat area"),
-             "texture": ("Around a texture", "around this texture")}
+    names = {"edge": ("along the strongest edge", "along this edge"),
+             "flat": ("across a flat area", "across this flat area"),
+             "texture": ("around a texture", "around this texture")}
     ahead = {"edge": "an edge", "flat": "a flat area", "texture": "a texture"}
+
+    def first(text, phrases):  # where the first of ``phrases`` is said in ``text`` (lower case); None: nowhere
+        return min((text.find(p) for p in phrases if p in text), default=None)
+
     moves = 0
     for i, (part, j, kind) in enumerate(shown(told, segments)):
         if part not in ("columns", "rows"):
             continue
         t = (i + 0.5) / fps
         cue, = [c for c in cues if c.start <= t < c.end]
+        text = cue.text.lower()
         if kind == "move":
             moves += 1
             left, next_ = segments[j - 1].kind, segments[j + 1].kind
-            assert any(n in cue.text for n in names[left]) or f"moves on to {ahead[next_]}" in cue.text, (i, cue)
-            assert not any(n in cue.text for n in names[next_]), (i, part, cue)
+            said = first(text, names[left] + (f"on to {ahead[next_]}",))
+            assert said is not None, (i, cue)
+            assert first(text, names[next_]) is None or first(text, names[next_]) > said, (i, part, cue)
         else:
-            assert any(n in cue.text for n in names[kind]), (i, part, kind, cue)
+            assert first(text, names[kind]) is not None, (i, part, kind, cue)
     assert moves >= 4
+
+
+@pytest.mark.parametrize("seconds", [8, 12, 30])
+def test_every_stretch_move_and_eigen_pair_is_said_in_its_cue(tmp_path, seconds):
+    """A cue too short for all its sentences kept the most important ones only: a short move's sentence ("Then the
+    cursor moves on to a texture.") went, and where several stretches shared a cue (a short video) all but the
+    first went ("Along the strongest edge, …" over the texture and the flat area too). From the SubRip file
+    `linterp video` writes: every cue over a stretch of the walk names it, every cue over a move says where the
+    cursor goes (or names the stretches on both sides, in order), and every cue over an eigen-pair names it."""
+    store, _ = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=16, w=16, tile=4)
+    rng = np.random.default_rng(1)
+    open_store(store.path, mode="r+").write_svd([3.0, 2.0, 1.0], rng.standard_normal((3, 1, 64, 64)),
+                                                rng.standard_normal((3, 1, 16, 16)))
+    srt = tmp_path / "w.srt"
+    res = CliRunner().invoke(main, ["video", str(store.path), "--out", str(tmp_path / "w.mp4"), "--duration",
+                                    str(seconds), "--fps", str(FPS), "--zoom", "1", "--subtitles", str(srt), "--quiet"])
+    assert res.exit_code == 0, res.output
+    cues = srt_cues(srt)
+    told = story.tell([open_store(store.path)], duration=seconds, fps=FPS)
+    segments = walk.plan(open_store(store.path).x0)
+    names = {"edge": "along the strongest edge", "flat": "across a flat area", "texture": "around a texture"}
+    ahead = {"edge": "an edge", "flat": "a flat area", "texture": "a texture"}
+    what = shown(told, segments)
+    runs = [(a, b) for a, b in zip([0] + [i for i in range(1, len(what)) if what[i] != what[i - 1]],
+                                   [i for i in range(1, len(what)) if what[i] != what[i - 1]] + [len(what)])]
+    kinds = set()
+    for a, b in runs:
+        part, j, kind = what[a]
+        for cue in [c for c in cues if c.start < b / FPS - 1e-6 and c.end > a / FPS + 1e-6]:
+            text = cue.text.lower()
+            if part == "eigen":
+                ok = f"eigen-pair {j + 1}" in text
+            elif kind == "move":
+                before, after = names[segments[j - 1].kind], names[segments[j + 1].kind]
+                ok = f"on to {ahead[segments[j + 1].kind]}" in text or (
+                    before in text and after in text and text.index(before) < text.rindex(after))
+            elif part in ("columns", "rows"):
+                ok = names[kind] in text
+            else:
+                ok = "bicubic-x4" in text  # the outputs: the model
+            assert ok, (seconds, part, kind, j, cue)
+            kinds.add(kind)
+    assert {"move", "edge", "flat", "texture", "eigen-inputs"} <= kinds

@@ -55,7 +55,8 @@ def export(stores, out, normalise, scheduler, workers, progress, allow_unverifie
 @click.option("--fps", type=FiniteRange(min=0, min_open=True), default=None,
               help="frames per second (default: 30 for MP4, 10 for GIF)")
 @click.option("--zoom", type=click.IntRange(min=1), default=None,
-              help="screen pixels per output pixel (default: the largest that keeps frames at most 1280 px wide)")
+              help="screen pixels per output pixel (default: the largest that keeps frames within 1280×720, "
+                   "panels wrapped into rows when needed)")
 @click.option("--lossless", is_flag=True, help="MP4 in lossless RGB H.264 (libx264rgb -qp 0): exact colours")
 @click.option("--subtitles", "subtitles_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also write the subtitles to this .vtt or .srt file")

@@ -21,7 +21,7 @@ from pipeline.export import render
 from pipeline.export.site import check_same_image
 from pipeline.export.video import encode, subtitles
 from pipeline.export.video.frames import Layout, Renderer
-from pipeline.export.video.story import model_names, tell
+from pipeline.export.video.story import model_names, panel_titles, tell
 from pipeline.progress import progress as progress_bar
 from pipeline.verify import open_complete
 
@@ -61,12 +61,14 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
     """Write the video of ``store_paths`` (complete stores of one image) to ``out``.
 
     ``duration`` seconds at ``fps`` frames per second (default 30 for MP4, 10 for GIF); ``zoom``: screen pixels
-    per output pixel (default: frames about 1280 px wide); ``lossless``: ``libx264rgb -qp 0`` (exact RGB);
-    ``subtitles_out``: also write the cues to this .vtt / .srt file; ``still``: also write one frame (the
-    middle of the walk of columns, with its exact colours and its subtitle drawn in) to this PNG file;
-    ``names``: the models' names in the subtitles and over the panels (with the model's registry name when it
-    differs); ``notes``: sentences for the first cue. Returns {"path", "frames", "duration", "size" (H, W), "cues",
-    "seconds"}.
+    per output pixel (default: the largest that keeps frames within 1280 × 720, the panels wrapped into rows when
+    one row would be wider; with a ``zoom`` given, rows keep frames within 1280 px wide where they can);
+    ``lossless``: ``libx264rgb -qp 0`` (exact RGB); ``subtitles_out``: also write the cues to this .vtt / .srt
+    file; ``still``: also write one frame (the middle of the walk of columns, with its exact colours and its
+    subtitle drawn in) to this PNG file; ``names``: the models' names in the subtitles and over the panels (with
+    the model's registry name when they do not hold it; a title wider than its panel's column wraps onto more
+    lines, and the first cue names every panel in full); ``notes``: sentences for the first cue. Returns
+    {"path", "frames", "duration", "size" (H, W), "cues", "seconds"}.
     """
     t0 = time.perf_counter()
     stores = [open_complete(p) for p in store_paths]
@@ -88,18 +90,16 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
                          + (" (GIF frame delays are whole hundredths of a second)" if gif else ""))
     fps = fps or FPS["gif" if gif else "mp4"]
     encode.ffmpeg_exe()  # fail in one line before any work
-    models = model_names(stores)
-    names = list(names or models)
+    names = list(names or model_names(stores))
     if len(names) != len(stores):
         raise VideoError(f"{len(names)} names for {len(stores)} stores")
     story = tell(stores, duration=duration, fps=fps, names=names, notes=tuple(notes))
     subtitles.check(story.cues, story.duration)
-    layout = Layout(stores, zoom)
+    layout = Layout.of(stores, zoom, panel_titles(stores, names))
     if max(layout.size) > MAX_SIDE:
         raise VideoError(f"--zoom {layout.zoom} makes frames of {layout.size[1]}×{layout.size[0]} pixels; at most "
                          f"{MAX_SIDE} a side (use a smaller --zoom)")
-    titles = [n if n == m else f"{n} ({m})" for n, m in zip(names, models)]
-    renderer = Renderer(stores, layout, titles)
+    renderer = Renderer(stores, layout)
 
     def frames():
         with progress_bar(len(story.views), "video frames", unit="frames", enabled=progress) as bar:

@@ -1,14 +1,15 @@
 """The frame renderer: several stores of one image side by side, with a shared cursor, on the site's colour scale.
 
-A frame (H × W × 3 uint8, both even) is, top to bottom: a title bar; a row of panels (the input x0 in natural
-colours with the cursor, then one panel per store); under each store's panel the legend of the site's signed
-colour scale (:func:`pipeline.export.render.diverging_lut`, each plane at ± its own largest |value|, as the
-site's per-filter normalisation); and an empty band at the bottom where players draw the subtitles, so that they
-never cover a panel. Each panel sits at the left of a slot at least :data:`LEGEND_WIDTH` wide, so that the legend
-under a narrow panel (a tall thin crop, a small zoom) has room for its labels instead of running into its
-neighbour; legend text that would still not fit is abbreviated, then cut at the slot's edge. The cursor's
-position is also marked by ticks in the margins above and left of every store's panel (never on the panel,
-whose pixels are exactly the colour-mapped plane).
+A frame (H × W × 3 uint8, both even) is, top to bottom: a title bar; the panels (the input x0 in natural
+colours with the cursor, then one panel per store), in one row or, when one row would be wider than
+:data:`MAX_WIDTH` (many stores), in several, each panel under its title (wrapped onto more lines when it is wider
+than the slot) and over the legend of the site's signed colour scale (:func:`pipeline.export.render.diverging_lut`,
+each plane at ± its own largest |value|, as the site's per-filter normalisation); and an empty band at the bottom
+where players draw the subtitles, so that they never cover a panel. Each panel sits at the left of a slot at least
+:data:`LEGEND_WIDTH` wide, so that the legend under a narrow panel (a tall thin crop, a small zoom) has room for
+its labels instead of running into its neighbour; legend text that would still not fit is abbreviated, then cut
+at the slot's edge. The cursor's position is also marked by ticks in the margins above and left of every store's
+panel (never on the panel, whose pixels are exactly the colour-mapped plane).
 
 What a panel shows (:class:`View`): ``outputs`` f(x0) in natural colours; ``columns`` the column of the input
 pixel under the cursor (over the output domain); ``rows`` the row of the output pixel under the cursor (over the
@@ -34,12 +35,16 @@ from pipeline.store import Store
 MARGIN, TITLE, LABEL, LEGEND, SUBTITLE_BAND = 16, 36, 28, 44, 80
 CURSOR = (255, 176, 0)
 TEXT, MUTED, BACKGROUND = (235, 235, 235), (160, 160, 160), (18, 18, 18)
-#: the default zoom keeps frames within MAX_WIDTH × MAX_HEIGHT; a frame is at least MIN_WIDTH wide (the panels of
-#: a narrow image, e.g. a 1×20 crop, leave room on the right), so that its heading and subtitles fit
+#: the default zoom keeps frames within MAX_WIDTH × MAX_HEIGHT (720p: the largest frame of H.264 level 3.1),
+#: wrapping the panels into rows when one row would be wider; a frame is at least MIN_WIDTH wide (the panels of a
+#: narrow image, e.g. a 1×20 crop, leave room on the right), so that its heading and subtitles fit
 MAX_WIDTH, MAX_HEIGHT, MIN_WIDTH = 1280, 720, 560
 #: the narrowest slot of a panel, screen pixels: room under the panel for its legend ("-8.88e-05  0  +8.88e-05",
 #: "no SVD in this store") when the panel itself is narrower; the legend's text size, px; the gap between labels
 LEGEND_WIDTH, LEGEND_SIZE, LEGEND_GAP = 160, 12, 6
+#: a panel's title: text size, px; line height, px; the most lines it takes in its slot (a longer title ends in
+#: "…"; the first subtitle cue names every panel in full)
+TITLE_SIZE, TITLE_LINE, TITLE_LINES = 15, 18, 3
 
 
 @dataclass(frozen=True)
@@ -157,37 +162,126 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
 
 
+def model_names(stores: list[Store]) -> list[str]:
+    """The stores' model names (the ``model`` attribute, else the folder name)."""
+    return [str(s.attrs.get("model") or s.path.stem) for s in stores]
+
+
+@functools.lru_cache(maxsize=1024)
+def wrap_title(text: str, width: int, size: int = TITLE_SIZE, lines: int = TITLE_LINES) -> tuple[str, ...]:
+    """``text`` in at most ``lines`` lines of at most ``width`` screen pixels at ``size`` px, each line broken at
+    its last space ("VanGogh" / "(cyclegan-style_vangogh)"), else after its last "-", "_" or "/", else where it
+    must, unless breaking at whichever comes last takes fewer lines; a text that needs more lines ends its last
+    line in "…"."""
+    def wide(t: str) -> int:
+        return text_mask(t, size).shape[1]
+
+    def breaks(rest: str, n: int, chars: str) -> list[int]:
+        """Where a line may end within ``rest[:n]``: before a space (when ``chars`` holds one), after one of the
+        other ``chars``."""
+        return [k for k in range(1, n + 1) if (" " in chars and rest[k] == " ") or rest[k - 1] in chars.strip()]
+
+    def wrap(classes: tuple[str, ...]) -> list[str]:
+        """Lines ended at the last break of the first of ``classes`` that has one (else where they must)."""
+        out, rest = [], " ".join(text.split())
+        while rest:
+            n = max([k for k in range(1, len(rest) + 1) if wide(rest[:k].rstrip()) <= width], default=1)
+            cut = n if n == len(rest) else next((max(ks) for ks in (breaks(rest, n, c) for c in classes) if ks), n)
+            out.append(rest[:cut].rstrip())
+            rest = rest[cut:].lstrip()
+        return out or [""]
+
+    out = min(wrap((" ", "-_/")), wrap((" -_/",)), key=len)
+    if len(out) > lines:
+        last = out[lines - 1]
+        while last and wide(last.rstrip() + "…") > width:
+            last = last[:-1]
+        out = out[:lines - 1] + [last.rstrip() + "…"]
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Layout:
     """Where things are in a frame: ``panels[i]`` = (top, left) of panel i (0: the input, then one per store),
-    each ``panel`` = (height, width) screen pixels; ``slot`` = the width (even, ≥ the panel's and
-    :data:`LEGEND_WIDTH`) of the column a panel, its title and its legend hold, at the panel's left; ``size``
-    = (H, W) of the frame."""
+    ``columns`` to a row, rows top to bottom; each ``panel`` = (height, width) screen pixels at ``zoom`` screen
+    pixels per data pixel; ``slot`` = the width (even, ≥ the panel's and :data:`LEGEND_WIDTH`) of the column a
+    panel, its title and its legend hold, at the panel's left; ``titles[i]``: panel i's title in lines that fit
+    the slot; ``label``: the height of the band of titles above each row of panels; ``size`` = (H, W) of the
+    frame, both even. Made by :meth:`of`."""
 
-    def __init__(self, stores: list[Store], zoom: int | None = None):
-        h = max(s.out_shape[1] for s in stores)
-        w = max(s.out_shape[2] for s in stores)
-        n = len(stores) + 1
-        if zoom is None:
-            fixed = TITLE + LABEL + LEGEND + SUBTITLE_BAND  # the frame's height besides the panels
-            zoom = max(1, min((MAX_WIDTH - MARGIN * (n + 1)) // (n * w), (MAX_HEIGHT - fixed) // h))
-            zoom = zoom - zoom % 2 if zoom > 2 else zoom
-        self.zoom = zoom
-        self.panel = (h * zoom, w * zoom)
-        self.slot = max(self.panel[1], LEGEND_WIDTH) + max(self.panel[1], LEGEND_WIDTH) % 2
-        top = TITLE + LABEL
-        step = self.slot + MARGIN + MARGIN % 2
-        self.panels = [(top, MARGIN + i * step) for i in range(n)]
-        height = top + self.panel[0] + LEGEND + SUBTITLE_BAND
-        width = max(MARGIN + n * step, MIN_WIDTH)
-        self.size = (height + height % 2, width + width % 2)
+    zoom: int
+    columns: int
+    panel: tuple[int, int]
+    slot: int
+    titles: tuple[tuple[str, ...], ...]
+    label: int
+    panels: tuple[tuple[int, int], ...]
+    size: tuple[int, int]
+
+    @property
+    def rows(self) -> int:
+        return -(-len(self.panels) // self.columns)
+
+    @property
+    def fits(self) -> bool:
+        """Whether the frame is within MAX_WIDTH × MAX_HEIGHT."""
+        return self.size[1] <= MAX_WIDTH and self.size[0] <= MAX_HEIGHT
+
+    @classmethod
+    def of(cls, stores: list[Store], zoom: int | None = None, titles: list[str] | None = None) -> "Layout":
+        """The layout of ``stores``' panels (the input's, then one per store, titled ``titles``, default the
+        models' names): the largest zoom (``zoom`` when given) whose frame fits MAX_WIDTH × MAX_HEIGHT, in the
+        fewest rows, then the narrowest frame; when none fits, the rows of the frame that overshoots that box
+        least (the smallest max(W / MAX_WIDTH, H / MAX_HEIGHT): the least a player must shrink it to show it
+        whole) at the smallest zoom tried (1, or ``zoom``)."""
+        shape = (max(s.out_shape[1] for s in stores), max(s.out_shape[2] for s in stores))
+        labels = ("input x0", *(model_names(stores) if titles is None else titles))
+        n = len(labels)
+
+        def zooms(columns: int) -> list[int]:
+            return [zoom] if zoom else _zooms(shape, columns, -(-n // columns))
+
+        fitting = [next((a for a in (arrange(shape, labels, z, c) for z in zooms(c)) if a.fits), None)
+                   for c in range(1, n + 1)]
+        best = max((a for a in fitting if a), key=lambda a: (a.zoom, -a.rows, -a.size[1]), default=None)
+        if best is not None:
+            return best
+        return min((arrange(shape, labels, zooms(c)[-1], c) for c in range(1, n + 1)),
+                   key=lambda a: (max(a.size[1] / MAX_WIDTH, a.size[0] / MAX_HEIGHT), a.rows, a.size[1]))
+
+
+def arrange(shape: tuple[int, int], labels: tuple[str, ...], zoom: int, columns: int) -> Layout:
+    """The :class:`Layout` of panels titled ``labels`` (the input's first) for data of ``shape`` (h, w) pixels at
+    ``zoom``, ``columns`` panels to a row: each row is a band of titles (as many lines as the longest title takes in
+    the slot), the panels, their legends; below the last row, the subtitle band."""
+    ph, pw = shape[0] * zoom, shape[1] * zoom
+    slot = max(pw, LEGEND_WIDTH) + max(pw, LEGEND_WIDTH) % 2
+    titles = tuple(wrap_title(t, slot) for t in labels)
+    label = LABEL + (max(map(len, titles)) - 1) * TITLE_LINE
+    step, row = slot + MARGIN + MARGIN % 2, label + ph + LEGEND
+    panels = tuple((TITLE + r * row + label, MARGIN + c * step)
+                   for r, c in (divmod(i, columns) for i in range(len(labels))))
+    height = TITLE + -(-len(labels) // columns) * row + SUBTITLE_BAND
+    width = max(MARGIN + columns * step, MIN_WIDTH)
+    return Layout(zoom, columns, (ph, pw), slot, titles, label, panels, (height + height % 2, width + width % 2))
+
+
+def _zooms(shape: tuple[int, int], columns: int, rows: int) -> list[int]:
+    """The default zooms worth trying for panels of ``shape`` (h, w) data pixels, ``columns`` to a row in ``rows``
+    rows, largest first: at most what the frame's width and height leave each panel; even above 2, so that 4:2:0
+    chroma never mixes two data pixels."""
+    wide = (MAX_WIDTH - MARGIN) // columns - MARGIN
+    high = (MAX_HEIGHT - TITLE - SUBTITLE_BAND) // rows - LABEL - LEGEND
+    top = max(1, min(wide // shape[1], high // shape[0]))
+    return [z for z in range(top, 0, -1) if z <= 2 or z % 2 == 0]
 
 
 class Renderer:
-    """Render :class:`View` s of several stores of one image (the first store's x0 is the input panel);
-    ``titles``: the models' names over their panels."""
+    """Render :class:`View` s of several stores of one image (the first store's x0 is the input panel) laid out
+    by ``layout`` (which holds the panels' titles)."""
 
-    def __init__(self, stores: list[Store], layout: Layout, titles: list[str]):
-        self.stores, self.layout, self.titles = stores, layout, titles
+    def __init__(self, stores: list[Store], layout: Layout):
+        self.stores, self.layout = stores, layout
         self.readers = [PlaneReader(s) for s in stores]
         self.lut = render.diverging_lut()
         self.plan_shape = stores[0].in_shape[1:]
@@ -209,9 +303,11 @@ class Renderer:
     def _background(self, part: str) -> np.ndarray:
         frame = np.empty(self.layout.size + (3,), np.uint8)
         frame[...] = BACKGROUND
-        for i, (top, left) in enumerate(self.layout.panels):
-            label = "input x0" if i == 0 else self.titles[i - 1]
-            draw_text(frame, label, top - LABEL + 2, left, TEXT, 15, max_width=self.layout.slot)
+        lay = self.layout
+        for (top, left), lines in zip(lay.panels, lay.titles):
+            for k, line in enumerate(lines):
+                draw_text(frame, line, top - lay.label + 2 + k * TITLE_LINE, left, TEXT, TITLE_SIZE,
+                          max_width=lay.slot)
         return frame
 
     def pixel(self, i: int, view: View) -> tuple[int, int] | None:

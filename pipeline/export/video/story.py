@@ -15,7 +15,9 @@ joined with their neighbours of the same part. Cues follow the parts: a cue neve
 them lasts less than :data:`MIN_PART_CUE` (so a video of a few seconds still has a cue per part). A cue says what
 is on screen during its time: a move of the walk between two stretches is said as a move ("Then the cursor moves
 on to a flat area."), in its own cue when it lasts :data:`MIN_CUE`, else at the end of the cue of the stretch it
-leaves, so the next stretch's cue starts when the cursor gets there.
+leaves, so the next stretch's cue starts when the cursor gets there. Every stretch, move and eigen-pair of a cue
+is said in it (:func:`fit`): the reading speed drops the other sentences, and shortens the stretches' own
+sentences into one ("Along the strongest edge, then on to a texture."), never drops them.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.export.video import walk
-from pipeline.export.video.frames import View
+from pipeline.export.video.frames import View, model_names
 from pipeline.export.video.subtitles import Cue
 from pipeline.store import Store
 
@@ -34,12 +36,29 @@ MIN_CUE = 1.5
 MIN_PART_CUE = 0.6
 #: eigen-pairs shown per model
 EIGEN_PAIRS = 3
+#: where a stretch of the walk is, in a few words: its lead starts with them, and a cue too short for the leads
+#: says them instead (:func:`route`)
+GIST = {"edge": "along the strongest edge", "flat": "across a flat area", "texture": "around a texture"}
 #: where a stretch of the walk is, for sentences said during it
 HERE = {"edge": "along this edge", "flat": "across this flat area", "texture": "around this texture"}
 #: where a move of the walk goes, for the sentence said during it
 AHEAD = {"edge": "an edge", "flat": "a flat area", "texture": "a texture"}
 #: reading speed the subtitles are cut to, characters per second (a cue keeps its most important sentences)
 READING_CPS = 25
+#: the priority of a lead, the sentence of what is on screen (0: the figures, more important; 2, 3: less)
+LEAD = 1
+
+
+@dataclass(frozen=True)
+class Said:
+    """What one stretch of the story says (the outputs, a stretch or a move of the walk, an eigen-pair):
+    ``sentences``, (priority, sentence) pairs in the order said, 0 the most important, one of them of priority
+    :data:`LEAD`; ``gist``, that lead in a few words, lower case; ``passing``: a move, whose gist is left out of a
+    cue that shows the stretches before and after it (:func:`route`)."""
+
+    sentences: tuple[tuple[int, str], ...]
+    gist: str
+    passing: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,9 +103,10 @@ def by_model(names: list[str], values: list, fmt=_num) -> str | None:
     return ", ".join(parts) if parts else None
 
 
-def model_names(stores: list[Store]) -> list[str]:
-    """The stores' model names (the ``model`` attribute, else the folder name)."""
-    return [str(s.attrs.get("model") or s.path.stem) for s in stores]
+def panel_titles(stores: list[Store], names: list[str]) -> list[str]:
+    """The models' full names, over their panels and in the first cue: each of ``names`` with the store's model
+    name when it does not hold it already ("EDSR (edsr-small-x4)", but "PixelShuffle pixelshuffle-x4" as it is)."""
+    return [n if m in n else f"{n} ({m})" for n, m in zip(names, model_names(stores))]
 
 
 def _geometry(stores: list[Store]) -> list[dict]:
@@ -131,11 +151,11 @@ def geometry_sentences(names: list[str], geometry: list[dict]) -> dict[str, list
 
 def where(seg: walk.Segment, plan_shape: tuple[int, int], grid: tuple[int, int], domain: str) -> str:
     """Which pixels a stretch of the walk visits, on ``grid`` (the ``domain``'s pixels), in words."""
+    phrase = GIST[seg.kind].capitalize()
     if seg.kind == "texture":
         (cy, cx), = walk.to_pixels(seg.points.mean(0)[None], plan_shape, grid)
-        return f"Around a texture at {domain} pixel ({cy}, {cx})."
+        return f"{phrase} at {domain} pixel ({cy}, {cx})."
     (ay, ax), (by, bx) = walk.to_pixels(seg.points[[0, -1]], plan_shape, grid)
-    phrase = "Along the strongest edge" if seg.kind == "edge" else "Across a flat area"
     return f"{phrase}, {domain} pixels ({ay}, {ax}) to ({by}, {bx})."
 
 
@@ -173,12 +193,12 @@ def _runs(owner: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def _join(a: list, b: list) -> list:
-    """Pieces [start, end, sentences] ``a`` and the next one ``b`` as one (the sentences of both, in order)."""
+    """Pieces [start, end, [Said, …]] ``a`` and the next one ``b`` as one (the stretches of both, in order)."""
     return [a[0], b[1], a[2] + b[2]]
 
 
 def _gather(pieces: list[list], min_frames: int) -> list[list]:
-    """Pieces [start, end, sentences] (consecutive) gathered into pieces of at least ``min_frames``: a piece
+    """Pieces [start, end, [Said, …]] (consecutive) gathered into pieces of at least ``min_frames``: a piece
     shorter than that takes the pieces after it until it is long enough; a short last piece joins the one before.
     Longer pieces are left as they are."""
     out: list[list] = []
@@ -193,35 +213,62 @@ def _gather(pieces: list[list], min_frames: int) -> list[list]:
     return out
 
 
-def fit(sentences: list[tuple[int, str]], seconds: float, cps: float = READING_CPS) -> str:
-    """The text of a cue: its (priority, sentence) pairs taken most important (lowest priority) first, until the
-    next would make the text unreadable at ``cps`` characters per second over ``seconds``; the most important
-    one is always kept. The kept sentences keep their order."""
-    keep: set[int] = set()
-    length = 0
-    for i in sorted(range(len(sentences)), key=lambda i: (sentences[i][0], i)):
-        n = len(sentences[i][1]) + 1
-        if keep and length + n > cps * seconds:
+def route(said: list[Said]) -> str:
+    """The gists of ``said`` as one sentence, "Along the strongest edge, then around a texture." (the gist of a
+    move between two stretches of the cue is left out: "then" says it)."""
+    text = ", then ".join(s.gist for i, s in enumerate(said) if not (s.passing and 0 < i < len(said) - 1))
+    return text[:1].upper() + text[1:] + "."
+
+
+def fit(said: list[Said], seconds: float, cps: float = READING_CPS) -> str:
+    """The text of a cue that shows the stretches ``said``: every stretch's lead, then the other sentences most
+    important (lowest priority) first until the next would make the text unreadable at ``cps`` characters per
+    second over ``seconds``. The most important of them is always kept when it ranks above the leads, and the
+    leads give way to their gists in one sentence (:func:`route`) when in full they would not leave it room: no
+    stretch goes unsaid. The kept sentences keep their order (the route first)."""
+    text = {(i, j): t for i, s in enumerate(said) for j, (_, t) in enumerate(s.sentences)}
+    rank = sorted((p, i, j) for i, s in enumerate(said) for j, (p, _) in enumerate(s.sentences))
+    leads = {(i, j) for p, i, j in rank if p == LEAD}
+    others = [(i, j) for p, i, j in rank if p != LEAD]
+    keep = {(i, j) for p, i, j in rank[:1] if p < LEAD}
+
+    def length(keys) -> int:
+        return sum(len(text[k]) + 1 for k in keys)
+
+    short = length(leads | keep) > cps * seconds
+    used = (len(route(said)) + 1 if short else length(leads)) + length(keep)
+    for key in others:
+        if key in keep:
+            continue
+        if used + length([key]) > cps * seconds:
             break
-        keep.add(i)
-        length += n
-    return " ".join(sentences[i][1] for i in sorted(keep))
+        keep.add(key)
+        used += length([key])
+    if short:
+        return " ".join([route(said)] + [text[k] for k in sorted(keep)])
+    return " ".join(text[k] for k in sorted(keep | leads))
 
 
 def _outputs(stores: list[Store], names: list[str], notes: tuple[str, ...], n: int):
-    """The first part, ``n`` frames of the models' outputs: (views, headings, pieces)."""
+    """The first part, ``n`` frames of the models' outputs: (views, headings, pieces); its lead names the models
+    in full (:func:`panel_titles`), their figures by ``names``."""
     h_in, w_in = stores[0].in_shape[1:]
+    titles = panel_titles(stores, names)
     shares = by_model(names, [residual_share(s.y0, s.residual) for s in stores], _pct)
-    said = [(1, f"{len(stores)} model{'s' * (len(stores) > 1)} on one {h_in}×{w_in} input: {', '.join(names)}."),
+    said = [(LEAD, f"{len(stores)} model{'s' * (len(stores) > 1)} on one {h_in}×{w_in} input: "
+                   f"{', '.join(titles)}."),
             (0, f"Residual r's share of the output: {shares}."),
             (3, "At this input each network is exactly y = F·x + r.")] + [(2, note) for note in notes]
-    return [View("outputs")] * n, ["f(x0): what each model makes of the input on the left"] * n, [[0, n, said]]
+    listing = " and ".join([", ".join(titles[:-1]), titles[-1]] if len(titles) > 1 else titles)
+    return ([View("outputs")] * n, ["f(x0): what each model makes of the input on the left"] * n,
+            [[0, n, [Said(tuple(said), f"the outputs of {listing}")]]])
 
 
-def _move(segments: list[walk.Segment], index: int) -> str:
-    """The sentence said during the move ``segments[index]``: where it goes."""
+def _move(segments: list[walk.Segment], index: int) -> Said:
+    """What is said during the move ``segments[index]``: where it goes."""
     ahead = [s.kind for s in segments[index + 1:] if s.kind != "move"]
-    return f"Then the cursor moves on to {AHEAD[ahead[0]]}." if ahead else "Then the cursor moves on."
+    to = f"on to {AHEAD[ahead[0]]}" if ahead else "on"
+    return Said(((LEAD, f"Then the cursor moves {to}."),), to, passing=True)
 
 
 def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.Segment], n: int,
@@ -243,7 +290,7 @@ def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.
     for a, b, seg_index in _runs(owner):
         seg = segments[seg_index]
         if seg.kind == "move":
-            move = [a, b, [(1, _move(segments, seg_index))]]
+            move = [a, b, [_move(segments, seg_index)]]
             if b - a >= min_frames:
                 pieces.append(move)
             elif pieces:
@@ -251,7 +298,7 @@ def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.
             else:
                 pending = move
             continue
-        said = [(1, where(seg, plan_shape, grid, domain)), (3, image_figures(seg))]
+        said = [(LEAD, where(seg, plan_shape, grid, domain)), (3, image_figures(seg))]
         first = all(segments[j].kind == "move" for j in owner[:a])  # the part's first stretch
         if part == "columns":
             if first:
@@ -264,7 +311,8 @@ def _walk(part: str, stores: list[Store], names: list[str], segments: list[walk.
             there = by_model(names, [residual_share(s.y0, s.residual, walk.to_pixels(
                 pos[a:b], plan_shape, s.out_shape[1:])) for s in stores], _pct)
             said.append((0, f"Residual's share {HERE[seg.kind]}: {there}."))
-        pieces.append(_join(pending, [a, b, said]) if pending else [a, b, said])
+        told = [a, b, [Said(tuple(said), GIST[seg.kind])]]
+        pieces.append(_join(pending, told) if pending else told)
         pending = None
     return views, headings, pieces + ([pending] if pending else [])
 
@@ -281,11 +329,11 @@ def _eigen(names: list[str], spectra: list[np.ndarray], pairs: int, n: int):
             headings.append(f"SVD of F: eigen-input v{k + 1}" + (", the input F amplifies most" if k == 0 else "")
                             if inputs else f"SVD of F: eigen-output u{k + 1} = F v{k + 1} / σ{k + 1}")
         sigma = by_model(names, [float(S[k]) if len(S) > k else None for S in spectra])
-        said = [(1, f"Eigen-pair {k + 1}: the eigen-input v{k + 1}, then the eigen-output u{k + 1} "
+        said = [(LEAD, f"Eigen-pair {k + 1}: the eigen-input v{k + 1}, then the eigen-output u{k + 1} "
                     f"= F v{k + 1} / σ{k + 1}."), (0, f"σ{k + 1}: {sigma}.")]
         if k == 0:
             said.append((2, "The SVD F = Σ σ u vᵀ sorts inputs by how much F amplifies them."))
-        pieces.append([first, len(views), said])
+        pieces.append([first, len(views), [Said(tuple(said), f"eigen-pair {k + 1}")]])
     return views, headings, pieces
 
 
