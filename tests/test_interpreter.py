@@ -620,6 +620,8 @@ DROPOUT_FUNCTIONS = {
     **{f"torch.{n}": (getattr(torch, n), f"torch.{n}", "train")
        for n in ("dropout", "dropout_", "feature_dropout", "feature_dropout_", "alpha_dropout", "alpha_dropout_",
                  "feature_alpha_dropout", "feature_alpha_dropout_")},
+    # (output, mask): the output
+    "torch.native_dropout": (lambda h, p, train: torch.native_dropout(h, p, train)[0], "torch.native_dropout", "train"),
 }
 
 
@@ -838,6 +840,136 @@ def test_functional_shuffles_rms_norm_squares_and_shape_constants(op, exact):
     if op == "square":  # the secant of y² through 0 is y0: F = 2·diag(y0)·conv, half the Jacobian
         jacobian = torch.autograd.functional.jacobian(model, x0).reshape(li.output.numel(), x0.numel())
         assert torch.allclose(2 * dense(li, x0), jacobian, atol=1e-12)
+
+
+def _filled(out, h):
+    """`out` (4 channels) written in two parts, item by item: a ReLU of h's first two channels, twice the others."""
+    out[:, :2] = torch.relu(h[:, :2])
+    out[:, 2:] = 2 * h[:, 2:]
+    return out
+
+
+def _filled_out_of_place(h):
+    return torch.cat([h[:, :2].relu(), 2 * h[:, 2:]], 1)
+
+
+def _half_written(out, h):
+    out[:, :2] = torch.relu(h[:, :2])
+    return out
+
+
+def _added_in_place(out, h):
+    out[:, :2] += torch.relu(h[:, :2])
+    return out
+
+
+def _written_from_itself(h):
+    out = torch.empty_like(h)
+    out[:, :2] = out[:, 2:] + h[:, :2]  # reads the half never written
+    return out.fill_(1.0) * h
+
+
+#: tensors allocated from a traced tensor's shape (or constant), then written or used as constants: the operation
+#: between the convolutions, and the same function written without them
+ALLOCATED = {
+    "empty_like filled": (lambda h: _filled(torch.empty_like(h), h), _filled_out_of_place),
+    "torch.empty(shape) filled": (lambda h: _filled(torch.empty(h.shape, dtype=h.dtype), h), _filled_out_of_place),
+    "new_empty filled": (lambda h: _filled(h.new_empty(h.shape), h), _filled_out_of_place),
+    "new_empty, its written part read": (lambda h: _half_written(h.new_empty(h.shape), h)[:, :2].repeat(1, 2, 1, 1),
+                                         lambda h: h[:, :2].relu().repeat(1, 2, 1, 1)),
+    "new_zeros half written": (lambda h: _half_written(h.new_zeros(h.shape), h),
+                               lambda h: torch.cat([h[:, :2].relu(), 0 * h[:, 2:]], 1)),
+    "full_like half written": (lambda h: _half_written(torch.full_like(h, 0.5), h),
+                               lambda h: torch.cat([h[:, :2].relu(), 0 * h[:, 2:] + 0.5], 1)),
+    "a constant canvas half written": (lambda h: _half_written(torch.ones(1, 4, 12, 12, dtype=torch.float64), h),
+                                       lambda h: torch.cat([h[:, :2].relu(), 0 * h[:, 2:] + 1], 1)),
+    "ones_like, a part added to in place": (lambda h: _added_in_place(torch.ones_like(h), h),
+                                            lambda h: torch.cat([1 + h[:, :2].relu(), 0 * h[:, 2:] + 1], 1)),
+    "a constant map concatenated": (  # (its adjoint failed for batches of several cotangents)
+        lambda h: torch.cat([h[:, :3].relu(), torch.full((1, 1, 12, 12), 0.5, dtype=torch.float64)], 1),
+        lambda h: torch.cat([h[:, :3].relu(), 0 * h[:, 3:] + 0.5], 1)),
+    "empty_like.fill_ + h": (lambda h: torch.empty_like(h).fill_(0.5) + h.relu(), lambda h: 0.5 + h.relu()),
+    "empty_like.zero_ - h": (lambda h: torch.empty_like(h).zero_() - h.relu(), lambda h: -h.relu()),
+    "new_ones(size) * h": (lambda h: h.new_ones(h.size()) * h.relu(), lambda h: h.relu()),
+    "ones_like * h": (lambda h: h.relu() * torch.ones_like(h), lambda h: h.relu()),
+    "new_full / 2 * h": (lambda h: h.new_full(h.shape, 4.0) / 2 * h.relu(), lambda h: 2 * h.relu()),
+    "h.zero_(), an earlier copy used": (lambda h: (lambda g: (h.zero_(), g + h)[1])(h.relu() * 3),
+                                        lambda h: 3 * h.relu()),
+}
+
+
+@pytest.mark.parametrize("kind", list(ALLOCATED))
+def test_tensors_allocated_from_a_shape_are_constants_and_their_item_assignments_linear(kind):
+    """A tensor allocated from a traced tensor's shape (empty_like, new_zeros, full_like, ...) and written item by item
+    (`out[:, :c] = a`), filled (fill_, zero_) or used as a constant factor or term is interpreted exactly: F x0 + r =
+    f(x0), F is the Jacobian (that of the same function written without it), Fᵀ is F's transpose, and a window
+    (allocations recomputed on it, a constant canvas cropped) gives the whole image's columns."""
+    op, same = ALLOCATED[kind]
+    torch.manual_seed(0)
+    net = _Around(lambda m, h: op(h))
+    net.conv = nn.Conv2d(3, 4, 3, padding=1)  # feature maps of the image's size, so that windows are smaller
+    net, x0 = net.double().eval(), torch.rand(1, 3, 12, 12, dtype=torch.float64) - 0.5
+    reference = _same_layers(net, lambda m, h: same(h))
+    li = interpret(net, x0)
+    with torch.no_grad():
+        y = net(x0.clone())
+        assert (y - reference(x0)).abs().max() <= 1e-14
+        assert (li.forward(x0) + li.residual - y).abs().max() <= 1e-14
+    F = dense(li, x0)
+    assert li.jacobian_exact
+    assert (F - torch.func.jacrev(reference)(x0).reshape(-1, x0.numel())).abs().max() <= 1e-14
+    u = torch.randn((3, *y.shape[1:]), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert (li.transpose(u).reshape(3, -1) - u.reshape(3, -1) @ F).abs().max() <= 1e-13
+    window = li.window((0, 0, 2, 2))
+    (iy, ix, ih, iw), (oy, ox, oh, ow) = window.in_box, window.out_box
+    assert (ih, iw) != (12, 12)
+    pixels = torch.eye(x0.numel(), dtype=torch.float64).reshape(-1, *x0.shape[1:])[:, :, :2, :2].flatten(1, 3)
+    ones = torch.eye(x0.numel(), dtype=torch.float64)[pixels.any(1)].reshape(-1, *x0.shape[1:])
+    columns = window.forward(ones[:, :, iy:iy + ih, ix:ix + iw])
+    assert (columns - li.forward(ones)[:, :, oy:oy + oh, ox:ox + ow]).abs().max() <= 1e-14
+
+
+#: reads of elements of an uninitialised tensor before they are written, and the call the refusal names
+GARBAGE = {
+    "empty_like read": (lambda h: torch.empty_like(h) * 0 + h, "function _operator.mul at 'mul'"),
+    "new_empty half written, then convolved": (lambda h: _half_written(h.new_empty(h.shape), h),
+                                               "module Conv2d at 'out'"),
+    "empty(shape) half written, its other half read": (
+        lambda h: _half_written(torch.empty(h.shape, dtype=h.dtype), h)[:, 1:3].repeat(1, 2, 1, 1),
+        "tensor method .repeat() at 'repeat'"),
+    "empty_like written from itself": (_written_from_itself, "function _operator.add at 'add'"),
+}
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+def test_reading_elements_of_an_empty_tensor_never_written_is_refused_in_one_line(kind):
+    """torch.empty, empty_like and new_empty give memory without values: a model that reads elements of it before
+    writing them reads garbage, refused in one line naming the call that reads and the allocation."""
+    op, reader = GARBAGE[kind]
+    net = _Around(lambda m, h: op(h)).double().eval()
+    with pytest.raises(UnsupportedOperation, match=rf"^{re.escape(reader)} reads elements of the tensor allocated at "
+                                                   r"'(empty_like|new_empty|empty)' that were never written") as err:
+        interpret(net, torch.rand(1, 3, 6, 6, dtype=torch.float64))
+    assert "\n" not in str(err.value)
+
+
+def test_native_dropout_is_the_identity_and_a_mask_of_ones_in_eval_and_refused_with_train_none():
+    """torch.native_dropout(x, p, train) returns (output, mask): with train=False the input and a mask of ones, which
+    a net may use (F is the Jacobian, F x0 + r = f(x0)); with train=None it drops values as in training: refused."""
+    torch.manual_seed(0)
+    net = _Around(lambda m, h: torch.native_dropout(h.relu(), 0.5, False)[0] * torch.native_dropout(h, 0.5, False)[1])
+    net, x0 = net.double().eval(), torch.rand(1, 3, 6, 6, dtype=torch.float64) - 0.5
+    relu = _same_layers(net, lambda m, h: h.relu())
+    li = interpret(net, x0)
+    assert (dense(li, x0) - torch.func.jacrev(relu)(x0).reshape(-1, x0.numel())).abs().max() <= 1e-14
+    with torch.no_grad():
+        assert (li.forward(x0) + li.residual - relu(x0)).abs().max() <= 1e-14
+    assert not torch.equal(torch.native_dropout(torch.ones(64), 0.5, None)[0], torch.ones(64))
+    dropping = _same_layers(net, lambda m, h: torch.native_dropout(h, 0.5, None)[0])
+    with pytest.raises(UnsupportedOperation, match=r"^function torch.native_dropout at 'native_dropout': it drops "
+                                                   r"values at random \(train=None\)") as err:
+        interpret(dropping, x0)
+    assert "\n" not in str(err.value)
 
 
 class _SpatialAttention(nn.Module):

@@ -22,7 +22,8 @@ from pipeline.export.video import VideoError, encode, story, walk, write_video
 from pipeline.export.video.frames import (BACKGROUND, CURSOR, LABEL, LEGEND, LEGEND_WIDTH, MARGIN, SUBTITLE_BAND, TEXT,
                                           TITLE_SIZE, Layout, text_mask)
 from pipeline.export.video.subtitles import Cue, check
-from pipeline.store import open_store
+from pipeline.store import FileRef, create_store, open_store
+from pipeline.store import layout as store_layout
 from test_export import linear_upscaler_store
 
 FPS = 10
@@ -413,6 +414,34 @@ def test_a_narrow_tall_image_gets_a_default_zoom_that_fits_and_a_frame_wide_enou
     assert decoded_frames(tmp_path / "thin.mp4", summary["size"]).shape[0] == 10
 
 
+def test_an_image_too_large_for_a_video_at_zoom_1_is_told_to_be_cropped_not_to_lower_the_zoom(tmp_path):
+    """A store whose one output panel is 8200 px tall makes frames over 8192 px a side even at zoom 1, the default's
+    smallest: refused in one line that says so and asks for a smaller part of the image,
+    not for "a smaller --zoom" (none fits); a --zoom that overshoots where zoom 1 fits is still told to be lowered."""
+    tall = tmp_path / "tall.zarr"  # one input pixel copied down a column of 8200 output pixels
+    attrs = {"model": "column", "image": FileRef("dot", f"{0:064x}"), "crop": None, "scale": 1,
+             "weights": FileRef(None, None), "verification": {"status": "passed", "checks": [], "max_abs_error": 0.0}}
+    shards, chunks, tasks = store_layout((1, 1, 1), (1, 8200, 1), 1)
+    made = create_store(tall, identity={"model": "column", "image": "dot", "seed": 0}, attrs=attrs,
+                        x0=np.ones((1, 1, 1), np.float32), y0=np.ones((1, 8200, 1), np.float32),
+                        residual=np.zeros((1, 8200, 1), np.float32), shards=shards, chunks=chunks, tasks=tasks)
+    made.F[...] = 1.0
+    made.update_attrs(complete=True)
+    for zoom in (None, 1, 2):  # (at zoom 2, a smaller zoom would not do either)
+        with pytest.raises(VideoError) as err:
+            write_video([tall], tmp_path / "tall.mp4", zoom=zoom, progress=False)
+        message = str(err.value)
+        assert "\n" not in message and "smaller --zoom" not in message, message
+        assert re.fullmatch(r"the stores' 1×8200-pixel outputs are too large for a video even at zoom 1 .*: frames of "
+                            r"\d+×\d+ pixels; at most 8192 a side; compute the stores on a smaller part of the image "
+                            r"\(--crop X,Y,W,H\)", message), message
+    small, _ = linear_upscaler_store(tmp_path / "small.zarr", c=1, h=4, w=4, tile=4)
+    with pytest.raises(VideoError, match=r"^--zoom 1024 makes frames of \d+×\d+ pixels; at most 8192 a side \(use a "
+                                         r"smaller --zoom\)$"):
+        write_video([small.path], tmp_path / "tall.mp4", zoom=1024, progress=False)
+    assert not (tmp_path / "tall.mp4").exists()
+
+
 def test_a_part_too_short_to_leave_its_first_move_is_told_not_a_key_error(tmp_path):
     """On a 20×1 image a video of a few frames gives a part whose frames all lie on a move of the walk; its cue
     took the move's (missing) figures: KeyError 'gradient_ratio' instead of a video."""
@@ -528,6 +557,31 @@ def test_a_long_title_over_a_thin_panel_wraps_whole_inside_its_column_and_is_nam
     assert ink(band[:, left:left + layout.slot]) > 0
     first = " ".join(srt_cues(srt)[0].text.split())
     assert all(t in first for t in titles), first
+
+
+def test_titles_are_measured_prefix_by_prefix_as_drawn_and_twenty_stores_are_laid_out_at_once(tmp_path):
+    """`Layout.of` tries every column count × zoom, wrapping every title at each slot width; wrapping measured each
+    prefix of each line with `text_mask` (0.4–0.9 s for 20 stores with long titles). The widths of all prefixes at
+    once are those `text_mask` draws (symbols and spaces included), and 20 stores under long titles are laid out in
+    well under 0.15 s (about 0.02 s), their titles within their slots."""
+    import time
+
+    from pipeline.export.video.frames import prefix_widths
+
+    for text in ("PixelShuffle (bicubic-x4)", "Σ → σ × ±… u₁ ᵀ", "a  b", "W" * 30 + "/i_i-i"):
+        widths = prefix_widths(text, TITLE_SIZE)
+        assert widths[0] == 0 and all(widths[k] == text_mask(text[:k], TITLE_SIZE).shape[1]
+                                      for k in range(1, len(text) + 1)), text
+    store, _ = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=8, w=8, tile=4)
+    stores = [open_store(store.path)] * 20
+    titles = [f"laid-out_model_{i}_of_twenty_" * 8 + f"with a long name {i}" for i in range(20)]
+    for title in titles:  # the glyphs drawn once (loading the font is no part of laying out)
+        text_mask(title, TITLE_SIZE)
+    start = time.perf_counter()
+    layout = Layout.of(stores, None, titles)
+    assert time.perf_counter() - start < 0.15
+    assert layout.fits and layout.rows >= 2
+    assert all(text_mask(line, TITLE_SIZE).shape[1] <= layout.slot for lines in layout.titles for line in lines)
 
 
 def test_eight_narrow_stores_wrap_into_rows_of_a_frame_at_most_1280_by_720_with_whole_legends(tmp_path):

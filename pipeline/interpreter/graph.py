@@ -2,8 +2,8 @@
 
 A module whose type has a rule (and whose `forward` is that type's own, e.g. EDSR's MeanShift, a Conv2d
 subclass) stays a leaf of the graph; every other user module is traced into, so functional calls
-(`F.relu`, `torch.cat`, in-place `+=`) appear as graph nodes just like module calls. Calls that may draw random
-numbers are graph nodes even when made on constants (`_RandomCalls`).
+(`F.relu`, `torch.cat`, in-place `+=`, item assignments `x[i] = v`: `setitem`) appear as graph nodes just like module
+calls. Calls that may draw random numbers are graph nodes even when made on constants (`_RandomCalls`).
 """
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool], is_random: Cal
         def is_leaf_module(self, m, qualname):
             return is_leaf(m) or super().is_leaf_module(m, qualname)
 
+        def proxy(self, node):
+            return _Proxy(node, self)
+
     if is_leaf(model):  # a single layer: trace a container around it, so it stays one call
         model = nn.Sequential(model)
     tracer = Tracer()
@@ -39,6 +42,7 @@ def trace(model: nn.Module, is_leaf: Callable[[nn.Module], bool], is_random: Cal
         raise UnsupportedOperation(
             f"{type(model).__name__} cannot be traced by torch.fx ({first}){_model_line(err)}") from err
     _fields_by_position(graph)
+    _item_assignments(graph)
     _follow_in_place(graph, model)
     return fx.GraphModule(model, graph)
 
@@ -64,6 +68,21 @@ class _RandomCalls(torch.overrides.TorchFunctionMode):
         return self.tracer.create_proxy(op, target, args, kwargs)
 
 
+def setitem(tensor: torch.Tensor, index: Any, value: Any) -> torch.Tensor:
+    """``tensor[index] = value`` out of place: a copy of `tensor` with `value` written at `index`. The graph records an
+    item assignment as a call of this function, which the model makes in place (see `_follow_in_place`)."""
+    out = tensor.clone()
+    out[index] = value
+    return out
+
+
+class _Proxy(fx.Proxy):
+    """A traced value that records item assignments (torch.fx's own proxies refuse them) as calls of `setitem`."""
+
+    def __setitem__(self, index, value):
+        self.tracer.create_proxy("call_function", setitem, (self, index, value), {})
+
+
 #: the fields of torch's (values, indices) results (torch.max / torch.min along a dim, sort, topk, ...)
 _FIELDS = {"values": 0, "indices": 1}
 
@@ -77,21 +96,38 @@ def _fields_by_position(graph: fx.Graph) -> None:
             node.target, node.args = operator.getitem, (node.args[0], _FIELDS[node.args[1]])
 
 
-#: the operator module's in-place forms (``a += b`` on tensors, where torch.fx records them)
-_IN_PLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+def _item_assignments(graph: fx.Graph) -> None:
+    """Record an item assignment into a constant (``canvas = torch.ones(1, 4, 8, 8); canvas[:, :2] = h``), which
+    torch.fx records as a call of the constant's ``__setitem__``, as one into a traced value is (`setitem`); and read
+    each constant once, so that the later uses of the constant read the assignment (`_follow_in_place`), where
+    torch.fx reads the constant again."""
+    first: dict[str, fx.Node] = {}
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            if node.target in first:
+                node.replace_all_uses_with(first[node.target])
+                graph.erase_node(node)
+            else:
+                first[node.target] = node
+        elif node.op == "call_method" and node.target == "__setitem__":
+            node.op, node.target = "call_function", setitem
+
+
+#: the operator module's in-place forms (``a += b`` on tensors, where torch.fx records them) and item assignments
+_IN_PLACE_CALLS = (operator.iadd, operator.isub, operator.imul, operator.itruediv, setitem)
 
 
 def changes_in_place(node: fx.Node, target: Any) -> bool:
     """Whether a call changes its first argument in place: a tensor method or function whose name ends in one
-    underscore (``x.mul_(2)``, ``torch.relu_``), an operator's in-place form, a call with ``inplace=True``
-    (``F.relu(x, inplace=True)``, ``F.leaky_relu(x, 0.2, True)``) or a module built with it
+    underscore (``x.mul_(2)``, ``torch.relu_``), an operator's in-place form, an item assignment (`setitem`), a call
+    with ``inplace=True`` (``F.relu(x, inplace=True)``, ``F.leaky_relu(x, 0.2, True)``) or a module built with it
     (``nn.ReLU(inplace=True)``)."""
     if node.op == "call_module":
         return getattr(target, "inplace", False) is True
     if node.op not in ("call_method", "call_function"):
         return False
     name = str(node.target) if node.op == "call_method" else getattr(target, "__name__", "")
-    if (name.endswith("_") and not name.endswith("__")) or target in _IN_PLACE_OPERATORS:
+    if (name.endswith("_") and not name.endswith("__")) or target in _IN_PLACE_CALLS:
         return True
     try:
         arguments = inspect.signature(target).bind(*node.args, **node.kwargs).arguments

@@ -4,7 +4,8 @@ The model is traced once into a torch.fx graph. Recording runs it on x0 node by 
 
 - *linear*: a tensor that depends on x; its rule (see `rules.py`) records the state of its linear
   interpreter (masks, gains, switches, frozen statistics) and the bias it adds;
-- *meta*: a value computed from shapes only (sizes, `dim()`), recomputed in every pass;
+- *meta*: a value computed from shapes only (sizes, `dim()`, tensors of constants made from a linear tensor's shape:
+  `rules.Constant`), recomputed in every pass;
 - *static*: parameters, constants and values frozen at x0 (comparisons, indices), computed once.
 
 Linear passes then replay the graph with each rule's linear part (`forward`: F v) or its adjoint in reverse
@@ -12,6 +13,7 @@ order (`transpose`: Fᵀ u). Biases are injected per source to get the contribut
 """
 from __future__ import annotations
 
+import operator
 import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -83,23 +85,31 @@ def _shape(x):
     return tuple(_shape(t) for t in x) if isinstance(x, (tuple, list)) else x.shape
 
 
-def _meta_like(shape, dtype, batch: int):
+def _stand_in(shape, dtype, device, batch: int):
+    """Zeros of a linear node's shape at this batch size, expanded from one element (no memory): what the reverse pass
+    holds for the node, whose shape alone its rules read (and the calls of its meta values: `rules.Constant` makes real
+    tensors of it), or a tuple of them."""
     if isinstance(shape, tuple) and shape and not isinstance(shape[0], int):
-        return tuple(_meta_like(s, dtype, batch) for s in shape)
-    return torch.empty((batch, *shape[1:]), dtype=dtype, device="meta")
+        return tuple(_stand_in(s, dtype, device, batch) for s in shape)
+    return torch.zeros((), dtype=dtype, device=device).expand(batch, *shape[1:])
+
+
+#: in-place tensor methods without an out-of-place method of their name, and the function linear passes call instead
+_OUT_OF_PLACE_METHODS = {"fill_": torch.full_like, "zero_": torch.zeros_like}
 
 
 def _out_of_place(node: fx.Node, target):
     """The function linear passes call for a node: in-place variants become out-of-place ones."""
     if node.op == "call_method":
         name = str(node.target)
+        if name in _OUT_OF_PLACE_METHODS:
+            return _OUT_OF_PLACE_METHODS[name]
         if name.endswith("_") and not name.endswith("__") and hasattr(torch.Tensor, name[:-1]):
             name = name[:-1]
         return getattr(torch.Tensor, name)
     inplace = {"iadd": "add", "isub": "sub", "imul": "mul", "itruediv": "truediv"}
     name = getattr(target, "__name__", "")
     if getattr(target, "__module__", None) == "_operator" and name in inplace:
-        import operator
         return getattr(operator, inplace[name])
     return target
 
@@ -142,6 +152,7 @@ class LinearInterpreter:
     def _record(self, x0):
         env: dict[fx.Node, Any] = {}
         live = _LiveStorages(self.nodes, env)
+        calls: list[tuple[fx.Node, Bound, rules.Rule | None]] = []
         placeholder_seen = False
         for node in self.nodes:
             if node.op == "placeholder":
@@ -166,17 +177,19 @@ class LinearInterpreter:
             b = Bound(target, args, kwargs, env)
             if rule is not None and (why := rule.refuse(b)):  # random: static, from shapes or from x alike
                 raise UnsupportedOperation(f"{describe(node, target)} at '{where(node)}': {why}")
+            calls.append((node, b, rule))
             linear_inputs = b.nodes()
-            dependent = linear_inputs or self._depends_on_meta(node)
-            if not linear_inputs:
-                value = b()
+            if linear_inputs and node.meta.get("in_place"):
+                self._check_shared_memory(node, target, env, live)
+            shape_only = rule is not None and rule.shape_only  # zeros_like(h), h.new_full(...), h.zero_(), ...
+            if not linear_inputs or shape_only:
+                value = rule.record(b)[0] if shape_only else b()
+                dependent = linear_inputs or self._depends_on_meta(node)
                 self.kind[node] = "meta" if dependent else "static"
                 (env if dependent else self.static)[node] = value
                 if not dependent and any(n in self.frozen for n in node.all_input_nodes):
                     self.frozen.add(node)
                 continue
-            if node.meta.get("in_place"):
-                self._check_shared_memory(node, target, env, live)
             if rule is None:
                 value = b()
                 if isinstance(value, torch.Tensor) and value.is_complex():
@@ -209,6 +222,7 @@ class LinearInterpreter:
             self.kind[node], env[node] = "linear", value
             self.sites[node] = Site(node, _out_of_place(node, target), rule, state, bias, _shape(value),
                                     where(node), _op_name(node, target), rule.approximation(state))
+        self._check_written(calls, env)
         out = self.output_node.args[0]
         if not isinstance(out, fx.Node) or self.kind.get(out) != "linear" or not isinstance(env[out], torch.Tensor):
             found = self.static.get(out, env.get(out)) if isinstance(out, fx.Node) else None
@@ -232,6 +246,40 @@ class LinearInterpreter:
                 f"{describe(node, target)} at '{where(node)}' changes in place a tensor that shares memory "
                 f"with '{where(other)}', which is used afterwards (a view, slice or chunk of the same "
                 f"tensor): use the out-of-place form")
+
+    def _check_written(self, calls: list[tuple[fx.Node, Bound, "rules.Rule | None"]], env: dict) -> None:
+        """Refuse a model that reads elements of a tensor allocated without values (torch.empty, empty_like, new_empty:
+        `rules.Uninitialised`) before it writes them: it reads garbage there (recording held zeros). `calls`: (node, its
+        call, its rule) in graph order, with the values of every node in `env` or `self.static`.
+
+        Item assignments write the elements they index (`Rule.writes`); calls whose values come from shapes and
+        constants (fill_, zero_, zeros_like: `Rule.shape_only`) write every element; indexing (``x[:, :c]``) keeps the
+        unwritten elements of the part it takes; a call whose result is not a tensor (x.shape, x.size(1)) reads none.
+        Every other call that takes such a tensor reads its unwritten elements, and so does the model's output."""
+        # node -> (True where its value was never written, the allocation it comes from)
+        unwritten: dict[fx.Node, tuple[torch.Tensor, fx.Node]] = {}
+        for node, b, rule in calls:
+            value = env[node] if node in env else self.static.get(node)
+            if rule is not None and rule.uninitialised:
+                unwritten[node] = torch.ones(value.shape, dtype=torch.bool, device=value.device), node
+                continue
+            read = [a for a in node.all_input_nodes if a in unwritten]
+            if not read or (rule is not None and rule.shape_only) or not isinstance(value, torch.Tensor):
+                continue
+            mask, allocation = unwritten[read[0]]
+            index = rule.writes(b) if rule is not None else None
+            if read == [node.args[0]] and index is not None:
+                mask = mask.clone()
+                mask[index] = False
+            elif read == [node.args[0]] and node.target in (operator.getitem, "__getitem__"):
+                mask = mask[b.args[1]]
+            else:
+                raise UnsupportedOperation(f"{describe(node, b.fn)} at '{where(node)}' reads {_garbage(allocation)}")
+            if mask.any():
+                unwritten[node] = mask, allocation
+        out = self.output_node.args[0]
+        if out in unwritten:
+            raise UnsupportedOperation(f"the model's output holds {_garbage(unwritten[out][1])}")
 
     def _freeze(self, node, value, env):
         """Non-float results of linear inputs (comparisons, indices) are frozen at x0; sizes are meta."""
@@ -338,7 +386,7 @@ class LinearInterpreter:
             kind = self.kind[node]
             if kind == "linear":
                 shape = self.x0.shape if node.op == "placeholder" else self.sites[node].shape
-                env[node] = _meta_like(shape, dtype, batch)
+                env[node] = _stand_in(shape, dtype, u.device, batch)
             elif kind == "meta":
                 args, kwargs = self._pass_args(node, env, self.static)
                 env[node] = Bound(_out_of_place(node, self._target(node)), args, kwargs, env)()
@@ -589,6 +637,13 @@ def _add(a, b):
     if isinstance(a, (tuple, list)):
         return type(a)(_add(x, y) for x, y in zip(a, b))
     return a + b
+
+
+def _garbage(allocation: fx.Node) -> str:
+    """What a read of never-written elements of a tensor allocated at `allocation` reads (`_check_written`)."""
+    return (f"elements of the tensor allocated at '{where(allocation)}' that were never written (torch.empty, "
+            f"empty_like and new_empty allocate memory without setting it: garbage); write every element before "
+            f"reading it, or allocate with torch.zeros_like or new_zeros")
 
 
 def _is_leaf(m: nn.Module) -> bool:

@@ -12,7 +12,12 @@ A rule says, for one operation kind, how to
   approximation, and of which kind: "secant" (a smooth unit), "frozen-statistics" (a normalisation's
   statistics frozen at x0) or "frozen-factor" (a product of two input-dependent factors, one frozen).
 - `refuse(b)` say why a call cannot be interpreted at all (None when it can): an operation that samples at
-  random (`Random`; `EvalOnly` in training), whose sample at x0 is not the model's at its next call.
+  random (`Random`; `EvalOnly` in training), whose sample at x0 is not the model's at its next call;
+- `writes(b)` say which elements of its first argument a call overwrites (an item assignment `x[i] = v`), if any.
+
+A rule may also mark an operation `shape_only` (`Constant`: zeros_like, new_full, fill_, empty_like...): its result
+is computed from shapes and constants, not from values, and is recomputed in every pass (a *meta* value, see
+`linear.py`); only its `refuse` and `record` run, at x0.
 
 `bias` is the constant the operation adds at x0 (a conv bias, a norm shift, a unit's offset c, a
 constant added to a feature map), as a tensor that broadcasts against the output; the engine
@@ -33,7 +38,7 @@ import torchvision.ops
 from torch import fx, nn
 
 from .errors import UnsupportedOperation
-from .graph import Bound
+from .graph import Bound, setitem
 from .sparse import conv2d_on_support
 
 
@@ -124,6 +129,10 @@ class Rule:
     #: whether `support` opens the static tensor arguments of the operation (masks, gates, offsets), so that
     #: values frozen at x0 there do not restrict where perturbations reach (see `window.py`)
     opens_static = False
+    #: whether the operation reads only the shapes, dtypes and devices of its tensor arguments (`Constant`)
+    shape_only = False
+    #: whether its result holds no values (torch.empty*: memory never written) until calls write them (`writes`)
+    uninitialised = False
 
     def record(self, b: Bound):
         return b(), None, None
@@ -151,6 +160,11 @@ class Rule:
         """Why this call cannot be interpreted at all (it samples at random: `Random`, `EvalOnly`), or None. Asked of
         every call of the operation, whether its inputs depend on x or not (then the call is static or computed
         from shapes, and no other method of the rule runs)."""
+        return None
+
+    def writes(self, b: Bound) -> Any:
+        """The index of the elements of the first argument that the call overwrites (an item assignment's), or None for
+        a call that writes none."""
         return None
 
     def crop(self, state, crop: Callable):
@@ -186,23 +200,39 @@ class Random(Rule):
 
 
 class Constant(Rule):
-    """A tensor made from an input's shape, not its values (zeros_like, ones_like, full_like, new_zeros, ...): a
-    constant, which is its own bias and no part of the linear map."""
+    """A tensor whose values come from an input's shape and constants, not from its values (zeros_like, ones_like,
+    full_like, new_zeros, new_full, fill_, zero_, ...): computed again in every pass from that pass's tensors (a meta
+    value), it is a constant wherever it is used (an offset of a sum, a static factor of a product)."""
 
-    kind = "constant"
+    shape_only = True
+
+
+class Uninitialised(Constant):
+    """A tensor allocated without values (torch.empty, empty_like, new_empty): the model reads garbage from it until it
+    writes there. Recording holds it as zeros, and refuses a model that reads elements it has not written (see
+    `linear.LinearInterpreter._check_written`); in linear passes every write replaces them."""
+
+    uninitialised = True
 
     def record(self, b):
-        out = b()
-        return out, None, (out.detach().clone() if out.any() else None)
+        return torch.zeros_like(b()), None, None
+
+
+class MaskedIdentity(Rule):
+    """torch.native_dropout when it drops nothing (train=False, or p = 0): (the input, its mask of ones, bool)."""
+
+    def record(self, b):
+        return self.linear(b, None), None, None
 
     def linear(self, b, state):
-        return None
+        v = b.input()
+        return v, torch.ones_like(v, dtype=torch.bool)
 
     def transpose(self, b, state, cot):
-        return {}
+        return {b.nodes()[0]: cot[0]}  # the mask carries no cotangent
 
     def support(self, b, state):
-        return None
+        return self.linear(b, state)
 
 
 class Offset(Rule):
@@ -229,22 +259,25 @@ class Offset(Rule):
         bias = b.call(zeros)
         return out, None, (bias if bias.any() else None)
 
-    def linear(self, b, state):
+    def _linear_part(self, b) -> Bound:
+        """The call with its offsets zeroed, those of batch 1 expanded to the batch of its inputs (in this pass)."""
         args, kwargs = b.map_static(_zero, self.positions, self.keys)
         n0 = b.input()
         batch = n0.shape[0] if isinstance(n0, torch.Tensor) else None
 
-        def expand(x):  # constants of batch 1 next to inputs of batch B (cat, stack); not a (1,) or (1, W)
-            # constant of lower rank, which broadcasts along the last dimensions
+        def expand(x):  # constants of batch 1 next to inputs of batch B (cat, stack, a canvas written into); not a
+            # (1,) or (1, W) constant of lower rank, which broadcasts along the last dimensions
             if isinstance(x, torch.Tensor) and batch and x.dim() == n0.dim() and x.shape[0] == 1 and batch != 1:
                 return x.expand(batch, *x.shape[1:])
             return x
         args, kwargs = Bound(b.fn, args, kwargs, b.values).map_static(expand, self.positions, self.keys)
-        return b.call(args=args, kwargs=kwargs)
+        return Bound(b.fn, args, kwargs, b.values)
+
+    def linear(self, b, state):
+        return self._linear_part(b)()
 
     def transpose(self, b, state, cot):
-        args, kwargs = b.map_static(_zero, self.positions, self.keys)
-        return _vjp(Bound(b.fn, args, kwargs, b.values), cot)
+        return _vjp(self._linear_part(b), cot)
 
 
 class Sum(Offset):
@@ -282,6 +315,17 @@ class Select(Offset):
 
     def support(self, b, state):
         return _union(b)
+
+
+class Assign(Offset):
+    """``x[index] = v`` (recorded as `graph.setitem`, out of place): jointly linear in x and v, whose static parts are
+    offsets (a constant canvas: x = torch.zeros_like(h); x[:, :c] = ...)."""
+
+    def __init__(self):
+        super().__init__(positions=(0, 2), keys=("tensor", "value"))
+
+    def writes(self, b):
+        return b.args[1]
 
 
 def _computed_from(node: fx.Node, source: fx.Node) -> bool:
@@ -717,15 +761,16 @@ class EvalOnly(Overloads):
     is refused, saying what it `does` at random (`refuse`); every other call is `rule`'s.
 
     A module's arguments are its attributes (training, p, lower, upper); a function's are bound to `signature` (the
-    documented argument list, for builtins that carry none; default: the function's own)."""
+    documented argument list, for builtins that carry none; default: the function's own), and `samples(flag)` says
+    whether the flag's value samples (default: when true; torch.native_dropout samples with train=None too)."""
 
     random = True
 
     def __init__(self, rule: Rule, does: str, active: Callable[[dict], bool], flag: str = "training",
-                 signature: Callable | None = None):
+                 signature: Callable | None = None, samples: Callable[[Any], bool] = bool):
         super().__init__(lambda b: rule)
         self.kind, self.opens_static = rule.kind, rule.opens_static
-        self.does, self.active, self.flag, self.signature = does, active, flag, signature
+        self.does, self.active, self.flag, self.signature, self.samples = does, active, flag, signature, samples
 
     def refuse(self, b):
         if isinstance(b.fn, nn.Module):
@@ -735,8 +780,10 @@ class EvalOnly(Overloads):
             return None
         bound = inspect.signature(self.signature or b.fn).bind(*map_values(b, b.args), **map_values(b, b.kwargs))
         bound.apply_defaults()
-        if bound.arguments[self.flag] and self.active(bound.arguments):
-            return f"it {self.does} ({self.flag}=True): pass {self.flag}=self.training and put the model in eval mode"
+        flag = bound.arguments[self.flag]
+        if self.samples(flag) and self.active(bound.arguments):
+            return (f"it {self.does} ({self.flag}={flag!r}): pass {self.flag}=self.training and put the model in "
+                    f"eval mode")
         return None
 
 
@@ -751,8 +798,8 @@ def _random_slopes(arguments: dict) -> bool:
 
 
 def _torch_dropout_signature(input, p, train):
-    """The documented argument list of torch.dropout, feature_dropout, alpha_dropout, feature_alpha_dropout and
-    their in-place forms (builtins carry no signature)."""
+    """The documented argument list of torch.dropout, feature_dropout, alpha_dropout, feature_alpha_dropout, their
+    in-place forms and torch.native_dropout (builtins carry no signature)."""
 
 
 def _rrelu_signature(input, lower=1.0 / 8, upper=1.0 / 3, training=False, generator=None):
@@ -1056,6 +1103,7 @@ UNSHUFFLE = Shuffle(F.pixel_shuffle, _shuffle_factor)
 LINEAR = Rule()
 IDENTITY = Identity()
 RANDOM = Random()
+CONSTANT, UNINITIALISED = Constant(), Uninitialised()
 OFFSET = Offset()
 PRODUCT = Product()
 DIVISION = Product(denominator=True)
@@ -1138,7 +1186,12 @@ for _fns, _rule in [
                                                  signature=_rrelu_signature)),
     (_functions("elu elu_ selu celu gelu silu mish softplus hardswish logsigmoid softsign tanhshrink "
                 "sigmoid tanh") + _functions("sigmoid tanh exp square", torch), SECANT),
-    (_functions("zeros_like ones_like full_like", torch), Constant()),
+    (_functions("zeros_like ones_like full_like", torch), CONSTANT),
+    (_functions("empty empty_like", torch), UNINITIALISED),
+    ([setitem], Assign()),
+    (_functions("native_dropout", torch), EvalOnly(MaskedIdentity(), "drops values at random", _drops, flag="train",
+                                                   signature=_torch_dropout_signature,
+                                                   samples=lambda train: train is not False)),
     (_functions("avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
                 "interpolate upsample upsample_nearest upsample_bilinear channel_shuffle") +
      _functions("flatten reshape permute transpose swapaxes squeeze unsqueeze chunk split tensor_split unbind "
@@ -1203,7 +1256,8 @@ for _names, _rule in [
     ("relu relu_", RELU),
     ("clamp clamp_ clip clip_ abs abs_ hardtanh", TANGENT),
     ("sigmoid sigmoid_ tanh tanh_ exp exp_ square square_", SECANT),
-    ("new_zeros new_ones new_full", Constant()),
+    ("new_zeros new_ones new_full fill_ zero_", CONSTANT),
+    ("new_empty", UNINITIALISED),
     ("bernoulli bernoulli_ normal_ uniform_ exponential_ cauchy_ geometric_ log_normal_ random_ multinomial", RANDOM),
     ("amax amin", AMAX),
     ("max", MAX),

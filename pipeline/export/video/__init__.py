@@ -55,6 +55,20 @@ def _check_outputs(out: Path, subtitles_out, still) -> None:
             raise VideoError(f"{what} {path}: is a folder")
 
 
+def _too_large(layout: Layout, stores, titles: list[str]) -> str:
+    """Why the frames of ``layout`` (panels titled ``titles``) are more than :data:`MAX_SIDE` a side, and what makes
+    them smaller (one line): a smaller --zoom when zoom 1 fits, else a smaller part of the image."""
+    def frames(a: Layout) -> str:
+        return f"frames of {a.size[1]}×{a.size[0]} pixels; at most {MAX_SIDE} a side"
+
+    smallest = layout if layout.zoom == 1 else Layout.of(stores, 1, titles)
+    if max(smallest.size) <= MAX_SIDE:
+        return f"--zoom {layout.zoom} makes {frames(layout)} (use a smaller --zoom)"
+    h, w = max(s.out_shape[1] for s in stores), max(s.out_shape[2] for s in stores)
+    return (f"the stores' {w}×{h}-pixel outputs are too large for a video even at zoom 1 (one screen pixel per "
+            f"output pixel): {frames(smallest)}; compute the stores on a smaller part of the image (--crop X,Y,W,H)")
+
+
 def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None = None, zoom: int | None = None,
                 lossless: bool = False, subtitles_out=None, still=None, names: list[str] | None = None,
                 notes: tuple[str, ...] = (), progress: bool = True) -> dict:
@@ -93,12 +107,12 @@ def write_video(store_paths, out, *, duration: float = 30.0, fps: float | None =
     names = list(names or model_names(stores))
     if len(names) != len(stores):
         raise VideoError(f"{len(names)} names for {len(stores)} stores")
+    titles = panel_titles(stores, names)
+    layout = Layout.of(stores, zoom, titles)
+    if max(layout.size) > MAX_SIDE:
+        raise VideoError(_too_large(layout, stores, titles))
     story = tell(stores, duration=duration, fps=fps, names=names, notes=tuple(notes))
     subtitles.check(story.cues, story.duration)
-    layout = Layout.of(stores, zoom, panel_titles(stores, names))
-    if max(layout.size) > MAX_SIDE:
-        raise VideoError(f"--zoom {layout.zoom} makes frames of {layout.size[1]}×{layout.size[0]} pixels; at most "
-                         f"{MAX_SIDE} a side (use a smaller --zoom)")
     renderer = Renderer(stores, layout)
 
     def frames():

@@ -136,6 +136,16 @@ def text_mask(text: str, size: int) -> np.ndarray:
     return np.concatenate([_glyph(ch, size) for ch in text or " "], axis=1)
 
 
+def prefix_widths(text: str, size: int) -> np.ndarray:
+    """The widths (screen pixels) of ``text[:k]`` for k = 0 … len(text) as :func:`text_mask` draws them (the sum of
+    their glyphs' advances), all at once: (len(text) + 1,) int, non-decreasing (``text[:0]``: 0)."""
+    if not _font(size)[1]:
+        advances = [sum(_glyph(c, size).shape[1] for c in ch.translate(ASCII)) for ch in text]
+    else:
+        advances = [_glyph(ch, size).shape[1] for ch in text]
+    return np.concatenate([[0], np.cumsum(advances, dtype=np.int64)])
+
+
 def draw_text(frame: np.ndarray, text: str, y: int, x: int, colour=TEXT, size: int = 15,
               anchor: str = "left", max_width: int | None = None) -> None:
     """Draw ``text`` with its top at row ``y``; ``anchor`` left / centre / right of column ``x``; text wider than
@@ -181,14 +191,23 @@ def wrap_title(text: str, width: int, size: int = TITLE_SIZE, lines: int = TITLE
         other ``chars``."""
         return [k for k in range(1, n + 1) if (" " in chars and rest[k] == " ") or rest[k - 1] in chars.strip()]
 
+    flat = " ".join(text.split())
+    widths = prefix_widths(flat, size)  # of flat[:i]; the line flat[start:i] is widths[i] - widths[start] wide
+    ends = np.maximum.accumulate([0] + [k + 1 if ch != " " else 0 for k, ch in enumerate(flat)])  # flat[:i].rstrip()
+
+    def longest(start: int) -> int:
+        """The most characters from ``flat[start]`` (not a space) whose line, trailing spaces dropped, is at most
+        ``width`` wide; at least 1. (Widths of lines grow with their length: the fitting ones come first.)"""
+        return max(1, int(np.count_nonzero(widths[ends[start + 1:]] - widths[start] <= width)))
+
     def wrap(classes: tuple[str, ...]) -> list[str]:
         """Lines ended at the last break of the first of ``classes`` that has one (else where they must)."""
-        out, rest = [], " ".join(text.split())
-        while rest:
-            n = max([k for k in range(1, len(rest) + 1) if wide(rest[:k].rstrip()) <= width], default=1)
+        out, start = [], 0
+        while start < len(flat):
+            rest, n = flat[start:], longest(start)
             cut = n if n == len(rest) else next((max(ks) for ks in (breaks(rest, n, c) for c in classes) if ks), n)
             out.append(rest[:cut].rstrip())
-            rest = rest[cut:].lstrip()
+            start += cut + len(rest[cut:]) - len(rest[cut:].lstrip())
         return out or [""]
 
     out = min(wrap((" ", "-_/")), wrap((" -_/",)), key=len)
