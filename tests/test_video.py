@@ -637,22 +637,28 @@ def shown(told: story.Story, segments: list[walk.Segment]) -> list[tuple]:
     return out
 
 
+def video_cues(tmp_path, side: int, pairs: int, seconds: float):
+    """(store, the cues of the SubRip file `linterp video` writes, the story told) for a ×4 upscaler's store of a
+    side × side grey image with `pairs` random eigen-pairs, filmed for `seconds` at zoom 1."""
+    store, _ = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=side, w=side, tile=4)
+    rng = np.random.default_rng(1)
+    open_store(store.path, mode="r+").write_svd(np.arange(pairs, 0, -1) + 0.0,
+                                                rng.standard_normal((pairs, 1, 4 * side, 4 * side)),
+                                                rng.standard_normal((pairs, 1, side, side)))
+    srt = tmp_path / "w.srt"
+    res = CliRunner().invoke(main, ["video", str(store.path), "--out", str(tmp_path / "w.mp4"), "--duration",
+                                    str(seconds), "--fps", str(FPS), "--zoom", "1", "--subtitles", str(srt), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return store, srt_cues(srt), story.tell([open_store(store.path)], duration=seconds, fps=FPS)
+
+
 @pytest.mark.parametrize("seconds", [3, 4.5, 6])
 def test_a_short_video_has_a_cue_per_part(tmp_path, seconds):
     """Videos of 3–6 s had a single cue: stretches shorter than 1.5 s joined the previous cue whatever its length
     and its part, so every cue grew into the next. Cues must follow the parts: from the SubRip file `linterp
     video` writes, a cue starts at every boundary between two parts that last at least 0.6 s (a shorter part
     shares a cue), and a cue starts or ends only where what is shown changes."""
-    store, _ = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=8, w=8, tile=4)
-    rng = np.random.default_rng(1)
-    open_store(store.path, mode="r+").write_svd([3.0, 2.0], rng.standard_normal((2, 1, 32, 32)),
-                                                rng.standard_normal((2, 1, 8, 8)))
-    srt = tmp_path / "w.srt"
-    res = CliRunner().invoke(main, ["video", str(store.path), "--out", str(tmp_path / "w.mp4"), "--duration",
-                                    str(seconds), "--fps", str(FPS), "--zoom", "1", "--subtitles", str(srt), "--quiet"])
-    assert res.exit_code == 0, res.output
-    cues = srt_cues(srt)
-    told = story.tell([open_store(store.path)], duration=seconds, fps=FPS)
+    store, cues, told = video_cues(tmp_path, side=8, pairs=2, seconds=seconds)
     parts = [v.part[:5] for v in told.views]  # eigen-inputs and eigen-outputs: one part
     edges = [i for i in range(1, len(parts)) if parts[i] != parts[i - 1]]
     spans = list(zip([0] + edges, edges + [len(parts)]))
@@ -719,16 +725,7 @@ def test_every_stretch_move_and_eigen_pair_is_said_in_its_cue(tmp_path, seconds)
     first went ("Along the strongest edge, …" over the texture and the flat area too). From the SubRip file
     `linterp video` writes: every cue over a stretch of the walk names it, every cue over a move says where the
     cursor goes (or names the stretches on both sides, in order), and every cue over an eigen-pair names it."""
-    store, _ = linear_upscaler_store(tmp_path / "s.zarr", c=1, h=16, w=16, tile=4)
-    rng = np.random.default_rng(1)
-    open_store(store.path, mode="r+").write_svd([3.0, 2.0, 1.0], rng.standard_normal((3, 1, 64, 64)),
-                                                rng.standard_normal((3, 1, 16, 16)))
-    srt = tmp_path / "w.srt"
-    res = CliRunner().invoke(main, ["video", str(store.path), "--out", str(tmp_path / "w.mp4"), "--duration",
-                                    str(seconds), "--fps", str(FPS), "--zoom", "1", "--subtitles", str(srt), "--quiet"])
-    assert res.exit_code == 0, res.output
-    cues = srt_cues(srt)
-    told = story.tell([open_store(store.path)], duration=seconds, fps=FPS)
+    store, cues, told = video_cues(tmp_path, side=16, pairs=3, seconds=seconds)
     segments = walk.plan(open_store(store.path).x0)
     names = {"edge": "along the strongest edge", "flat": "across a flat area", "texture": "around a texture"}
     ahead = {"edge": "an edge", "flat": "a flat area", "texture": "a texture"}
