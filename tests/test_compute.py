@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.compute import Source, compute, source_key, tile_columns
+from pipeline.compute import Source, compute, make_plan, source_key, tile_columns
 from pipeline.interpreter import interpret
 from pipeline.models import build
 from pipeline.store import FileRef, open_store
@@ -316,6 +316,21 @@ def test_classifier_rows(tmp_path):
     assert np.abs(store.F[:, 0, 0] - rows).max() <= 1e-6 * np.abs(rows).max()
     assert np.allclose(store.y0[:, 0, 0], li.output[0].numpy())
     assert store.attrs.verification["reconstruction_rel"] < 1e-5
+
+
+@pytest.mark.parametrize("c_in, c_out, mode", [(3, 1, "columns"), (3, 2, "columns"), (32, 1, "rows")])
+def test_image_outputs_with_fewer_channels_get_columns(c_in, c_out, mode):
+    """Auto mode counts batched passes: an RGB → grey (or → 2-channel) network on 24×24 gets columns (108
+    passes of 16 columns; rows would be 576 passes and tasks of one row each), and only an input of more channels
+    than a batch makes rows cheaper for an image output."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(c_in, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, c_out, 3, padding=1)).eval()
+    li = interpret(net, torch.rand(1, c_in, 24, 24))
+    plan = make_plan(li, (c_in, 24, 24))
+    assert plan.mode == mode
+    if mode == "columns":
+        assert plan.tasks == (1, 1) and plan.shards == (c_out, 24, 24, c_in, 24, 24)
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):

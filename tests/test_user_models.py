@@ -286,6 +286,7 @@ def test_bad_specs_give_one_line(tmp_path, monkeypatch):
         (["--model", "bad.py:number"], "number() returned int, not a torch.nn.Module"),
         (["--model", "bad.py:boom"], "boom() raised RuntimeError: weights server unreachable"),
         (["--model", "bad.py:Shrinks"], "output (1, 3, 6, 6) on the input (1, 3, 8, 8) is neither an image"),
+        (["--model", "bad.py:Shrinks"], "it is smaller than the input: convolutions without padding"),
         (["--model", "bad.py:Pair"], "returns tuple on the input (1, 3, 8, 8), not a tensor"),
         (["--model", "bad.py:Wave"], "no linear-interpreter rule for function"),
         (["--model", "bad.py:Spectrum"], "fft2 at 'fft_fft2': it gives complex values"),

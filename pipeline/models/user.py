@@ -372,6 +372,10 @@ def _task(x: torch.Tensor, y) -> tuple[str, int]:
         # a little larger than a multiple: strided layers that round odd sides up (a 7×5 input giving 8×6)
         hint = ("; its sides are almost a multiple of the input's: a network with strided layers may need sides "
                 "that are multiples of its total stride (--crop X,Y,W,H with W and H divisible by 4 or 8)")
+    elif y.dim() == 4 and (y.shape[-2] < h or y.shape[-1] < w):
+        hint = ("; it is smaller than the input: convolutions without padding or downscaling layers (linterp maps "
+                "input pixels to output pixels of the same place: pad the convolutions, padding='same', or scale "
+                "the output back up)")
     raise UserModelError(f"output {tuple(y.shape)} on the {shown} is neither an image (1, C, H, W) of the "
                          f"input's size or an integer multiple of it, nor class scores (1, N){hint}")
 
