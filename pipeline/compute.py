@@ -34,7 +34,7 @@ import torch
 from .compact import Compaction, CompactionError, compact_block
 from .parallel import compute_delayed
 from .shard_io import write_box
-from .store import Store, create_store, layout, open_store
+from .store import Store, StoreError, create_store, identity_mismatch, layout, open_store
 
 #: Default columns (or rows) per forward (transpose) pass. Part of a store's identity: batch composition
 #: changes the last bits of convolution results, and a resumed store must equal an uninterrupted run.
@@ -53,6 +53,8 @@ GPU_WORKERS = 2
 LOCAL = ("threads", "processes", "sync")
 #: Address prefixes of dask.distributed schedulers.
 REMOTE = ("tcp://", "tls://", "ucx://", "inproc://")
+#: Identity fields that the plan chooses: ``--mode auto`` and a default tile take them from the store being resumed.
+PLAN_FIELDS = ("mode", "tile")
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,21 @@ def make_plan(li, in_shape, *, mode: str = "auto", tile: int | None = None,
     return Plan(mode, tile, int(batch), shards, chunks, tasks, in_shape, out_shape)
 
 
+def recorded_plan(out, identity: dict) -> dict:
+    """``PLAN_FIELDS`` ({"mode": …, "tile": …}) as recorded in the store at ``out`` when its identity equals
+    ``identity`` (every field but those) — a store that an older linterp's ``choose_mode`` / ``default_tile``
+    planned otherwise then resumes; {} when there is no readable linterp store there or it holds other inputs
+    (``create_store`` then refuses it or starts afresh, as it says)."""
+    try:
+        found = open_store(out).attrs.identity
+    except StoreError:
+        return {}
+    others = {key: value for key, value in found.items() if key not in PLAN_FIELDS}
+    if identity_mismatch(others, json.loads(json.dumps(identity))):
+        return {}
+    return {key: found[key] for key in PLAN_FIELDS if key in found}
+
+
 def run_task(source: Source, device: str, path: str, plan: Plan, index: tuple, threads: int | None,
              compaction: Compaction = Compaction()) -> float:
     """Compute one task's part of F, write it (only this task's shards; for compact stores, F truncated and rounded
@@ -464,8 +481,9 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     """Compute F(x0) of ``source`` into the store ``out`` (created, or resumed when it matches) and verify it.
 
     ``identity``: what must match to resume (model, weights sha256, image sha256, crop ...; mode, tile, batch
-    and shapes are added); ``attrs``: further group attributes (``pipeline.store.StoreAttrs`` fields, e.g. from
-    ``pipeline.sources.model_source``). ``scheduler``: "threads" (default),
+    and shapes are added; ``mode`` "auto" and ``tile`` None take the mode and tile of a store at ``out`` made from
+    the same inputs, see ``recorded_plan``); ``attrs``: further group attributes (``pipeline.store.StoreAttrs``
+    fields, e.g. from ``pipeline.sources.model_source``). ``scheduler``: "threads" (default),
     "processes", "tcp://HOST:PORT" or a ``distributed.Client``. ``workers``: local worker count (default:
     one per core on CPU, ``GPU_WORKERS`` threads per GPU with CUDA). ``dtype`` ("float32", "float16",
     "bfloat16") and ``support_tol`` (None or a fraction): a compact store (see ``pipeline.compact``; columns
@@ -501,14 +519,18 @@ def compute(out, source: Source, *, identity: dict, attrs: dict | None = None, t
     threads = max(1, cores // workers) if local and device == "cpu" else None  # torch threads per worker
     started = time.perf_counter()
     li = engine(source, device)
-    plan = make_plan(li, source.x0.shape[1:], mode=mode, tile=tile, batch=batch)
+    inputs = dict(identity, batch=int(batch), in_shape=[int(n) for n in source.x0.shape[1:]],
+                  out_shape=list(li.output.shape[1:]))
+    if compaction.active:  # a compact store holds other values: never resumed from, or into, an exact one
+        inputs.update(dtype=compaction.dtype, support_tol=compaction.support_tol)
+    # auto choices resume a store at out as it was planned; explicit ones that differ are refused by create_store
+    recorded = recorded_plan(out, inputs) if mode == "auto" or tile is None else {}
+    plan = make_plan(li, source.x0.shape[1:], mode=recorded.get("mode", "auto") if mode == "auto" else mode,
+                     tile=tile or recorded.get("tile"), batch=batch)
     if compaction.active and plan.mode != "columns":
         raise CompactionError("--dtype float16/bfloat16 and --support-tol need a store computed by columns; this "
                               "one is computed by rows (--mode columns, or the default float32 store)")
-    ident = dict(identity, mode=plan.mode, tile=plan.tile, batch=plan.batch,
-                 in_shape=list(plan.in_shape), out_shape=list(li.output.shape[1:]))
-    if compaction.active:  # a compact store holds other values: never resumed from, or into, an exact one
-        ident.update(dtype=compaction.dtype, support_tol=compaction.support_tol)
+    ident = dict(inputs, mode=plan.mode, tile=plan.tile)
     meta = dict(attrs or {}, mode=plan.mode, tile=plan.tile, receptive_radius=li.receptive_radius,
                 output_shape=list(li.output.shape[1:]), versions=_versions(), dtype=compaction.dtype,
                 support_tol=compaction.support_tol, jacobian_exact=li.jacobian_exact,

@@ -21,7 +21,7 @@ from pipeline.cli import main
 from pipeline.compute import Source, compute, make_plan, source_key, tile_columns
 from pipeline.interpreter import interpret
 from pipeline.models import build
-from pipeline.store import FileRef, open_store
+from pipeline.store import FileRef, StoreError, open_store
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -331,6 +331,45 @@ def test_image_outputs_with_fewer_channels_get_columns(c_in, c_out, mode):
     assert plan.mode == mode
     if mode == "columns":
         assert plan.tasks == (1, 1) and plan.shards == (c_out, 24, 24, c_in, 24, 24)
+
+
+def rgb_to_grey():
+    """An RGB → grey conv net (8 features, receptive radius 2) with weights from a fixed seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(8, 1, 3, padding=1)).eval()
+
+
+def test_auto_mode_resumes_a_store_planned_in_another_mode(tmp_path):
+    """An unfinished rows store (as an older linterp's auto mode planned RGB → grey nets) resumes under auto mode
+    and the default tile, although auto now picks columns; an explicit other mode or tile is still refused."""
+    x0 = np.random.default_rng(6).random((1, 3, 12, 12)).astype(np.float32)
+    identity = {"model": "rgb-to-grey", "x0": float(x0.sum())}
+    src = Source(rgb_to_grey, x0, source_key(identity))
+    out = tmp_path / "grey.zarr"
+    assert make_plan(interpret(rgb_to_grey(), torch.from_numpy(x0)), (3, 12, 12)).mode == "columns"
+    compute(out, src, identity=identity, mode="rows", tile=16, device="cpu", progress=False, scheduler="sync")
+    store = open_store(out, mode="r+")
+    undone = [(0, y, x) for y in range(12) for x in range(12) if (y + x) % 3 == 0]
+    for _, y, x in undone:  # as a killed run leaves them: not done, their rows of F never written
+        store.F[:, y, x] = 0
+    store.unmark(undone)
+    store.update_attrs(complete=False)
+
+    resumed = compute(out, src, identity=identity, device="cpu", progress=False, scheduler="sync")
+    assert resumed.complete and (resumed.attrs.mode, resumed.attrs.tile) == ("rows", 16)
+    assert resumed.attrs.timings["last_run_tasks"] == len(undone) and resumed.finished
+    F = resumed.F[...].reshape(144, 3 * 144)
+    with torch.no_grad():
+        y = rgb_to_grey()(torch.from_numpy(x0)).numpy().reshape(144)
+    assert np.abs(F @ x0.reshape(-1) + resumed.residual.reshape(-1) - y).max() <= 1e-5 * np.abs(y).max()
+
+    before = resumed.F[...]
+    for explicit, diff in (({"mode": "columns"}, "mode is 'rows', not 'columns'"), ({"tile": 8}, "tile is 16, not 8")):
+        with pytest.raises(StoreError, match=diff):
+            compute(out, src, identity=identity, device="cpu", progress=False, scheduler="sync", **explicit)
+    assert np.array_equal(open_store(out, require_complete=True).F[...], before)
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):
