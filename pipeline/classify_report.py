@@ -266,11 +266,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 
 def image_files(paths) -> list[Path]:
-    """Files given directly plus the image files (by suffix, sorted) of the directories given."""
+    """Files given directly plus the image files (by suffix, sorted) of the directories given; a link named as an
+    image is listed even when it leads nowhere, so that the run names it as skipped rather than passing over it."""
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(f for f in p.iterdir()
+                            if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_SUFFIXES)
         else:
             files.append(p)
     return files

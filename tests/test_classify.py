@@ -485,3 +485,83 @@ def test_several_models_at_random_init_in_one_run(tmp_path):
     assert (tmp_path / "a" / "digits-vgg-bn" / "results.json").exists() and (tmp_path / "a" / "table.md").exists()
     res = CliRunner().invoke(main, [*args, "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "b")])
     assert res.exit_code != 0 and "single --model" in res.output, res.output
+
+
+def test_a_file_that_cannot_be_opened_is_skipped_and_named_not_fatal(tmp_path):
+    """A link named as an image that leads nowhere (as a file without read permission, an I/O error) is an
+    unreadable file like a broken one: the others are analysed, it is named on stderr and in the report. It was
+    passed over silently (the folder listing dropped it), and a file whose content could not be hashed stopped
+    the whole run with an error that did not name it."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    build_conv_head(tmp_path)
+    res = CliRunner().invoke(main, ["classify", "--model", f"{tmp_path / 'head.py'}:make", "--images", str(folder),
+                                    "--size", "16", "--figures", "0", "--quiet", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "skipped gone.png: cannot read image" in res.output
+    assert [r["image"] for r in json.loads((tmp_path / "o" / "results.json").read_text())] == ["a.png"]
+    assert "Skipped, could not be read: gone.png." in (tmp_path / "o" / "index.html").read_text()
+
+
+MIXED = """import torch
+import torch.nn as nn
+
+
+def make():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 3))
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+"""
+
+
+def test_files_of_mixed_kinds_with_your_own_model_are_recorded_truthfully_and_resumed(tmp_path):
+    """RGBA with a transparent background, CMYK JPEG, 16-bit grey, 8×8 and 400×20 files through your own conv net
+    with batch norm: each record says what the file held, input term + layer contributions = score (in
+    results.json, and for the cached input through the model itself), the maps have the input's shape, and a
+    re-run reads every image back from the cache."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rgba = np.zeros((24, 24, 4), np.uint8)
+    rgba[6:18, 6:18] = 200
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 255, (20, 25, 3), dtype=np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 65535, (18, 18), dtype=np.uint16)).save(folder / "deep.png")
+    iio.imwrite(folder / "small.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    iio.imwrite(folder / "wide.png", rng.integers(0, 255, (20, 400, 3), dtype=np.uint8))
+    (tmp_path / "net.py").write_text(MIXED)
+    args = ["classify", "--model", f"{tmp_path / 'net.py'}:make", "--images", str(folder), "--size", "16",
+            "--figures", "1", "--quiet", "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    recs = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert {r["image"]: (r["preprocessing"]["source_channels"], r["preprocessing"]["source_colour"]) for r in recs} \
+        == {"cmyk.jpg": (4, "CMYK converted to RGB"), "deep.png": (1, "grey"), "rgba.png": (4, "RGBA"),
+            "small.png": (3, "RGB"), "wide.png": (3, "RGB")}
+    import runpy
+
+    model = runpy.run_path(str(tmp_path / "net.py"))["make"]()
+    stems = sorted((tmp_path / "o" / "images").glob("*.json"))
+    assert len(stems) == len(recs)
+    for stem, full in zip(stems, recs):  # the cache in input order, as results.json
+        rec = json.loads(stem.read_text())["records"][0]
+        assert rec == {k: v for k, v in full.items() if k in rec}
+        assert rec["input_term"] + sum(c["value"] for c in rec["contributions"]) == pytest.approx(rec["score"],
+                                                                                                 rel=1e-5)
+        with np.load(stem.with_suffix(".npz")) as z:
+            x, pd, winner = z["x0"], z["pd0"], z["winner0"]
+        assert x.shape == (3, 16, 16) and pd.shape[1:] == winner.shape == (16, 16)
+        scores = model(torch.from_numpy(x)[None]).detach().double()[0].numpy()
+        assert rec["score"] == pytest.approx(scores.max(), rel=1e-5)
+        np.testing.assert_allclose(pd.sum((1, 2)), scores[rec["top_classes"]], rtol=1e-5)
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "images").iterdir()}
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "images").iterdir()} == cached

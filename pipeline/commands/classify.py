@@ -78,10 +78,26 @@ def _inputs(images, dataset, limit, model_spec, size, crop, polarity):
     def loader(f):
         return lambda: load_input(f, model_spec, size, crop, polarity)
 
+    return [(f.name, *_identified(f, loader(f))) for f in files]
+
+
+def _identified(file: Path, loader) -> tuple:
+    """(loader, label None, source) of an image file: its source is its content's sha256 (never where it lies:
+    caches and reports hold no paths). A file that cannot be opened (no permission, a link that leads nowhere, an
+    I/O error) gets a loader that raises the ``ImageError`` naming it and no source, so the run skips and names it;
+    no cache is ever written for it (only a loaded input's analysis is)."""
+    from pipeline.images import ImageError
     from pipeline.models.weights import file_sha256
 
-    # an input is identified by its content (never by where it lies: caches and reports hold no paths)
-    return [(f.name, loader(f), None, f"sha256 {file_sha256(f)}") for f in files]
+    try:
+        return loader, None, f"sha256 {file_sha256(file)}"
+    except OSError as err:
+        error = ImageError(f"cannot read image {file}: {err.strerror or err}")
+
+    def refuse():
+        raise error
+
+    return refuse, None, None
 
 
 @click.command()
