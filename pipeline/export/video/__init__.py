@@ -20,8 +20,8 @@ import numpy as np
 from pipeline.export import render
 from pipeline.export.site import check_same_image
 from pipeline.export.video import encode, subtitles
-from pipeline.export.video.frames import Layout, Renderer
-from pipeline.export.video.story import model_names, panel_titles, tell
+from pipeline.export.video.frames import Layout, Renderer, model_names
+from pipeline.export.video.story import panel_titles, tell
 from pipeline.progress import progress as progress_bar
 from pipeline.verify import open_complete
 
