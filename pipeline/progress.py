@@ -79,7 +79,7 @@ class Progress:
                              **sized)
         else:
             of = f" of {total}" if total is not None else ""
-            self._write(f"{desc}: started, {initial}{of} {unit} done")
+            self._write(f"{desc}: started, {initial}{of} {counted(initial if total is None else total, unit)} done")
             self._logged_step = self._step()
 
     def _step(self) -> int:
@@ -103,7 +103,8 @@ class Progress:
         if step > self._logged_step and self.n < (self.total or 0) and now - self._logged_at >= LOG_INTERVAL:
             self._logged_step, self._logged_at = step, now
             noted = "".join(f", {k} {v}" for k, v in self._noted.items())
-            self._write(f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * self.n // self.total} %), "
+            self._write(f"{self.desc}: {self.n}/{self.total} {counted(self.total, self.unit)} "
+                        f"({100 * self.n // self.total} %), "
                         f"{time.perf_counter() - self.started:.1f} s{noted}")
 
     def note(self, **values) -> None:
@@ -128,19 +129,25 @@ class Progress:
             return
         seconds = f"in {time.perf_counter() - self.started:.1f} s"
         if error is None:
-            self._write(f"{self.desc}: done, {self.n} {self.unit} {seconds}")
+            self._write(f"{self.desc}: done, {self.n} {counted(self.n, self.unit)} {seconds}")
             return
         of = f" of {self.total}" if self.total is not None else ""
+        unit = counted(self.n if self.total is None else self.total, self.unit)
         if isinstance(error, Exception):
-            self._write(f"{self.desc}: failed after {self.n}{of} {self.unit} {seconds} ({type(error).__name__})")
+            self._write(f"{self.desc}: failed after {self.n}{of} {unit} {seconds} ({type(error).__name__})")
         else:
-            self._write(f"{self.desc}: stopped after {self.n}{of} {self.unit} {seconds}")
+            self._write(f"{self.desc}: stopped after {self.n}{of} {unit} {seconds}")
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, exc_type, error, traceback) -> None:
         self.close(error)
+
+
+def counted(n: int, unit: str) -> str:
+    """``unit`` (a plural noun such as "tasks", or "it") as it reads after the number ``n``: "1 task", "2 tasks"."""
+    return unit[:-1] if n == 1 and len(unit) > 1 and unit.endswith("s") else unit
 
 
 def progress(total: int | None, desc: str, *, unit: str = "it", enabled: bool = True, initial: int = 0,

@@ -110,3 +110,19 @@ def test_log_lines_end_with_the_latest_noted_figures(monkeypatch):
     assert lines[1:-1] == [f"fit: {n}/4 steps ({25 * n} %), {t}, loss {loss}, pairs 1/3"
                            for n, t, loss in zip((1, 2, 3), [ln.split(", ")[1] for ln in lines[1:-1]],
                                                  ("0.5", "0.25", "0.125"))], lines
+
+
+def test_log_lines_say_one_task_not_one_tasks():
+    import io
+
+    stream = io.StringIO()
+    with progress.progress(1, "store", unit="tasks", stream=stream) as bar:
+        bar.update()
+    lines = stream.getvalue().splitlines()
+    assert lines == [lines[0], lines[-1]] and lines[0] == "store: started, 0 of 1 task done", lines
+    assert re.fullmatch(r"store: done, 1 task in [0-9.]+ s", lines[-1]), lines
+    stream = io.StringIO()
+    with progress.progress(None, "frames", unit="frames", stream=stream) as bar:
+        bar.update()
+    assert re.fullmatch(r"frames: done, 1 frame in [0-9.]+ s", stream.getvalue().splitlines()[-1])
+    assert progress.counted(2, "tasks") == "tasks" and progress.counted(1, "it") == "it"
