@@ -34,7 +34,7 @@ import torch
 from .compact import Compaction, CompactionError, compact_block
 from .parallel import compute_delayed
 from .shard_io import write_box
-from .store import Store, StoreError, create_store, identity_mismatch, layout, open_store
+from .store import Store, create_store, identity_mismatch, layout, open_store, recorded_identity
 
 #: Default columns (or rows) per forward (transpose) pass. Part of a store's identity: batch composition
 #: changes the last bits of convolution results, and a resumed store must equal an uninterrupted run.
@@ -423,9 +423,8 @@ def recorded_plan(out, identity: dict) -> dict:
     ``identity`` (every field but those) — a store that an older linterp's ``choose_mode`` / ``default_tile``
     planned otherwise then resumes; {} when there is no readable linterp store there or it holds other inputs
     (``create_store`` then refuses it or starts afresh, as it says)."""
-    try:
-        found = open_store(out).attrs.identity
-    except StoreError:
+    found = recorded_identity(out)
+    if found is None:
         return {}
     others = {key: value for key, value in found.items() if key not in PLAN_FIELDS}
     if identity_mismatch(others, json.loads(json.dumps(identity))):

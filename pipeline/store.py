@@ -684,6 +684,20 @@ def open_store(path, *, mode: str = "r", require_complete: bool = False) -> Stor
     return store
 
 
+def recorded_identity(path) -> dict | None:
+    """The identity recorded in the linterp store at ``path`` (JSON dict), also in one that a run killed right after
+    its first write left holding nothing else (``create_store`` resumes it); None where no readable linterp store
+    is."""
+    path = Path(path)
+    try:
+        group = _open_group(path, "r")
+        _check_version(group, path)
+    except StoreError:
+        return None
+    found = group.attrs.get("identity")
+    return found if isinstance(found, dict) else None
+
+
 def identity_mismatch(found: dict, wanted: dict) -> str | None:
     """A one-line description of how two identity dicts differ, or None when they agree."""
     diffs = [f"{key} is {found.get(key)!r}, not {wanted.get(key)!r}"

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+import zarr
 from click.testing import CliRunner
 
 from pipeline.cli import main
@@ -370,6 +372,28 @@ def test_auto_mode_resumes_a_store_planned_in_another_mode(tmp_path):
         with pytest.raises(StoreError, match=diff):
             compute(out, src, identity=identity, device="cpu", progress=False, scheduler="sync", **explicit)
     assert np.array_equal(open_store(out, require_complete=True).F[...], before)
+
+
+def test_auto_mode_resumes_a_store_killed_right_after_its_first_write(tmp_path):
+    """A rows store killed after its first write (its zarr.json holds the identity and format version, nothing
+    else) resumes under auto mode in the mode it was planned with, as an unfinished one does."""
+    x0 = np.random.default_rng(7).random((1, 3, 12, 12)).astype(np.float32)
+    identity = {"model": "rgb-to-grey", "x0": float(x0.sum())}
+    src = Source(rgb_to_grey, x0, source_key(identity))
+    out = tmp_path / "grey.zarr"
+    compute(out, src, identity=identity, mode="rows", tile=16, device="cpu", progress=False, scheduler="sync")
+    meta = json.loads((out / "zarr.json").read_text())
+    first = {key: meta["attributes"][key] for key in ("identity", "format_version")}
+    shutil.rmtree(out)
+    zarr.open_group(out, mode="w", zarr_format=3, attributes=first)
+    assert sorted(p.name for p in out.iterdir()) == ["zarr.json"]
+
+    resumed = compute(out, src, identity=identity, device="cpu", progress=False, scheduler="sync")
+    assert resumed.complete and (resumed.attrs.mode, resumed.attrs.tile) == ("rows", 16)
+    F = resumed.F[...].reshape(144, 3 * 144)
+    with torch.no_grad():
+        y = rgb_to_grey()(torch.from_numpy(x0)).numpy().reshape(144)
+    assert np.abs(F @ x0.reshape(-1) + resumed.residual.reshape(-1) - y).max() <= 1e-5 * np.abs(y).max()
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path):
