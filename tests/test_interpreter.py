@@ -267,8 +267,8 @@ class _Erf(nn.Module):
 def test_unsupported_operation_names_the_operation_and_where():
     with pytest.raises(UnsupportedOperation, match=r"erf.*'erf'"):
         interpret(_Erf(), torch.rand(1, 3, 4, 4))
-    with pytest.raises(UnsupportedOperation, match=r"module Softmax2d at 'act'"):
-        interpret(_with_softmax(), torch.rand(1, 3, 4, 4))
+    with pytest.raises(UnsupportedOperation, match=r"module LocalResponseNorm at 'act'"):
+        interpret(_with_local_response_norm(), torch.rand(1, 3, 4, 4))
 
     class Branchy(nn.Module):
         def forward(self, x):
@@ -285,10 +285,10 @@ def test_unsupported_operation_names_the_operation_and_where():
         interpret(Labels(), torch.rand(1, 3, 4, 4))
 
 
-def _with_softmax():
+def _with_local_response_norm():
     net = nn.Sequential()
     net.add_module("conv", nn.Conv2d(3, 3, 1))
-    net.add_module("act", nn.Softmax2d())
+    net.add_module("act", nn.LocalResponseNorm(2))
     return net
 
 
@@ -489,6 +489,79 @@ def test_on_a_tie_the_gate_is_frozen_not_the_features_whichever_side_it_is_on():
     frozen = torch.autograd.functional.jacobian(lambda x: gate * a.pool(torch.relu(a.conv(x))), x0)
     for model in (a, b):
         assert torch.allclose(dense(interpret(model, x0), x0), frozen.reshape(4, -1), atol=1e-12)
+
+
+class _Attention(nn.Module):
+    """Self-attention over the pixels of a feature map, its softmax written in one of several forms."""
+
+    FORMS = {
+        "F.softmax": lambda m, z: nn.functional.softmax(z, -1),
+        "torch.softmax": lambda m, z: torch.softmax(z, dim=-1),
+        "torch.special.softmax": lambda m, z: torch.special.softmax(z, -1),
+        "Tensor.softmax": lambda m, z: z.softmax(-1),
+        "nn.Softmax": lambda m, z: m.softmax(z),
+        "by hand": lambda m, z: z.exp() / z.exp().sum(-1, keepdim=True),
+    }
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.q, self.k, self.v = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 3, 1)
+        self.softmax, self.form = nn.Softmax(-1), form
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        q, k, v = self.q(x).flatten(2), self.k(x).flatten(2), self.v(x).flatten(2)
+        weights = self.FORMS[self.form](self, q.transpose(1, 2) @ k)
+        return x + (v @ weights.transpose(1, 2)).view(n, c, h, w)
+
+
+def test_softmax_is_exp_by_its_secant_over_the_frozen_sum_in_every_form():
+    """Every form of softmax gets the F of its definition written out (exp: a secant through 0, the sum: a frozen
+    denominator), which is not the Jacobian: the sum's own dependence on x is dropped."""
+    x0 = torch.rand(1, 3, 5, 5, dtype=torch.float64)
+    matrices = {}
+    for form in _Attention.FORMS:
+        torch.manual_seed(0)
+        model = randomize(_Attention(form).double())
+        li = _check_identities(model, x0)
+        assert not li.jacobian_exact
+        matrices[form] = dense(li, x0)
+    for form, matrix in matrices.items():
+        assert torch.allclose(matrix, matrices["by hand"], rtol=0, atol=1e-12), form
+    assert any(a["kind"] == "frozen-statistics" and a["op"] == "Softmax"
+               for a in interpret(_Attention("nn.Softmax").double().eval(), x0).approximations)
+    # the rule alone, on logits z: gain (exp(z0) − 1) / (z0·S0), offset 1 / S0, also at z0 = 0 and far from 0
+    z0 = torch.tensor([0.0, 1e-9, -3.0, 40.0, -700.0], dtype=torch.float64)
+    li = interpret(nn.Softmax(1), z0.view(1, 5, 1, 1))
+    s0 = torch.exp(z0).sum()
+    secant = torch.where(z0 == 0, torch.ones_like(z0), torch.special.expm1(z0) / torch.where(z0 == 0, 1.0, z0)) / s0
+    f = li.forward(torch.eye(5, dtype=torch.float64).view(5, 5, 1, 1)).view(5, 5)
+    assert torch.allclose(f, torch.diag(secant), rtol=1e-12, atol=0)
+    assert torch.allclose(li.residual.view(5), torch.full_like(z0, 1 / s0.item()), rtol=1e-12, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice")
+def test_log_softmax_leaves_the_logits_f_and_moves_r_by_the_frozen_log_sum():
+    """A classifier ending in log_softmax (pytorch/examples' MNIST net does) has the F of its logits; its r is
+    the logits' r minus log Σ exp(logits) at x0; implicit dimensions are torch's."""
+    torch.manual_seed(0)
+    logits = randomize(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)).double())
+    x0 = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    base = interpret(logits, x0)
+    log_sum = torch.logsumexp(base.output, 1, keepdim=True)
+    for tail in (nn.LogSoftmax(1), lambda z: nn.functional.log_softmax(z, dim=1), lambda z: z.log_softmax(1),
+                 lambda z: torch.log_softmax(z, 1), lambda z: nn.functional.log_softmax(z)):  # implicit: dim 1
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.logits, self.tail = logits, tail
+
+            def forward(self, x):
+                return self.tail(self.logits(x))
+
+        li = _check_identities(Net().eval(), x0)
+        assert torch.equal(dense(li, x0), dense(base, x0))
+        assert torch.allclose(li.residual, base.residual - log_sum, rtol=0, atol=1e-12)
 
 
 def test_random_units_are_refused_in_training_and_the_identity_in_eval():

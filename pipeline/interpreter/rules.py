@@ -10,7 +10,8 @@ A rule says, for one operation kind, how to
   mask, gate and switch of x0 opened (the receptive-radius pass of `window.py`);
 - `approximation(s)` say whether the interpreter is the operation's Jacobian at x0 (None) or an
   approximation, and of which kind: "secant" (a smooth unit), "frozen-statistics" (a normalisation's
-  statistics frozen at x0) or "frozen-factor" (a product of two input-dependent factors, one frozen).
+  statistics, or a softmax's sum of exponentials, frozen at x0) or "frozen-factor" (a product of two
+  input-dependent factors, one frozen).
 - `refuse(b)` say why a call cannot be interpreted at all (None when it can): an operation that samples at
   random (`Random`; `EvalOnly` in training), whose sample at x0 is not the model's at its next call;
 - `writes(b)` say which elements of its first argument a call overwrites (an item assignment `x[i] = v`), if any.
@@ -970,6 +971,46 @@ _F_LAYER_NORM = _functional(F.layer_norm, lambda x, g: _layer_norm(
 _F_RMS_NORM = _functional(F.rms_norm, lambda x, g: _rms_norm(x, g("normalized_shape"), g("weight"), g("eps")))
 
 
+def _softmax_dim(dim, x) -> int:
+    """The dimension of a softmax: ``dim``, or torch's implicit choice when it is None (0 for 0-, 1- and 3-D inputs,
+    else 1)."""
+    return (0 if x.dim() in (0, 1, 3) else 1) if dim is None else dim
+
+
+def _softmax(log: bool, dim_of: Callable):
+    """`Norm`'s affine of softmax (``log`` False) or log-softmax along the dimension ``dim_of(b)``: the sum of
+    exponentials S0 = Σ exp(z0) along it frozen at x0 (in float64, the maximum taken out). Softmax = exp(z) / S0
+    with exp by its secant through 0, as `Unit` replaces a smooth unit and `Product` freezes a denominator:
+    gain (exp(z0) − 1) / (z0·S0) (1 / S0 at z0 = 0), shift 1 / S0, so that a softmax written out by hand,
+    ``z.exp() / z.exp().sum(dim, keepdim=True)``, gets the same F. Log-softmax = z − log S0: gain 1, shift
+    −log S0."""
+    def affine(b, z0):
+        z = z0.double()
+        log_sum = torch.logsumexp(z, _softmax_dim(dim_of(b), z), keepdim=True)
+        if log:
+            return torch.ones_like(z0), (-log_sum).to(z0.dtype), True
+        inverse = torch.exp(-log_sum)
+        near = z.abs() < 1  # exp(z) − 1 without cancellation near 0, and without overflow far from it
+        secant = torch.where(near, torch.special.expm1(z) * inverse, torch.exp(z - log_sum) - inverse)
+        gain = torch.where(z == 0, inverse, secant / torch.where(z == 0, 1.0, z))
+        return gain.to(z0.dtype), inverse.to(z0.dtype), True
+    return affine
+
+
+def _f_softmax_signature(input, dim=None, _stacklevel=3, dtype=None):
+    """The documented argument list of F.softmax and F.log_softmax."""
+
+
+def _torch_softmax_signature(input, dim, dtype=None):
+    """The documented argument list of torch.softmax, torch.log_softmax and their tensor methods."""
+
+
+def _bound_dim(signature: Callable) -> Callable:
+    """The ``dim`` argument of a call, bound by name by ``signature``."""
+    sig = inspect.signature(signature)
+    return lambda b: sig.bind(*b.args, **b.kwargs).arguments.get("dim")
+
+
 class ConvModule(Rule):
     """nn.Conv1d/2d/3d (any stride, padding, dilation, groups, padding mode): linear part without bias."""
 
@@ -1140,6 +1181,8 @@ MODULE_RULES: dict[type, Rule] = {
     nn.InstanceNorm1d: Norm(_in_module), nn.InstanceNorm2d: Norm(_in_module),
     nn.InstanceNorm3d: Norm(_in_module), nn.GroupNorm: Norm(_gn_module), nn.LayerNorm: Norm(_ln_module),
     nn.RMSNorm: Norm(_rms_module),
+    nn.Softmax: Norm(_softmax(False, lambda b: b.fn.dim)), nn.LogSoftmax: Norm(_softmax(True, lambda b: b.fn.dim)),
+    nn.Softmax2d: Norm(_softmax(False, lambda b: -3)),
     nn.AvgPool1d: LINEAR, nn.AvgPool2d: LINEAR, nn.AvgPool3d: LINEAR,
     nn.AdaptiveAvgPool1d: LINEAR, nn.AdaptiveAvgPool2d: LINEAR, nn.AdaptiveAvgPool3d: LINEAR,
     nn.PixelShuffle: SHUFFLE, nn.PixelUnshuffle: UNSHUFFLE, nn.Upsample: LINEAR, nn.UpsamplingNearest2d: LINEAR,
@@ -1231,6 +1274,11 @@ FUNCTION_RULES.update({torch.amax: AMAX, torch.amin: AMAX, torch.max: MAX, torch
 for _fn, _affine in [(F.batch_norm, _F_BATCH_NORM), (F.instance_norm, _F_INSTANCE_NORM),
                      (F.group_norm, _F_GROUP_NORM), (F.layer_norm, _F_LAYER_NORM), (F.rms_norm, _F_RMS_NORM)]:
     FUNCTION_RULES[_fn] = Norm(_affine)
+for _log in (False, True):
+    _name = "log_softmax" if _log else "softmax"
+    FUNCTION_RULES[getattr(F, _name)] = Norm(_softmax(_log, _bound_dim(_f_softmax_signature)))
+    FUNCTION_RULES[getattr(torch, _name)] = FUNCTION_RULES[getattr(torch.special, _name)] = \
+        Norm(_softmax(_log, _bound_dim(_torch_softmax_signature)))
 def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """The documented argument list of F.conv1d/2d/3d (builtins carry no signature)."""
 
@@ -1276,6 +1324,8 @@ for _names, _rule in [
 ]:
     for _name in _names.split():
         METHOD_RULES[_name] = _rule
+for _name in ("softmax", "log_softmax"):  # Tensor.softmax(dim, dtype=None): torch.softmax's arguments
+    METHOD_RULES[_name] = FUNCTION_RULES[getattr(torch, _name)]
 
 
 def module_rule(m: nn.Module) -> Rule | None:
