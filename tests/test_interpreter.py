@@ -255,18 +255,18 @@ def test_bicubic_columns_are_the_bicubic_kernel_and_r_is_zero():
     assert torch.allclose(dense(li, x0), expected, atol=1e-12)
 
 
-class _Erf(nn.Module):
+class _Cumprod(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 1)
 
     def forward(self, x):
-        return torch.erf(self.conv(x))
+        return torch.cumprod(self.conv(x), 1)
 
 
 def test_unsupported_operation_names_the_operation_and_where():
-    with pytest.raises(UnsupportedOperation, match=r"erf.*'erf'"):
-        interpret(_Erf(), torch.rand(1, 3, 4, 4))
+    with pytest.raises(UnsupportedOperation, match=r"cumprod.*'cumprod'"):
+        interpret(_Cumprod(), torch.rand(1, 3, 4, 4))
     with pytest.raises(UnsupportedOperation, match=r"module LocalResponseNorm at 'act'"):
         interpret(_with_local_response_norm(), torch.rand(1, 3, 4, 4))
 
@@ -562,6 +562,107 @@ def test_log_softmax_leaves_the_logits_f_and_moves_r_by_the_frozen_log_sum():
         li = _check_identities(Net().eval(), x0)
         assert torch.equal(dense(li, x0), dense(base, x0))
         assert torch.allclose(li.residual, base.residual - log_sum, rtol=0, atol=1e-12)
+
+
+class _Head(nn.Module):
+    """A 3×3 convolution followed by ``tail``."""
+
+    def __init__(self, tail):
+        super().__init__()
+        self.conv, self.tail = nn.Conv2d(3, 3, 3, padding=1), tail
+
+    def forward(self, x):
+        return self.tail(self.conv(x))
+
+
+def _jacobian(model, x0):
+    y = model(x0)
+    return torch.autograd.functional.jacobian(model, x0).reshape(y.numel(), x0.numel())
+
+
+@pytest.mark.parametrize("unit", [torch.sqrt, lambda h: h ** 2, lambda h: h.pow(3), lambda h: 2 ** h, torch.sin,
+                                  torch.erf, lambda h: h.atan(), torch.expm1],
+                         ids=["sqrt", "pow", "Tensor.pow", "rpow", "sin", "erf", "atan", "expm1"])
+def test_smooth_units_with_a_finite_value_at_zero_get_their_secant(unit):
+    """F = diag((h(y0) − h(0)) / y0) · W for h(W x + b), the paper's rule for smooth units."""
+    torch.manual_seed(0)
+    model = _Head(unit).double().eval()
+    with torch.no_grad():  # y0 > 0, where every unit here is defined
+        model.conv.weight.abs_()
+        model.conv.bias.fill_(0.1)
+    x0 = torch.rand(1, 3, 5, 5, dtype=torch.float64)
+    li = _check_identities(model, x0)
+    assert not li.jacobian_exact and [a["kind"] for a in li.approximations] == ["secant"]
+    with torch.no_grad():
+        y0 = model.conv(x0)
+        gain = (unit(y0) - unit(torch.zeros_like(y0))) / y0
+    weights = _jacobian(lambda x: nn.functional.conv2d(x, model.conv.weight, padding=1), x0)
+    assert torch.allclose(dense(li, x0), gain.reshape(-1, 1) * weights, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("unit", [lambda h: torch.log(h.abs() + 1), lambda h: torch.rsqrt(h.abs() + 1),
+                                  lambda h: (h.abs() + 1).reciprocal(), lambda h: (h.abs() + 1) ** -0.5,
+                                  lambda h: h.clamp_min(0.1), lambda h: torch.clamp_max(h, 0.2),
+                                  lambda h: h.repeat_interleave(2, dim=3),
+                                  lambda h: nn.functional.fold(nn.functional.unfold(h, 3, padding=1), (5, 5), 3,
+                                                               padding=1)],
+                         ids=["log", "rsqrt", "reciprocal", "negative power", "clamp_min", "clamp_max",
+                              "repeat_interleave", "unfold-fold"])
+def test_units_without_a_value_at_zero_get_their_tangent_and_linear_ops_are_the_jacobian(unit):
+    """log, rsqrt, reciprocal, negative powers: no secant through 0 exists, the tangent at y0 is the Jacobian; clamps
+    are piecewise linear; repeat_interleave, unfold and fold are linear."""
+    x0 = torch.rand(1, 3, 5, 5, dtype=torch.float64) - 0.5
+    model = _Head(unit).double().eval()
+    li = _check_identities(model, x0)
+    assert torch.allclose(dense(li, x0), _jacobian(model, x0), rtol=1e-9, atol=1e-12)
+
+
+def test_statistics_are_frozen_as_a_normalisations_and_normalize_divides_by_the_frozen_norm():
+    """var, std and norms of the input are constants at x0 (frozen-statistics): F.normalize, x / x.norm(...) and
+    x / vector_norm(...) all divide by ‖x0‖ along the dimension; a hand-written standardisation divides by std(x0)."""
+    x0 = torch.rand(1, 3, 5, 5, dtype=torch.float64) - 0.5
+    forms = [lambda h: nn.functional.normalize(h, dim=1), lambda h: h / h.norm(dim=1, keepdim=True),
+             lambda h: h / torch.linalg.vector_norm(h, dim=1, keepdim=True)]
+    torch.manual_seed(0)
+    models = [_Head(f).double().eval() for f in forms]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    conv = models[0].conv
+    with torch.no_grad():
+        norm = nn.functional.conv2d(x0, conv.weight, conv.bias, padding=1).norm(dim=1, keepdim=True)
+    expected = _jacobian(lambda x: nn.functional.conv2d(x, conv.weight, padding=1) / norm, x0)
+    for m in models:
+        li = _check_identities(m, x0)
+        assert "frozen-statistics" in [a["kind"] for a in li.approximations]
+        assert torch.allclose(dense(li, x0), expected, rtol=1e-9, atol=1e-12)
+    standardise = _Head(lambda h: (h - h.mean(1, keepdim=True)) / h.std(1, keepdim=True)).double().eval()
+    li = _check_identities(standardise, x0)
+    conv = standardise.conv
+    with torch.no_grad():
+        std = nn.functional.conv2d(x0, conv.weight, conv.bias, padding=1).std(1, keepdim=True)
+    centred = lambda x: (lambda h: (h - h.mean(1, keepdim=True)) / std)(nn.functional.conv2d(x, conv.weight, padding=1))  # noqa: E731
+    assert torch.allclose(dense(li, x0), _jacobian(centred, x0), rtol=1e-9, atol=1e-12)
+
+
+def test_einsum_is_linear_in_one_operand_and_a_product_of_two():
+    torch.manual_seed(0)
+    w = torch.rand(4, 3, dtype=torch.float64)
+    x0 = torch.rand(1, 3, 5, 5, dtype=torch.float64)
+    static = _Head(lambda h: torch.einsum("nchw,dc->ndhw", h, w)).double().eval()
+    li = _check_identities(static, x0)
+    assert li.jacobian_exact and torch.allclose(dense(li, x0), _jacobian(static, x0), rtol=1e-9, atol=1e-12)
+    # two operands that depend on x: as the matmul it writes, the right one frozen on a tie of sizes
+    pairs = [_Head(lambda h: torch.einsum("ncp,ncq->npq", h.flatten(2), h.flatten(2) * 2).sum(1).view(-1, 1, 5, 5)),
+             _Head(lambda h: (h.flatten(2).transpose(1, 2) @ (h.flatten(2) * 2)).sum(1).view(-1, 1, 5, 5))]
+    pairs[1].load_state_dict(pairs[0].state_dict())
+    a, b = (_check_identities(m.double().eval(), x0) for m in pairs)
+    assert "frozen-factor" in [s["kind"] for s in a.approximations]
+    assert torch.allclose(dense(a, x0), dense(b, x0), rtol=1e-9, atol=1e-12)
+    three = _Head(lambda h: torch.einsum("nchw,nchw,nchw->nhw", h, h * 2, h * 3)[:, None]).double().eval()
+    with pytest.raises(UnsupportedOperation, match="einsum at 'einsum': a third operand depends on the input"):
+        interpret(three, x0)
+    with pytest.raises(UnsupportedOperation, match="torch.pow at 'pow_1': more than one of its arguments depends on the input"):
+        interpret(_Head(lambda h: torch.pow(h, h * 2)).double().eval(), x0)
 
 
 def test_random_units_are_refused_in_training_and_the_identity_in_eval():

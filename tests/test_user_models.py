@@ -245,13 +245,13 @@ BAD = """
         def forward(self, x):
             return self.conv(x), x
 
-    class Wave(nn.Module):  # torch.sin has no linear-interpreter rule
+    class Wave(nn.Module):  # torch.cumprod has no linear-interpreter rule
         def __init__(self):
             super().__init__()
             self.body = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1))
 
         def forward(self, x):
-            return torch.sin(self.body(x))
+            return torch.cumprod(self.body(x), 1)
 
     class Spectrum(nn.Module):  # a complex intermediate: named, not mistaken for a constant
         def __init__(self):

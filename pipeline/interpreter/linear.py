@@ -313,7 +313,7 @@ class LinearInterpreter:
             if site.bias is None:
                 continue
             what = {"affine": "bias", "frozen statistics": "shift", "offset": "offset",
-                    "tangent": "offset", "secant": "offset", "product": "constant",
+                    "tangent": "offset", "secant": "offset", "product": "constant", "statistic": "constant",
                     "switches": "offset"}.get(site.rule.kind, "bias")
             name, k = f"{site.where} ({what})", 2
             while name in names:

@@ -355,9 +355,11 @@ class Product(Rule):
     kind = "product"
     opens_static = True
 
-    def __init__(self, frozen_if_both: Callable[[Any, Any], int] | None = None, denominator: bool = False):
+    def __init__(self, frozen_if_both: Callable[[Any, Any], int] | None = None, denominator: bool = False,
+                 operands: tuple[int, int] = (0, 1)):
         self.choose = frozen_if_both or Product.by_size
         self.denominator = denominator
+        self.operands = operands  # positions of the two factors among the arguments (einsum: after the equation)
 
     @staticmethod
     def by_size(a, b) -> int:
@@ -365,7 +367,8 @@ class Product(Rule):
         return 0 if a.numel() < b.numel() else 1
 
     def record(self, b):
-        a0, a1 = b.args[0], b.args[1]
+        first, second = self.operands
+        a0, a1 = b.args[first], b.args[second]
         if self.denominator and isinstance(a1, fx.Node):
             pos = 1
         elif isinstance(a0, fx.Node) and isinstance(a1, fx.Node):
@@ -374,10 +377,11 @@ class Product(Rule):
             pos = (0 if _computed_from(a0, a1) and not _computed_from(a1, a0) else 1) if tie else self.choose(v0, v1)
         else:
             return b(), None, None
+        pos = self.operands[pos]
         frozen = b.values[b.args[pos]].detach().clone()
         args = tuple(frozen if i == pos else a for i, a in enumerate(b.args))
         out = b()
-        if not any(isinstance(a, fx.Node) for a in args[:2]):  # e.g. c / x: constant at x0
+        if not any(isinstance(args[i], fx.Node) for i in self.operands):  # e.g. c / x: constant at x0
             return out, {"args": args, "constant": True}, out.detach().clone()
         return out, {"args": args, "constant": False}, None
 
@@ -418,6 +422,49 @@ class Product(Rule):
         return {**state, "args": tuple(crop(a) if isinstance(a, torch.Tensor) else a for a in state["args"])}
 
 
+class Einsum(Product):
+    """`torch.einsum(equation, *operands)` (torch.fx passes a list of operands as separate arguments): linear in one
+    operand that depends on x; with two, a product (one frozen at x0, as `Product` chooses). More than two operands
+    with a third one that depends on x are refused."""
+
+    def __init__(self):
+        super().__init__(operands=(1, 2))
+
+    def refuse(self, b):
+        if any(isinstance(a, fx.Node) for a in b.args[3:]):
+            return "a third operand depends on the input (write it as einsums of two operands)"
+        return None
+
+    def record(self, b):
+        if len(b.args) < 3:  # one operand: a permutation, diagonal or sum of it
+            return b(), None, None
+        return super().record(b)
+
+
+class Statistic(Rule):
+    """A statistic of the input along some dimensions (var, std, a norm), frozen at x0 as the statistics of a
+    normalisation are (`Norm`): a constant of the interpreter, so that a normalisation written out by hand,
+    ``(x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True)``, divides by its value at x0."""
+
+    kind = "statistic"
+
+    def record(self, b):
+        out = b()
+        return out, None, out.detach().clone()
+
+    def linear(self, b, state):
+        return None
+
+    def transpose(self, b, state, cot):
+        return {}
+
+    def support(self, b, state):
+        return None
+
+    def approximation(self, state):
+        return "frozen-statistics"
+
+
 class Diagonal(Rule):
     """A linear interpreter that multiplies element-wise by a gain recorded at x0 (units, norms)."""
 
@@ -441,7 +488,8 @@ class Unit(Diagonal):
 
     `tangent`: the linear piece active at y0 (piecewise-linear units): A = h'(y0), c = h(y0) − A·y0.
     `secant`: A = (h(y0) − h(0)) / y0 (h'(0) where y0 ≈ 0: for h(0) ≠ 0 within 1e-6 of the largest |y0|, where
-    the difference cancels; for h(0) = 0 only at 0 and in the subnormal range), c = h(0) (smooth units).
+    the difference cancels; for h(0) = 0 only at 0 and in the subnormal range), c = h(0) (smooth units); a unit
+    with no finite h(0) (log, rsqrt, reciprocal, a negative power) has no secant through 0 and gets its tangent.
     `derivative(y0, b)`, when given, computes h'(y0) directly instead of by autograd; a boolean derivative
     (a 0/1 mask, as for ReLU) means the unit has no offset.
     """
@@ -463,20 +511,28 @@ class Unit(Diagonal):
             (g,) = torch.autograd.grad(out.sum(), leaf)
         return g
 
+    def refuse(self, b):
+        if len(b.nodes()) > 1:  # x ** x, pow(h, g): not a unit of one input
+            return "more than one of its arguments depends on the input"
+        return None
+
     def record(self, b):
         y0 = b.input().detach()
-        if self.kind == "tangent":
+        h0 = None
+        if self.kind == "secant":
+            with torch.no_grad():
+                h0 = self._h(b)(torch.zeros_like(y0))
+        if h0 is None or not torch.isfinite(h0).all():
             gain = self._grad(b, y0)
             if gain.dtype == torch.bool:  # a mask: h(y) = mask·y, no offset
                 return b(), {"gain": gain.to(y0.dtype)}, None
             y0 = y0.clone()  # the unit may work in place
             out = b()
             offset = out.detach() - gain * y0
+            return out, {"gain": gain, "tangent": True}, (offset if offset.any() else None)
         else:
             y0 = y0.clone()
             h = self._h(b)
-            with torch.no_grad():
-                h0 = h(torch.zeros_like(y0))
             out = b()
             if h0.any():  # h(y0) − h(0) cancels digits where |y0| is small: h'(0) there
                 small = y0.abs() <= 1e-6 * y0.abs().max().clamp_min(1.0)
@@ -486,13 +542,14 @@ class Unit(Diagonal):
                 small = y0.abs() < 4 * torch.finfo(y0.dtype).tiny
             denominator = torch.where(small, torch.ones_like(y0), y0)
             gain = _secant(h, y0, denominator, out.detach() - h0) if h0.any() else out.detach() / denominator
-            if small.any():
-                gain = torch.where(small, self._grad(b, torch.zeros_like(y0)), gain)
+            if small.any():  # h'(0); 0 where it is not finite (sqrt at 0: any gain is exact there)
+                slope = self._grad(b, torch.zeros_like(y0))
+                gain = torch.where(small, torch.where(torch.isfinite(slope), slope, 0.0), gain)
             offset = h0
         return out, {"gain": gain}, (offset if offset.any() else None)
 
     def approximation(self, state):
-        return "secant" if self.kind == "secant" else None
+        return "secant" if self.kind == "secant" and not state.get("tangent") else None
 
 
 def _secant(h, y0, denominator, difference):
@@ -969,6 +1026,8 @@ _F_GROUP_NORM = _functional(F.group_norm, lambda x, g: _group_norm(
 _F_LAYER_NORM = _functional(F.layer_norm, lambda x, g: _layer_norm(
     x, g("normalized_shape"), g("weight"), g("bias"), g("eps")))
 _F_RMS_NORM = _functional(F.rms_norm, lambda x, g: _rms_norm(x, g("normalized_shape"), g("weight"), g("eps")))
+_F_NORMALIZE = _functional(F.normalize, lambda x, g: (
+    1 / torch.linalg.vector_norm(x, g("p"), g("dim"), keepdim=True).clamp_min(g("eps")), None, True))
 
 
 def _softmax_dim(dim, x) -> int:
@@ -1228,7 +1287,11 @@ for _fns, _rule in [
     (_functions("rrelu rrelu_", torch), EvalOnly(TANGENT, "draws random negative slopes", _random_slopes,
                                                  signature=_rrelu_signature)),
     (_functions("elu elu_ selu celu gelu silu mish softplus hardswish logsigmoid softsign tanhshrink "
-                "sigmoid tanh") + _functions("sigmoid tanh exp square", torch), SECANT),
+                "sigmoid tanh") + _functions("sigmoid tanh exp exp2 expm1 square sqrt rsqrt reciprocal log log1p log2 "
+                                             "log10 sin cos atan asinh erf erfc pow float_power", torch)
+     + [operator.pow], SECANT),
+    (_functions("clamp_min clamp_max", torch), TANGENT),
+    (_functions("var std norm", torch) + [torch.linalg.vector_norm], Statistic()),
     (_functions("zeros_like ones_like full_like", torch), CONSTANT),
     (_functions("empty empty_like", torch), UNINITIALISED),
     ([setitem], Assign()),
@@ -1236,10 +1299,10 @@ for _fns, _rule in [
                                                    signature=_torch_dropout_signature,
                                                    samples=lambda train: train is not False)),
     (_functions("avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
-                "interpolate upsample upsample_nearest upsample_bilinear channel_shuffle") +
+                "interpolate upsample upsample_nearest upsample_bilinear channel_shuffle unfold fold") +
      _functions("flatten reshape permute transpose swapaxes squeeze unsqueeze chunk split tensor_split unbind "
                 "narrow select roll flip movedim sum mean neg avg_pool1d "
-                "cumsum unflatten", torch) + [operator.getitem, operator.neg], LINEAR),
+                "cumsum unflatten repeat_interleave", torch) + [operator.getitem, operator.neg], LINEAR),
     (_functions("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
      + _functions("stochastic_depth", torchvision.ops), DROPOUT),
     (_functions("dropout dropout_ feature_dropout feature_dropout_ alpha_dropout alpha_dropout_ feature_alpha_dropout "
@@ -1255,6 +1318,7 @@ for _fns, _rule in [
     (_functions("mul multiply", torch) + [operator.mul, operator.imul], PRODUCT),
     (_functions("div divide true_divide", torch) + [operator.truediv, operator.itruediv], DIVISION),
     (_functions("matmul mm bmm", torch) + [operator.matmul], MATMUL),
+    (_functions("einsum", torch), Einsum()),
 ]:
     for _fn in _fns:
         FUNCTION_RULES[_fn] = _rule
@@ -1272,7 +1336,8 @@ for _fn in _functions("max_unpool1d max_unpool2d max_unpool3d"):
 FUNCTION_RULES.update({torch.amax: AMAX, torch.amin: AMAX, torch.max: MAX, torch.min: MIN,
                        torch.maximum: MAXIMUM, torch.minimum: MINIMUM})
 for _fn, _affine in [(F.batch_norm, _F_BATCH_NORM), (F.instance_norm, _F_INSTANCE_NORM),
-                     (F.group_norm, _F_GROUP_NORM), (F.layer_norm, _F_LAYER_NORM), (F.rms_norm, _F_RMS_NORM)]:
+                     (F.group_norm, _F_GROUP_NORM), (F.layer_norm, _F_LAYER_NORM), (F.rms_norm, _F_RMS_NORM),
+                     (F.normalize, _F_NORMALIZE)]:
     FUNCTION_RULES[_fn] = Norm(_affine)
 for _log in (False, True):
     _name = "log_softmax" if _log else "softmax"
@@ -1302,8 +1367,10 @@ FUNCTION_RULES[F.linear] = FunctionalAffine(_linear_signature, dense=True)
 METHOD_RULES: dict[str, Rule] = {}
 for _names, _rule in [
     ("relu relu_", RELU),
-    ("clamp clamp_ clip clip_ abs abs_ hardtanh", TANGENT),
-    ("sigmoid sigmoid_ tanh tanh_ exp exp_ square square_", SECANT),
+    ("clamp clamp_ clip clip_ abs abs_ hardtanh clamp_min clamp_min_ clamp_max clamp_max_", TANGENT),
+    ("sigmoid sigmoid_ tanh tanh_ exp exp_ square square_ exp2 expm1 sqrt sqrt_ rsqrt rsqrt_ reciprocal reciprocal_ "
+     "log log_ log1p log2 log10 sin cos atan asinh erf erfc pow pow_ float_power __pow__ __rpow__", SECANT),
+    ("var std norm", Statistic()),
     ("new_zeros new_ones new_full fill_ zero_", CONSTANT),
     ("new_empty", UNINITIALISED),
     ("bernoulli bernoulli_ normal_ uniform_ exponential_ cauchy_ geometric_ log_normal_ random_ multinomial", RANDOM),
@@ -1314,7 +1381,7 @@ for _names, _rule in [
     ("minimum", MINIMUM),
     ("view view_as reshape reshape_as permute transpose transpose_ swapaxes flatten unflatten contiguous "
      "squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as repeat chunk split tensor_split unbind narrow select "
-     "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum", LINEAR),
+     "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum repeat_interleave", LINEAR),
     ("add add_ __add__ __radd__ __iadd__", Sum(negate_second=False)),
     ("sub sub_ __sub__", Sum(negate_second=True)),
     ("__rsub__", OFFSET),
