@@ -76,6 +76,9 @@ def test_bicubic_store_equals_the_analytic_kernel(tmp_path):
     out = tmp_path / "bicubic.zarr"
     result = cli("--model", "bicubic-x4", "--image", image, "--crop", "3,2,16,12", "--out", out, "--tile", "4")
     assert result.exit_code == 0, result.output
+    assert ", 12 tasks in " in result.output
+    one = cli("--model", "bicubic-x4", "--image", image, "--crop", "3,2,16,12", "--out", tmp_path / "one.zarr")
+    assert one.exit_code == 0 and ", 1 task in " in one.output, one.output
     store = open_store(out, require_complete=True)
     Ky, Kx = bicubic_matrix(12, 4), bicubic_matrix(16, 4)
     kernel = np.einsum("ab,cd->acbd", Ky, Kx)  # (48, 64, 12, 16)

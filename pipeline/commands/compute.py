@@ -6,6 +6,7 @@ import click
 from pipeline.commands.options import DEVICE, FiniteRange
 
 from pipeline.commands.models import model_and_image_options
+from pipeline.progress import counted
 
 
 @click.command()
@@ -62,7 +63,8 @@ def compute(name, weights, trust_pickle, image_path, crop_text, model_args, inpu
     figures, timings = attrs.verification, attrs.timings
     checks = ", ".join(f"{c['name']} {c['value']:.2g}" for c in figures.get("checks", []) if c["value"] is not None)
     click.echo(f"wrote {out_path}: F {tuple(store.F.shape)} ({attrs.mode}, tile {attrs.tile}), "
-               f"{timings['last_run_tasks']} tasks in {timings['last_run_seconds']:.1f} s; "
+               f"{timings['last_run_tasks']} {counted(timings['last_run_tasks'], 'tasks')} in "
+               f"{timings['last_run_seconds']:.1f} s; "
                f"verification {figures.get('status', 'unverified')} ({checks})")
     if store.compact:
         from pipeline.compact import summary_line
