@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from pipeline.progress import counted  # noqa: E402
+
 #: vote maps colour the classes with the most votes (up to this many), the others grey.
 VOTE_COLOURS = 9
 #: at most this many source names under Figure 1 (every k-th source is labelled on deeper networks).
@@ -240,7 +242,7 @@ def write_report(out: Path, model: str, records: list[dict], figures: list[str],
 <style>body{{font-family:sans-serif;margin:1.5em;max-width:1400px}} img{{max-width:100%}}
 table{{border-collapse:collapse;font-size:0.85em}} td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
 figure{{margin:1em 0}}</style></head><body>
-<h1>{html.escape(model)}: linear-interpreter analysis of {len(records)} images</h1>
+<h1>{html.escape(model)}: linear-interpreter analysis of {len(records)} {counted(len(records), "images")}</h1>
 <p>Scores are logits. y = F(x0)·x0 + Σ<sub>i</sub> Q<sub>i</sub> b̂<sub>i</sub>; residual share = r / score of the
 top-1 class. Files: <a href="results.json">results.json</a>, <a href="results.csv">results.csv</a>,
 <a href="contributions.csv">contributions.csv</a>.</p>

@@ -396,6 +396,8 @@ def test_a_classifier_with_a_1x1_conv_head_gives_scores_of_shape_1_k_1_1(tmp_pat
                                     "--size", "16", "--attack", "fgsm", "--eps", "0.05", "--figures", "1", "--quiet",
                                     "--out", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
+    assert f"head.py:make: 1 image -> {tmp_path / 'out' / 'index.html'}" in res.output  # not "1 images"
+    assert "analysis of 1 image</h1>" in (tmp_path / "out" / "index.html").read_text()
     (rec,) = json.loads((tmp_path / "out" / "results.json").read_text())
     assert rec["votes"]["classes"] == 5 and rec["attacks"][0]["eps"] == 0.05
 

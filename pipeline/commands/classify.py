@@ -11,6 +11,7 @@ import click
 from pipeline.commands.options import THREADS, FiniteRange
 
 from pipeline.commands.models import user_model_options
+from pipeline.progress import counted
 
 #: bundled data sets that need no image files (`--dataset`).
 DATASETS = ("digits",)
@@ -211,7 +212,7 @@ def classify(models, model_args, input_range, weights, trust_pickle, images, dat
             message = one_line(err)  # named once: a message may start with the name (without folders) itself
             named = message.startswith((f"{name} ", f"{Path(name).name} "))
             raise click.ClickException(message if named else f"{name}: {message}")
-        click.echo(f"{name}: {len(results[name])} images -> {target / 'index.html'}")
+        click.echo(f"{name}: {len(results[name])} {counted(len(results[name]), 'images')} -> {target / 'index.html'}")
         for row in summary(results[name]):
             acc = f", accuracy {row['accuracy']:.1%}" if "accuracy" in row else ""
             click.echo(f"  {row['condition']}: residual share {row['residual_share mean']:.1%} "
