@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from . import shard_io
+from .progress import counted
 from .store import LEDGER_COUNT_MAX, Store
 
 #: Default tolerance of each check (see the module docstring).
@@ -635,7 +636,7 @@ def verify_store(store: Store, build: Callable[[], torch.nn.Module] | None = Non
     bad += [line] if (line := x0_mismatch(store)) else []
     checks = [Check("integrity", float(len(bad)), 0, not bad,
                     bad[0] + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if bad
-                    else f"{len(regions)} shards decode")]
+                    else f"{len(regions)} {counted(len(regions), 'shards')} decode{'s' if len(regions) == 1 else ''}")]
     figures = {"mode": mode, "samples": samples, "seed": seed, "tasks": int(done.size),
                "tasks_done": int(done.sum())}
 

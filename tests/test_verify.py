@@ -67,6 +67,7 @@ def test_the_gate_passes_and_records_every_check(good):
     assert all(c["passed"] for c in found.values()), found
     assert found["windows"]["value"] is not None and found["jacobian"]["value"] is not None
     assert found["reconstruction"]["value"] <= 1e-5 and found["probe"]["value"] <= 1e-5
+    assert found["integrity"]["detail"] == f"{len(store.stored_shards())} shards decode"
     assert store.attrs["jacobian_exact"] is True and store.attrs["approximations"] == []
     ledger = store.ledger[...]
     assert ledger.min() >= 2 and (ledger - 2).sum() == len(store.stored_shards())  # shards counted per task
@@ -217,6 +218,13 @@ def test_a_wrong_gain_in_one_rule_fails_the_gate_and_leaves_the_store_failed(tmp
     panel = json.loads(manifest[manifest.index("(") + 1:manifest.rindex(")")])["models"][0]
     assert panel["verification_status"] == "failed" and panel["jacobian_exact"] is True
     assert panel["approximations"] == []
+
+
+def test_a_store_of_one_shard_says_so_in_the_singular(tmp_path):
+    image = png(tmp_path / "gray.png", (8, 8))
+    result = run(*compute_args(image, tmp_path / "one.zarr", tile=32))
+    assert result.exit_code == 0, result.output
+    assert checks(open_store(tmp_path / "one.zarr"))["integrity"]["detail"] == "1 shard decodes"
 
 
 def test_a_rows_store_is_checked_by_columns_and_vjp(tmp_path):
