@@ -605,12 +605,20 @@ def test_smooth_units_with_a_finite_value_at_zero_get_their_secant(unit):
                                   lambda h: h.clamp_min(0.1), lambda h: torch.clamp_max(h, 0.2),
                                   lambda h: h.repeat_interleave(2, dim=3),
                                   lambda h: nn.functional.fold(nn.functional.unfold(h, 3, padding=1), (5, 5), 3,
-                                                               padding=1)],
+                                                               padding=1),
+                                  lambda h: torch.rot90(h, 1, (2, 3)) + h.rot90(2, (2, 3)),
+                                  lambda h: torch.tile(h, (1, 1, 2, 1))[:, :, 3:8],
+                                  lambda h: torch.diff(h, dim=3, append=h[..., -1:]),
+                                  lambda h: h.unfold(3, 2, 1).sum(-1),
+                                  lambda h: h.masked_fill(torch.arange(5).view(1, 1, 1, 5) > 3, 0.5),
+                                  lambda h: h.masked_fill(h > 0.1, -2.0)],
                          ids=["log", "rsqrt", "reciprocal", "negative power", "clamp_min", "clamp_max",
-                              "repeat_interleave", "unfold-fold"])
+                              "repeat_interleave", "unfold-fold", "rot90", "tile", "diff", "Tensor.unfold",
+                              "masked_fill", "masked_fill by a comparison"])
 def test_units_without_a_value_at_zero_get_their_tangent_and_linear_ops_are_the_jacobian(unit):
     """log, rsqrt, reciprocal, negative powers: no secant through 0 exists, the tangent at y0 is the Jacobian; clamps
-    are piecewise linear; repeat_interleave, unfold and fold are linear."""
+    and masked_fill (a mask computed from x is frozen, as comparisons are) are piecewise linear; repeat_interleave,
+    unfold, fold, rot90, tile and diff are linear."""
     x0 = torch.rand(1, 3, 5, 5, dtype=torch.float64) - 0.5
     model = _Head(unit).double().eval()
     li = _check_identities(model, x0)
@@ -618,8 +626,9 @@ def test_units_without_a_value_at_zero_get_their_tangent_and_linear_ops_are_the_
 
 
 def test_statistics_are_frozen_as_a_normalisations_and_normalize_divides_by_the_frozen_norm():
-    """var, std and norms of the input are constants at x0 (frozen-statistics): F.normalize, x / x.norm(...) and
-    x / vector_norm(...) all divide by ‖x0‖ along the dimension; a hand-written standardisation divides by std(x0)."""
+    """var, std, norms and logsumexp of the input are constants at x0 (frozen-statistics): F.normalize, x / x.norm(...)
+    and x / vector_norm(...) all divide by ‖x0‖ along the dimension; a hand-written standardisation divides by
+    std(x0); x − logsumexp(x) is log_softmax's F."""
     x0 = torch.rand(1, 3, 5, 5, dtype=torch.float64) - 0.5
     forms = [lambda h: nn.functional.normalize(h, dim=1), lambda h: h / h.norm(dim=1, keepdim=True),
              lambda h: h / torch.linalg.vector_norm(h, dim=1, keepdim=True)]
@@ -635,6 +644,11 @@ def test_statistics_are_frozen_as_a_normalisations_and_normalize_divides_by_the_
         li = _check_identities(m, x0)
         assert "frozen-statistics" in [a["kind"] for a in li.approximations]
         assert torch.allclose(dense(li, x0), expected, rtol=1e-9, atol=1e-12)
+    log_sum = _Head(lambda h: h - torch.logsumexp(h, 1, keepdim=True)).double().eval()
+    log_sum.load_state_dict(models[0].state_dict())
+    li = _check_identities(log_sum, x0)  # the F of log_softmax: the identity after the convolution
+    assert torch.allclose(dense(li, x0), _jacobian(lambda x: nn.functional.conv2d(x, conv.weight, padding=1), x0),
+                          rtol=1e-9, atol=1e-12)
     standardise = _Head(lambda h: (h - h.mean(1, keepdim=True)) / h.std(1, keepdim=True)).double().eval()
     li = _check_identities(standardise, x0)
     conv = standardise.conv
@@ -661,6 +675,8 @@ def test_einsum_is_linear_in_one_operand_and_a_product_of_two():
     three = _Head(lambda h: torch.einsum("nchw,nchw,nchw->nhw", h, h * 2, h * 3)[:, None]).double().eval()
     with pytest.raises(UnsupportedOperation, match="einsum at 'einsum': a third operand depends on the input"):
         interpret(three, x0)
+    with pytest.raises(UnsupportedOperation, match="masked_fill.*its fill value -inf is not finite"):
+        interpret(_Head(lambda h: h.masked_fill(h > 0, float("-inf"))).double().eval(), x0)
     with pytest.raises(UnsupportedOperation, match="torch.pow at 'pow_1': more than one of its arguments depends on the input"):
         interpret(_Head(lambda h: torch.pow(h, h * 2)).double().eval(), x0)
 

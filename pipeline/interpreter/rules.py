@@ -329,6 +329,21 @@ class Assign(Offset):
         return b.args[1]
 
 
+class MaskedFill(Offset):
+    """``x.masked_fill(mask, value)``: x with the masked elements replaced by a constant (the mask static or frozen at
+    x0): linear in x, the constant an offset. A fill value that is not finite (-inf before a softmax) is refused: its
+    offset would reach the output through gains of 0 (0·inf)."""
+
+    def __init__(self):
+        super().__init__(positions=(2,), keys=("value",))
+
+    def refuse(self, b):
+        value = b.args[2] if len(b.args) > 2 else b.kwargs.get("value")
+        if not isinstance(value, fx.Node) and not bool(torch.isfinite(torch.as_tensor(value)).all()):
+            return f"its fill value {value} is not finite (use a large finite one, e.g. -1e4 before a softmax)"
+        return None
+
+
 def _computed_from(node: fx.Node, source: fx.Node) -> bool:
     """True when ``source`` is among the nodes that ``node`` is computed from (its ancestors in the graph)."""
     seen, todo = set(), list(node.all_input_nodes)
@@ -1291,7 +1306,8 @@ for _fns, _rule in [
                                              "log10 sin cos atan asinh erf erfc pow float_power", torch)
      + [operator.pow], SECANT),
     (_functions("clamp_min clamp_max", torch), TANGENT),
-    (_functions("var std norm", torch) + [torch.linalg.vector_norm], Statistic()),
+    (_functions("var std norm logsumexp", torch) + [torch.linalg.vector_norm], Statistic()),
+    (_functions("masked_fill", torch), MaskedFill()),
     (_functions("zeros_like ones_like full_like", torch), CONSTANT),
     (_functions("empty empty_like", torch), UNINITIALISED),
     ([setitem], Assign()),
@@ -1302,7 +1318,7 @@ for _fns, _rule in [
                 "interpolate upsample upsample_nearest upsample_bilinear channel_shuffle unfold fold") +
      _functions("flatten reshape permute transpose swapaxes squeeze unsqueeze chunk split tensor_split unbind "
                 "narrow select roll flip movedim sum mean neg avg_pool1d "
-                "cumsum unflatten repeat_interleave", torch) + [operator.getitem, operator.neg], LINEAR),
+                "cumsum unflatten repeat_interleave rot90 tile diff", torch) + [operator.getitem, operator.neg], LINEAR),
     (_functions("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
      + _functions("stochastic_depth", torchvision.ops), DROPOUT),
     (_functions("dropout dropout_ feature_dropout feature_dropout_ alpha_dropout alpha_dropout_ feature_alpha_dropout "
@@ -1370,7 +1386,8 @@ for _names, _rule in [
     ("clamp clamp_ clip clip_ abs abs_ hardtanh clamp_min clamp_min_ clamp_max clamp_max_", TANGENT),
     ("sigmoid sigmoid_ tanh tanh_ exp exp_ square square_ exp2 expm1 sqrt sqrt_ rsqrt rsqrt_ reciprocal reciprocal_ "
      "log log_ log1p log2 log10 sin cos atan asinh erf erfc pow pow_ float_power __pow__ __rpow__", SECANT),
-    ("var std norm", Statistic()),
+    ("var std norm logsumexp", Statistic()),
+    ("masked_fill masked_fill_", MaskedFill()),
     ("new_zeros new_ones new_full fill_ zero_", CONSTANT),
     ("new_empty", UNINITIALISED),
     ("bernoulli bernoulli_ normal_ uniform_ exponential_ cauchy_ geometric_ log_normal_ random_ multinomial", RANDOM),
@@ -1381,7 +1398,8 @@ for _names, _rule in [
     ("minimum", MINIMUM),
     ("view view_as reshape reshape_as permute transpose transpose_ swapaxes flatten unflatten contiguous "
      "squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as repeat chunk split tensor_split unbind narrow select "
-     "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum repeat_interleave", LINEAR),
+     "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum repeat_interleave rot90 tile "
+     "diff unfold", LINEAR),
     ("add add_ __add__ __radd__ __iadd__", Sum(negate_second=False)),
     ("sub sub_ __sub__", Sum(negate_second=True)),
     ("__rsub__", OFFSET),
