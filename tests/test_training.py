@@ -30,9 +30,30 @@ def tiny_recipe(name="pixelshuffle-x4", task=TINY_SR, steps=4, lr=1e-3, seed=0):
 # --- data ------------------------------------------------------------------------------------------------------
 
 def test_splits_are_disjoint_and_keep_the_demo_image_out():
+    from pipeline.training.recipes import COLOUR_PHOTOS
+
     assert not set(data.TRAIN_PHOTOS) & set(data.HELD_OUT_PHOTOS)
+    assert not set(COLOUR_PHOTOS) & set(data.HELD_OUT_PHOTOS) and set(data.TRAIN_PHOTOS) < set(COLOUR_PHOTOS)
+    assert RECIPES["i2i-paint"].task.photos == RECIPES["i2i-label"].task.photos == COLOUR_PHOTOS
+    assert RECIPES["i2i-label"].finetune.task.base is RECIPES["i2i-label"].task
     assert "astronaut" in data.HELD_OUT_PHOTOS
     assert "cat" not in data.TRAIN_PHOTOS  # skimage's cat is chelsea: the same photo once only
+
+
+def test_debian_photos_load_by_prefix_reduced_and_a_missing_package_is_named(tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (600, 1500, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "wide.png", big)
+    monkeypatch.setitem(data.DEBIAN_SOURCES, "test:", ("some-package", tmp_path))
+    img = data.load_photo.__wrapped__("test:wide")
+    assert img.shape == (410, data.DEBIAN_MAX_SIDE, 3) and img.dtype == np.float32
+    assert np.array_equal(img * 255, np.round(img * 255))  # rounded to 8 bits
+    with pytest.raises(ValueError, match=r"photo 'nonesuch' not found in .*apt-get install some-package"):
+        data.load_photo.__wrapped__("test:nonesuch")
+    for name in data.OPENCV_COLOUR_PHOTOS + data.DEBIAN_TRAIN_PHOTOS:
+        assert any(name.startswith(prefix) for prefix in data.DEBIAN_SOURCES)
 
 
 def test_sr_pair_is_bicubic_antialiased_downsampling_quantised_to_8_bits():

@@ -32,9 +32,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TRAINED_SHA256: dict[str, str | None] = {
     "pixelshuffle-x4": "b5d6b7e60d5175a9639f69102c6f139f918812217b7ebf9314f005cacffb4d0e",
     "edsr-small-x4": "69e56f9eb0270abe5c8c35cec6ac2a8f3cb2cfd54727e86a37a7848ed0d7bda9",
-    "i2i-paint": "aca37bdb6ee56bed7f6f3ccd65bff54d37d9089d276623dfcbabaa8bd707eac9",
+    "i2i-paint": "330d1f0e20cb729da4c0d3ae54aed4ff9c38c514ffc3add8441658a1df42cfe7",
     "i2i-woodcut": "ac27d2adb9de832dc0df9d007b64080a923c423f6dde82e894ab6d2c60f4258e",
-    "i2i-label": "1288fa2697c8d09faaf1623000e70ca7390288b64f4fad6828cdc1af2a2b8760",
+    "i2i-label": "5d48737b623a59e03651f4e2ce3e12ea641ed9f7759ad456bc3218d338abd4a4",
     "digits-vgg": "06f2ed484a9d796cbbd828f97e54b711dbd7340682f2c6460d2be07dd18ed52e",
     "digits-vgg-bn": "9d3af9065c41ee88f1f13c477ee8f282792c2f49bf39e4344b78ddbfe893262c",
 }

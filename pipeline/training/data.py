@@ -1,8 +1,8 @@
 """Training and evaluation data from installed packages only (no downloads).
 
-Photos come from `skimage.data` (the ones shipped inside the scikit-image wheel) and from Debian's package
-`lomiri-wallpapers-16.04` (15 photographs under /usr/share/backgrounds); digits from
-`sklearn.datasets.load_digits`. Everything here is a pure function of its arguments, so a seed fixes a run.
+Photos come from `skimage.data` (the ones shipped inside the scikit-image wheel) and from Debian's packages
+`lomiri-wallpapers-16.04` (15 photographs under /usr/share/backgrounds) and `opencv-doc` (OpenCV's sample
+images); digits from `sklearn.datasets.load_digits`. Everything here is a pure function of its arguments, so a seed fixes a run.
 
 Conventions: photos are float32 arrays (H, W, 3) in [0, 1] (grey photos repeated over the 3 channels);
 tensors are (N, C, H, W).
@@ -23,14 +23,18 @@ SKIMAGE_TRAIN_PHOTOS = (
     "chelsea", "rocket", "stereo_motorcycle", "coins", "moon", "clock", "brick", "grass", "gravel",
     "immunohistochemistry", "hubble_deep_field", "page", "text", "cell",
 )
-#: Where Debian's package ``lomiri-wallpapers-16.04`` installs its photographs.
-DEBIAN_PHOTOS_DIR = Path("/usr/share/backgrounds")
-DEBIAN_PHOTOS_PACKAGE = "lomiri-wallpapers-16.04"
-#: Prefix of photo names taken from ``DEBIAN_PHOTOS_DIR`` (``"lomiri:<file stem>"``).
+#: Debian packages whose photographs are used, by name prefix: photo ``"<prefix><file stem>"`` is the file of
+#: that stem in the package's folder. ``lomiri-wallpapers-16.04``: 15 photographs (2–4 Mpixel camera files);
+#: ``opencv-doc``: OpenCV's sample images (photographs, drawings and text pages, ≤ 1.4 Mpixel).
+DEBIAN_SOURCES = {
+    "lomiri:": ("lomiri-wallpapers-16.04", Path("/usr/share/backgrounds")),
+    "opencv:": ("opencv-doc", Path("/usr/share/doc/opencv-doc/examples/data")),
+}
+#: Prefix of the names of the photographs of ``lomiri-wallpapers-16.04``.
 DEBIAN_PREFIX = "lomiri:"
-#: Longest side, in pixels, that the Debian photographs (2–4 Mpixel camera files) are reduced to before use:
-#: at full size they are smooth at the pixel scale (lens blur, JPEG); reduced, they have the detail per pixel
-#: of the scikit-image photos.
+#: Longest side, in pixels, that the Debian photographs are reduced to before use: the lomiri ones (2–4 Mpixel
+#: camera files) are smooth at the pixel scale at full size (lens blur, JPEG); reduced, they have the detail per
+#: pixel of the scikit-image photos (of OpenCV's, only `aloeL` is larger).
 DEBIAN_MAX_SIDE = 1024
 #: The natural photographs of ``lomiri-wallpapers-16.04`` used for training (its abstract renderings,
 #: ``analogpattern`` and ``umang``, are not used).
@@ -39,7 +43,18 @@ DEBIAN_TRAIN_PHOTOS = tuple(DEBIAN_PREFIX + n for n in (
     "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich", "life_by_Aitzol_Berasategi",
     "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
 ))
-#: Every training photo of the photo models (super-resolution and image-to-image stand-ins).
+#: The colour photographs among OpenCV's sample images (chosen by content before any training on them: no
+#: drawing, logo, text page, painting, grey image or second view of a stereo or before/after pair), for the
+#: image-to-image stand-ins whose targets depend on hue: aerial views, a plant, fruit, a baboon, a circuit
+#: board, buildings, a butterfly, a dog, a notebook, graffiti, books, a car, a footballer, toys, sweets and
+#: a squirrel.
+OPENCV_COLOUR_PHOTOS = tuple("opencv:" + n for n in (
+    "aero1", "aero3", "aloeL", "apple", "baboon", "board", "building", "butterfly", "chicky_512",
+    "ela_original", "fruits", "graf1", "home", "left", "leuvenA", "licenseplate_motion", "messi5", "orange",
+    "rubberwhale1", "smarties", "squirrel_cls",
+))
+#: The training photos of the photo models (super-resolution and image-to-image stand-ins; i2i-paint and i2i-label
+#: add `OPENCV_COLOUR_PHOTOS`, see `recipes.COLOUR_PHOTOS`).
 TRAIN_PHOTOS = SKIMAGE_TRAIN_PHOTOS + DEBIAN_TRAIN_PHOTOS
 #: Held out from every training run and never used to choose a recipe: `astronaut` is the project's demo
 #: image; the four Debian photographs are an indoor still life, a dog on wooden boards, a clock and a mountain
@@ -55,12 +70,13 @@ def load_photo(name: str) -> np.ndarray:
     """A training or evaluation photo as float32 (H, W, 3) in [0, 1]; grey ones are repeated to 3 channels.
 
     ``name`` is a scikit-image sample (``"coins"``; `stereo_motorcycle` gives its left view) or
-    ``"lomiri:<stem>"``, a photograph of Debian's ``lomiri-wallpapers-16.04`` reduced (antialiased bicubic)
-    so that its longest side is ``DEBIAN_MAX_SIDE`` and rounded to 8 bits. Raises ValueError for an unknown
-    name, or one whose package is not installed (naming the package).
+    ``"<prefix><stem>"``, a photograph of a Debian package of `DEBIAN_SOURCES` reduced (antialiased bicubic)
+    so that its longest side is at most ``DEBIAN_MAX_SIDE`` and rounded to 8 bits. Raises ValueError for an
+    unknown name, or one whose package is not installed (naming the package).
     """
-    if name.startswith(DEBIAN_PREFIX):
-        return _debian_photo(name[len(DEBIAN_PREFIX):])
+    for prefix, (package, folder) in DEBIAN_SOURCES.items():
+        if name.startswith(prefix):
+            return _debian_photo(name[len(prefix):], package, folder)
     import skimage.data
 
     loader = getattr(skimage.data, name, None)
@@ -85,11 +101,11 @@ def _as_float_rgb(img) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, :3])
 
 
-def _debian_photo(stem: str) -> np.ndarray:
-    matches = sorted(DEBIAN_PHOTOS_DIR.glob(f"{stem}.*"))
+def _debian_photo(stem: str, package: str, folder: Path) -> np.ndarray:
+    matches = sorted(folder.glob(f"{stem}.*"))
     if not matches:
-        raise ValueError(f"photo '{stem}' not found in {DEBIAN_PHOTOS_DIR}: install Debian's package "
-                         f"{DEBIAN_PHOTOS_PACKAGE} (apt-get install {DEBIAN_PHOTOS_PACKAGE})")
+        raise ValueError(f"photo '{stem}' not found in {folder}: install Debian's package "
+                         f"{package} (apt-get install {package})")
     import imageio.v3 as iio
 
     img = to_tensor(_as_float_rgb(iio.imread(matches[0])))

@@ -51,9 +51,12 @@ class Recipe:
         return spec(self.name).factory()
 
 
+#: Training photos of i2i-paint and i2i-label: the photo models' own and OpenCV's colour photographs (their targets
+#: map colours, and the other photos have few; i2i-woodcut keeps the photo models' own).
+COLOUR_PHOTOS = data.TRAIN_PHOTOS + data.OPENCV_COLOUR_PHOTOS
 #: i2i-label's task (noise of standard deviation 0.02 on its inputs, [-1, 1] units), and its fine-tune stage's
 #: weight of the flat-column term and step count (docs/models.md).
-LABEL_TASK, FLAT_WEIGHT, FLAT_STEPS = Translation("label", noise=0.02), 0.05, 1200
+LABEL_TASK, FLAT_WEIGHT, FLAT_STEPS = Translation("label", noise=0.02, photos=COLOUR_PHOTOS), 0.05, 1200
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("pixelshuffle-x4", SuperResolution(scale=4, channels=1, patch=32, batch=16,
@@ -62,7 +65,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("edsr-small-x4", SuperResolution(scale=4, channels=3, rgb_range=255.0, patch=48, batch=8,
                                             edge_weight=4.0),
            steps=5000, lr=6e-4, target=("gain", 0.6), beats=("pixelshuffle-x4",)),
-    Recipe("i2i-paint", Translation("paint"), steps=5400, lr=5e-4, target=("reduction", 0.3)),
+    Recipe("i2i-paint", Translation("paint", photos=COLOUR_PHOTOS), steps=5400, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-woodcut", Translation("woodcut"), steps=3000, lr=5e-4, target=("reduction", 0.3)),
     Recipe("i2i-label", LABEL_TASK, steps=3000, lr=5e-4, target=("reduction", 0.3),
            finetune=Stage(FlatColumns(LABEL_TASK, weight=FLAT_WEIGHT), steps=FLAT_STEPS, lr=5e-5, clip=1.0)),
