@@ -654,7 +654,10 @@ def test_statistics_are_frozen_as_a_normalisations_and_normalize_divides_by_the_
     conv = standardise.conv
     with torch.no_grad():
         std = nn.functional.conv2d(x0, conv.weight, conv.bias, padding=1).std(1, keepdim=True)
-    centred = lambda x: (lambda h: (h - h.mean(1, keepdim=True)) / std)(nn.functional.conv2d(x, conv.weight, padding=1))  # noqa: E731
+    def centred(x):
+        h = nn.functional.conv2d(x, conv.weight, padding=1)
+        return (h - h.mean(1, keepdim=True)) / std
+
     assert torch.allclose(dense(li, x0), _jacobian(centred, x0), rtol=1e-9, atol=1e-12)
 
 
@@ -677,7 +680,8 @@ def test_einsum_is_linear_in_one_operand_and_a_product_of_two():
         interpret(three, x0)
     with pytest.raises(UnsupportedOperation, match="masked_fill.*its fill value -inf is not finite"):
         interpret(_Head(lambda h: h.masked_fill(h > 0, float("-inf"))).double().eval(), x0)
-    with pytest.raises(UnsupportedOperation, match="torch.pow at 'pow_1': more than one of its arguments depends on the input"):
+    with pytest.raises(UnsupportedOperation,
+                       match="torch.pow at 'pow_1': more than one of its arguments depends on the input"):
         interpret(_Head(lambda h: torch.pow(h, h * 2)).double().eval(), x0)
 
 

@@ -1318,7 +1318,8 @@ for _fns, _rule in [
                 "interpolate upsample upsample_nearest upsample_bilinear channel_shuffle unfold fold") +
      _functions("flatten reshape permute transpose swapaxes squeeze unsqueeze chunk split tensor_split unbind "
                 "narrow select roll flip movedim sum mean neg avg_pool1d "
-                "cumsum unflatten repeat_interleave rot90 tile diff", torch) + [operator.getitem, operator.neg], LINEAR),
+                "cumsum unflatten repeat_interleave rot90 tile diff", torch)
+     + [operator.getitem, operator.neg], LINEAR),
     (_functions("dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout")
      + _functions("stochastic_depth", torchvision.ops), DROPOUT),
     (_functions("dropout dropout_ feature_dropout feature_dropout_ alpha_dropout alpha_dropout_ feature_alpha_dropout "
@@ -1398,8 +1399,8 @@ for _names, _rule in [
     ("minimum", MINIMUM),
     ("view view_as reshape reshape_as permute transpose transpose_ swapaxes flatten unflatten contiguous "
      "squeeze squeeze_ unsqueeze unsqueeze_ expand expand_as repeat chunk split tensor_split unbind narrow select "
-     "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum repeat_interleave rot90 tile "
-     "diff unfold", LINEAR),
+     "roll flip movedim sum mean neg neg_ clone float double to type_as __getitem__ cumsum repeat_interleave rot90 "
+     "tile diff unfold", LINEAR),
     ("add add_ __add__ __radd__ __iadd__", Sum(negate_second=False)),
     ("sub sub_ __sub__", Sum(negate_second=True)),
     ("__rsub__", OFFSET),

@@ -2,7 +2,8 @@
 
 Photos come from `skimage.data` (the ones shipped inside the scikit-image wheel) and from Debian's packages
 `lomiri-wallpapers-16.04` (15 photographs under /usr/share/backgrounds) and `opencv-doc` (OpenCV's sample
-images); digits from `sklearn.datasets.load_digits`. Everything here is a pure function of its arguments, so a seed fixes a run.
+images); digits from `sklearn.datasets.load_digits`. Everything here is a pure function of its arguments, so a
+seed fixes a run.
 
 Conventions: photos are float32 arrays (H, W, 3) in [0, 1] (grey photos repeated over the 3 channels);
 tensors are (N, C, H, W).
