@@ -24,15 +24,15 @@ SKIMAGE_TRAIN_PHOTOS = (
     "chelsea", "rocket", "stereo_motorcycle", "coins", "moon", "clock", "brick", "grass", "gravel",
     "immunohistochemistry", "hubble_deep_field", "page", "text", "cell",
 )
+#: Prefixes of the names of the photographs of ``lomiri-wallpapers-16.04`` and of ``opencv-doc``.
+DEBIAN_PREFIX, OPENCV_PREFIX = "lomiri:", "opencv:"
 #: Debian packages whose photographs are used, by name prefix: photo ``"<prefix><file stem>"`` is the file of
 #: that stem in the package's folder. ``lomiri-wallpapers-16.04``: 15 photographs (2–4 Mpixel camera files);
 #: ``opencv-doc``: OpenCV's sample images (photographs, drawings and text pages, ≤ 1.4 Mpixel).
 DEBIAN_SOURCES = {
-    "lomiri:": ("lomiri-wallpapers-16.04", Path("/usr/share/backgrounds")),
-    "opencv:": ("opencv-doc", Path("/usr/share/doc/opencv-doc/examples/data")),
+    DEBIAN_PREFIX: ("lomiri-wallpapers-16.04", Path("/usr/share/backgrounds")),
+    OPENCV_PREFIX: ("opencv-doc", Path("/usr/share/doc/opencv-doc/examples/data")),
 }
-#: Prefix of the names of the photographs of ``lomiri-wallpapers-16.04``.
-DEBIAN_PREFIX = "lomiri:"
 #: Longest side, in pixels, that the Debian photographs are reduced to before use: the lomiri ones (2–4 Mpixel
 #: camera files) are smooth at the pixel scale at full size (lens blur, JPEG); reduced, they have the detail per
 #: pixel of the scikit-image photos (of OpenCV's, only `aloeL` is larger).
@@ -49,7 +49,7 @@ DEBIAN_TRAIN_PHOTOS = tuple(DEBIAN_PREFIX + n for n in (
 #: image-to-image stand-ins whose targets depend on hue: aerial views, a plant, fruit, a baboon, a circuit
 #: board, buildings, a butterfly, a dog, a notebook, graffiti, books, a car, a footballer, toys, sweets and
 #: a squirrel.
-OPENCV_COLOUR_PHOTOS = tuple("opencv:" + n for n in (
+OPENCV_COLOUR_PHOTOS = tuple(OPENCV_PREFIX + n for n in (
     "aero1", "aero3", "aloeL", "apple", "baboon", "board", "building", "butterfly", "chicky_512",
     "ela_original", "fruits", "graf1", "home", "left", "leuvenA", "licenseplate_motion", "messi5", "orange",
     "rubberwhale1", "smarties", "squirrel_cls",
